@@ -1,0 +1,3 @@
+from lspos_sync.cli import main
+
+main()

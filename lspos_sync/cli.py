@@ -1,0 +1,256 @@
+"""The command line (contract §1): parses options, builds the collaborators, calls the engine once,
+and maps our exceptions to exit codes in one place. No HTTP and no SOQL here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from lspos_sync.config import Settings, load_settings, parse_when, read_environment
+from lspos_sync.errors import ConfigError, SyncError
+from lspos_sync.state import StateStore, iso, utcnow
+
+log = logging.getLogger("lspos_sync")
+
+
+class Output:
+    """Where things go: with --json, stdout carries one JSON object and nothing else; logs go to stderr."""
+
+    def __init__(self, as_json: bool, verbose: int, secrets: tuple[str, ...] = ()) -> None:
+        self.as_json = as_json
+        self.verbose = verbose
+        self.secrets = secrets
+        self.fancy = sys.stderr.isatty()
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def setup_logging(self) -> None:
+        level = logging.WARNING if self.verbose == 0 else logging.INFO if self.verbose == 1 else logging.DEBUG
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        output = self
+
+        class _Mask(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                record.msg, record.args = output.mask(record.getMessage()), None
+                return True
+
+        handler.addFilter(_Mask())
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        # Their debug output can carry request headers (tokens): never below WARNING, even at -vv.
+        for noisy in ("httpx", "httpcore", "urllib3", "simple_salesforce"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def result(self, data: dict[str, Any], lines: list[str]) -> None:
+        if self.as_json:
+            click.echo(self.mask(json.dumps(data, default=str)))
+        else:
+            for line in lines:
+                click.echo(self.mask(line))
+
+    def note(self, line: str) -> None:
+        click.echo(self.mask(line), err=True)
+
+
+def common_options(command: Callable) -> Callable:
+    """--json, --env-file, --state and -v, accepted by every command."""
+    command = click.option("--json", "as_json", is_flag=True, default=None,
+                           help="Print exactly one JSON object on stdout; logs go to stderr.")(command)
+    command = click.option("--env-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                           help="Read variables from this file (default: .env in the working directory).")(command)
+    command = click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                           help="The SQLite state file (overrides LSPOS_STATE_PATH).")(command)
+    command = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")(command)
+    return command
+
+
+class Context:
+    """Options given to the group and to the command; the command's win."""
+
+    def __init__(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int) -> None:
+        self.as_json, self.env_file, self.state_path, self.verbose = as_json, env_file, state_path, verbose
+
+    def merged(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int) -> "Context":
+        return Context(as_json if as_json is not None else self.as_json, env_file or self.env_file,
+                       state_path or self.state_path, verbose or self.verbose)
+
+
+def run_command(name: str, options: Context, body: Callable[[Settings, Output], int]) -> None:
+    """Loads the settings, runs the body, and turns every expected failure into one line and an exit code."""
+    output = Output(bool(options.as_json), options.verbose)
+    output.setup_logging()
+    try:
+        settings = load_settings(read_environment(options.env_file), options.state_path)
+        output.secrets = settings.secrets
+        code = body(settings, output)
+    except SyncError as error:
+        message = output.mask(str(error))
+        output.note(f"Error: {message}")
+        if output.as_json:
+            click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": error.exit_code,
+                                   "error": message}))
+        sys.exit(error.exit_code)
+    sys.exit(code)
+
+
+@click.group()
+@common_options
+@click.version_option(package_name="lspos-sync")
+@click.pass_context
+def main(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
+         verbose: int) -> None:
+    """Keep Salesforce in step with a Lightspeed Retail (R-Series) point of sale."""
+    ctx.obj = Context(as_json, env_file, state_path, verbose)
+
+
+def _options(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
+             verbose: int) -> Context:
+    root = ctx.find_object(Context) or Context(None, None, None, 0)
+    return root.merged(as_json, env_file, state_path, verbose)
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    return parse_when(value, option) if value is not None else None
+
+
+@main.command()
+@common_options
+@click.pass_context
+def sync(ctx: click.Context, **common: Any) -> None:
+    """Incremental run for cron: sales changed since the checkpoint (minus the look-back), then advance it."""
+    from lspos_sync.run import incremental
+
+    run_command("sync", _options(ctx, **common), lambda settings, output: incremental(settings, output))
+
+
+@main.command()
+@click.option("--from", "from_", required=True, metavar="WHEN", help="Start of the window (ISO 8601).")
+@click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
+@common_options
+@click.pass_context
+def backfill(ctx: click.Context, from_: str, to: str | None, **common: Any) -> None:
+    """Load a historical window through the same engine; never moves the live checkpoint."""
+    from lspos_sync.run import bounded
+
+    def body(settings: Settings, output: Output) -> int:
+        since, until = _window(from_, to)
+        return bounded(settings, output, since, until)
+
+    run_command("backfill", _options(ctx, **common), body)
+
+
+@main.command("dry-run")
+@click.option("--from", "from_", metavar="WHEN", help="Start of the window (default: what the next sync reads).")
+@click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
+@click.option("--limit", type=click.IntRange(min=1), help="Preview at most N sales.")
+@common_options
+@click.pass_context
+def dry_run(ctx: click.Context, from_: str | None, to: str | None, limit: int | None, **common: Any) -> None:
+    """The real pipeline with every write switched off: what would happen to each sale, and why."""
+    from lspos_sync.run import preview
+
+    def body(settings: Settings, output: Output) -> int:
+        since, until = _window(from_, to) if from_ else (None, _when(to, "--to"))
+        return preview(settings, output, since, until, limit)
+
+    run_command("dry-run", _options(ctx, **common), body)
+
+
+def _window(from_: str, to: str | None) -> tuple[datetime, datetime]:
+    since = parse_when(from_, "--from")
+    until = _when(to, "--to") or utcnow()
+    if since > until:
+        raise ConfigError(f"--from ({iso(since)}) is after --to ({iso(until)})")
+    return since, until
+
+
+@main.group()
+@common_options
+@click.pass_context
+def checkpoint(ctx: click.Context, **common: Any) -> None:
+    """Show or reset the sync checkpoint."""
+    ctx.obj = _options(ctx, **common)
+
+
+@checkpoint.command("show")
+@common_options
+@click.pass_context
+def checkpoint_show(ctx: click.Context, **common: Any) -> None:
+    """The cursor(s), the last run's time and outcome."""
+
+    def body(settings: Settings, output: Output) -> int:
+        with StateStore(settings.state_path) as store:
+            cursors = store.checkpoints()
+            if settings.account_id:
+                cursors = {k: v for k, v in cursors.items() if k == settings.account_id} or \
+                    {settings.account_id: {"cursor": None, "updated_at": None}}
+            last = store.last_run()
+        now = datetime.now(timezone.utc)
+        data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
+        lines = []
+        for account_id, cursor in cursors.items():
+            lag = None
+            if cursor["cursor"]:
+                lag = int((now - datetime.fromisoformat(cursor["cursor"])).total_seconds() // 60)
+            data["checkpoints"][account_id] = {**cursor, "lag_minutes": lag}
+            lines.append(f"account {account_id}: checkpoint {cursor['cursor'] or 'not set'}"
+                         + (f" ({lag} min ago)" if lag is not None else ""))
+        if last:
+            data["last_run"] = {k: last[k] for k in ("command", "started_at", "ended_at", "outcome", "exit_code")}
+            lines.append(f"last run: {last['command']} started {last['started_at']}, {last['outcome']}"
+                         + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))
+        else:
+            lines.append("last run: none")
+        output.result(data, lines)
+        return 0
+
+    run_command("checkpoint show", _options(ctx, **common), body)
+
+
+@checkpoint.command("reset")
+@click.option("--to", "to", metavar="WHEN", help="Set the checkpoint to WHEN instead of clearing it.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@common_options
+@click.pass_context
+def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, **common: Any) -> None:
+    """Clear the checkpoint, or set it to WHEN."""
+
+    def body(settings: Settings, output: Output) -> int:
+        if not settings.account_id:
+            raise ConfigError("missing configuration: LIGHTSPEED_ACCOUNT_ID (whose checkpoint to reset)")
+        target = _when(to, "--to")
+        what = f"set the checkpoint of account {settings.account_id} to {iso(target)}" if target else \
+            f"clear the checkpoint of account {settings.account_id}"
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(f"refusing to {what} without a terminal to confirm: add --yes")
+            if not click.confirm(f"{what[0].upper()}{what[1:]}?", err=True):
+                raise ConfigError("checkpoint reset cancelled")
+        with StateStore(settings.state_path) as store, ExitStack() as stack:
+            store.acquire_lock()
+            stack.callback(store.release_lock)
+            previous = store.checkpoint(settings.account_id)
+            if target:
+                store.set_checkpoint(settings.account_id, target)
+            else:
+                store.clear_checkpoint(settings.account_id)
+        data = {"account_id": settings.account_id, "previous": iso(previous) if previous else None,
+                "checkpoint": iso(target) if target else None}
+        output.result(data, [f"account {settings.account_id}: checkpoint "
+                             f"{iso(target) if target else 'cleared'} (was {iso(previous) if previous else 'not set'})"])
+        return 0
+
+    run_command("checkpoint reset", _options(ctx, **common), body)

@@ -1,0 +1,171 @@
+"""Settings from the environment, filled in from a .env file (contract §2); secrets never printed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Mapping
+
+from lspos_sync.errors import ConfigError
+from lspos_sync.state import default_state_path
+
+DEFAULT_LIGHTSPEED_API_URL = "https://api.lightspeedapp.com/API/V3"
+DEFAULT_LIGHTSPEED_TOKEN_URL = "https://cloud.lightspeedapp.com/auth/oauth/token"
+
+SECRET_VARIABLES = (
+    "LIGHTSPEED_CLIENT_SECRET", "LIGHTSPEED_REFRESH_TOKEN", "SALESFORCE_ACCESS_TOKEN",
+    "SALESFORCE_CLIENT_SECRET", "SALESFORCE_PASSWORD", "SALESFORCE_SECURITY_TOKEN",
+)
+
+
+def fingerprint(secret: str) -> str:
+    """A short one-way fingerprint, to recognise a secret without storing or showing it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def parse_when(value: str, option: str) -> datetime:
+    """ISO 8601 as in contract §1: a date, a date-time, with or without offset or Z; no offset means UTC."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{option}: {value!r} is not an ISO 8601 date or time (e.g. 2026-03-01, 2026-03-01T09:30:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SalesforceSettings:
+    instance_url: str | None
+    access_token: str | None
+    username: str | None
+    consumer_key: str | None
+    private_key_file: str | None
+    client_id: str | None
+    client_secret: str | None
+    password: str | None
+    security_token: str | None
+    domain: str
+    api_version: str
+
+    @property
+    def auth_flow(self) -> str:
+        """The renewable flows come first: a bare access token cannot be renewed when it expires."""
+        if self.username and self.consumer_key and self.private_key_file:
+            return "jwt"
+        if self.client_id and self.client_secret:
+            return "client_credentials"
+        if self.username and self.password:
+            return "password"
+        if self.access_token:
+            return "access_token"
+        raise ConfigError(
+            "no Salesforce credentials: set SALESFORCE_ACCESS_TOKEN, or SALESFORCE_USERNAME + SALESFORCE_CONSUMER_KEY "
+            "+ SALESFORCE_PRIVATE_KEY_FILE (JWT), or SALESFORCE_CLIENT_ID + SALESFORCE_CLIENT_SECRET, "
+            "or SALESFORCE_USERNAME + SALESFORCE_PASSWORD + SALESFORCE_SECURITY_TOKEN")
+
+
+@dataclass(frozen=True)
+class Settings:
+    account_id: str
+    client_id: str | None
+    client_secret: str | None
+    refresh_token: str | None
+    lightspeed_api_url: str
+    lightspeed_token_url: str
+    salesforce: SalesforceSettings
+    state_path: Path
+    sync_start: datetime | None
+    lookback: timedelta
+    phone_region: str
+    person_account_record_type: str
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def require_lightspeed(self) -> None:
+        missing = [name for name, value in (
+            ("LIGHTSPEED_ACCOUNT_ID", self.account_id), ("LIGHTSPEED_CLIENT_ID", self.client_id),
+            ("LIGHTSPEED_CLIENT_SECRET", self.client_secret)) if not value]
+        if missing:
+            raise ConfigError(f"missing configuration: {', '.join(missing)} (set it in the environment or .env)")
+
+    def require_salesforce(self) -> None:
+        if not self.salesforce.instance_url and self.salesforce.auth_flow in ("access_token", "client_credentials"):
+            raise ConfigError("missing configuration: SALESFORCE_INSTANCE_URL (e.g. https://acme.my.salesforce.com)")
+        self.salesforce.auth_flow  # noqa: B018 - raises ConfigError when no credentials are set
+
+
+def read_environment(env_file: Path | None) -> dict[str, str]:
+    """The process environment, with a .env file filling in what it lacks (never overriding it)."""
+    values: dict[str, str] = {}
+    path = env_file if env_file is not None else Path(".env")
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"--env-file: {env_file} does not exist")
+    if path.is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    # A variable set but empty in the environment does not blank out the file's value.
+    values.update({k: v for k, v in os.environ.items() if v != "" or k not in values})
+    return values
+
+
+def load_settings(env: Mapping[str, str], state_override: Path | None = None) -> Settings:
+    def get(name: str, default: str | None = None) -> str | None:
+        value = env.get(name)
+        return value.strip() if value and value.strip() else default
+
+    def minutes(name: str, default: int) -> timedelta:
+        raw = get(name, str(default))
+        try:
+            value = int(raw)  # type: ignore[arg-type]
+        except ValueError:
+            raise ConfigError(f"{name}: {raw!r} is not a whole number of minutes") from None
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative")
+        return timedelta(minutes=value)
+
+    sync_start = get("LSPOS_SYNC_START")
+    region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
+    if len(region) != 2 or not region.isalpha():
+        raise ConfigError(f"LSPOS_PHONE_REGION: {region!r} is not a two-letter region code such as US or FR")
+    domain = get("SALESFORCE_DOMAIN", "login") or "login"
+    api_version = (get("SALESFORCE_API_VERSION", "62.0") or "62.0").lstrip("vV")
+    try:
+        float(api_version)
+    except ValueError:
+        raise ConfigError(f"SALESFORCE_API_VERSION: {api_version!r} is not a version such as 62.0") from None
+    account_id = get("LIGHTSPEED_ACCOUNT_ID", "") or ""
+    if account_id and not account_id.isdigit():
+        raise ConfigError(f"LIGHTSPEED_ACCOUNT_ID: {account_id!r} is not a Lightspeed account number")
+    state_path = state_override or (Path(get("LSPOS_STATE_PATH")) if get("LSPOS_STATE_PATH") else default_state_path())
+    return Settings(
+        account_id=account_id,
+        client_id=get("LIGHTSPEED_CLIENT_ID"),
+        client_secret=get("LIGHTSPEED_CLIENT_SECRET"),
+        refresh_token=get("LIGHTSPEED_REFRESH_TOKEN"),
+        lightspeed_api_url=(get("LIGHTSPEED_API_URL", DEFAULT_LIGHTSPEED_API_URL) or "").rstrip("/"),
+        lightspeed_token_url=get("LIGHTSPEED_TOKEN_URL", DEFAULT_LIGHTSPEED_TOKEN_URL) or "",
+        salesforce=SalesforceSettings(
+            instance_url=(get("SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
+            access_token=get("SALESFORCE_ACCESS_TOKEN"),
+            username=get("SALESFORCE_USERNAME"),
+            consumer_key=get("SALESFORCE_CONSUMER_KEY"),
+            private_key_file=get("SALESFORCE_PRIVATE_KEY_FILE"),
+            client_id=get("SALESFORCE_CLIENT_ID"),
+            client_secret=get("SALESFORCE_CLIENT_SECRET"),
+            password=get("SALESFORCE_PASSWORD"),
+            security_token=get("SALESFORCE_SECURITY_TOKEN"),
+            domain=domain,
+            api_version=api_version,
+        ),
+        state_path=Path(state_path),
+        sync_start=parse_when(sync_start, "LSPOS_SYNC_START") if sync_start else None,
+        lookback=minutes("LSPOS_LOOKBACK_MINUTES", 30),
+        phone_region=region,
+        person_account_record_type=get("LSPOS_PERSON_ACCOUNT_RECORD_TYPE", "PersonAccount") or "PersonAccount",
+        secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))),
+    )

@@ -1,0 +1,154 @@
+"""Customer matching (contract §4): Lightspeed ID, then email, then phone as E.164; never a guess."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from lspos_sync.lightspeed.models import Customer
+
+LINKED, EMAIL, PHONE, CREATED, GUEST, AMBIGUOUS = "Linked", "Email", "Phone", "Created", "Guest", "Ambiguous"
+
+# Deliberately plain: one @, no spaces, a dot in the domain. Salesforce rejects worse ones per record.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalise_email(address: str | None) -> str | None:
+    """Trimmed and lower-cased, or None when it is not an email address."""
+    if not address:
+        return None
+    email = address.strip().lower()
+    return email if _EMAIL.match(email) and len(email) <= 80 else None
+
+
+@lru_cache(maxsize=16384)
+def normalise_phone(number: str | None, region: str) -> str | None:
+    """E.164 (`+14155550134`) of a phone number written in any format, or None when it does not parse."""
+    if not number or not any(ch.isdigit() for ch in number):
+        return None
+    import phonenumbers  # loaded on first use: its metadata is large and a no-op run never needs it
+
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def national_digits(e164: str) -> str:
+    """The national significant number of an E.164 number: the digits any stored format must contain."""
+    import phonenumbers
+
+    return str(phonenumbers.parse(e164).national_number)
+
+
+def primary_email(customer: Customer) -> str | None:
+    """The Primary ContactEmail, else the first one."""
+    emails = sorted(customer.emails, key=lambda e: e.use_type.lower() != "primary")
+    return emails[0].address.strip() if emails else None
+
+
+def mobile_phone(customer: Customer) -> str | None:
+    return next((p.number.strip() for p in customer.phones if p.use_type.lower() == "mobile"), None)
+
+
+def other_phone(customer: Customer) -> str | None:
+    """The first Home or Work phone, in the order Lightspeed lists them."""
+    return next((p.number.strip() for p in customer.phones if p.use_type.lower() in ("home", "work")), None)
+
+
+@dataclass(frozen=True)
+class PersonAccount:
+    """What the matching needs to know of a Person Account found in Salesforce."""
+
+    id: str
+    customer_key: str | None
+    email: str | None
+    phones: frozenset[str]  # E.164
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The decision for one customer: how it matched, which account, and why."""
+
+    status: str
+    account_id: str | None = None
+    reason: str = ""
+    stamp_key: bool = False  # matched an account without our key: stamp LS_Customer_ID__c on it
+    create: bool = False  # no candidate: upsert a new Person Account on LS_Customer_ID__c
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass
+class Candidates:
+    """Person Accounts found for a batch, indexed the three ways the rules look them up."""
+
+    by_key: dict[str, PersonAccount] = field(default_factory=dict)
+    by_email: dict[str, list[PersonAccount]] = field(default_factory=dict)
+    by_phone: dict[str, list[PersonAccount]] = field(default_factory=dict)
+
+    def add(self, account: PersonAccount) -> None:
+        if account.customer_key:
+            self.by_key[account.customer_key] = account
+        if account.email:
+            _add_unique(self.by_email.setdefault(account.email, []), account)
+        for phone in account.phones:
+            _add_unique(self.by_phone.setdefault(phone, []), account)
+
+
+def _add_unique(accounts: list[PersonAccount], account: PersonAccount) -> None:
+    if all(existing.id != account.id for existing in accounts):
+        accounts.append(account)
+
+
+def customer_phones(customer: Customer, region: str) -> list[str]:
+    """Every phone of the customer as E.164, in Lightspeed's order, without repeats."""
+    phones: list[str] = []
+    for phone in customer.phones:
+        e164 = normalise_phone(phone.number, region)
+        if e164 and e164 not in phones:
+            phones.append(e164)
+    return phones
+
+
+def resolve(customer: Customer | None, customer_key: str | None, candidates: Candidates,
+            region: str, account_prefix: str) -> Resolution:
+    """Apply the matching rules to one customer.
+
+    An account already keyed to another customer of the same Lightspeed account belongs to that
+    customer, so it is not a candidate for this one (two clients sharing a family email stay apart).
+    """
+    if customer is None or customer_key is None:
+        return Resolution(GUEST, reason="no customer on the sale")
+    linked = candidates.by_key.get(customer_key)
+    if linked is not None:
+        return Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}")
+
+    def free(accounts: list[PersonAccount]) -> list[PersonAccount]:
+        return [a for a in accounts if not (a.customer_key or "").startswith(account_prefix)]
+
+    email = normalise_email(primary_email(customer))
+    if email:
+        found = free(candidates.by_email.get(email, []))
+        if len(found) == 1:
+            return Resolution(EMAIL, found[0].id, reason=f"PersonEmail = {email}", stamp_key=True)
+        if len(found) > 1:
+            return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
+                              candidates=tuple(a.id for a in found))
+    found_by_phone: list[PersonAccount] = []
+    matched_phone = ""
+    for phone in customer_phones(customer, region):
+        for account in free(candidates.by_phone.get(phone, [])):
+            if all(account.id != other.id for other in found_by_phone):
+                found_by_phone.append(account)
+                matched_phone = matched_phone or phone
+    if len(found_by_phone) == 1:
+        return Resolution(PHONE, found_by_phone[0].id, reason=f"phone {matched_phone}", stamp_key=True)
+    if len(found_by_phone) > 1:
+        return Resolution(AMBIGUOUS, reason=f"{len(found_by_phone)} accounts share the customer's phone",
+                          candidates=tuple(a.id for a in found_by_phone))
+    return Resolution(CREATED, reason="no Person Account by key, email or phone", create=True)

@@ -1,0 +1,875 @@
+"""An emulator of the Lightspeed Retail R-Series API V3 (Sale reads, OAuth, rate limits) on loopback HTTP.
+
+It follows the fact sheet `shared/reference/lightspeed-api.md` (cited as §n) and the real bodies in
+`shared/reference/samples/lightspeed/`. Where the fact sheet says a point is unconfirmed, the emulator
+takes the PESSIMISTIC reading, so clients are tested against the worst case:
+
+* after completion, line edits and voids move only `updatetime`; `timeStamp` stays pinned at the
+  completion time, and `completeTime` never moves (§9);
+* a refund is a new sale and leaves every timestamp of the original alone (§9);
+* filtering on `updatetime` works, but `reject_updatetime_filter = True` turns it into a 400 (§2);
+* an unknown query parameter (e.g. `updateTime` in the tutorial's casing, §4.6) is a 400, not ignored;
+* a `+` in a timestamp filter not sent as `%2B` decodes as a space and is a 400 (§2);
+* a full last page still carries a `next` URL, whose page is empty and has no `Sale` key (§3);
+* `drop_next` drops the response AFTER the request took effect, as when a response is lost on the wire.
+
+Only reads are modelled; the merchant's side (sales, edits, refunds) is driven from Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import operator
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from http import HTTPStatus
+from typing import Any, Callable, Sequence
+from urllib.parse import quote, urlencode
+
+from lspos_sync.emulators.http import DropConnection, EmulatorServer, Request, Response
+
+TOKEN_PATH = "/auth/oauth/token"
+_ROUTE = re.compile(
+    r"/API/V3/Account(?:/(?P<acct>[^/]+?)(?:/(?P<kind>[A-Za-z]+)(?:/(?P<id>[^/]+?))?)?)?(?P<ext>\.json)?")
+_TIME_FIELDS = frozenset({"timeStamp", "updatetime", "completeTime", "createTime"})
+_CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived"})
+_OPS = frozenset({">", ">=", "<", "<=", "!=", "><", "IN", "~", "!~", "="})
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    id_field: str
+    filterable: frozenset[str]
+    sortable: tuple[str, ...]
+    relations: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # name -> (to_many, under a to-many)
+
+
+_KINDS = {
+    "Sale": _Kind(
+        "saleID",
+        frozenset({"saleID", "timeStamp", "updatetime", "completeTime", "createTime", "completed", "voided",
+                   "archived", "customerID", "shopID", "ticketNumber", "registerID", "employeeID"}),
+        ("saleID", "timeStamp", "completeTime", "updatetime"),  # §2 [S9]
+        {"SaleLines": (True, False), "SaleLines.Item": (False, True), "SalePayments": (True, False),
+         "SalePayments.PaymentType": (False, True), "Customer": (False, False), "Customer.Contact": (False, False)},
+    ),
+    "Customer": _Kind("customerID",
+                      frozenset({"customerID", "firstName", "lastName", "archived", "timeStamp", "createTime"}),
+                      ("customerID", "timeStamp", "firstName", "lastName"), {"Contact": (False, False)}),
+    "Shop": _Kind("shopID", frozenset({"shopID", "name", "timeZone", "archived"}), ("shopID",)),
+    "Category": _Kind("categoryID", frozenset({"categoryID", "name", "parentID", "archived"}), ("categoryID",)),
+    "Item": _Kind("itemID", frozenset({"itemID", "description", "customSku", "systemSku", "categoryID", "archived",
+                                       "timeStamp", "createTime"}), ("itemID", "timeStamp")),
+    "PaymentType": _Kind("paymentTypeID", frozenset({"paymentTypeID", "name", "type", "archived"}), ("paymentTypeID",)),
+}
+_COMPARE = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
+            "<=": operator.le}
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int  # 0 when the connection was dropped
+    at: datetime
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    path_suffix: str
+    status: int = 0
+    retry_after: int | None = None
+
+
+@dataclass
+class _Grant:
+    """One successful refresh grant; `parent` is the refresh token it was minted from."""
+    access_token: str
+    refresh_token: str
+    parent: str
+    expires_at: datetime
+    used: bool = False
+
+
+@dataclass
+class _Line:
+    id: int
+    sale_id: int
+    shop_id: int
+    item_id: int
+    quantity: int
+    unit_price: Decimal
+    discount: Decimal
+    tax1_rate: Decimal
+    tax2_rate: Decimal
+    parent_id: int
+    created: datetime
+    stamp: datetime
+
+    def calcs(self) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        """(subtotal, discount, tax1, tax2, total), unrounded like the real line calcs (§4.2)."""
+        subtotal = self.quantity * self.unit_price
+        taxable = subtotal - self.discount
+        tax1, tax2 = taxable * self.tax1_rate, taxable * self.tax2_rate
+        return subtotal, self.discount, tax1, tax2, taxable + tax1 + tax2
+
+
+@dataclass
+class _Payment:
+    id: int
+    type_id: int
+    amount: Decimal
+    archived: bool
+    created: datetime
+
+
+@dataclass
+class _Sale:
+    id: int
+    shop_id: int
+    customer_id: int
+    ticket: str
+    created: datetime
+    stamp: datetime
+    updated: datetime
+    completed_at: datetime | None = None
+    voided: bool = False
+    lines: list[_Line] = field(default_factory=list)
+    payments: list[_Payment] = field(default_factory=list)
+    corrupted: dict[str, Any] = field(default_factory=dict)  # raw values served instead of the computed ones
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def _num(value: Decimal | float | int) -> str:
+    text = format(Decimal(str(value)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _one_or_many(items: list[dict]) -> dict | list[dict]:
+    # §4.1: a lone child comes back as an object, several as a list
+    return items[0] if len(items) == 1 else items
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)  # 3.11 accepts +00:00, -0400 and Z (§2)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _coerce(name: str, text: str) -> Any:
+    """A field's string value as something that compares correctly; ValueError when it cannot."""
+    if name in _TIME_FIELDS:
+        return _parse_time(text)
+    if name.endswith("ID"):
+        return int(text)
+    return text.lower()
+
+
+def _rank(name: str, text: str | None) -> tuple[int, Any]:
+    # an absent value (completeTime of an open sale) sorts first, as NULL does in ascending SQL
+    return (0, "") if text is None else (1, _coerce(name, text))
+
+
+def _error_body(status: int, message: str, error_class: str = "Exception") -> dict[str, str]:
+    # §4.8: errors are JSON with string fields
+    return {"httpCode": str(status), "httpMessage": HTTPStatus(status).phrase, "message": message,
+            "errorClass": error_class}
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    return Response(status, {"error": error, "error_description": description, "message": description})
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LightspeedEmulator:
+    """A single Lightspeed account (and one OAuth client) served on 127.0.0.1."""
+
+    def __init__(self, account_id: str = "182255", client_id: str = "ls-client-id",
+                 client_secret: str = "ls-client-secret", refresh_token: str = "ls-refresh-0",
+                 bucket_size: float = 90.0, drip_rate: float = 1.0, burst_limit: int = 20,
+                 access_token_ttl: int = 3600, latency: float = 0.0,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.account_id, self.client_id, self.client_secret = account_id, client_id, client_secret
+        self.initial_refresh_token = refresh_token
+        self.bucket_size, self.drip_rate, self.burst_limit = bucket_size, drip_rate, burst_limit
+        self.access_token_ttl = access_token_ttl
+        self.reject_updatetime_filter = False
+        self.requests: list[RequestRecord] = []
+        self.refresh_count = 0
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._lock = threading.RLock()
+        self._server = EmulatorServer(self._handle, latency=latency)
+        self._base_url = ""
+        self._refresh_tokens: dict[str, None] = {refresh_token: None}  # valid refresh tokens, oldest first
+        self._access: dict[str, _Grant] = {}
+        self._minted_from: dict[str, _Grant] = {}  # refresh token -> the grant it last produced
+        self._level, self._level_at = 0.0, time.monotonic()
+        self._window, self._burst = -1, 0
+        self._fails: list[_Fault] = []
+        self._drops: list[_Fault] = []
+        self._ids: dict[str, int] = {}
+        self._rows: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in _KINDS if k != "Sale"}
+        self._sales: dict[int, _Sale] = {}
+        self._lines: dict[int, _Line] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> str:
+        self._base_url = self._server.start()
+        return self._base_url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> LightspeedEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self._base_url}/API/V3"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self._base_url}{TOKEN_PATH}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LIGHTSPEED_ACCOUNT_ID": self.account_id,
+            "LIGHTSPEED_CLIENT_ID": self.client_id,
+            "LIGHTSPEED_CLIENT_SECRET": self.client_secret,
+            "LIGHTSPEED_REFRESH_TOKEN": self.initial_refresh_token,
+            "LIGHTSPEED_API_URL": self.api_url,
+            "LIGHTSPEED_TOKEN_URL": self.token_url,
+        }
+
+    # ------------------------------------------------------------------ seeding
+    def _new_id(self, kind: str) -> int:
+        self._ids[kind] = self._ids.get(kind, 0) + 1
+        return self._ids[kind]
+
+    def _now(self, at: datetime | None = None) -> datetime:
+        value = at or self._clock()
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+    def add_shop(self, name: str, time_zone: str = "US/Eastern") -> int:
+        with self._lock:
+            shop_id = self._new_id("Shop")
+            self._rows["Shop"][shop_id] = {
+                "shopID": str(shop_id), "name": name, "serviceRate": "0", "timeZone": time_zone, "taxLabor": "false",
+                "labelTitle": "Shop Name", "labelMsrp": "false", "archived": "false", "timeStamp": _ts(self._now()),
+                "companyRegistrationNumber": "", "vatNumber": "", "zebraBrowserPrint": "false", "contactID": "0",
+                "taxCategoryID": "1", "receiptSetupID": "1", "vendorID": "0", "ccGatewayID": "0",
+                "gatewayConfigID": "0", "priceLevelID": "1",
+            }
+            return shop_id
+
+    def add_category(self, name: str) -> int:
+        with self._lock:
+            category_id = self._new_id("Category")
+            now = _ts(self._now())
+            self._rows["Category"][category_id] = {
+                "categoryID": str(category_id), "name": name, "nodeDepth": "0", "fullPathName": name,
+                "leftNode": "0", "rightNode": "0", "parentID": "0", "archived": "false",
+                "createTime": now, "timeStamp": now,
+            }
+            return category_id
+
+    def add_payment_type(self, name: str, type: str = "credit card") -> int:  # noqa: A002 - the documented field name
+        with self._lock:
+            type_id = self._new_id("PaymentType")
+            self._rows["PaymentType"][type_id] = {
+                "paymentTypeID": str(type_id), "name": name, "requireCustomer": "false", "archived": "false",
+                "internalReserved": "false", "type": type, "refundAsPaymentTypeID": "0",
+            }
+            return type_id
+
+    def add_item(self, description: str, custom_sku: str = "", system_sku: str | None = None,
+                 category_id: int | None = None) -> int:
+        with self._lock:
+            item_id = self._new_id("Item")
+            now = _ts(self._now())
+            self._rows["Item"][item_id] = {
+                "itemID": str(item_id), "systemSku": system_sku or f"21{item_id:010d}", "defaultCost": "0",
+                "avgCost": "0", "discountable": "true", "tax": "true", "archived": "false", "itemType": "default",
+                "description": description, "modelYear": "0", "upc": "", "ean": "", "customSku": custom_sku,
+                "manufacturerSku": "", "createTime": now, "timeStamp": now, "categoryID": str(category_id or 0),
+                "taxClassID": "1", "departmentID": "0", "itemMatrixID": "0", "manufacturerID": "0",
+                "seasonID": "0", "defaultVendorID": "0",
+            }
+            return item_id
+
+    def add_customer(self, first_name: str, last_name: str, email: str | None = None,
+                     phones: dict[str, str] | None = None) -> int:
+        with self._lock:
+            customer_id = self._new_id("Customer")
+            now = _ts(self._now())
+            phone_rows = [{"number": number, "useType": use} for use, number in (phones or {}).items()]
+            self._rows["Customer"][customer_id] = {
+                "customerID": str(customer_id), "firstName": first_name, "lastName": last_name, "title": "",
+                "company": "", "companyRegistrationNumber": "", "vatNumber": "", "archived": "false",
+                "createTime": now, "timeStamp": now, "contactID": str(customer_id), "creditAccountID": "0",
+                "customerTypeID": "0", "discountID": "0", "employeeID": "0", "noteID": "0", "taxCategoryID": "0",
+                "Contact": {
+                    "contactID": str(customer_id), "custom": "", "noEmail": _bool(not email),
+                    "noPhone": _bool(not phone_rows), "noMail": "true", "timeStamp": now,
+                    "Addresses": "",  # §4.5: empty collections are ""
+                    "Phones": {"ContactPhone": _one_or_many(phone_rows)} if phone_rows else "",
+                    "Emails": {"ContactEmail": {"address": email, "useType": "Primary"}} if email else "",
+                    "Websites": "",
+                },
+            }
+            return customer_id
+
+    def _make_line(self, sale: _Sale, line: dict, at: datetime) -> _Line:
+        made = _Line(
+            id=self._new_id("SaleLine"), sale_id=sale.id, shop_id=sale.shop_id, item_id=line.get("item_id") or 0,
+            quantity=int(line.get("quantity", 1)), unit_price=Decimal(str(line.get("unit_price", "0"))),
+            discount=Decimal(str(line.get("discount", "0"))), tax1_rate=Decimal(str(line.get("tax1", "0"))),
+            tax2_rate=Decimal(str(line.get("tax2", "0"))), parent_id=line.get("parent_sale_line_id") or 0,
+            created=at, stamp=at,
+        )
+        self._lines[made.id] = made
+        sale.lines.append(made)
+        return made
+
+    def add_sale(self, shop_id: int, lines: list[dict], customer_id: int | None = None,
+                 payments: Sequence[dict] = (), completed: bool = True, voided: bool = False,
+                 at: datetime | None = None, ticket_number: str | None = None) -> int:
+        with self._lock:
+            at = self._now(at)
+            sale_id = self._new_id("Sale")
+            # §9: on creation createTime = timeStamp = updatetime; on completion completeTime joins them
+            sale = _Sale(id=sale_id, shop_id=shop_id, customer_id=customer_id or 0,
+                         ticket=ticket_number or f"22{sale_id:010d}", created=at, stamp=at, updated=at,
+                         completed_at=at if completed else None, voided=voided)
+            self._sales[sale_id] = sale
+            for line in lines:
+                self._make_line(sale, line, at)
+            for payment in payments:
+                sale.payments.append(_Payment(self._new_id("SalePayment"), payment["payment_type_id"],
+                                              Decimal(str(payment["amount"])), bool(payment.get("archived")), at))
+            return sale_id
+
+    def _touch(self, sale: _Sale, at: datetime) -> None:
+        sale.updated = at
+        # §9: timeStamp is "last modified" on open sales; after completion whether it moves is
+        # unconfirmed, so it stays pinned at the completion time (the pessimistic reading)
+        if sale.completed_at is None:
+            sale.stamp = at
+
+    def add_line(self, sale_id: int, line: dict, at: datetime | None = None) -> int:
+        with self._lock:
+            at = self._now(at)
+            sale = self._sales[sale_id]
+            made = self._make_line(sale, line, at)
+            self._touch(sale, at)
+            return made.id
+
+    def remove_line(self, sale_id: int, sale_line_id: int, at: datetime | None = None) -> None:
+        with self._lock:
+            sale = self._sales[sale_id]
+            sale.lines.remove(self._lines.pop(sale_line_id))
+            self._touch(sale, self._now(at))
+
+    def set_line_quantity(self, sale_line_id: int, quantity: int, at: datetime | None = None) -> None:
+        with self._lock:
+            at = self._now(at)
+            line = self._lines[sale_line_id]
+            line.quantity, line.stamp = quantity, at
+            self._touch(self._sales[line.sale_id], at)
+
+    def complete_sale(self, sale_id: int, at: datetime | None = None) -> None:
+        with self._lock:
+            at = self._now(at)
+            sale = self._sales[sale_id]
+            if sale.completed_at is not None:
+                raise ValueError(f"sale {sale_id} is already completed")
+            sale.completed_at = sale.stamp = sale.updated = at  # §9: timeStamp becomes the completion time
+
+    def void_sale(self, sale_id: int, at: datetime | None = None) -> None:
+        with self._lock:
+            sale = self._sales[sale_id]
+            sale.voided = True
+            self._touch(sale, self._now(at))
+
+    def refund_sale(self, sale_id: int, sale_line_ids: list[int] | None = None, at: datetime | None = None) -> int:
+        with self._lock:
+            at = self._now(at)
+            original = self._sales[sale_id]
+            chosen = [l for l in original.lines if sale_line_ids is None or l.id in sale_line_ids]
+            if sale_line_ids is not None and len(chosen) != len(set(sale_line_ids)):
+                raise KeyError(f"not every line in {sale_line_ids} belongs to sale {sale_id}")
+            # §9: a refund is a new completed sale whose lines point back via parentSaleLineID
+            refund_id = self.add_sale(original.shop_id, [], customer_id=original.customer_id, at=at)
+            refund = self._sales[refund_id]
+            for line in chosen:
+                self._make_line(refund, {"item_id": line.item_id, "quantity": -line.quantity,
+                                         "unit_price": line.unit_price, "discount": -line.discount,
+                                         "tax1": line.tax1_rate, "tax2": line.tax2_rate,
+                                         "parent_sale_line_id": line.id}, at)
+            paid_with = next((p.type_id for p in original.payments if not p.archived), None)
+            if paid_with is not None and refund.lines:
+                refund.payments.append(_Payment(self._new_id("SalePayment"), paid_with,
+                                                self._totals(refund)["calcTotal"], False, at))
+            return refund_id
+
+    def sale(self, sale_id: int) -> dict:
+        with self._lock:
+            return copy.deepcopy(self._render_sale(self._sales[sale_id], frozenset(_KINDS["Sale"].relations)))
+
+    # ------------------------------------------------------------------ observation and faults
+    def request_count(self, path_suffix: str = "", status: int | None = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests
+                       if r.path.endswith(path_suffix) and (status is None or r.status == status))
+
+    @property
+    def current_refresh_token(self) -> str:
+        with self._lock:
+            return next(reversed(self._refresh_tokens), "")
+
+    def fail_next(self, count: int = 1, status: int = 500, path_suffix: str = "Sale.json",
+                  retry_after: int | None = None) -> None:
+        with self._lock:
+            self._fails.append(_Fault(count, path_suffix, status, retry_after))
+
+    def drop_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
+        with self._lock:
+            self._drops.append(_Fault(count, path_suffix))
+
+    def corrupt_sale(self, sale_id: int, **fields: Any) -> None:
+        """Serve these raw values on the sale from now on (bad data from the till: "12,50", a huge name...)."""
+        with self._lock:
+            self._sales[sale_id].corrupted.update(fields)
+
+    def revoke_all_tokens(self) -> None:
+        with self._lock:
+            self._refresh_tokens.clear()
+            self._access.clear()
+            self._minted_from.clear()
+
+    def set_bucket_level(self, level: float) -> None:
+        with self._lock:
+            self._level, self._level_at = level, time.monotonic()
+
+    # ------------------------------------------------------------------ HTTP
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            drop = self._take(self._drops, request.path)
+            fault = None if drop else self._take(self._fails, request.path)
+            if fault is not None:
+                response = self._fault_response(fault)
+            elif request.path == TOKEN_PATH:
+                response = self._token(request)
+            elif request.path.startswith("/API/"):
+                response = self._api(request)
+            else:
+                response = Response(404, _error_body(404, f"Unknown path {request.path}"))
+            self.requests.append(RequestRecord(request.method, request.path, request.query,
+                                               0 if drop else response.status, self._now()))
+        if drop:
+            raise DropConnection
+        return response
+
+    @staticmethod
+    def _take(faults: list[_Fault], path: str) -> _Fault | None:
+        for fault in faults:
+            if fault.remaining > 0 and path.endswith(fault.path_suffix):
+                fault.remaining -= 1
+                return fault
+        return None
+
+    @staticmethod
+    def _fault_response(fault: _Fault) -> Response:
+        status = fault.status
+        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        if status == 429:
+            headers["X-LS-API-RateLimit-Type"] = "api-leaky-bucket"
+            body = _error_body(429, "Rate Limit Exceeded: Please decrease your request volume.",
+                               "RateLimitedException")
+        else:
+            body = _error_body(status, "Injected failure")
+        return Response(status, body, headers)
+
+    def _token(self, request: Request) -> Response:
+        if request.method != "POST":
+            return _oauth_error(405, "invalid_request", "The token endpoint only accepts POST")
+        if "json" in request.headers.get("content-type", ""):
+            try:
+                body = request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                return _oauth_error(400, "invalid_request", "The request body is not a JSON object")
+            if "scope" in body:  # §7: the 2026 bug report [S32] saw JSON plus scope rejected this way
+                return _oauth_error(400, "invalid_grant",
+                                    "The provided authorization grant or refresh token is invalid")
+            form = {k: str(v) for k, v in body.items()}
+        else:
+            form = request.form()
+        if form.get("grant_type") != "refresh_token":
+            return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported")
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            return _oauth_error(401, "invalid_client", "Client authentication failed")
+        parent = form.get("refresh_token", "")
+        if parent not in self._refresh_tokens:
+            return _oauth_error(400, "invalid_grant", "The refresh token is invalid. Token has been revoked")
+        # §7 rotation: the access token that came with `parent`, and anything minted from it before, die now;
+        # `parent` itself only dies when the new access token is first used (deferred revoke, 2026-01-15)
+        paired = next((g for g in self._access.values() if g.refresh_token == parent), None)
+        if paired is not None:
+            del self._access[paired.access_token]
+        if (earlier := self._minted_from.pop(parent, None)) is not None:
+            self._access.pop(earlier.access_token, None)
+            self._refresh_tokens.pop(earlier.refresh_token, None)
+        grant = _Grant(self._new_access_token(), f"def50200{secrets.token_hex(300 + secrets.randbelow(100))}",
+                       parent, self._now() + timedelta(seconds=self.access_token_ttl))
+        self._access[grant.access_token] = grant
+        self._refresh_tokens[grant.refresh_token] = None
+        self._minted_from[parent] = grant
+        self.refresh_count += 1
+        return Response(200, {"token_type": "Bearer", "expires_in": self.access_token_ttl,
+                              "access_token": grant.access_token, "refresh_token": grant.refresh_token})
+
+    def _new_access_token(self) -> str:
+        # §7: a JWT of variable length carrying the account in `acct`; the signature is random
+        expires = self._now() + timedelta(seconds=self.access_token_ttl)
+        claims = {"acct": self.account_id, "exp": int(expires.timestamp()),
+                  "scope": "employee:register_read employee:customers_read",
+                  "jti": secrets.token_hex(16 + secrets.randbelow(48))}
+        header = _b64url(json.dumps({"typ": "JWT", "alg": "RS256"}).encode())
+        return f"{header}.{_b64url(json.dumps(claims).encode())}.{_b64url(secrets.token_bytes(256))}"
+
+    def _authenticate(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        grant = self._access.get(token.strip()) if scheme.lower() == "bearer" else None
+        if grant is None or grant.expires_at <= self._now():
+            return False
+        if not grant.used:  # §7 deferred revoke: first use of the new access token retires the old refresh token
+            grant.used = True
+            self._refresh_tokens.pop(grant.parent, None)
+            self._minted_from.pop(grant.parent, None)
+        return True
+
+    def _api(self, request: Request) -> Response:
+        if not self._authenticate(request):
+            return Response(401, _error_body(401, "Access token could not be verified"))
+        match = _ROUTE.fullmatch(request.path)
+        kind = _KINDS.get(match["kind"]) if match and match["kind"] else None
+        relations = self._relations(kind, request) if kind else frozenset()
+        list_endpoint = not (match and match["id"])
+        headers, limited = self._charge(1 + sum(self._surcharge(kind, r, list_endpoint) for r in relations or ()))
+        if limited is not None:
+            limited.headers.update(headers)
+            return limited
+        try:
+            if relations is None:
+                raise _ApiError(400, "load_relations must be a JSON array of relation names or 'all'")
+            body = self._route(request, match, kind, relations)
+        except _ApiError as exc:
+            return Response(exc.status, _error_body(exc.status, exc.message), headers)
+        return Response(200, body, headers)
+
+    def _route(self, request: Request, match: re.Match | None, kind: _Kind | None,
+               relations: frozenset[str]) -> dict:
+        if match is None or (match["kind"] and kind is None):
+            raise _ApiError(404, f"Unknown path {request.path}")
+        if not match["ext"] and "application/json" not in request.headers.get("accept", ""):
+            # §1: XML is the default format; this emulator speaks JSON only
+            raise _ApiError(406, "This emulator only serves JSON: add .json or send Accept: application/json")
+        if request.method != "GET":
+            raise _ApiError(405, "This emulator only serves reads")
+        account = {"accountID": self.account_id, "name": "Emulated account",
+                   "link": {"@attributes": {"href": f"/API/V3/Account/{self.account_id}"}}}
+        if match["acct"] is None:
+            return {"@attributes": {"count": "1"}, "Account": account}
+        if match["acct"] != self.account_id:
+            # unconfirmed: the account-mismatch status is undocumented; a 404 reads as "no such account"
+            raise _ApiError(404, f"Object of type 'Account' not found with primary ID '{match['acct']}'.")
+        if kind is None:
+            return {"@attributes": {"count": "1"}, "Account": account}
+        name = match["kind"]
+        if match["id"]:
+            row_id = int(match["id"]) if match["id"].isdigit() else -1
+            if row_id not in self._table(name):
+                raise _ApiError(404, f"Object of type '{name}' not found with primary ID '{match['id']}'.")
+            return {"@attributes": {"count": "1"}, name: self._render(name, row_id, relations)}
+        return self._list(request, name, kind, relations)
+
+    # ------------------------------------------------------------------ rate limiting (§6)
+    @staticmethod
+    def _surcharge(kind: _Kind, name: str, list_endpoint: bool) -> float:
+        to_many, under_many = kind.relations[name]
+        return (0.2 if to_many else 0.1) * (2 if under_many else 1) * (2 if list_endpoint else 1)
+
+    def _charge(self, cost: float) -> tuple[dict[str, str], Response | None]:
+        now = time.monotonic()  # bucket time is real time: a client's sleep must really drain it
+        self._level = max(0.0, self._level - (now - self._level_at) * self.drip_rate)
+        self._level_at = now
+        if math.floor(now) != self._window:
+            self._window, self._burst = math.floor(now), 0
+        self._burst += 1
+        limited = None
+        if self._burst > self.burst_limit:
+            limited = self._limited("api-burst-limiter", math.ceil(self._window + 1 - now),
+                                    "Rate Limit Exceeded: burst rate limit exceeded. Please wait at least 1 second.")
+        elif self._level > self.bucket_size:
+            # the first request that overflowed was let through; the rest wait until the next one fits
+            wait = (self._level + cost - self.bucket_size) / self.drip_rate
+            limited = self._limited("api-leaky-bucket", math.ceil(wait),
+                                    "Rate Limit Exceeded: Please decrease your request volume.")
+        else:
+            self._level += cost
+        headers = {
+            "X-LS-API-Bucket-Level": f"{_num(round(self._level, 4))}/{_num(self.bucket_size)}",
+            "X-LS-API-Drip-Rate": _num(self.drip_rate),
+            "X-LS-API-Request-Cost": _num(round(cost, 4)),
+            "X-LS-API-Burst-Level": f"{self._burst}/{self.burst_limit}",
+            "X-LS-Acct-Id": self.account_id,
+        }
+        return headers, limited
+
+    @staticmethod
+    def _limited(kind: str, retry_after: int, message: str) -> Response:
+        return Response(429, _error_body(429, message, "RateLimitedException"),
+                        {"Retry-After": str(max(1, retry_after)), "X-LS-API-RateLimit-Type": kind})
+
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _relations(kind: _Kind, request: Request) -> frozenset[str] | None:
+        """The relations to load, or None when `load_relations` is malformed."""
+        raw = request.arg("load_relations")
+        if not raw:
+            return frozenset()
+        if raw == "all":
+            return frozenset(kind.relations)
+        try:
+            asked = json.loads(raw)
+        except ValueError:
+            asked = None
+        if not isinstance(asked, list) or not all(isinstance(name, str) for name in asked):
+            return None
+        # a nested relation loads its parent too; relations this emulator does not model are ignored
+        return frozenset(part for name in asked if name in kind.relations
+                         for part in (name, name.split(".")[0]) if part in kind.relations)
+
+    def _table(self, name: str) -> dict[int, Any]:
+        return self._sales if name == "Sale" else self._rows[name]
+
+    def _render(self, name: str, row_id: int, relations: frozenset[str]) -> dict:
+        if name == "Sale":
+            return self._render_sale(self._sales[row_id], relations)
+        row = dict(self._rows[name][row_id])
+        if "Contact" not in relations:
+            row.pop("Contact", None)
+        return row
+
+    def _list(self, request: Request, name: str, kind: _Kind, relations: frozenset[str]) -> dict:
+        limit_text = request.arg("limit") or "100"
+        if not limit_text.isdigit() or int(limit_text) > 100:
+            raise _ApiError(400, f"Invalid limit '{limit_text}': limit must be between 0 and 100")  # §2
+        limit = int(limit_text)
+        sort_text = request.arg("sort") or kind.id_field
+        sort_field, descending = sort_text.lstrip("-"), sort_text.startswith("-")
+        if sort_field not in kind.sortable:
+            raise _ApiError(400, f"Invalid sort field '{sort_field}'. Sortable fields: {', '.join(kind.sortable)}")
+        archived = (request.arg("archived") or "false").lower()
+        if archived not in ("false", "true", "only"):
+            raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
+        tests = [self._filter(name, key, values[-1]) for key, values in request.query.items() if key not in _CONTROL]
+
+        def key(row: dict) -> tuple:
+            if sort_field == kind.id_field:
+                return (int(row[kind.id_field]),)
+            return _rank(sort_field, row.get(sort_field)), int(row[kind.id_field])
+
+        # rows are evaluated now, so a row whose sort value changed mid-crawl can jump the cursor (§9)
+        rows = [self._render(name, row_id, frozenset()) for row_id in self._table(name)]
+        if archived != "true":  # §2: false (default) hides archived rows, only shows nothing else
+            rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
+        rows = sorted((r for r in rows if all(test(r) for test in tests)), key=key, reverse=descending)
+        after, before = request.arg("after"), request.arg("before")
+        if after and before:
+            raise _ApiError(400, "after and before cannot be combined")
+        cursor = self._decode_cursor(after or before, sort_field, kind) if (after or before) else None
+
+        def beyond(row: dict) -> bool:  # later than the cursor in the requested order
+            return key(row) < cursor if descending else key(row) > cursor
+
+        if before:
+            earlier = [r for r in rows if not beyond(r) and key(r) != cursor]
+            page = earlier[max(0, len(earlier) - limit):] if limit else []
+            has_previous, has_next = len(earlier) > limit, bool(page)
+        else:
+            page = [r for r in rows if beyond(r)][:limit] if after else rows[:limit]
+            has_previous, has_next = bool(after and page), len(page) == limit and limit > 0
+
+        def link(direction: str, row: dict) -> str:
+            value: list[Any] = [int(row[kind.id_field])]  # §3: [id], or [sort value, id]
+            if sort_field != kind.id_field:
+                value.insert(0, row.get(sort_field))
+            token = base64.b64encode(json.dumps(value, separators=(",", ":")).encode()).decode()
+            params = [(k, v[-1]) for k, v in request.query.items() if k not in ("after", "before", "sort", "limit")]
+            params += [("sort", sort_text), ("limit", str(limit)), (direction, token)]
+            return f"{self._base_url}{request.path}?{urlencode(params, quote_via=quote, safe='')}"
+
+        body: dict[str, Any] = {"@attributes": {"next": link("after", page[-1]) if has_next else "",
+                                                "previous": link("before", page[0]) if has_previous else ""}}
+        if page:  # §4.1/§4.5: no rows -> no key; one row -> an object
+            body[name] = _one_or_many([self._render(name, int(r[kind.id_field]), relations) for r in page])
+        return body
+
+    @staticmethod
+    def _decode_cursor(token: str, sort_field: str, kind: _Kind) -> tuple:
+        try:
+            value = json.loads(base64.b64decode(token, validate=True))
+            if sort_field == kind.id_field:
+                (row_id,) = value
+                return (int(row_id),)
+            sort_value, row_id = value
+            return _rank(sort_field, sort_value), int(row_id)
+        except (ValueError, TypeError):
+            raise _ApiError(400, "Invalid pagination cursor") from None
+
+    def _filter(self, name: str, field_name: str, raw: str) -> Callable[[dict], bool]:
+        """`field=OP,value` (§2) as a predicate on a rendered row."""
+        if field_name not in _KINDS[name].filterable:
+            raise _ApiError(400, f"Invalid query parameter '{field_name}' for {name}")
+        if name == "Sale" and field_name == "updatetime" and self.reject_updatetime_filter:
+            raise _ApiError(400, "Field 'updatetime' cannot be used as a search filter")
+        head, comma, rest = raw.partition(",")
+        op, value = (head, rest) if comma and head in _OPS else ("=", raw)
+        try:
+            if op == "IN":
+                items = [v.strip().strip("'\"") for v in value.strip().removeprefix("[").removesuffix("]").split(",")]
+                if len(items) > 100:
+                    raise _ApiError(400, "The IN operator accepts at most 100 values")
+                wanted = {_coerce(field_name, v) for v in items}
+                return lambda row: row.get(field_name) is not None and _coerce(field_name, row[field_name]) in wanted
+            if op in ("~", "!~"):
+                pattern = re.compile(".*".join(map(re.escape, value.split("%"))), re.IGNORECASE)
+                return lambda row: (pattern.fullmatch(row.get(field_name) or "") is not None) == (op == "~")
+            if op == "><":
+                low, high = (_coerce(field_name, v) for v in value.split(",", 1))
+                compare: Callable[[Any], bool] = lambda v: low <= v <= high  # §2: between is inclusive
+            else:
+                target, test = _coerce(field_name, value), _COMPARE[op]
+                compare = lambda v: test(v, target)  # noqa: E731
+        except ValueError:
+            raise _ApiError(400, f"Invalid value '{value}' for field '{field_name}'") from None
+        # an absent value (completeTime of an open sale) matches nothing, like NULL in SQL
+        return lambda row: row.get(field_name) is not None and compare(_coerce(field_name, row[field_name]))
+
+    # ------------------------------------------------------------------ sale shapes (§4, §5)
+    @staticmethod
+    def _totals(sale: _Sale) -> dict[str, Decimal]:
+        calcs = [line.calcs() for line in sale.lines]
+        subtotal = sum((c[0] for c in calcs), Decimal(0))
+        discount = sum((c[1] for c in calcs), Decimal(0))
+        # the sale rounds each tax to cents, then adds: 29.99 + 1.5 + 2.99 = 34.48 in the docs sample
+        tax1 = sum((c[2] for c in calcs), Decimal(0)).quantize(_CENT, ROUND_HALF_UP)
+        tax2 = sum((c[3] for c in calcs), Decimal(0)).quantize(_CENT, ROUND_HALF_UP)
+        taxable = sum((c[0] - c[1] for c, l in zip(calcs, sale.lines) if l.tax1_rate or l.tax2_rate), Decimal(0))
+        payments = sum((p.amount for p in sale.payments if not p.archived), Decimal(0))
+        return {"calcSubtotal": subtotal, "calcDiscount": discount, "calcTax1": tax1, "calcTax2": tax2,
+                "calcTaxable": taxable, "calcNonTaxable": subtotal - discount - taxable,
+                "calcTotal": subtotal - discount + tax1 + tax2, "calcPayments": payments}
+
+    def _render_sale(self, sale: _Sale, relations: frozenset[str]) -> dict:
+        total = self._totals(sale)
+        t = {k: _num(v) for k, v in total.items()}
+        first = sale.lines[0] if sale.lines else None
+        row: dict[str, Any] = {
+            "saleID": str(sale.id), "timeStamp": _ts(sale.stamp), "discountPercent": "0",
+            "completed": _bool(sale.completed_at is not None), "archived": "false", "voided": _bool(sale.voided),
+            "enablePromotions": "true", "isTaxInclusive": "false", "createTime": _ts(sale.created),
+            "updatetime": _ts(sale.updated),  # §4.6: the Sale reference's spelling
+        }
+        if sale.completed_at is not None:  # open sales carry no completeTime (docs sample 302)
+            row["completeTime"] = _ts(sale.completed_at)
+        row.update({
+            "referenceNumber": "", "referenceNumberSource": "",
+            "tax1Rate": _num(first.tax1_rate) if first else "0", "tax2Rate": _num(first.tax2_rate) if first else "0",
+            "change": "0", "tipEnabled": "false", "receiptPreference": "printed",
+            "displayableSubtotal": t["calcSubtotal"], "ticketNumber": sale.ticket,
+            "calcDiscount": t["calcDiscount"], "calcTotal": t["calcTotal"], "calcSubtotal": t["calcSubtotal"],
+            "calcTaxable": t["calcTaxable"], "calcNonTaxable": t["calcNonTaxable"], "calcAvgCost": "0",
+            "calcFIFOCost": "0", "calcTax1": t["calcTax1"], "calcTax2": t["calcTax2"],
+            "calcPayments": t["calcPayments"], "calcTips": "0", "total": t["calcTotal"], "totalDue": t["calcTotal"],
+            "displayableTotal": t["calcTotal"], "balance": _num(total["calcTotal"] - total["calcPayments"]),
+            "customerID": str(sale.customer_id), "discountID": "0", "employeeID": "1", "tipEmployeeID": "0",
+            "quoteID": "0", "registerID": "1", "shipToID": "0", "shopID": str(sale.shop_id), "taxCategoryID": "0",
+        })
+        if "Customer" in relations and sale.customer_id:  # §4.5: Customer is absent when customerID is "0"
+            row["Customer"] = self._render("Customer", sale.customer_id,
+                                           frozenset({"Contact"}) if "Customer.Contact" in relations else frozenset())
+        # §4.5: a sale without lines or payments simply lacks the key, as in the recorded 2016 fixture
+        if "SaleLines" in relations and sale.lines:
+            row["SaleLines"] = {"SaleLine": _one_or_many([self._render_line(l, relations) for l in sale.lines])}
+        if "SalePayments" in relations and sale.payments:
+            row["SalePayments"] = {"SalePayment": _one_or_many([self._render_payment(sale, p, relations)
+                                                                for p in sale.payments])}
+        row["taxTotal"] = _num(total["calcTax1"] + total["calcTax2"])
+        row.update(sale.corrupted)
+        return row
+
+    def _render_line(self, line: _Line, relations: frozenset[str]) -> dict:
+        subtotal, discount, tax1, tax2, total = line.calcs()
+        row = {
+            "saleLineID": str(line.id), "createTime": _ts(line.created), "timeStamp": _ts(line.stamp),
+            "unitQuantity": str(line.quantity), "unitPrice": _num(line.unit_price), "normalUnitPrice": "0",
+            "discountAmount": _num(discount), "discountPercent": "0", "avgCost": "0", "fifoCost": "0",
+            "tax": _bool(bool(line.tax1_rate or line.tax2_rate)), "tax1Rate": _num(line.tax1_rate),
+            "tax2Rate": _num(line.tax2_rate), "isLayaway": "false", "isWorkorder": "false",
+            "isSpecialOrder": "false", "displayableSubtotal": _num(subtotal),
+            "displayableUnitPrice": _num(line.unit_price), "calcLineDiscount": _num(discount),
+            "calcTransactionDiscount": "0", "calcTotal": _num(total), "calcSubtotal": _num(subtotal),
+            "calcTax1": _num(tax1), "calcTax2": _num(tax2), "taxClassID": "1", "customerID": "0",
+            "discountID": "0", "employeeID": "1", "itemID": str(line.item_id), "noteID": "0",
+            "parentSaleLineID": str(line.parent_id), "shopID": str(line.shop_id), "saleID": str(line.sale_id),
+        }
+        if "SaleLines.Item" in relations and line.item_id in self._rows["Item"]:
+            row["Item"] = dict(self._rows["Item"][line.item_id])
+        return row
+
+    def _render_payment(self, sale: _Sale, payment: _Payment, relations: frozenset[str]) -> dict:
+        row = {
+            "salePaymentID": str(payment.id), "amount": _num(payment.amount), "tipAmount": "0",
+            "createTime": _ts(payment.created), "archived": _bool(payment.archived), "remoteReference": "",
+            "paymentID": "", "saleID": str(sale.id), "paymentTypeID": str(payment.type_id), "ccChargeID": "0",
+            "refPaymentID": "0", "registerID": "1", "employeeID": "1", "creditAccountID": "0",
+        }
+        if "SalePayments.PaymentType" in relations and payment.type_id in self._rows["PaymentType"]:
+            row["PaymentType"] = dict(self._rows["PaymentType"][payment.type_id])
+        return row

@@ -1,0 +1,1237 @@
+"""An emulator of the Salesforce REST API, with OAuth and SOAP login, served over HTTPS on loopback."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+import jwt
+
+from . import soql
+from .http import DropConnection, EmulatorServer, Request, Response, loopback_tls
+
+PAGE_SIZE = 2000  # query rows per page (the REST default and maximum)
+COLLECTION_LIMIT = 200  # records per sObject Collections request
+CHUNK_LIMIT = 10  # runs of same-type records per Collections create
+COMPOSITE_LIMIT = 25  # subrequests per /composite
+COMPOSITE_HEAVY_LIMIT = 5  # of which Collections or query/queryAll
+MAX_URI_BYTES = 16_384
+OLDEST_VERSION = 31
+SOAP_LOGIN_LAST_VERSION = 64.0  # login() is gone from API v65.0 on (fact sheet §0)
+ORG_ID = "00D5g00000HqORGEAA"
+USER_ID = "0055g00000HqUSREAA"
+JWT_AUDIENCES = ["https://login.salesforce.com", "https://test.salesforce.com"]
+
+_API_PATH = re.compile(r"^/services/data/v(\d+\.\d)(/.*)?$")
+_SOAP_PATH = re.compile(r"^/services/Soap/u/(\d+\.\d)/?$")
+_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SOAP_ENVELOPE = "http://schemas.xmlsoap.org/soap/envelope/"
+_REFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+_REFERENCE = re.compile(r"@\{([^}]*)\}")
+_REFERENCE_EXPR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+|\[\d+\])*)")
+_TEXT_KINDS = {"id", "text", "email", "phone", "picklist", "reference"}
+_NUMBER_KINDS = {"currency", "number"}
+_HALTED = "The transaction was rolled back since another operation in the same transaction failed."
+_ROLLED_BACK = ("Record rolled back because not all records were valid and the request was using "
+                "AllOrNone header")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the emulated org's schema."""
+
+    name: str
+    kind: str  # id, text, email, phone, picklist, reference, datetime, currency, number, boolean
+    length: int = 0  # characters for text kinds; digits before the point for numbers
+    scale: int = 0
+    label: str = ""
+    required: bool = False
+    writable: bool = True
+    external_id: bool = False  # External ID and Unique (case-insensitive)
+    reference_to: str | None = None
+    relationship: str | None = None
+    master_detail: bool = False
+    values: tuple[str, ...] = ()  # restricted picklist
+    person: bool = False  # only valid on person accounts
+    sortable: bool = True
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str  # the request target as sent, query string included
+    status: int
+    body: Any  # parsed JSON, the form for oauth2, the XML text for SOAP
+    subrequests: list[dict] = field(default_factory=list)  # /composite: each subrequest plus its httpStatusCode
+    dropped: bool = False
+
+
+class ApiError(Exception):
+    """A request-level error: the whole request fails with this status and error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def response(self) -> Response:
+        return Response(self.status, [{"message": self.message, "errorCode": self.code}])
+
+
+class RecordError(Exception):
+    """A record-level failure: reported per record (Collections) or as a 400 (sObject Rows)."""
+
+    def __init__(self, code: str = "", message: str = "", fields: list[str] | None = None,
+                 errors: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"statusCode": code, "message": message, "fields": fields or []}]
+
+    def response(self) -> Response:
+        return Response(400, [{"message": e["message"], "errorCode": e["statusCode"], "fields": e["fields"]}
+                              for e in self.errors])
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    path_contains: str
+    drop: bool
+    status: int = 0
+    error_code: str = ""
+    after_commit: bool = True
+
+
+def _text(name: str, length: int, **kw: Any) -> Field:
+    return Field(name, kw.pop("kind", "text"), length, **kw)
+
+
+def _money(name: str) -> Field:
+    return Field(name, "currency", 14, 2)  # Currency(16,2)
+
+
+def _system_fields() -> list[Field]:
+    return [Field(n, "datetime", writable=False) for n in ("CreatedDate", "LastModifiedDate", "SystemModstamp")] + [
+        Field("IsDeleted", "boolean", writable=False)]
+
+
+def _schema(person_accounts: bool) -> dict[str, list[Field]]:
+    """The org's objects (contract §3); the person-account fields exist only when the feature is on."""
+    account = [Field("Id", "id", writable=False), _text("Name", 255), _text("Phone", 40, kind="phone"),
+               _text("LS_Customer_ID__c", 40, external_id=True, label="LS Customer ID")]
+    if person_accounts:
+        phones = [_text(n, 40, kind="phone", label=label, person=True, sortable=False) for n, label in
+                  (("PersonMobilePhone", "Mobile"), ("PersonHomePhone", "Home Phone"),
+                   ("PersonOtherPhone", "Other Phone"))]
+        account += [_text("FirstName", 40, label="First Name", person=True),
+                    _text("LastName", 80, label="Last Name", person=True),
+                    Field("RecordTypeId", "reference", label="Record Type ID", reference_to="RecordType",
+                          relationship="RecordType"),
+                    Field("IsPersonAccount", "boolean", writable=False),
+                    _text("PersonEmail", 80, kind="email", label="Email", person=True, sortable=False), *phones]
+    record_type = [Field("Id", "id", writable=False)] + [
+        _text(n, 80, writable=False) for n in ("Name", "DeveloperName", "SobjectType")] + [
+        Field("IsPersonType", "boolean", writable=False)]
+    sale = [Field("Id", "id", writable=False), _text("Name", 80, writable=False),
+            _text("LS_Sale_ID__c", 40, external_id=True, label="LS Sale ID"),
+            Field("Account__c", "reference", label="Account", reference_to="Account", relationship="Account__r"),
+            _text("Match_Status__c", 255, kind="picklist", label="Match Status",
+                  values=("Linked", "Email", "Phone", "Created", "Guest", "Ambiguous")),
+            _text("Ticket_Number__c", 40), Field("Transaction_Date__c", "datetime"),
+            _text("Status__c", 255, kind="picklist", label="Status", values=("Completed", "Refund", "Voided")),
+            _text("Shop_Name__c", 80), _money("Subtotal__c"), _money("Discount__c"), _money("Tax__c"),
+            _money("Total__c"), _money("Amount_Paid__c"), _text("Payment_Methods__c", 255),
+            Field("LS_Updated_At__c", "datetime")]
+    line = [Field("Id", "id", writable=False), _text("Name", 80, writable=False),
+            _text("LS_Sale_Line_ID__c", 40, external_id=True, label="LS Sale Line ID"),
+            Field("Sales_Transaction__c", "reference", label="Sales Transaction", required=True,
+                  reference_to="Sales_Transaction__c", relationship="Sales_Transaction__r", master_detail=True),
+            _text("SKU__c", 80, label="SKU"), _text("Product_Name__c", 255), _text("Category__c", 80),
+            Field("Quantity__c", "number", 10, 2), _money("Unit_Price__c"), _money("Discount__c"),
+            _money("Tax__c"), _money("Line_Total__c")]
+    tables = {"Account": account, "RecordType": record_type, "Sales_Transaction__c": sale, "Sales_Line_Item__c": line}
+    return {name: fields + _system_fields() for name, fields in tables.items()}
+
+
+_KEY_PREFIXES = {"Account": "001", "RecordType": "012", "Sales_Transaction__c": "a0A", "Sales_Line_Item__c": "a0B"}
+_AUTO_NUMBER = {"Sales_Transaction__c": "ST-{:07d}", "Sales_Line_Item__c": "SLI-{:07d}"}
+
+
+def _label(f: Field) -> str:
+    return f.label or f.name.removesuffix("__c").replace("_", " ")
+
+
+def _with_checksum(id15: str) -> str:
+    """The 18-character form of a 15-character Id: three case-encoding characters appended."""
+    suffix = ""
+    for start in range(0, 15, 5):
+        bits = sum(1 << i for i, c in enumerate(id15[start:start + 5]) if c.isupper())
+        suffix += "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"[bits]
+    return id15 + suffix
+
+
+def _normalize_id(value: Any) -> str | None:
+    """An 18-character Id, or None when `value` is not a well-formed Id."""
+    if not isinstance(value, str) or not _ID.match(value):
+        return None
+    full = _with_checksum(value[:15])
+    return full if len(value) == 15 or full == value else None
+
+
+def _now() -> str:
+    return _format_datetime(dt.datetime.now(dt.timezone.utc))
+
+
+def _format_datetime(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+
+
+def _version_label(version: int) -> str:
+    step = version - 60  # v60.0 is Spring '24; three releases a year
+    return f"{('Spring', 'Summer', 'Winter')[step % 3]} '{24 + (step + 1) // 3}"
+
+
+class SalesforceEmulator:
+    """A Salesforce org with the lspos-sync data model, reachable over HTTPS on 127.0.0.1."""
+
+    def __init__(self, tls_dir: Path, api_version: str = "62.0", access_token: str = "sf-access-token",
+                 consumer_key: str = "sf-consumer-key", consumer_secret: str = "sf-consumer-secret",
+                 username: str = "integration@example.com", password: str = "sf-password",
+                 security_token: str = "sf-security-token", jwt_public_key_pem: bytes | None = None,
+                 daily_api_limit: int = 100_000, latency: float = 0.0, person_accounts: bool = True) -> None:
+        self.api_version = api_version
+        self.access_token = access_token
+        self.consumer_key, self.consumer_secret = consumer_key, consumer_secret
+        self.username, self.password, self.security_token = username, password, security_token
+        self.jwt_public_key_pem = jwt_public_key_pem
+        self.daily_api_limit = daily_api_limit
+        self.person_accounts = person_accounts
+        self.api_calls = 0
+        self.requests: list[RequestRecord] = []
+        ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
+        self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
+        self._lock = threading.RLock()  # one store lock: every API request is atomic
+        self._tokens = {access_token}
+        self._faults: list[_Fault] = []
+        self._rules: list[tuple[str, Callable[[dict], bool], str, str]] = []
+        self._cursors: dict[str, list[dict]] = {}
+        self._ids = itertools.count(1)
+        self._auto_numbers = {name: itertools.count(1) for name in _AUTO_NUMBER}
+        self._schema = {name: {f.name: f for f in fields} for name, fields in _schema(person_accounts).items()}
+        self._fields_ci = {name: {k.lower(): f for k, f in fields.items()} for name, fields in self._schema.items()}
+        self._relationships = {name: {f.relationship.lower(): f for f in fields.values() if f.relationship}
+                               for name, fields in self._schema.items()}
+        self._objects_ci = {name.lower(): name for name in self._schema}
+        self._rows: dict[str, dict[str, dict]] = {name: {} for name in self._schema}
+        self._recycle: dict[str, dict[str, dict]] = {name: {} for name in self._schema}  # for queryAll
+        self._unique: dict[tuple[str, str], dict[str, str]] = {
+            (name, f.name): {} for name, fields in self._schema.items() for f in fields.values() if f.external_id}
+        self._undo: list[tuple[str, str, dict | None, dict | None]] = []
+        self.person_account_record_type_id: str | None = None
+        self._business_record_type_id: str | None = None
+        if person_accounts:
+            self.person_account_record_type_id = self._seed_record_type("PersonAccount", "Person Account", True)
+            self._business_record_type_id = self._seed_record_type("Business_Account", "Business Account", False)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        self._server.start()
+        return self.instance_url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> "SalesforceEmulator":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def instance_url(self) -> str:
+        return self._server.base_url
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self._ca_bundle
+
+    def env(self) -> dict[str, str]:
+        return {"SALESFORCE_INSTANCE_URL": self.instance_url, "SALESFORCE_ACCESS_TOKEN": self.access_token,
+                "SALESFORCE_API_VERSION": self.api_version, "SSL_CERT_FILE": str(self.ca_bundle),
+                "REQUESTS_CA_BUNDLE": str(self.ca_bundle)}
+
+    # ---- data access for seeding and assertions (no API call counted) -----------------------------
+
+    def insert(self, sobject: str, fields: dict) -> str:
+        """Create a record with the API's validation; raises ValueError with the Salesforce error on failure."""
+        with self._lock:
+            try:
+                sobject = self._object(sobject)
+                return self._save(sobject, self._deserialize(sobject, fields), None)
+            except ApiError as error:
+                raise ValueError(f"{error.code}: {error.message}") from None
+            except RecordError as error:
+                raise ValueError("; ".join(f"{e['statusCode']}: {e['message']}" for e in error.errors)) from None
+            finally:
+                self._undo.clear()
+
+    def records(self, sobject: str) -> list[dict]:
+        with self._lock:
+            return [dict(row) for row in self._rows[sobject].values()]
+
+    def get(self, sobject: str, record_id: str) -> dict | None:
+        with self._lock:
+            row = self._rows[sobject].get(_normalize_id(record_id) or "")
+            return dict(row) if row else None
+
+    # ---- faults ------------------------------------------------------------------------------------
+
+    def add_validation_rule(self, sobject: str, predicate: Callable[[dict], bool], message: str,
+                            error_code: str = "FIELD_CUSTOM_VALIDATION_EXCEPTION") -> None:
+        """A rule like an org's validation rule: `predicate(record)` returning True rejects the save."""
+        self._rules.append((sobject, predicate, message, error_code))
+
+    def clear_validation_rules(self) -> None:
+        """The admin relaxed the rules: what they rejected may now go through."""
+        with self._lock:
+            self._rules.clear()
+
+    def fail_next(self, count: int = 1, status: int = 503, path_contains: str = "/composite",
+                  error_code: str = "SERVER_UNAVAILABLE") -> None:
+        """Answer the next `count` matching requests with an error, without executing (or counting) them."""
+        self._faults.append(_Fault(count, path_contains, drop=False, status=status, error_code=error_code))
+
+    def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True) -> None:
+        """Close the connection of the next `count` matching requests without answering; with
+        `after_commit` the request is executed (and committed) first, as when a response is lost."""
+        self._faults.append(_Fault(count, path_contains, drop=True, after_commit=after_commit))
+
+    def expire_sessions(self) -> None:
+        """Invalidate every token issued so far, the configured access_token too."""
+        with self._lock:
+            self._tokens.clear()
+
+    # ---- HTTP entry point --------------------------------------------------------------------------
+
+    def _handle(self, request: Request) -> Response:
+        record = RequestRecord(request.method, request.raw_target, 0, _request_body(request))
+        self.requests.append(record)
+        fault = self._take_fault(request.raw_target)
+        if fault and fault.drop and not fault.after_commit:
+            record.dropped = True
+            raise DropConnection()
+        if fault and not fault.drop:
+            response = Response(fault.status, [{"message": "The server is temporarily unavailable.",
+                                                "errorCode": fault.error_code}])
+        else:
+            response = self._route(request)
+        record.status = response.status
+        if request.path.rstrip("/").endswith("/composite") and response.status == 200:
+            for sub, result in zip(record.body["compositeRequest"], response.body["compositeResponse"]):
+                record.subrequests.append({**sub, "httpStatusCode": result["httpStatusCode"]})
+        if fault and fault.drop:
+            record.dropped = True
+            raise DropConnection()
+        return response
+
+    def _take_fault(self, target: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.path_contains in target:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _route(self, request: Request) -> Response:
+        if len(request.raw_target.encode()) > MAX_URI_BYTES:
+            return Response(414, "URI Too Long", content_type="text/plain")
+        if request.path == "/services/oauth2/token" and request.method == "POST":
+            return self._oauth_token(request)
+        soap = _SOAP_PATH.match(request.path)
+        if soap and request.method == "POST":
+            return self._soap_login(request, soap.group(1))
+        if request.path.rstrip("/") == "/services/data" and request.method == "GET":
+            newest = int(float(self.api_version))
+            return Response(200, [{"label": _version_label(v), "url": f"/services/data/v{v}.0", "version": f"{v}.0"}
+                                  for v in range(OLDEST_VERSION, newest + 1)])
+        match = _API_PATH.match(request.path)
+        if not match:
+            return Response(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
+        return self._api_request(request, match.group(1), match.group(2) or "")
+
+    def _api_request(self, request: Request, version: str, rest: str) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self._lock:
+            if scheme.lower() not in ("bearer", "oauth") or token not in self._tokens:
+                response = Response(401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+            elif self.api_calls >= self.daily_api_limit:
+                response = Response(403, [{"message": "TotalRequests Limit exceeded.",
+                                           "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+            else:
+                self.api_calls += 1
+                try:
+                    response = self._dispatch(request.method, version, rest, request.query,
+                                              _json_body(request.body), top_level=True)
+                except ApiError as error:
+                    response = error.response()
+                finally:
+                    self._undo.clear()
+            response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_calls}/{self.daily_api_limit}"
+        return response
+
+    # ---- authentication ----------------------------------------------------------------------------
+
+    def _issue_token(self) -> str:
+        token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(48)}"
+        with self._lock:
+            self._tokens.add(token)
+        return token
+
+    def _oauth_token(self, request: Request) -> Response:
+        form = request.form()
+        grant = form.get("grant_type")
+        if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            failure = self._check_jwt(form.get("assertion", ""))
+        elif grant in ("client_credentials", "password"):
+            client_id, client_secret = form.get("client_id"), form.get("client_secret")
+            scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "basic":
+                try:
+                    client_id, _, client_secret = base64.b64decode(encoded).decode().partition(":")
+                except ValueError:  # bad base64 or not UTF-8
+                    client_id = client_secret = None
+            if (client_id, client_secret) != (self.consumer_key, self.consumer_secret):
+                return Response(400, {"error": "invalid_client", "error_description": "invalid client credentials"})
+            failure = None
+            if grant == "password" and (form.get("username"), form.get("password")) not in (
+                    (self.username, self.password), (self.username, self.password + self.security_token)):
+                failure = "authentication failure"
+        else:
+            return Response(400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"})
+        if failure:
+            return Response(400, {"error": "invalid_grant", "error_description": failure})
+        issued_at = str(int(time.time() * 1000))
+        identity = f"https://login.salesforce.com/id/{ORG_ID}/{USER_ID}"
+        signature = hmac.new(self.consumer_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
+        return Response(200, {"access_token": self._issue_token(), "instance_url": self.instance_url, "id": identity,
+                              "token_type": "Bearer", "issued_at": issued_at,
+                              "signature": base64.b64encode(signature).decode()})
+
+    def _check_jwt(self, assertion: str) -> str | None:
+        """None when the JWT bearer assertion is acceptable, else the error_description."""
+        if not self.jwt_public_key_pem:
+            return "invalid assertion"
+        try:
+            claims = jwt.decode(assertion, self.jwt_public_key_pem, algorithms=["RS256"],
+                                audience=[*JWT_AUDIENCES, self.instance_url], issuer=self.consumer_key,
+                                options={"require": ["exp", "iss", "sub", "aud"]})
+        except jwt.InvalidAudienceError:
+            return "audience is invalid"
+        except jwt.PyJWTError:
+            return "invalid assertion"
+        return None if claims["sub"] == self.username else "user hasn't approved this consumer"
+
+    def _soap_login(self, request: Request, version: str) -> Response:
+        try:
+            values = {el.tag.rsplit("}", 1)[-1]: el.text or "" for el in ET.fromstring(request.body).iter()}
+        except ET.ParseError:
+            return _soap_fault("INVALID_REQUEST", "The request body is not valid XML.")
+        if float(version) > SOAP_LOGIN_LAST_VERSION:
+            return _soap_fault("INVALID_OPERATION", f"login() is not available in API version {version}")
+        if (values.get("username"), values.get("password")) != (self.username, self.password + self.security_token):
+            return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
+        server = f"{self.instance_url}/services/Soap/u/{version}/{ORG_ID[:15]}"
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{_SOAP_ENVELOPE}"'
+            ' xmlns="urn:partner.soap.sforce.com"><soapenv:Body><loginResponse><result>'
+            f"<metadataServerUrl>{self.instance_url}/services/Soap/m/{version}/{ORG_ID[:15]}</metadataServerUrl>"
+            f"<passwordExpired>false</passwordExpired><sandbox>false</sandbox><serverUrl>{server}</serverUrl>"
+            f"<sessionId>{escape(self._issue_token())}</sessionId><userId>{USER_ID}</userId>"
+            f"<userInfo><organizationId>{ORG_ID}</organizationId><userName>{escape(self.username)}</userName>"
+            "</userInfo></result></loginResponse></soapenv:Body></soapenv:Envelope>")
+        return Response(200, body, content_type="text/xml; charset=utf-8")
+
+    # ---- REST routing ------------------------------------------------------------------------------
+
+    def _dispatch(self, method: str, version: str, rest: str, query: dict[str, list[str]], body: Any,
+                  top_level: bool) -> Response:
+        if not OLDEST_VERSION <= float(version) <= float(self.api_version):
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        segments = [unquote(s) for s in rest.strip("/").split("/")] if rest.strip("/") else []
+        arg = {k: v[-1] for k, v in query.items()}
+        match segments:
+            case []:
+                _allow(method, "GET")
+                return Response(200, {name: f"/services/data/v{version}/{name}" for name in
+                                      ("sobjects", "query", "queryAll", "composite", "limits")})
+            case ["limits"]:
+                _allow(method, "GET")
+                return Response(200, {"DailyApiRequests": {"Max": self.daily_api_limit,
+                                                           "Remaining": self.daily_api_limit - self.api_calls}})
+            case ["query" | "queryAll" as kind]:
+                _allow(method, "GET")
+                if "q" not in arg:
+                    raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+                return self._query(arg["q"], kind, version)
+            case ["query" | "queryAll" as kind, locator]:
+                _allow(method, "GET")
+                return self._query_page(locator, kind, version)
+            case ["sobjects", name]:
+                _allow(method, "POST")
+                sobject = self._object(name, 404)
+                try:
+                    record_id = self._save(sobject, self._deserialize(sobject, _as_record(body)), None)
+                except RecordError as error:
+                    return error.response()
+                return Response(201, {"id": record_id, "success": True, "errors": []},
+                                {"Location": self._url(version, sobject, record_id)})
+            case ["sobjects", name, record_id]:
+                return self._row(method, self._object(name, 404), record_id, arg, body, version)
+            case ["sobjects", name, ext_field, value]:
+                return self._row_by_external_id(method, self._object(name, 404), ext_field, value, body, version)
+            case ["composite"] if top_level:
+                _allow(method, "POST")
+                return self._composite(body, version)
+            case ["composite", "sobjects"]:
+                _allow(method, "POST", "PATCH", "DELETE")
+                if method == "DELETE":
+                    return self._collection_delete(arg)
+                return self._collection_save(method, body)
+            case ["composite", "sobjects", name]:
+                _allow(method, "GET")
+                return self._collection_get(self._object(name, 404), arg, version)
+            case ["composite", "sobjects", name, ext_field]:
+                _allow(method, "PATCH")
+                return self._collection_upsert(self._object(name, 404), ext_field, body)
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def _object(self, name: str, status: int = 400) -> str:
+        sobject = self._objects_ci.get(name.lower())
+        if sobject is None:
+            if status == 404:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            raise ApiError(400, "INVALID_TYPE", f"sObject type '{name}' is not supported. If you are attempting to "
+                           "use a custom object, be sure to append the '__c' after the entity name. Please reference "
+                           "your WSDL or the describe call for the appropriate names.")
+        return sobject
+
+    def _url(self, version: str, sobject: str, record_id: str) -> str:
+        return f"/services/data/v{version}/sobjects/{sobject}/{record_id}"
+
+    def _render(self, version: str, sobject: str, row: dict, fields: list[str] | None = None) -> dict:
+        names = fields if fields is not None else list(self._schema[sobject])
+        return {"attributes": {"type": sobject, "url": self._url(version, sobject, row["Id"])},
+                **{name: row.get(name) for name in names}}
+
+    def _field_list(self, sobject: str, raw: str | None) -> list[str] | None:
+        if raw is None:
+            return None
+        names = []
+        for name in filter(None, (n.strip() for n in raw.split(","))):
+            found = self._fields_ci[sobject].get(name.lower())
+            if found is None:
+                raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'")
+            names.append(found.name)
+        return names
+
+    # ---- sObject Rows ------------------------------------------------------------------------------
+
+    def _live_id(self, sobject: str, raw_id: str) -> str:
+        record_id = _normalize_id(raw_id)
+        if record_id is None or not record_id.startswith(_KEY_PREFIXES[sobject]):
+            raise ApiError(400, "MALFORMED_ID", f"{sobject} ID: id value of incorrect type: {raw_id}")
+        if record_id in self._recycle[sobject]:
+            raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
+        if record_id not in self._rows[sobject]:
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        return record_id
+
+    def _row(self, method: str, sobject: str, raw_id: str, arg: dict, body: Any, version: str) -> Response:
+        _allow(method, "GET", "PATCH", "DELETE")
+        record_id = self._live_id(sobject, raw_id)
+        try:
+            if method == "GET":
+                return Response(200, self._render(version, sobject, self._rows[sobject][record_id],
+                                                  self._field_list(sobject, arg.get("fields"))))
+            if method == "PATCH":
+                self._save(sobject, self._deserialize(sobject, _as_record(body)), self._rows[sobject][record_id])
+            else:
+                self._delete(sobject, record_id)
+        except RecordError as error:
+            return error.response()
+        return Response(204)
+
+    def _row_by_external_id(self, method: str, sobject: str, ext_name: str, value: str, body: Any,
+                            version: str) -> Response:
+        _allow(method, "GET", "PATCH", "DELETE")
+        ext = self._external_id_field(sobject, ext_name)
+        existing_id = self._unique[(sobject, ext.name)].get(value.casefold())
+        if method == "PATCH":
+            values = self._deserialize(sobject, _as_record(body))
+            values.setdefault(ext.name, value)
+            existing = self._rows[sobject][existing_id] if existing_id else None
+            try:
+                record_id = self._save(sobject, values, existing)
+            except RecordError as error:
+                return error.response()
+            created = existing is None
+            return Response(201 if created else 200, {"id": record_id, "success": True, "errors": [],
+                                                      "created": created},
+                            {"Location": self._url(version, sobject, record_id)} if created else {})
+        if existing_id is None:
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        if method == "GET":
+            return Response(200, self._render(version, sobject, self._rows[sobject][existing_id]))
+        try:
+            self._delete(sobject, existing_id)
+        except RecordError as error:
+            return error.response()
+        return Response(204)
+
+    def _external_id_field(self, sobject: str, name: str) -> Field:
+        found = self._fields_ci[sobject].get(name.lower())
+        if found is None or not found.external_id:
+            raise ApiError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {name}")
+        return found
+
+    # ---- sObject Collections -----------------------------------------------------------------------
+
+    def _collection_records(self, body: Any) -> tuple[list[dict], bool]:
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be an object with a records array")
+        records = body["records"]
+        if len(records) > COLLECTION_LIMIT:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT",
+                           "record limit reached. cannot submit more than 200 records into this call")
+        if not all(isinstance(r, dict) for r in records):
+            raise ApiError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
+        return records, bool(body.get("allOrNone", False))
+
+    def _record_type(self, record: dict) -> str:
+        declared = (record.get("attributes") or {}).get("type")
+        if not declared:
+            raise ApiError(400, "INVALID_TYPE", "Must send a concrete entity type.")
+        return self._object(declared)
+
+    def _collection_save(self, method: str, body: Any) -> Response:
+        records, all_or_none = self._collection_records(body)
+        # The whole body is deserialized before anything is saved, so shape errors fail the whole request.
+        typed = [(self._record_type(r), r) for r in records]
+        if method == "POST":
+            chunks = sum(1 for i, (sobject, _) in enumerate(typed) if i == 0 or typed[i - 1][0] != sobject)
+            if chunks > CHUNK_LIMIT:
+                raise ApiError(400, "LIMIT_EXCEEDED", "Cannot have more than 10 chunks in a single operation. "
+                                                      "Please rearrange the data to reduce chunking.")
+        # Field names are case-insensitive; the update docs spell the key `id`.
+        prepared = [(sobject, next((v for k, v in r.items() if k.lower() == "id"), None),
+                     self._deserialize(sobject, {k: v for k, v in r.items() if k.lower() != "id"}))
+                    for sobject, r in typed]
+
+        def create(sobject: str, raw_id: Any, values: dict) -> dict:
+            if raw_id is not None:
+                raise RecordError("INVALID_FIELD", "cannot specify Id in an insert call", ["Id"])
+            return {"id": self._save(sobject, values, None), "success": True, "errors": []}
+
+        def update(sobject: str, raw_id: Any, values: dict) -> dict:
+            if not raw_id:
+                raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call")
+            record_id = _normalize_id(raw_id)
+            if record_id is None or not record_id.startswith(_KEY_PREFIXES[sobject]):
+                raise RecordError("MALFORMED_ID", f"{sobject} ID: id value of incorrect type: {raw_id}", ["Id"])
+            if record_id not in self._rows[sobject]:
+                raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+            self._save(sobject, values, self._rows[sobject][record_id])
+            return {"id": record_id, "success": True, "errors": []}
+
+        operation = create if method == "POST" else update
+        return Response(200, self._run_collection([lambda p=p: operation(*p) for p in prepared], all_or_none))
+
+    def _collection_upsert(self, sobject: str, ext_name: str, body: Any) -> Response:
+        ext = self._external_id_field(sobject, ext_name)
+        records, all_or_none = self._collection_records(body)
+        for record in records:
+            if self._record_type(record) != sobject:
+                raise ApiError(400, "INVALID_TYPE", f"All records must be of type {sobject} (the URI's sObject type)")
+        prepared = [self._deserialize(sobject, r) for r in records]
+        keys = [(v.get(ext.name) or "").casefold() for v in prepared]
+
+        def upsert(values: dict) -> dict:
+            key = values.get(ext.name)
+            if key is None:
+                raise RecordError("MISSING_ARGUMENT", f"{ext.name} not specified", [ext.name])
+            if keys.count(key.casefold()) > 1:  # as SOAP and Bulk upsert answer a key repeated in one call
+                raise RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", [ext.name])
+            # External ID fields are Unique, so a key matches at most one record (no DUPLICATE_EXTERNAL_ID here).
+            existing_id = self._unique[(sobject, ext.name)].get(key.casefold())
+            existing = self._rows[sobject][existing_id] if existing_id else None
+            return {"id": self._save(sobject, values, existing), "success": True, "errors": [],
+                    "created": existing is None}
+
+        return Response(200, self._run_collection([lambda v=v: upsert(v) for v in prepared], all_or_none))
+
+    def _collection_delete(self, arg: dict) -> Response:
+        ids = [i for i in (arg.get("ids") or "").split(",") if i]
+        if not ids:
+            raise ApiError(400, "MISSING_ARGUMENT", "ids parameter is required")
+        if len(ids) > COLLECTION_LIMIT:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT",
+                           "record limit reached. cannot submit more than 200 records into this call")
+
+        def delete(raw_id: str) -> dict:
+            record_id = _normalize_id(raw_id)
+            sobject = next((s for s, p in _KEY_PREFIXES.items() if record_id and record_id.startswith(p)), None)
+            if record_id is None or sobject is None:
+                raise RecordError("MALFORMED_ID", f"invalid record id: {raw_id}")
+            if record_id not in self._rows[sobject]:
+                raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+            self._delete(sobject, record_id)
+            return {"id": record_id, "success": True, "errors": []}
+
+        all_or_none = arg.get("allOrNone", "false").lower() == "true"
+        return Response(200, self._run_collection([lambda i=i: delete(i) for i in ids], all_or_none))
+
+    def _collection_get(self, sobject: str, arg: dict, version: str) -> Response:
+        fields = self._field_list(sobject, arg.get("fields"))
+        if not fields:
+            raise ApiError(400, "MISSING_ARGUMENT", "fields parameter is required")
+        ids = [i for i in (arg.get("ids") or "").split(",") if i]
+        if len(ids) > COLLECTION_LIMIT:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT",
+                           "record limit reached. cannot submit more than 200 records into this call")
+        rows = [self._rows[sobject].get(_normalize_id(i) or "") for i in ids]
+        return Response(200, [self._render(version, sobject, row, fields) if row else None for row in rows])
+
+    def _run_collection(self, operations: list[Callable[[], dict]], all_or_none: bool) -> list[dict]:
+        """Per-record results in order; with allOrNone any failure rolls back the lot."""
+        mark = len(self._undo)
+        results = []
+        for operation in operations:
+            try:
+                results.append(operation())
+            except RecordError as error:
+                results.append({"success": False, "errors": error.errors})
+        if all_or_none and not all(r["success"] for r in results):
+            self._rollback(mark)
+            rolled = [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": _ROLLED_BACK, "fields": []}]
+            # A rolled-back create has no Id any more; an update or delete keeps its record's Id.
+            results = [r if not r["success"] else
+                       {**({"id": r["id"]} if self._exists(r["id"]) else {}), "success": False, "errors": rolled}
+                       for r in results]
+        return results
+
+    # ---- Composite ---------------------------------------------------------------------------------
+
+    def _composite(self, body: Any, version: str) -> Response:
+        subrequests = body.get("compositeRequest") if isinstance(body, dict) else None
+        if not isinstance(subrequests, list) or not subrequests:
+            return _composite_error("JSON_PARSER_ERROR", "compositeRequest must be a non-empty array")
+        if len(subrequests) > COMPOSITE_LIMIT:
+            return _composite_error("LIMIT_EXCEEDED", "The request can’t contain more than 25 operations.")
+        seen: set[str] = set()
+        heavy = 0
+        for sub in subrequests:
+            ref = sub.get("referenceId") if isinstance(sub, dict) else None
+            if not isinstance(ref, str) or not _REFERENCE_ID.match(ref) or ref in seen:
+                return _composite_error("INVALID_INPUT", f"Invalid or duplicate referenceId: {ref!r}. A referenceId "
+                                        "must be unique, start with a letter or a number, and contain only letters, "
+                                        "numbers and underscores ('_').")
+            seen.add(ref)
+            if sub.get("method") not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                return _composite_error("INVALID_INPUT", f"Invalid method for referenceId {ref}: {sub.get('method')}")
+            url = sub.get("url")
+            api = _API_PATH.match(urlsplit(url).path) if isinstance(url, str) and url.startswith("/services/") else None
+            if api is None:
+                return _composite_error("INVALID_INPUT", f"The url for referenceId {ref} must start with "
+                                        "/services/data/vXX.X/")
+            headers = {name.lower() for name in (sub.get("httpHeaders") or {})}
+            if headers & {"accept", "authorization", "content-type"}:
+                return _composite_error("INVALID_INPUT", "A subrequest can't set the Accept, Authorization or "
+                                        "Content-Type header")
+            heavy += (api.group(2) or "").startswith(("/composite/sobjects", "/query"))
+        if heavy > COMPOSITE_HEAVY_LIMIT:
+            return _composite_error("LIMIT_EXCEEDED", "The request can’t contain more than 5 sObject Collections or "
+                                    "query operations.")
+
+        all_or_none = bool(body.get("allOrNone", False))
+        mark = len(self._undo)
+        results: list[dict] = []
+        done: dict[str, tuple[int, Any]] = {}
+        for sub in subrequests:
+            try:
+                url = self._substitute(sub["url"], done)
+                sub_body = self._substitute(sub.get("body"), done)
+                parts = urlsplit(url)
+                match = _API_PATH.match(parts.path)
+                if not match:
+                    raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+                response = self._dispatch(sub["method"], match.group(1), match.group(2) or "",
+                                          parse_qs(parts.query, keep_blank_values=True), sub_body, top_level=False)
+            except ApiError as error:
+                response = error.response()
+            headers = {"Location": response.headers["Location"]} if "Location" in response.headers else {}
+            results.append({"body": response.body, "httpHeaders": headers, "httpStatusCode": response.status,
+                            "referenceId": sub["referenceId"]})
+            done[sub["referenceId"]] = (response.status, response.body)
+            if all_or_none and _failed(response):
+                self._rollback(mark)
+                halted = [{"errorCode": "PROCESSING_HALTED", "message": _HALTED}]
+                results = [r if r is results[-1] else {**r, "body": halted, "httpHeaders": {}, "httpStatusCode": 400}
+                           for r in results]
+                results += [{"body": halted, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": s["referenceId"]}
+                            for s in subrequests[len(results):]]
+                break
+        return Response(200, {"compositeResponse": results})
+
+    def _substitute(self, value: Any, done: dict[str, tuple[int, Any]]) -> Any:
+        """Replace @{ref.path} references; a reference that is the whole string keeps the value's type."""
+        if isinstance(value, str):
+            whole = _REFERENCE.fullmatch(value)
+            if whole:
+                return self._dereference(whole.group(1), done)
+            return _REFERENCE.sub(lambda m: _as_text(self._dereference(m.group(1), done)), value)
+        if isinstance(value, list):
+            return [self._substitute(v, done) for v in value]
+        if isinstance(value, dict):
+            return {k: self._substitute(v, done) for k, v in value.items()}
+        return value
+
+    def _dereference(self, expression: str, done: dict[str, tuple[int, Any]]) -> Any:
+        match = _REFERENCE_EXPR.fullmatch(expression)
+        ref = match.group(1) if match else expression
+        halt = ApiError(400, "PROCESSING_HALTED", f"Invalid reference specified. No value for {expression} found in "
+                        f"{ref}. Provided referenceId ('{expression}') must start with a letter or a number, and it "
+                        "can contain only letters, numbers and underscores ('_').")
+        if not match or ref not in done or done[ref][0] >= 400:
+            raise halt
+        value = done[ref][1]
+        for name, index in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", match.group(2)):
+            if name and isinstance(value, dict) and name in value:
+                value = value[name]
+            elif index and isinstance(value, list) and int(index) < len(value):
+                value = value[int(index)]
+            else:
+                raise halt
+        if value is None:
+            raise halt
+        return value
+
+    # ---- query -------------------------------------------------------------------------------------
+
+    def _query(self, text: str, kind: str, version: str) -> Response:
+        try:
+            query = soql.parse(text)
+            sobject = self._objects_ci.get(query.sobject.lower())
+            if sobject is None:
+                raise soql.SoqlError("INVALID_TYPE", f"sObject type '{query.sobject}' is not supported. If you are "
+                                     "attempting to use a custom object, be sure to append the '__c' after the entity "
+                                     "name. Please reference your WSDL or the describe call for the appropriate names.")
+            chains = {path: self._resolve(sobject, path) for path in query.fields}
+            where = {c.field: self._resolve(sobject, c.field) for c in query.comparisons()}
+            for comparison in query.comparisons():
+                _check_literal(where[comparison.field][-1], comparison)
+            order = {key.field: self._resolve(sobject, key.field) for key in query.order_by}
+            for path, chain in order.items():
+                if not chain[-1].sortable:
+                    raise soql.SoqlError("INVALID_FIELD", f"field '{chain[-1].name}' can not be sorted in a query call")
+        except soql.SoqlError as error:
+            raise ApiError(400, error.code, error.message) from None
+        rows = list(self._rows[sobject].values())
+        if kind == "queryAll":
+            rows += self._recycle[sobject].values()
+        rows = [r for r in rows if query.matches(lambda path, r=r: self._path_value(r, where[path]))]
+        rows = query.order(rows, lambda r, path: self._path_value(r, order[path]))[:query.limit]
+        if query.count:
+            return Response(200, {"totalSize": len(rows), "done": True, "records": []})
+        records = [self._project(version, sobject, row, list(chains.values())) for row in rows]
+        return Response(200, self._page(records, 0, kind, version))
+
+    def _page(self, records: list[dict], offset: int, kind: str, version: str) -> dict:
+        page = {"totalSize": len(records), "done": offset + PAGE_SIZE >= len(records)}
+        if not page["done"]:
+            locator = next((k for k, v in self._cursors.items() if v is records), None)
+            if locator is None:
+                locator = _with_checksum("01g5g" + "".join(secrets.choice(string.ascii_letters + string.digits)
+                                                           for _ in range(10)))
+                self._cursors[locator] = records
+            page["nextRecordsUrl"] = f"/services/data/v{version}/{kind}/{locator}-{offset + PAGE_SIZE}"
+        page["records"] = records[offset:offset + PAGE_SIZE]
+        return page
+
+    def _query_page(self, cursor: str, kind: str, version: str) -> Response:
+        locator, _, offset = cursor.rpartition("-")
+        if locator not in self._cursors or not offset.isdigit():
+            raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return Response(200, self._page(self._cursors[locator], int(offset), kind, version))
+
+    def _resolve(self, sobject: str, path: str) -> list[Field]:
+        """The fields along a (dotted) field path: relationship fields, then the selected field."""
+        *relationships, name = path.split(".")
+        chain, current = [], sobject
+        for relationship in relationships:
+            ref = self._relationships[current].get(relationship.lower())
+            if ref is None:
+                raise soql.SoqlError("INVALID_FIELD", f"Didn't understand relationship '{relationship}' in field path. "
+                                     "If you are attempting to use a custom relationship, be sure to append the '__r' "
+                                     "after the custom relationship name. Please reference your WSDL or the describe "
+                                     "call for the appropriate names.")
+            chain.append(ref)
+            current = ref.reference_to or ""
+        found = self._fields_ci[current].get(name.lower())
+        if found is None:
+            raise soql.SoqlError("INVALID_FIELD", f"No such column '{name}' on entity '{current}'. If you are "
+                                 "attempting to use a custom field, be sure to append the '__c' after the custom field "
+                                 "name. Please reference your WSDL or the describe call for the appropriate names.")
+        return chain + [found]
+
+    def _path_value(self, row: dict | None, chain: list[Field]) -> Any:
+        for ref in chain[:-1]:
+            row = self._rows[ref.reference_to or ""].get(row.get(ref.name) or "") if row else None
+        return row.get(chain[-1].name) if row else None
+
+    def _project(self, version: str, sobject: str, row: dict, chains: list[list[Field]]) -> dict:
+        out = {"attributes": {"type": sobject, "url": self._url(version, sobject, row["Id"])}}
+        for chain in chains:
+            target, current = out, row
+            for ref in chain[:-1]:
+                parent = self._rows[ref.reference_to or ""].get(current.get(ref.name) or "")
+                if parent is None:
+                    target[ref.relationship or ""] = None
+                    break
+                nested = target.get(ref.relationship or "") or {
+                    "attributes": {"type": ref.reference_to, "url": self._url(version, ref.reference_to or "",
+                                                                              parent["Id"])}}
+                target[ref.relationship or ""] = nested
+                target, current = nested, parent
+            else:
+                target[chain[-1].name] = current.get(chain[-1].name)
+        return out
+
+    # ---- the store ---------------------------------------------------------------------------------
+
+    def _seed_record_type(self, developer_name: str, label: str, person: bool) -> str:
+        record_id = _with_checksum(_KEY_PREFIXES["RecordType"] + "5g" + f"{next(self._ids):010d}")
+        row = {f: None for f in self._schema["RecordType"]} | {
+            "Id": record_id, "Name": label, "DeveloperName": developer_name, "SobjectType": "Account",
+            "IsPersonType": person, "CreatedDate": _now(), "LastModifiedDate": _now(), "SystemModstamp": _now(),
+            "IsDeleted": False}
+        self._set_live("RecordType", record_id, row)
+        self._undo.clear()
+        return record_id
+
+    def _exists(self, record_id: str) -> bool:
+        return any(record_id in rows for rows in self._rows.values())
+
+    def _set_live(self, sobject: str, record_id: str, row: dict | None) -> None:
+        """The one place live rows change: keeps the unique index and the undo log."""
+        old = self._rows[sobject].get(record_id)
+        self._undo.append((sobject, record_id, old, self._recycle[sobject].get(record_id)))
+        for (name, field_name), index in self._unique.items():
+            if name == sobject:
+                if old and old.get(field_name) is not None:
+                    index.pop(old[field_name].casefold(), None)
+                if row and row.get(field_name) is not None:
+                    index[row[field_name].casefold()] = record_id
+        if row is None:
+            self._rows[sobject].pop(record_id, None)
+        else:
+            self._rows[sobject][record_id] = row
+
+    def _rollback(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            sobject, record_id, live, recycled = self._undo.pop()
+            self._set_live(sobject, record_id, live)
+            self._undo.pop()  # _set_live logged the restore itself
+            if recycled is None:
+                self._recycle[sobject].pop(record_id, None)
+            else:
+                self._recycle[sobject][record_id] = recycled
+
+    def _delete(self, sobject: str, record_id: str) -> None:
+        """Delete a record: master-detail children go with it, lookups to it are cleared."""
+        for child, fields in self._schema.items():
+            for ref in fields.values():
+                if ref.reference_to != sobject:
+                    continue
+                for child_id, child_row in list(self._rows[child].items()):
+                    if child_row.get(ref.name) == record_id:
+                        if ref.master_detail:
+                            self._delete(child, child_id)
+                        else:
+                            self._set_live(child, child_id, {**child_row, ref.name: None, "SystemModstamp": _now()})
+        row = self._rows[sobject][record_id]
+        self._set_live(sobject, record_id, None)
+        self._recycle[sobject][record_id] = {**row, "IsDeleted": True}
+
+    def _deserialize(self, sobject: str, record: dict) -> dict[str, Any]:
+        """Field names and JSON values to typed values; errors here fail the whole request, as Salesforce
+        deserializes the body before it saves anything."""
+        values: dict[str, Any] = {}
+        for key, value in record.items():
+            if key == "attributes":
+                continue
+            found = self._fields_ci[sobject].get(key.lower())
+            if found is not None:
+                values[found.name] = _coerce(found, value)
+                continue
+            ref = self._relationships[sobject].get(key.lower())
+            if ref is None:
+                raise ApiError(400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {sobject}")
+            if value is not None and not isinstance(value, dict):
+                raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of reference from {key}")
+            target = ref.reference_to or ""
+            for name in (value or {}):
+                target_field = self._fields_ci[target].get(name.lower())
+                if name != "attributes" and (target_field is None or not target_field.external_id):
+                    raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {target}")
+            values[ref.relationship or ""] = value
+        return values
+
+    def _save(self, sobject: str, values: dict[str, Any], existing: dict | None) -> str:
+        """Validate and write one record (create when `existing` is None); raises RecordError."""
+        schema = self._schema[sobject]
+        values = self._resolve_foreign_keys(sobject, values)
+        for name, value in values.items():
+            if value is not None and schema[name].kind == "reference":
+                values[name] = self._check_reference(sobject, schema[name], value)
+        if sobject == "Account" and existing is None and self.person_accounts:
+            values.setdefault("RecordTypeId", self._business_record_type_id)
+        merged = {**(existing or {name: None for name in schema}), **values}
+        person = self._is_person(merged)
+
+        locked = [n for n in values if not schema[n].writable or (n == "Name" and person and sobject == "Account")
+                  or (existing and schema[n].master_detail and values[n] != existing[n])]
+        if locked:
+            raise RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
+                              f"Unable to create/update fields: {', '.join(locked)}. Please check the security "
+                              "settings of this field and verify that it is read/write for your profile or "
+                              "permission set.", locked)
+        if existing and "RecordTypeId" in values and person != self._is_person(existing) and len(values) > 1:
+            raise RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
+                              "can't combine a person account record type change with any other field update")
+        misplaced = [n for n, v in values.items() if schema[n].person and v is not None and not person]
+        if misplaced:
+            raise RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
+                              f"Account: bad field names on insert/update call: {', '.join(misplaced)}", misplaced)
+        required = [n for n, f in schema.items() if f.required] + (
+            (["LastName"] if person else ["Name"]) if sobject == "Account" else [])
+        missing = [n for n in required if merged.get(n) is None]
+        if missing:
+            raise RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
+        errors = [e for n, v in values.items() if v is not None for e in _value_errors(schema[n], v)]
+        if errors:
+            raise RecordError(errors=errors)
+
+        now = _now()
+        if existing is None:
+            prefix = _KEY_PREFIXES[sobject]
+            merged.update(Id=_with_checksum(f"{prefix}5g{next(self._ids):010d}"), CreatedDate=now, IsDeleted=False)
+            if sobject in _AUTO_NUMBER:
+                merged["Name"] = _AUTO_NUMBER[sobject].format(next(self._auto_numbers[sobject]))
+        merged.update(LastModifiedDate=now, SystemModstamp=now)
+        if sobject == "Account" and self.person_accounts:
+            merged["IsPersonAccount"] = person
+            if person:
+                merged["Name"] = " ".join(filter(None, (merged.get("FirstName"), merged.get("LastName"))))
+        for rule_object, predicate, message, code in self._rules:
+            if rule_object == sobject and predicate(dict(merged)):
+                raise RecordError(code, message)
+        for (owner_object, name), index in self._unique.items():
+            owner = index.get((merged.get(name) or "").casefold(), merged["Id"])
+            if owner_object == sobject and merged.get(name) is not None and owner != merged["Id"]:
+                raise RecordError("DUPLICATE_VALUE", f"duplicate value found: {name} duplicates value on record "
+                                  f"with id: {owner}")
+        self._set_live(sobject, merged["Id"], merged)
+        return merged["Id"]
+
+    def _resolve_foreign_keys(self, sobject: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Turn `"<Rel>__r": {"<ExtId>": value}` into the lookup field's Id."""
+        resolved = {}
+        for name, value in values.items():
+            ref = self._relationships[sobject].get(name.lower())
+            if ref is None or name in self._schema[sobject]:
+                resolved[name] = value
+                continue
+            if value is None:
+                resolved[ref.name] = None
+                continue
+            keys = [k for k in value if k != "attributes"]
+            if len(keys) != 1:
+                raise RecordError("INVALID_FIELD", "More than 1 field provided in an external foreign key reference"
+                                  if keys else f"No external ID field provided for {name}")
+            target = ref.reference_to or ""
+            ext = self._fields_ci[target][keys[0].lower()]
+            key = value[keys[0]]
+            parent = self._unique[(target, ext.name)].get(_as_text(key).casefold()) if key not in (None, "") else None
+            if parent is None:
+                raise RecordError("INVALID_FIELD", f"Foreign key external ID: {'' if key is None else key} not found "
+                                  f"for field {ext.name} in entity {target}")
+            resolved[ref.name] = parent
+        return resolved
+
+    def _check_reference(self, sobject: str, ref: Field, value: str) -> str:
+        target = ref.reference_to or ""
+        record_id = _normalize_id(value)
+        if record_id is None or not record_id.startswith(_KEY_PREFIXES[target]):
+            raise RecordError("MALFORMED_ID", f"{_label(ref)}: id value of incorrect type: {value}", [ref.name])
+        row = self._rows[target].get(record_id)
+        if ref.name == "RecordTypeId" and (row is None or row["SobjectType"] != sobject):
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY",
+                              f"Record Type ID: this ID value isn't valid for the user: {value}", [ref.name])
+        if row is None:
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [ref.name])
+        return record_id
+
+    def _is_person(self, row: dict) -> bool:
+        record_type = self._rows["RecordType"].get(row.get("RecordTypeId") or "")
+        return bool(record_type and record_type["IsPersonType"])
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise ApiError(405, "METHOD_NOT_ALLOWED",
+                       f"HTTP Method '{method}' not allowed. Allowed are {','.join(allowed)}")
+
+
+def _as_record(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    return body
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except ValueError:  # not JSON, or not UTF-8
+        raise ApiError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _failed(response: Response) -> bool:
+    """A subrequest failure for allOrNone: an error status, or a Collections result with a failed record."""
+    if response.status >= 400:
+        return True
+    body = response.body
+    return isinstance(body, list) and any(isinstance(r, dict) and r.get("success") is False for r in body)
+
+
+def _composite_error(code: str, message: str) -> Response:
+    """A whole /composite request refused: 400 carrying one result without a referenceId (as Salesforce answers)."""
+    return Response(400, {"compositeResponse": [{"body": [{"errorCode": code, "message": message}], "httpHeaders": {},
+                                                 "httpStatusCode": 400, "referenceId": None}]})
+
+
+def _soap_fault(code: str, message: str) -> Response:
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{_SOAP_ENVELOPE}"'
+        ' xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode><faultstring>{code}: {escape(message)}"
+        f'</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault"><sf:exceptionCode>{code}</sf:exceptionCode>'
+        f"<sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault>"
+        "</soapenv:Body></soapenv:Envelope>")
+    return Response(500, body, content_type="text/xml; charset=utf-8")
+
+
+def _request_body(request: Request) -> Any:
+    if request.path == "/services/oauth2/token":
+        return request.form()
+    try:
+        return json.loads(request.body) if request.body.strip() else None
+    except ValueError:
+        return request.body.decode(errors="replace")
+
+
+def _coerce(f: Field, value: Any) -> Any:
+    """A JSON value as the field stores it; raises ApiError(JSON_PARSER_ERROR) like Salesforce's deserializer."""
+    def refuse() -> ApiError:
+        return ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of {f.kind} from value {value!r} "
+                        f"or request may be missing a required field ({f.name})")
+
+    if value is None:
+        return None
+    if f.kind in _TEXT_KINDS:
+        if isinstance(value, (dict, list)):
+            raise refuse()
+        text = _as_text(value)
+        return text or None  # Salesforce stores an empty string as null
+    if f.kind in _NUMBER_KINDS:
+        if value == "":
+            return None
+        if isinstance(value, (bool, dict, list)):
+            raise refuse()
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise refuse() from None
+        if not number.is_finite():
+            raise refuse()
+        # More places than the field's scale are rounded half-up, as Salesforce does for number fields.
+        return float(number.quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP))
+    if f.kind == "datetime":
+        if not isinstance(value, str):
+            raise refuse()
+        try:
+            return _format_datetime(soql.parse_datetime(value))
+        except ValueError:
+            raise refuse() from None
+    if not isinstance(value, bool):
+        raise refuse()
+    return value
+
+
+def _value_errors(f: Field, value: Any) -> list[dict]:
+    """Per-record problems with a field's new value."""
+    def error(code: str, message: str) -> list[dict]:
+        return [{"statusCode": code, "message": f"{_label(f)}: {message}", "fields": [f.name]}]
+
+    if f.kind in ("text", "email", "phone", "picklist") and len(value) > f.length:
+        return error("STRING_TOO_LONG", f"data value too large: {value} (max length={f.length})")
+    if f.kind == "email" and not _EMAIL.match(value):
+        return error("INVALID_EMAIL_ADDRESS", f"invalid email address: {value}")
+    if f.kind == "picklist" and value not in f.values:
+        return error("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"bad value for restricted picklist field: {value}")
+    if f.kind in _NUMBER_KINDS and abs(value) >= 10 ** f.length:
+        return error("NUMBER_OUTSIDE_VALID_RANGE", f"value outside of valid range on numeric field: {value}")
+    return []
+
+
+_LITERAL_TYPES = {"boolean": (bool, "boolean"), "currency": (Decimal, "double"), "number": (Decimal, "double"),
+                  "datetime": (dt.datetime, "dateTime")}
+
+
+def _check_literal(f: Field, comparison: soql.Comparison) -> None:
+    """Salesforce refuses a filter whose literal does not fit the field's type (a date literal on a DateTime too)."""
+    expected, type_name = _LITERAL_TYPES.get(f.kind, (str, "string"))
+    literals = comparison.value if comparison.op in ("IN", "NOT IN") else (
+        () if comparison.op == "LIKE" else (comparison.value,))
+    for literal in literals:
+        if literal is not None and not isinstance(literal, expected):
+            quoted = "be" if expected is str else "not be"
+            raise soql.SoqlError("INVALID_FIELD", f"value of filter criterion for field '{f.name}' must be of type "
+                                 f"{type_name} and should {quoted} enclosed in quotes")
+    if comparison.op == "LIKE" and f.kind not in _TEXT_KINDS:
+        raise soql.SoqlError("INVALID_FIELD", f"invalid operator on {f.kind} field: {f.name}")

@@ -1,0 +1,385 @@
+"""The run: window -> Lightspeed pages -> resolve customers -> map -> write -> checkpoint.
+
+Every command is a way of calling `Engine.run`: `sync` with the live checkpoint, `backfill` with an
+explicit window that never touches it, `dry-run` with a sink that records instead of writing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator
+
+from pydantic import ValidationError
+
+from lspos_sync import mapping
+from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, customer_phones,
+                                  normalise_email, primary_email, resolve)
+from lspos_sync.errors import RunFailed
+from lspos_sync.lightspeed.client import LightspeedClient
+from lspos_sync.lightspeed.models import Category, Sale, Shop
+from lspos_sync.salesforce import queries
+from lspos_sync.salesforce.client import MAX_COLLECTIONS, SalesforceClient
+from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, STAMP_ACCOUNTS, TRANSACTIONS,
+                                          Sink, Write)
+from lspos_sync.state import StateStore, iso
+
+log = logging.getLogger(__name__)
+
+BATCH_SALES = 200  # sales resolved and written together: one lookup request, then full collections
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime
+    until: datetime
+
+
+@dataclass
+class SalePlan:
+    """What happened (or, in dry-run, would happen) to one sale: the line an admin reads."""
+
+    sale_id: int
+    sale_key: str
+    ticket: str
+    status: str
+    total: float
+    lines: int
+    match: str
+    account_id: str | None
+    reason: str
+    action: str  # create, update, unchanged, rejected
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunSummary:
+    command: str
+    account_id: str
+    window: Window | None
+    sales_read: int = 0
+    written: int = 0
+    unchanged: int = 0
+    skipped_open: int = 0
+    records: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    ambiguous: list[dict[str, Any]] = field(default_factory=list)
+    plans: list[SalePlan] = field(default_factory=list)
+    checkpoint: datetime | None = None
+    retried: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.rejected else 0
+
+
+class Engine:
+    def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
+                 salesforce: SalesforceClient, sink: Sink, *, dry_run: bool, phone_region: str,
+                 person_record_type: str, on_batch: Callable[[int], None] | None = None) -> None:
+        self.account_id = account_id
+        self.store = store
+        self.lightspeed = lightspeed
+        self.salesforce = salesforce
+        self.sink = sink
+        self.dry_run = dry_run
+        self.region = phone_region
+        self.person_record_type = person_record_type
+        self.on_batch = on_batch
+        self._shops: dict[int, Shop] = {}
+        self._categories: dict[int, Category] = {}
+        self._record_type_id: str | None = None
+        self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
+
+    def run(self, command: str, window: Window, *, advance_checkpoint: bool, limit: int | None = None,
+            retry_rejects: bool = True) -> RunSummary:
+        summary = RunSummary(command, self.account_id, window)
+        floor = self.store.checkpoint(self.account_id) or window.since  # progress never moves it back
+        self._shops = self.lightspeed.shops()
+        self._categories = self.lightspeed.categories()
+        if retry_rejects:
+            parked = [r.sale_id for r in self.store.rejects(self.account_id)]
+            if parked:
+                log.info("retrying %d rejected sale(s) first", len(parked))
+                summary.retried = len(parked)
+                for batch in _batches(self._parse(self.lightspeed.sales_by_id(parked), summary, None)):
+                    self._process(batch, summary)
+        done, latest, in_order = 0, None, True
+        for batch in _batches(self._parse(self.lightspeed.sales(window.since, window.until), summary, window)):
+            if limit is not None:
+                batch = batch[:max(0, limit - done)]
+            if batch:
+                for sale in batch:
+                    moment = sale.last_update
+                    if moment is not None:
+                        in_order = in_order and (latest is None or moment >= latest)
+                        latest = max(latest, moment) if latest else moment
+                self._process(batch, summary)
+                done += len(batch)
+                if advance_checkpoint and in_order and latest is not None and latest > (summary.checkpoint or floor):
+                    # Pages come oldest change first, so every sale changed up to here is written or
+                    # parked; the look-back re-reads the boundary. Out of order, only the end may move it.
+                    progress = min(latest, window.until)
+                    self.store.set_checkpoint(self.account_id, progress)
+                    summary.checkpoint = progress
+            if limit is not None and done >= limit:
+                break
+        if advance_checkpoint:
+            self.store.set_checkpoint(self.account_id, window.until)
+            summary.checkpoint = window.until
+        summary.records = dict(self.sink.stats.records)
+        return summary
+
+    # -- reading
+    def _parse(self, pages: Iterable[list[dict[str, Any]]], summary: RunSummary,
+               window: Window | None) -> Iterator[Sale]:
+        """Validated, completed sales in the window; a sale Lightspeed sent malformed is parked, not fatal."""
+        for page in pages:
+            for payload in page:
+                summary.sales_read += 1
+                try:
+                    sale = Sale.model_validate(payload)
+                except ValidationError as error:
+                    self._park_unreadable(payload, error, summary)
+                    continue
+                if not sale.completed:
+                    summary.skipped_open += 1  # written once it completes: completion moves its update time
+                    continue
+                moment = sale.last_update
+                if window is not None and moment is not None and not window.since <= moment <= window.until:
+                    continue  # outside the window, whatever the server's filter did
+                yield sale
+
+    def _park_unreadable(self, payload: dict[str, Any], error: ValidationError, summary: RunSummary) -> None:
+        problem = error.errors()[0]
+        where = ".".join(str(p) for p in problem.get("loc", ()))
+        reason = f"INVALID_LIGHTSPEED_DATA: {where}: {problem.get('msg', 'invalid')}"
+        try:
+            sale_id = int(str(payload.get("saleID")))
+        except ValueError:
+            log.warning("skipped a Lightspeed sale without a usable saleID: %s", reason)
+            return
+        sale_key = mapping.key(self.account_id, sale_id)
+        summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+        if not self.dry_run:
+            self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
+
+    # -- one batch
+    def _process(self, sales: list[Sale], summary: RunSummary) -> None:
+        sales = list({sale.sale_id: sale for sale in sales}.values())  # a sale seen twice: its latest state
+        built = {}
+        for sale in sales:
+            transaction = mapping.transaction_record(sale, self.account_id, self._shops)
+            lines = mapping.line_records(sale, self.account_id, self._categories)
+            built[sale.sale_id] = (transaction, lines, mapping.content_hash(transaction, lines))
+        known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
+        todo = []
+        for sale in sales:
+            transaction, lines, digest = built[sale.sale_id]
+            previous = known.get(transaction[mapping.SALE_KEY])
+            if previous and previous[0] == digest and previous[1] != AMBIGUOUS:
+                summary.unchanged += 1
+                summary.plans.append(self._plan(sale, transaction, lines, previous[1], None, "", "unchanged"))
+            else:
+                todo.append(sale)
+        if todo:
+            self._write(todo, built, summary)
+        if self.on_batch:
+            self.on_batch(len(sales))
+
+    def _write(self, sales: list[Sale], built: dict[int, tuple], summary: RunSummary) -> None:
+        customers = {mapping.key(self.account_id, s.customer_id): s.customer
+                     for s in sales if s.customer_id is not None and s.customer is not None}
+        unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
+        sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
+        candidates, existing = self._look_up(unresolved, sale_keys)
+        prefix = f"{self.account_id}-"
+        for customer_key, customer in unresolved.items():
+            self._resolved[customer_key] = resolve(customer, customer_key, candidates, self.region, prefix)
+        stale = self._stale_lines(existing, built, sales)
+
+        writes: list[Write] = []
+        dependants: dict[str, list[str]] = {}
+        for sale in sales:
+            customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
+            if customer_key is not None and customer_key in customers:
+                dependants.setdefault(customer_key, []).append(built[sale.sale_id][0][mapping.SALE_KEY])
+        for customer_key, sale_keys_of_customer in dependants.items():
+            resolution = self._resolved[customer_key]
+            if resolution.create:
+                record = mapping.person_account_record(customers[customer_key], self.account_id,
+                                                       self._person_record_type_id(), self.region)
+                writes.append(Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None},
+                                    tuple(sale_keys_of_customer)))
+            elif resolution.stamp_key:
+                writes.append(Write(STAMP_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id,
+                                                     mapping.CUSTOMER_KEY: customer_key}, tuple(sale_keys_of_customer)))
+        plans: dict[str, SalePlan] = {}
+        for sale in sales:
+            transaction, lines, _ = built[sale.sale_id]
+            sale_key = transaction[mapping.SALE_KEY]
+            customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
+            resolution = self._resolved.get(customer_key) if customer_key in customers else None
+            if resolution is None:
+                resolution = resolve(None, None, candidates, self.region, prefix)
+                if customer_key is not None:
+                    resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not loaded with the sale")
+            record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
+                      "Match_Status__c": resolution.status}
+            if resolution.status == CREATED and resolution.account_id is None:
+                record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
+            else:
+                record["Account__c"] = resolution.account_id
+            if resolution.status == AMBIGUOUS:
+                summary.ambiguous.append({"sale_key": sale_key, "sale_id": sale.sale_id, "reason": resolution.reason,
+                                          "candidates": list(resolution.candidates)})
+            writes.append(Write(TRANSACTIONS, record, (sale_key,)))
+            writes.extend(Write(LINES, {"attributes": {"type": mapping.LINE}, **line}, (sale_key,)) for line in lines)
+            writes.extend(Write(DELETE_LINES, line_id, (sale_key,)) for line_id in stale.get(sale_key, ()))
+            action = "update" if sale_key in existing else "create"
+            plans[sale_key] = self._plan(sale, transaction, lines, resolution.status, resolution.account_id,
+                                         resolution.reason, action)
+
+        self.sink.write(writes)
+        self._settle(writes, sales, built, plans, summary)
+
+    def _settle(self, writes: list[Write], sales: list[Sale], built: dict[int, tuple],
+                plans: dict[str, SalePlan], summary: RunSummary) -> None:
+        """Per sale: written when every record it depends on went through, else parked with the reasons."""
+        errors: dict[str, list[str]] = {}
+        for write in writes:
+            if write.error:
+                for sale_key in write.sale_keys:
+                    errors.setdefault(sale_key, []).append(f"{write.kind}: {write.error}")
+            if write.kind == CREATE_ACCOUNTS or write.kind == STAMP_ACCOUNTS:
+                customer_key = write.record[mapping.CUSTOMER_KEY]  # type: ignore[index]
+                resolution = self._resolved[customer_key]
+                if write.error:
+                    del self._resolved[customer_key]  # decided afresh by the next batch or run
+                else:
+                    self._resolved[customer_key] = Resolution(
+                        resolution.status, resolution.account_id or write.id, resolution.reason)
+        written, rejected = {}, {}
+        for sale in sales:
+            transaction, lines, digest = built[sale.sale_id]
+            sale_key = transaction[mapping.SALE_KEY]
+            plan = plans[sale_key]
+            if sale_key in errors:
+                reason = _dedupe(errors[sale_key])
+                plan.action, plan.error = "rejected", reason
+                rejected[sale_key] = (sale.sale_id, reason)
+                summary.rejected.append({"sale_key": sale_key, "sale_id": sale.sale_id, "reason": reason})
+            else:
+                written[sale_key] = (digest, plan.match)
+                summary.written += 1
+            summary.plans.append(plan)
+        if not self.dry_run:
+            self.store.record_outcomes(self.account_id, written, rejected)
+
+    def _plan(self, sale: Sale, transaction: dict, lines: list, match: str, account_id: str | None,
+              reason: str, action: str) -> SalePlan:
+        return SalePlan(sale.sale_id, transaction[mapping.SALE_KEY], sale.ticket_number, transaction["Status__c"],
+                        transaction["Total__c"], len(lines), match, account_id, reason, action)
+
+    # -- Salesforce reads
+    def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, str]]:
+        """Candidate Person Accounts for the customers, and the Ids of the transactions already there,
+        in as few `/composite` requests as the five-query limit allows."""
+        emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
+        phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
+        statements = [("account", s) for s in queries.accounts_by_key(customers)]
+        statements += [("account", s) for s in queries.person_accounts_by_email(emails)]
+        statements += [("account", s) for s in queries.person_accounts_by_phone(phones)]
+        statements += [("transaction", s) for s in queries.transactions_by_key(sale_keys)]
+        candidates, existing = Candidates(), {}
+        for kind, records in self._run_queries(statements):
+            for record in records:
+                if kind == "account":
+                    candidates.add(queries.person_account(record, self.region))
+                else:
+                    existing[record[mapping.SALE_KEY]] = record["Id"]
+        return candidates, existing
+
+    def _stale_lines(self, existing: dict[str, str], built: dict[int, tuple], sales: list[Sale]) -> dict[str, list[str]]:
+        """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key."""
+        if not existing:
+            return {}
+        current = {}
+        for sale in sales:
+            transaction, lines, _ = built[sale.sale_id]
+            current[transaction[mapping.SALE_KEY]] = {line[mapping.LINE_KEY] for line in lines}
+        key_of = {transaction_id: sale_key for sale_key, transaction_id in existing.items()}
+        stale: dict[str, list[str]] = {}
+        statements = [("line", s) for s in queries.lines_by_transaction(existing.values())]
+        for _, records in self._run_queries(statements):
+            for record in records:
+                sale_key = key_of.get(record["Sales_Transaction__c"])
+                if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
+                    stale.setdefault(sale_key, []).append(record["Id"])
+        return stale
+
+    def _run_queries(self, statements: list[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        for start in range(0, len(statements), MAX_COLLECTIONS):
+            group = statements[start:start + MAX_COLLECTIONS]
+            subrequests = [queries.query_subrequest(self.salesforce.data_path, f"q{start + i}", soql)
+                           for i, (_, soql) in enumerate(group)]
+            responses = {r.get("referenceId"): r for r in self.salesforce.composite(subrequests)}
+            for i, (kind, _) in enumerate(group):
+                response = responses.get(f"q{start + i}") or {}
+                body = response.get("body")
+                if response.get("httpStatusCode") != 200 or not isinstance(body, dict):
+                    raise RunFailed(f"Salesforce refused a lookup query: {_describe(body)}")
+                yield kind, self.salesforce.rest_of_query(body)
+
+    def _person_record_type_id(self) -> str:
+        if self._record_type_id is None:
+            found = self.salesforce.query(queries.person_record_type(self.person_record_type))
+            if not found:
+                raise RunFailed(
+                    f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
+                    "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
+            self._record_type_id = found[0]["Id"]
+        return self._record_type_id
+
+
+def _batches(sales: Iterable[Sale], size: int = BATCH_SALES) -> Iterator[list[Sale]]:
+    batch: list[Sale] = []
+    for sale in sales:
+        batch.append(sale)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _dedupe(reasons: list[str]) -> str:
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def _describe(body: Any) -> str:
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return f"{body[0].get('errorCode')}: {body[0].get('message')}"
+    return str(body)[:200]
+
+
+def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "command": summary.command,
+        "account_id": summary.account_id,
+        "window": {"from": iso(summary.window.since), "to": iso(summary.window.until)} if summary.window else None,
+        "sales": {"read": summary.sales_read, "written": summary.written, "unchanged": summary.unchanged,
+                  "rejected": len(summary.rejected), "skipped_open": summary.skipped_open,
+                  "retried": summary.retried},
+        "records": summary.records,
+        "ambiguous": summary.ambiguous,
+        "rejected": summary.rejected,
+        "checkpoint": iso(summary.checkpoint) if summary.checkpoint else None,
+    }
+    if include_plans:
+        result["plans"] = [plan.as_dict() for plan in summary.plans]
+    return result

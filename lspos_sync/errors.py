@@ -1,0 +1,33 @@
+"""The exceptions a user can act on, each with the exit code the CLI maps it to (contract §1)."""
+
+
+class SyncError(Exception):
+    """An expected failure: the message is one line a user can act on; no traceback is shown."""
+
+    exit_code = 1
+
+
+class ConfigError(SyncError):
+    """Usage or configuration error: missing variable, bad date, bad value."""
+
+    exit_code = 2
+
+
+class LockHeld(SyncError):
+    """Another run holds the lock for this state store."""
+
+    exit_code = 4
+
+
+class RunFailed(SyncError):
+    """The run failed; the checkpoint did not move past anything unwritten."""
+
+    exit_code = 1
+
+
+class LightspeedAuthError(RunFailed):
+    """Lightspeed refused the refresh token: the app must be re-authorised."""
+
+
+class SalesforceAuthError(RunFailed):
+    """Salesforce refused the credentials or the session."""

@@ -1,0 +1,114 @@
+"""Lightspeed OAuth: the refresh-token grant with rotating tokens, persisted before first use."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from lspos_sync.config import fingerprint
+from lspos_sync.errors import LightspeedAuthError, RunFailed
+from lspos_sync.state import StateStore, Tokens
+
+# A token is used until a little before its stated expiry (2 minutes, or a quarter of a short lifetime)
+# so that no request carries a token that dies in flight. What is stored is that "use until" time.
+_EXPIRY_MARGIN = 120
+_REFRESH_ATTEMPTS = 4  # Lightspeed allows 5 refresh attempts a minute per connection (fact sheet §7)
+
+
+class LightspeedAuth:
+    """Hands out a valid access token, refreshing only when the stored one is (nearly) expired.
+
+    Each refresh returns a new refresh token and revokes the old one once the new access token is
+    first used (fact sheet §7, 2026-01-15). So the new pair is stored, in one transaction, before the
+    access token is ever sent: a crash at any point leaves a refresh token that still works.
+    """
+
+    def __init__(self, http: httpx.Client, store: StateStore, account_id: str, token_url: str,
+                 client_id: str, client_secret: str, initial_refresh_token: str | None) -> None:
+        self._http = http
+        self._store = store
+        self._account_id = account_id
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._initial = initial_refresh_token
+        self.refreshes = 0
+
+    def access_token(self) -> str:
+        tokens = self._current()
+        if tokens.access_token and tokens.expires_at and tokens.expires_at > datetime.now(timezone.utc):
+            return tokens.access_token
+        return self.refresh(rejected=None)
+
+    def refresh(self, rejected: str | None) -> str:
+        """A new access token. `rejected` is the access token the API just refused, if any: when another
+        process has already replaced it, its replacement is used instead of refreshing again."""
+        with self._store.token_lock():
+            tokens = self._current()
+            fresh = (tokens.access_token and tokens.access_token != rejected and tokens.expires_at
+                     and tokens.expires_at > datetime.now(timezone.utc))
+            if fresh:
+                return tokens.access_token  # type: ignore[return-value]
+            granted = self._grant(tokens.refresh_token)
+            expires_in = int(granted.get("expires_in") or 1800)
+            use_for = expires_in - min(_EXPIRY_MARGIN, expires_in // 4)
+            new = Tokens(
+                refresh_token=granted.get("refresh_token") or tokens.refresh_token,
+                access_token=granted["access_token"],
+                expires_at=datetime.now(timezone.utc) + timedelta(seconds=use_for),
+                seed=tokens.seed,
+            )
+            self._store.save_tokens(self._account_id, new)
+            self.refreshes += 1
+            return granted["access_token"]
+
+    def _current(self) -> Tokens:
+        """The stored chain wins over LIGHTSPEED_REFRESH_TOKEN, unless that variable changed since the chain
+        started from it: then the app was re-authorised and the variable's new token starts a new chain."""
+        stored = self._store.tokens(self._account_id)
+        seed = fingerprint(self._initial) if self._initial else None
+        if stored is not None and (seed is None or stored.seed == seed):
+            return stored
+        if not self._initial:
+            raise LightspeedAuthError(
+                "no Lightspeed refresh token: set LIGHTSPEED_REFRESH_TOKEN to the token from authorising the app")
+        return Tokens(self._initial, None, None, seed or "")
+
+    def _grant(self, refresh_token: str) -> dict:
+        # Form-encoded, no scope: a JSON body with a scope is refused with invalid_grant (fact sheet §7).
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                "client_id": self._client_id, "client_secret": self._client_secret}
+        for attempt in range(_REFRESH_ATTEMPTS):
+            try:
+                response = self._http.post(self._token_url, data=form, headers={"Accept": "application/json"})
+            except httpx.TransportError as error:
+                # Safe to retry: the old refresh token is only revoked once the new access token is used.
+                if attempt + 1 == _REFRESH_ATTEMPTS:
+                    raise RunFailed(f"Lightspeed token endpoint unreachable: {type(error).__name__}") from None
+                time.sleep(2 ** attempt)
+                continue
+            if response.status_code >= 500 and attempt + 1 < _REFRESH_ATTEMPTS:
+                time.sleep(2 ** attempt)
+                continue
+            if response.status_code in (400, 401, 403):
+                raise LightspeedAuthError(
+                    f"Lightspeed refused the refresh token (HTTP {response.status_code} {_oauth_error(response)}): "
+                    "re-authorise the app in Lightspeed and set LIGHTSPEED_REFRESH_TOKEN to the new token")
+            if response.status_code != 200:
+                raise RunFailed(f"Lightspeed token endpoint answered HTTP {response.status_code}")
+            try:
+                body = response.json()
+                body["access_token"]
+            except (ValueError, KeyError, TypeError):
+                raise RunFailed("Lightspeed token endpoint answered without an access token") from None
+            return body
+        raise RunFailed("Lightspeed token refresh failed")
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))
+    except ValueError:
+        return ""

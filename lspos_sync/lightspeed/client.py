@@ -1,0 +1,208 @@
+"""The Lightspeed R-Series API: cursor paging, leaky-bucket pacing, retries. Reads only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import httpx
+
+from lspos_sync.errors import RunFailed
+from lspos_sync.lightspeed.auth import LightspeedAuth
+from lspos_sync.lightspeed.models import Category, Shop, one_or_many
+
+log = logging.getLogger(__name__)
+
+SALE_RELATIONS = ["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType",
+                  "Customer", "Customer.Contact"]
+PAGE_SIZE = 100  # the maximum (fact sheet §2)
+_ATTEMPTS = 6
+
+
+def lightspeed_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+@dataclass
+class Bucket:
+    """Our view of the leaky bucket, from the X-LS-API-* headers of the last response (fact sheet §6)."""
+
+    level: float = 0.0
+    size: float = 90.0
+    drip_rate: float = 1.0
+    cost: float = 1.0
+    burst: int = 0
+    burst_limit: int = 0
+    seen_at: float = 0.0
+
+    def wait_before_next(self, now: float) -> float:
+        """Seconds to wait so the next request fits in the bucket and in the burst window."""
+        level = max(0.0, self.level - (now - self.seen_at) * self.drip_rate)
+        wait = max(0.0, (level + self.cost + 1.0 - self.size) / self.drip_rate) if self.drip_rate > 0 else 0.0
+        if self.burst_limit and self.burst >= self.burst_limit - 1 and now - self.seen_at < 1.0:
+            wait = max(wait, 1.0 - (now - self.seen_at))
+        return wait
+
+    def update(self, headers: httpx.Headers, now: float) -> None:
+        level = _fraction(headers.get("x-ls-api-bucket-level"))
+        if level:
+            self.level, self.size = level
+        drip = _float(headers.get("x-ls-api-drip-rate"))
+        if drip:
+            self.drip_rate = drip
+        cost = _float(headers.get("x-ls-api-request-cost"))
+        if cost:
+            self.cost = cost
+        burst = _fraction(headers.get("x-ls-api-burst-level"))
+        if burst:
+            self.burst, self.burst_limit = int(burst[0]), int(burst[1])
+        self.seen_at = now
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _fraction(value: str | None) -> tuple[float, float] | None:
+    if not value or "/" not in value:
+        return None
+    left, right = (_float(part.strip()) for part in value.split("/", 1))
+    return (left, right) if left is not None and right else None
+
+
+class LightspeedClient:
+    def __init__(self, http: httpx.Client, api_url: str, account_id: str, auth: LightspeedAuth) -> None:
+        self._http = http
+        self._base = f"{api_url.rstrip('/')}/Account/{account_id}"
+        self._auth = auth
+        self.bucket = Bucket()
+        self.requests = 0
+        self.throttled = 0  # 429 responses met
+        self.time_field = "updatetime"
+
+    # -- reading
+    def sales(self, since: datetime, until: datetime) -> Iterator[list[dict[str, Any]]]:
+        """Pages of completed sales whose last update lies in [since, until], oldest change first.
+
+        Filtering and sorting on `updatetime` is what sees edits and voids after completion (fact sheet §9).
+        Should the API refuse that filter, `timeStamp` is the documented fallback, with a warning.
+        """
+        window = f"><,{lightspeed_time(since)},{lightspeed_time(until)}"
+        params = {self.time_field: window, "sort": self.time_field, "completed": "true",
+                  "limit": str(PAGE_SIZE), "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
+        try:
+            yield from self._pages("Sale.json", params, "Sale")
+        except _Refused as refused:
+            if self.time_field != "updatetime":
+                raise RunFailed(f"Lightspeed refused the Sale query: {refused}") from None
+            log.warning("Lightspeed refused filtering on updatetime (%s); falling back to timeStamp, "
+                        "which may not move when a completed sale is edited", refused)
+            self.time_field = "timeStamp"
+            yield from self.sales(since, until)
+
+    def sales_by_id(self, sale_ids: list[int]) -> Iterator[list[dict[str, Any]]]:
+        """The given sales, whatever their time (used to retry rejected sales)."""
+        for start in range(0, len(sale_ids), 100):  # IN takes at most 100 values (fact sheet §2)
+            chunk = sale_ids[start:start + 100]
+            params = {"saleID": f"IN,[{','.join(str(i) for i in chunk)}]", "limit": str(PAGE_SIZE),
+                      "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
+            yield from self._pages("Sale.json", params, "Sale")
+
+    def shops(self) -> dict[int, Shop]:
+        return {shop.shop_id: shop for page in self._pages("Shop.json", {"limit": str(PAGE_SIZE)}, "Shop")
+                for shop in (Shop.model_validate(row) for row in page)}
+
+    def categories(self) -> dict[int, Category]:
+        return {c.category_id: c for page in self._pages("Category.json", {"limit": str(PAGE_SIZE)}, "Category")
+                for c in (Category.model_validate(row) for row in page)}
+
+    def _pages(self, resource: str, params: dict[str, str], key: str) -> Iterator[list[dict[str, Any]]]:
+        """Follows `@attributes.next` exactly as given until it is empty (fact sheet §3)."""
+        url: str | None = f"{self._base}/{resource}"
+        query: dict[str, str] | None = params
+        seen: set[str] = set()
+        while url:
+            body = self._get(url, query)
+            yield one_or_many(body, key)
+            next_url = (body.get("@attributes") or {}).get("next") or ""
+            if next_url in seen:
+                raise RunFailed(f"Lightspeed returned the same next page twice for {resource}; stopping")
+            seen.add(next_url)
+            url, query = next_url or None, None
+
+    # -- one request, paced and retried
+    def _get(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+        refreshed = False
+        for attempt in range(_ATTEMPTS):
+            wait = self.bucket.wait_before_next(time.monotonic())
+            if wait > 0:
+                time.sleep(wait)
+            token = self._auth.access_token()
+            try:
+                response = self._http.get(url, params=params, headers={
+                    "Authorization": f"Bearer {token}", "Accept": "application/json"})
+            except httpx.TransportError as error:
+                self._backoff(attempt, f"{type(error).__name__} on {_path(url)}")
+                continue
+            self.requests += 1
+            self.bucket.update(response.headers, time.monotonic())
+            status = response.status_code
+            if status == 200:
+                try:
+                    body = response.json()
+                except ValueError:
+                    self._backoff(attempt, f"unreadable JSON from {_path(url)}")
+                    continue
+                if not isinstance(body, dict):
+                    raise RunFailed(f"Lightspeed answered {_path(url)} with something other than an object")
+                return body
+            if status == 401 and not refreshed:
+                self._auth.refresh(rejected=token)
+                refreshed = True
+                continue
+            if status == 429:
+                self.throttled += 1
+                delay = _float(response.headers.get("retry-after")) or 1.0
+                log.info("Lightspeed rate limit (%s); waiting %.0f s",
+                         response.headers.get("x-ls-api-ratelimit-type", "429"), delay)
+                time.sleep(delay)
+                continue
+            if status >= 500:
+                self._backoff(attempt, f"HTTP {status} on {_path(url)}")
+                continue
+            if status in (400, 422):
+                raise _Refused(_message(response))
+            raise RunFailed(f"Lightspeed answered HTTP {status} on {_path(url)}: {_message(response)}")
+        raise RunFailed(f"Lightspeed kept failing on {_path(url)} after {_ATTEMPTS} attempts")
+
+    @staticmethod
+    def _backoff(attempt: int, what: str) -> None:
+        if attempt + 1 >= _ATTEMPTS:
+            raise RunFailed(f"Lightspeed kept failing: {what}")
+        delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())  # exponential, with jitter
+        log.info("Lightspeed: %s; retrying in %.1f s", what, delay)
+        time.sleep(delay)
+
+
+class _Refused(RunFailed):
+    """Lightspeed refused the request itself (400): retrying the same request cannot help."""
+
+
+def _path(url: str) -> str:
+    return httpx.URL(url).path
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("message") or body)[:200]
+    except ValueError:
+        return response.text[:200]

@@ -1,0 +1,149 @@
+"""Pure mapping: Lightspeed models in, Salesforce record dicts out (contract §3). No I/O.
+
+This is where an admin reads how each field is filled. Money stays `Decimal` until the record is
+built, sums are taken first, and only then is each value rounded half-up to 2 decimals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from lspos_sync.customers import mobile_phone, normalise_email, normalise_phone, other_phone, primary_email
+from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
+
+ACCOUNT = "Account"
+TRANSACTION = "Sales_Transaction__c"
+LINE = "Sales_Line_Item__c"
+
+CUSTOMER_KEY = "LS_Customer_ID__c"
+SALE_KEY = "LS_Sale_ID__c"
+LINE_KEY = "LS_Sale_Line_ID__c"
+
+# Field lengths of the shipped metadata (docs/salesforce) and of the standard Account fields.
+_LENGTHS = {
+    "FirstName": 40, "LastName": 80, "Ticket_Number__c": 40, "Shop_Name__c": 80,
+    "Payment_Methods__c": 255, "SKU__c": 80, "Product_Name__c": 255, "Category__c": 80,
+    "PersonMobilePhone": 40, "Phone": 40,
+}
+
+_CENT = Decimal("0.01")
+
+
+def key(account_id: str, record_id: int | str) -> str:
+    """External IDs are `<accountID>-<id>` so several Lightspeed accounts can share one org."""
+    return f"{account_id}-{record_id}"
+
+
+def money(value: Decimal) -> float:
+    """Round half-up (ties away from zero) to 2 decimals, at the Salesforce boundary only."""
+    return float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
+
+
+def salesforce_datetime(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def clean_text(value: str | None, field: str) -> str | None:
+    """Control characters dropped, whitespace trimmed, cut to the field's length; None when empty."""
+    if value is None:
+        return None
+    text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch == " ").strip()
+    limit = _LENGTHS.get(field)
+    if limit is not None:
+        text = text[:limit].rstrip()
+    return text or None
+
+
+def sale_status(sale: Sale) -> str:
+    if sale.voided:
+        return "Voided"
+    if sale.calc_total < 0:
+        return "Refund"
+    return "Completed"
+
+
+def transaction_record(sale: Sale, account_id: str, shops: dict[int, Shop]) -> dict[str, Any]:
+    """The Sales_Transaction__c fields that come from the sale itself (the customer link is added apart)."""
+    payments = [p for p in sale.payments if not p.archived]
+    methods: list[str] = []
+    for payment in payments:
+        name = payment.payment_type.name.strip() if payment.payment_type else ""
+        if name and name not in methods:
+            methods.append(name)
+    shop = shops.get(sale.shop_id) if sale.shop_id is not None else None
+    return {
+        SALE_KEY: key(account_id, sale.sale_id),
+        "Ticket_Number__c": clean_text(sale.ticket_number, "Ticket_Number__c"),
+        "Transaction_Date__c": salesforce_datetime(sale.complete_time),
+        "Status__c": sale_status(sale),
+        "Shop_Name__c": clean_text(shop.name, "Shop_Name__c") if shop else None,
+        "Subtotal__c": money(sale.calc_subtotal),
+        "Discount__c": money(sale.calc_discount),
+        "Tax__c": money(sale.calc_tax1 + sale.calc_tax2),
+        "Total__c": money(sale.calc_total),
+        "Amount_Paid__c": money(sum((p.amount for p in payments), Decimal(0))),
+        "Payment_Methods__c": clean_text(", ".join(methods), "Payment_Methods__c"),
+        "LS_Updated_At__c": salesforce_datetime(sale.last_update),
+    }
+
+
+def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -> list[dict[str, Any]]:
+    """One Sales_Line_Item__c per SaleLine, each pointing at its transaction by external ID."""
+    records = []
+    for line in sale.lines:
+        item = line.item
+        category = categories.get(item.category_id) if item and item.category_id is not None else None
+        records.append({
+            LINE_KEY: key(account_id, line.sale_line_id),
+            "Sales_Transaction__r": {SALE_KEY: key(account_id, sale.sale_id)},
+            "SKU__c": clean_text((item.custom_sku.strip() or item.system_sku) if item else None, "SKU__c"),
+            "Product_Name__c": clean_text(item.description if item else None, "Product_Name__c"),
+            "Category__c": clean_text(category.name if category else None, "Category__c"),
+            "Quantity__c": float(line.unit_quantity),
+            "Unit_Price__c": money(line.unit_price),
+            "Discount__c": money(line.calc_line_discount),
+            "Tax__c": money(line.calc_tax1 + line.calc_tax2),
+            "Line_Total__c": money(line.calc_total),
+        })
+    return records
+
+
+def person_account_record(customer: Customer, account_id: str, record_type_id: str | None,
+                          region: str) -> dict[str, Any]:
+    """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c).
+
+    LastName is required on Person Accounts: without one, the first name moves to LastName (so the
+    Name does not read "Ana Ana"), then the email, then "Lightspeed customer <id>".
+    """
+    first = clean_text(customer.first_name, "FirstName")
+    last = clean_text(customer.last_name, "LastName")
+    email = normalise_email(primary_email(customer))
+    if not last:
+        first, last = None, clean_text(first or email or f"Lightspeed customer {customer.customer_id}", "LastName")
+    record: dict[str, Any] = {
+        "attributes": {"type": ACCOUNT},
+        CUSTOMER_KEY: key(account_id, customer.customer_id),
+        "FirstName": first,
+        "LastName": last,
+    }
+    if record_type_id:
+        record["RecordTypeId"] = record_type_id
+    if email:
+        record["PersonEmail"] = email
+    for field, number in (("PersonMobilePhone", mobile_phone(customer)), ("Phone", other_phone(customer))):
+        if number:
+            record[field] = clean_text(normalise_phone(number, region) or number, field)
+    return record
+
+
+def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]]) -> str:
+    """A fingerprint of what the sale writes, so that an unchanged sale re-read costs no write."""
+    payload = json.dumps([transaction, lines], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

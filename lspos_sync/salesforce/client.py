@@ -1,0 +1,138 @@
+"""The Salesforce REST session: authentication, `/composite` requests, error classification.
+
+simple-salesforce provides the session and `restful()`; the Composite layer it lacks is built here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from lspos_sync.config import SalesforceSettings
+from lspos_sync.errors import RunFailed, SalesforceAuthError
+from lspos_sync.salesforce.auth import Session, authenticate
+
+log = logging.getLogger(__name__)
+
+MAX_SUBREQUESTS = 25
+MAX_COLLECTIONS = 5  # sObject Collections or query subrequests per /composite (fact sheet §1.1)
+MAX_RECORDS = 200
+_ATTEMPTS = 5
+_TIMEOUT = 300
+
+
+class SalesforceClient:
+    def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None) -> None:
+        self._settings = settings
+        self._http = http or requests.Session()
+        self._session: Session | None = None
+        self._sf: Any = None
+        self.api_calls = 0
+        self.api_usage: str | None = None
+
+    @property
+    def data_path(self) -> str:
+        """Subrequest URLs in a composite must start with this."""
+        return f"/services/data/v{self._settings.api_version}"
+
+    def connect(self) -> None:
+        from simple_salesforce import Salesforce  # imported only when Salesforce is really needed
+
+        self._session = authenticate(self._settings, self._http)
+        self._sf = Salesforce(session_id=self._session.access_token, instance_url=self._session.instance_url,
+                              version=self._settings.api_version, session=self._http)
+
+    # -- calls
+    def composite(self, subrequests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One `/composite` call (one API call against the daily limit), subrequests run in order.
+
+        Only idempotent subrequests are sent (queries, upserts by external ID, updates and deletes by Id),
+        so the whole request may be replayed after a lost response or a server error.
+        """
+        if len(subrequests) > MAX_SUBREQUESTS:
+            raise ValueError("a composite request holds at most 25 subrequests")
+        body = {"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests}
+        response = self._call("composite", "POST", body)
+        return list(response.get("compositeResponse", []))
+
+    def get(self, path: str) -> Any:
+        """A GET on a path under /services/data/vXX.X/ (e.g. a query's nextRecordsUrl)."""
+        return self._call(path.split(f"{self.data_path}/", 1)[-1], "GET", None)
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """A short query on its own (the record type lookup); long ones travel inside a composite."""
+        result = self._call(f"query?q={quote(soql)}", "GET", None)
+        return self.rest_of_query(result)
+
+    def rest_of_query(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        records = list(result.get("records", []))
+        while not result.get("done", True) and result.get("nextRecordsUrl"):
+            result = self.get(result["nextRecordsUrl"])
+            records.extend(result.get("records", []))
+        return records
+
+    def _call(self, path: str, method: str, body: Any) -> Any:
+        from simple_salesforce.exceptions import (SalesforceError, SalesforceExpiredSession,
+                                                  SalesforceRefusedRequest)
+
+        if self._sf is None:
+            self.connect()
+        renewed = False
+        for attempt in range(_ATTEMPTS):
+            try:
+                self.api_calls += 1
+                kwargs: dict[str, Any] = {"timeout": _TIMEOUT}
+                if body is not None:
+                    kwargs["json"] = body
+                result = self._sf.restful(path, method=method, **kwargs)
+                self.api_usage = _usage(self._sf)
+                return result
+            except SalesforceExpiredSession:
+                if renewed or not (self._session and self._session.renewable):
+                    if self._session and not self._session.renewable:
+                        raise SalesforceAuthError(
+                            "Salesforce rejected the session (INVALID_SESSION_ID): renew SALESFORCE_ACCESS_TOKEN, "
+                            "or configure JWT bearer or client credentials so the tool can renew it itself") from None
+                    raise SalesforceAuthError("Salesforce rejected a freshly renewed session") from None
+                log.info("Salesforce session expired; logging in again")
+                self.connect()
+                renewed = True
+            except SalesforceRefusedRequest as error:
+                code = _error_code(error.content)
+                if code == "REQUEST_LIMIT_EXCEEDED":
+                    raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
+                                    "allowance is used up; the run stopped and will resume from its checkpoint") from None
+                raise RunFailed(f"Salesforce refused {method} {path.split('?')[0]}: {code or error.status}") from None
+            except SalesforceError as error:
+                if error.status >= 500:
+                    self._backoff(attempt, f"HTTP {error.status}")
+                    continue
+                raise RunFailed(f"Salesforce answered HTTP {error.status} to {method} {path.split('?')[0]}: "
+                                f"{_error_code(error.content) or str(error.content)[:200]}") from None
+            except requests.RequestException as error:
+                self._backoff(attempt, type(error).__name__)
+        raise RunFailed(f"Salesforce kept failing on {method} {path.split('?')[0]}")
+
+    @staticmethod
+    def _backoff(attempt: int, what: str) -> None:
+        if attempt + 1 >= _ATTEMPTS:
+            raise RunFailed(f"Salesforce kept failing: {what}")
+        delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())
+        log.info("Salesforce: %s; retrying in %.1f s", what, delay)
+        time.sleep(delay)
+
+
+def _error_code(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or content[0].get("message") or "")
+    return ""
+
+
+def _usage(sf: Any) -> str | None:
+    usage = (getattr(sf, "api_usage", None) or {}).get("api-usage")
+    return f"{usage.used}/{usage.total}" if usage else None

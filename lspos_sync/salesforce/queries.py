@@ -1,0 +1,87 @@
+"""SOQL the sync needs, built in batches that stay under Salesforce's query length limit."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
+from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
+
+MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
+ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
+PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _in_batches(prefix: str, values: Iterable[str], suffix: str = "") -> list[str]:
+    """`prefix IN (...) suffix` statements, as few as the length limit allows."""
+    statements, current = [], []
+    size = len(prefix) + len(suffix) + 10
+    for value in dict.fromkeys(values):
+        quoted = literal(value)
+        if current and size + len(quoted) + 1 > MAX_SOQL:
+            statements.append(f"{prefix} IN ({','.join(current)}){suffix}")
+            current, size = [], len(prefix) + len(suffix) + 10
+        current.append(quoted)
+        size += len(quoted) + 1
+    if current:
+        statements.append(f"{prefix} IN ({','.join(current)}){suffix}")
+    return statements
+
+
+def accounts_by_key(keys: Iterable[str]) -> list[str]:
+    return _in_batches(f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE {CUSTOMER_KEY}", keys)
+
+
+def person_accounts_by_email(emails: Iterable[str]) -> list[str]:
+    # SOQL compares strings case-insensitively, so lower-cased addresses find any spelling.
+    return _in_batches(f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND PersonEmail", emails)
+
+
+def person_accounts_by_phone(phones_e164: Iterable[str]) -> list[str]:
+    """Phones are stored in whatever format people typed, so equality cannot find them. Each number becomes
+    a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which matches
+    every way of writing it; the E.164 comparison afterwards drops the rare false positive."""
+    prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
+    statements, clauses = [], []
+    size = len(prefix) + 1
+    for phone in dict.fromkeys(phones_e164):
+        pattern = literal("%" + "%".join(national_digits(phone)))
+        clause = " OR ".join(f"{field} LIKE {pattern}" for field in PHONE_FIELDS)
+        if clauses and size + len(clause) + 4 > MAX_SOQL:
+            statements.append(prefix + " OR ".join(clauses) + ")")
+            clauses, size = [], len(prefix) + 1
+        clauses.append(clause)
+        size += len(clause) + 4
+    if clauses:
+        statements.append(prefix + " OR ".join(clauses) + ")")
+    return statements
+
+
+def transactions_by_key(keys: Iterable[str]) -> list[str]:
+    return _in_batches(f"SELECT Id, {SALE_KEY}, Account__c, Match_Status__c FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
+
+
+def lines_by_transaction(transaction_ids: Iterable[str]) -> list[str]:
+    return _in_batches(f"SELECT Id, {LINE_KEY}, Sales_Transaction__c FROM {LINE} WHERE Sales_Transaction__c",
+                       transaction_ids)
+
+
+def person_record_type(developer_name: str) -> str:
+    return ("SELECT Id, DeveloperName FROM RecordType WHERE SobjectType = 'Account' AND IsPersonType = true "
+            f"AND DeveloperName = {literal(developer_name)}")
+
+
+def query_subrequest(data_path: str, reference_id: str, soql: str) -> dict[str, Any]:
+    return {"method": "GET", "url": f"{data_path}/query?q={quote(soql)}", "referenceId": reference_id}
+
+
+def person_account(record: dict[str, Any], region: str) -> PersonAccount:
+    phones = frozenset(p for field in PHONE_FIELDS if (p := normalise_phone(record.get(field), region)))
+    return PersonAccount(id=record["Id"], customer_key=record.get(CUSTOMER_KEY),
+                         email=normalise_email(record.get("PersonEmail")), phones=phones,
+                         name=record.get("Name") or "")

@@ -1,0 +1,129 @@
+"""Writes records with sObject Collections inside `/composite` requests, and reads every per-record result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
+from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
+
+# The order inside and across requests: accounts exist before the transactions that point at them,
+# transactions before their lines, and stale lines go last.
+CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
+    "create_accounts", "stamp_accounts", "transactions", "lines", "delete_lines")
+ORDER = (CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
+_UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANSACTION, SALE_KEY),
+                  LINES: (LINE, LINE_KEY)}
+
+
+@dataclass
+class Write:
+    """One record to write (or, for deletes, one Id) and the sales that depend on it."""
+
+    kind: str
+    record: dict[str, Any] | str
+    sale_keys: tuple[str, ...]
+    error: str | None = None
+    created: bool | None = None
+    id: str | None = None
+
+
+@dataclass
+class WriteStats:
+    requests: int = 0
+    subrequests: int = 0
+    records: dict[str, int] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    stats: WriteStats
+
+    def write(self, writes: list[Write]) -> None: ...
+
+
+def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
+    """Collections of at most 200 records, one kind each, in dependency order."""
+    result = []
+    for kind in ORDER:
+        of_kind = [w for w in writes if w.kind == kind]
+        for start in range(0, len(of_kind), MAX_RECORDS):
+            result.append((kind, of_kind[start:start + MAX_RECORDS]))
+    return result
+
+
+class CompositeWriter:
+    """Packs collections five to a `/composite` request (the most one may carry) and records each result."""
+
+    def __init__(self, client: SalesforceClient) -> None:
+        self._client = client
+        self.stats = WriteStats()
+
+    def write(self, writes: list[Write]) -> None:
+        pending = chunks(writes)
+        for start in range(0, len(pending), MAX_COLLECTIONS):
+            group = pending[start:start + MAX_COLLECTIONS]
+            subrequests = [self._subrequest(kind, batch, f"{kind}_{start + i}") for i, (kind, batch) in enumerate(group)]
+            responses = {r.get("referenceId"): r for r in self._client.composite(subrequests)}
+            self.stats.requests += 1
+            self.stats.subrequests += len(subrequests)
+            for i, (kind, batch) in enumerate(group):
+                self._read(responses.get(f"{kind}_{start + i}"), batch)
+                self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+
+    def _subrequest(self, kind: str, batch: list[Write], reference_id: str) -> dict[str, Any]:
+        base = f"{self._client.data_path}/composite/sobjects"
+        if kind == DELETE_LINES:
+            ids = ",".join(str(w.record) for w in batch)
+            return {"method": "DELETE", "url": f"{base}?ids={ids}&allOrNone=false", "referenceId": reference_id}
+        records = [w.record for w in batch]
+        if kind == STAMP_ACCOUNTS:
+            return {"method": "PATCH", "url": base, "referenceId": reference_id,
+                    "body": {"allOrNone": False, "records": records}}
+        sobject, external_id = _UPSERT_TARGET[kind]
+        return {"method": "PATCH", "url": f"{base}/{sobject}/{external_id}", "referenceId": reference_id,
+                "body": {"allOrNone": False, "records": records}}
+
+    @staticmethod
+    def _read(response: dict[str, Any] | None, batch: list[Write]) -> None:
+        if response is None:
+            for write in batch:
+                write.error = "NO_RESULT: Salesforce returned no result for this subrequest"
+            return
+        body = response.get("body")
+        if response.get("httpStatusCode", 500) >= 300 or not isinstance(body, list) or len(body) != len(batch):
+            reason = _errors(body) or f"HTTP {response.get('httpStatusCode')}"
+            for write in batch:
+                write.error = reason
+            return
+        for write, result in zip(batch, body):
+            if result.get("success"):
+                write.id = result.get("id")
+                write.created = result.get("created")
+            else:
+                write.error = _errors(result.get("errors")) or "rejected without a reason"
+
+
+class RecordingSink:
+    """dry-run: the same writes, recorded instead of sent; every one 'succeeds'."""
+
+    def __init__(self) -> None:
+        self.stats = WriteStats()
+        self.writes: list[Write] = []
+
+    def write(self, writes: list[Write]) -> None:
+        self.writes.extend(writes)
+        for kind, batch in chunks(writes):
+            self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+
+
+def _errors(errors: Any) -> str:
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for error in errors:
+        if isinstance(error, dict):
+            code = error.get("statusCode") or error.get("errorCode") or ""
+            fields = error.get("fields") or []
+            parts.append(f"{code}: {error.get('message', '')}" + (f" ({', '.join(fields)})" if fields else ""))
+    return "; ".join(parts)

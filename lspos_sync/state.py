@@ -1,0 +1,262 @@
+"""The SQLite state store: checkpoints, rotating Lightspeed tokens, rejected sales, written sales, runs, lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from lspos_sync.errors import LockHeld
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoint (
+    account_id TEXT PRIMARY KEY,
+    cursor TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS token (
+    account_id TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    access_token TEXT,
+    expires_at TEXT,
+    seed TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reject (
+    sale_key TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    sale_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS written_sale (
+    sale_key TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    match_status TEXT NOT NULL,
+    written_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    command TEXT NOT NULL,
+    account_id TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    outcome TEXT NOT NULL DEFAULT 'running',
+    exit_code INTEGER,
+    window_from TEXT,
+    window_to TEXT,
+    summary TEXT
+);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def default_state_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "lspos-sync" / "state.db"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    refresh_token: str
+    access_token: str | None
+    expires_at: datetime | None
+    seed: str  # fingerprint of the LIGHTSPEED_REFRESH_TOKEN that started this chain
+
+
+@dataclass(frozen=True)
+class Reject:
+    sale_key: str
+    account_id: str
+    sale_id: int
+    reason: str
+    attempts: int
+    first_seen: str
+    last_seen: str
+
+
+class StateStore:
+    """One SQLite file per deployment; every write is its own transaction, so each is atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Tokens live here: the file is private to its owner from the first byte.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock_file: int | None = None
+
+    def close(self) -> None:
+        self.release_lock()
+        self._db.close()
+
+    def __enter__(self) -> "StateStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- the run lock: an flock the kernel releases when the process dies, so a killed run leaves nothing behind
+    def acquire_lock(self) -> None:
+        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(f"another lspos-sync run holds the lock on {self.path}; this one did nothing") from None
+        self._lock_file = fd
+
+    def release_lock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    @contextmanager
+    def token_lock(self) -> Iterator[None]:
+        """Serialises token refreshes across processes: two refreshes of one token break the chain."""
+        fd = os.open(f"{self.path}.token-lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- checkpoint
+    def checkpoint(self, account_id: str) -> datetime | None:
+        row = self._db.execute("SELECT cursor FROM checkpoint WHERE account_id = ?", (account_id,)).fetchone()
+        return parse_iso(row["cursor"]) if row else None
+
+    def set_checkpoint(self, account_id: str, cursor: datetime) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO checkpoint (account_id, cursor, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(account_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                (account_id, iso(cursor), iso(utcnow())))
+
+    def clear_checkpoint(self, account_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoint WHERE account_id = ?", (account_id,))
+
+    def checkpoints(self) -> dict[str, dict[str, str]]:
+        rows = self._db.execute("SELECT account_id, cursor, updated_at FROM checkpoint ORDER BY account_id")
+        return {r["account_id"]: {"cursor": r["cursor"], "updated_at": r["updated_at"]} for r in rows}
+
+    # -- Lightspeed tokens
+    def tokens(self, account_id: str) -> Tokens | None:
+        row = self._db.execute("SELECT * FROM token WHERE account_id = ?", (account_id,)).fetchone()
+        if row is None:
+            return None
+        return Tokens(row["refresh_token"], row["access_token"], parse_iso(row["expires_at"]), row["seed"])
+
+    def save_tokens(self, account_id: str, tokens: Tokens) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO token (account_id, refresh_token, access_token, expires_at, seed, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account_id) DO UPDATE SET "
+                "refresh_token = excluded.refresh_token, access_token = excluded.access_token, "
+                "expires_at = excluded.expires_at, seed = excluded.seed, updated_at = excluded.updated_at",
+                (account_id, tokens.refresh_token, tokens.access_token,
+                 iso(tokens.expires_at) if tokens.expires_at else None, tokens.seed, iso(utcnow())))
+
+    # -- rejected sales, kept until a later run writes them
+    def rejects(self, account_id: str | None = None) -> list[Reject]:
+        query, args = "SELECT * FROM reject", ()
+        if account_id is not None:
+            query, args = query + " WHERE account_id = ?", (account_id,)
+        rows = self._db.execute(query + " ORDER BY first_seen, sale_key", args)
+        return [Reject(r["sale_key"], r["account_id"], r["sale_id"], r["reason"], r["attempts"],
+                       r["first_seen"], r["last_seen"]) for r in rows]
+
+    def record_outcomes(self, account_id: str, written: dict[str, tuple[str, str]],
+                        rejected: dict[str, tuple[int, str]]) -> None:
+        """In one transaction: sales written (key -> (hash, match status)) leave the reject list and
+        remember their hash; sales rejected (key -> (sale id, reason)) join it or count one more attempt."""
+        now = iso(utcnow())
+        with self.transaction() as db:
+            for sale_key, (digest, status) in written.items():
+                db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,))
+                db.execute(
+                    "INSERT INTO written_sale (sale_key, content_hash, match_status, written_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(sale_key) DO UPDATE SET content_hash = excluded.content_hash, "
+                    "match_status = excluded.match_status, written_at = excluded.written_at",
+                    (sale_key, digest, status, now))
+            for sale_key, (sale_id, reason) in rejected.items():
+                db.execute("DELETE FROM written_sale WHERE sale_key = ?", (sale_key,))
+                db.execute(
+                    "INSERT INTO reject (sale_key, account_id, sale_id, reason, attempts, first_seen, last_seen) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(sale_key) DO UPDATE SET reason = excluded.reason, "
+                    "attempts = reject.attempts + 1, last_seen = excluded.last_seen",
+                    (sale_key, account_id, sale_id, reason, now, now))
+
+    def written(self, sale_keys: list[str]) -> dict[str, tuple[str, str]]:
+        """sale key -> (content hash, match status) of the sales already written as they are now."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(sale_keys), 500):
+            chunk = sale_keys[start:start + 500]
+            rows = self._db.execute(
+                f"SELECT sale_key, content_hash, match_status FROM written_sale "
+                f"WHERE sale_key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update({r["sale_key"]: (r["content_hash"], r["match_status"]) for r in rows})
+        return found
+
+    # -- run history
+    def start_run(self, command: str, account_id: str | None, window_from: datetime | None,
+                  window_to: datetime | None) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO run (command, account_id, started_at, window_from, window_to) VALUES (?, ?, ?, ?, ?)",
+                (command, account_id, iso(utcnow()), iso(window_from) if window_from else None,
+                 iso(window_to) if window_to else None))
+            return int(cursor.lastrowid)
+
+    def finish_run(self, run_id: int, outcome: str, exit_code: int, summary: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE run SET ended_at = ?, outcome = ?, exit_code = ?, summary = ? WHERE id = ?",
+                       (iso(utcnow()), outcome, exit_code, json.dumps(summary, default=str), run_id))
+
+    def last_run(self, command: str | None = None) -> dict[str, Any] | None:
+        query, args = "SELECT * FROM run", ()
+        if command is not None:
+            query, args = query + " WHERE command = ?", (command,)
+        row = self._db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        run = dict(row)
+        run["summary"] = json.loads(run["summary"]) if run["summary"] else None
+        return run

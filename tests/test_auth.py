@@ -1,0 +1,137 @@
+"""Authentication on both sides: rotating Lightspeed tokens kept in the state store, the four Salesforce
+options of contract §2, and secrets that never show."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import Cli, sell
+from lspos_sync.emulators.lightspeed import LightspeedEmulator
+from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+
+def test_access_token_is_reused_across_runs_until_it_expires(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    for _ in range(3):
+        assert cli("sync").code == 0
+    assert lightspeed.refresh_count == 1  # a run every ten minutes must not refresh every time
+
+
+def test_rotated_refresh_token_is_kept_and_wins_over_the_variable(tmp_path, salesforce, state_path):
+    with LightspeedEmulator(access_token_ttl=1) as lightspeed:  # every run outlives its token: each one refreshes
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
+                   "LSPOS_SYNC_START": "2026-01-01"}, tmp_path)
+        for _ in range(3):
+            time.sleep(1.1)
+            result = cli("sync")
+            assert result.code == 0, result.stderr
+        assert lightspeed.refresh_count >= 3
+        assert lightspeed.current_refresh_token != lightspeed.initial_refresh_token
+
+
+def test_new_refresh_token_in_the_variable_starts_a_new_chain(tmp_path, salesforce, state_path):
+    with LightspeedEmulator(access_token_ttl=60) as lightspeed:
+        env = {**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path), "LSPOS_SYNC_START": "2026-01-01"}
+        cli = Cli(env, tmp_path)
+        assert cli("sync").code == 0
+        lightspeed.revoke_all_tokens()
+        assert cli("sync").code == 1
+        # the merchant re-authorises the app; the operator puts the new token in the variable
+        lightspeed._refresh_tokens["re-authorised-token"] = None
+        result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": "re-authorised-token"})
+        assert result.code == 0, result.stderr
+
+
+def test_revoked_refresh_token_exits_1_asking_to_reauthorise(cli, lightspeed, salesforce):
+    lightspeed.revoke_all_tokens()
+    result = cli("sync")
+    assert result.code == 1
+    assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+
+
+def _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, **variables) -> Cli:
+    env = {**lightspeed.env(), "LSPOS_STATE_PATH": str(state_path), "LSPOS_SYNC_START": "2026-01-01",
+           "SALESFORCE_INSTANCE_URL": salesforce.instance_url, "SSL_CERT_FILE": str(salesforce.ca_bundle),
+           "REQUESTS_CA_BUNDLE": str(salesforce.ca_bundle), **variables}
+    return Cli(env, tmp_path)
+
+
+def test_client_credentials_login_and_session_renewal(tmp_path, lightspeed, salesforce, state_path, boutique):
+    sell(lightspeed, boutique)
+    cli = _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, SALESFORCE_CLIENT_ID="sf-consumer-key",
+                          SALESFORCE_CLIENT_SECRET="sf-consumer-secret")
+    assert cli("sync").code == 0
+    salesforce.expire_sessions()
+    sell(lightspeed, boutique)
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert len(salesforce.records("Sales_Transaction__c")) == 2
+
+
+def test_jwt_bearer_login(tmp_path, lightspeed, state_path, boutique):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "server.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with SalesforceEmulator(tmp_path / "tls", jwt_public_key_pem=public) as salesforce:
+        sell(lightspeed, boutique)
+        cli = _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, SALESFORCE_USERNAME="integration@example.com",
+                              SALESFORCE_CONSUMER_KEY="sf-consumer-key", SALESFORCE_PRIVATE_KEY_FILE=str(key_file))
+        result = cli("sync")
+        assert result.code == 0, result.stderr
+        assert len(salesforce.records("Sales_Transaction__c")) == 1
+
+
+def test_username_password_login(tmp_path, lightspeed, salesforce, state_path, boutique):
+    sell(lightspeed, boutique)
+    cli = _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, SALESFORCE_USERNAME="integration@example.com",
+                          SALESFORCE_PASSWORD="sf-password", SALESFORCE_SECURITY_TOKEN="sf-security-token")
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    sell(lightspeed, boutique)  # a run with nothing to write never logs in to Salesforce
+    bad = cli("sync", env={"SALESFORCE_PASSWORD": "wrong"})
+    assert bad.code == 1 and "SALESFORCE_PASSWORD" in bad.stderr
+
+
+def test_expired_bare_access_token_exits_1_naming_the_variable(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    salesforce.expire_sessions()
+    result = cli("sync")
+    assert result.code == 1
+    assert "SALESFORCE_ACCESS_TOKEN" in result.stderr
+
+
+def test_no_secret_appears_in_any_output_at_any_verbosity(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    outputs = [cli("sync", "-vv"), cli("sync", "-vv", "--json"), cli("dry-run", "-vv", "--json"),
+               cli("checkpoint", "show", "-vv")]
+    lightspeed.revoke_all_tokens()
+    outputs.append(cli("sync", "-vv", env={"LSPOS_LOOKBACK_MINUTES": "0"}))
+    secrets = [cli.env[name] for name in ("LIGHTSPEED_CLIENT_SECRET", "LIGHTSPEED_REFRESH_TOKEN",
+                                          "SALESFORCE_ACCESS_TOKEN")]
+    captured = "\n".join(o.stdout + o.stderr for o in outputs)
+    assert captured.strip()
+    for secret in secrets:
+        assert secret not in captured
+
+
+def test_state_file_is_private_to_its_owner(cli, lightspeed, salesforce, boutique, state_path):
+    assert cli("sync").code == 0
+    assert stat.S_IMODE(state_path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"SALESFORCE_ACCESS_TOKEN": ""}, "no Salesforce credentials"),
+    ({"SALESFORCE_INSTANCE_URL": ""}, "SALESFORCE_INSTANCE_URL"),
+    ({"LSPOS_LOOKBACK_MINUTES": "half an hour"}, "LSPOS_LOOKBACK_MINUTES"),
+    ({"LSPOS_SYNC_START": "March"}, "LSPOS_SYNC_START"),
+])
+def test_bad_configuration_exits_2(cli, variables, message):
+    result = cli("sync", env=variables)
+    assert result.code == 2 and message in result.stderr

@@ -1,0 +1,174 @@
+"""backfill, dry-run and checkpoint: options, --json, exit codes and what each leaves untouched (contract §1)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import sell
+
+DAY = timedelta(days=1)
+
+
+def ago(days: float) -> datetime:
+    return datetime.now(timezone.utc) - days * DAY
+
+
+def written_keys(salesforce) -> set[str]:
+    return {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")}
+
+
+def test_backfill_loads_its_window_only_and_leaves_the_checkpoint(cli, lightspeed, salesforce, boutique):
+    before = sell(lightspeed, boutique, at=ago(40))
+    inside = [sell(lightspeed, boutique, at=ago(d)) for d in (20, 15, 10)]
+    after = sell(lightspeed, boutique, at=ago(2))
+    cli("checkpoint", "reset", "--to", ago(1).isoformat(), "--yes")
+    checkpoint = cli("checkpoint", "show", "--json").json
+
+    result = cli("backfill", "--from", ago(30).date().isoformat(), "--to", ago(5).isoformat(), "--json")
+
+    assert result.code == 0, result.stderr
+    assert written_keys(salesforce) == {f"182255-{s}" for s in inside}
+    assert f"182255-{before}" not in written_keys(salesforce) and f"182255-{after}" not in written_keys(salesforce)
+    assert cli("checkpoint", "show", "--json").json["checkpoints"] == checkpoint["checkpoints"]
+    assert result.json["checkpoint"] is None
+
+
+def test_backfill_run_again_is_harmless(cli, lightspeed, salesforce, boutique):
+    for d in (3, 2):
+        sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email=f"ana{d}@example.com"), at=ago(d))
+    assert cli("backfill", "--from", ago(4).isoformat()).code == 0
+    snapshot = {name: salesforce.records(name) for name in ("Account", "Sales_Transaction__c", "Sales_Line_Item__c")}
+
+    again = cli("backfill", "--from", ago(4).isoformat(), "--json")
+
+    assert again.code == 0 and again.json["sales"]["unchanged"] == 2
+    assert {name: salesforce.records(name) for name in snapshot} == snapshot
+
+
+def test_dry_run_previews_every_decision_and_writes_nothing(cli, lightspeed, salesforce, boutique, state_path):
+    rt = salesforce.person_account_record_type_id
+    known = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ANA@example.com")
+    new = lightspeed.add_customer("Bo", "Chen", email="bo@example.com")
+    sales = [sell(lightspeed, boutique, ana), sell(lightspeed, boutique, new, lines=((1, "10"), (2, "5"))),
+             sell(lightspeed, boutique)]
+    records_before = salesforce.records("Account")
+
+    result = cli("dry-run", "--json")
+
+    assert result.code == 0, result.stderr
+    plans = {p["sale_id"]: p for p in result.json["plans"]}
+    assert (plans[sales[0]]["match"], plans[sales[0]]["account_id"]) == ("Email", known)
+    assert "ana@example.com" in plans[sales[0]]["reason"]
+    assert (plans[sales[1]]["match"], plans[sales[1]]["lines"], plans[sales[1]]["total"]) == ("Created", 2, 20.0)
+    assert plans[sales[2]]["match"] == "Guest"
+    assert {p["action"] for p in plans.values()} == {"create"}
+    assert salesforce.records("Account") == records_before
+    assert salesforce.records("Sales_Transaction__c") == []
+    writes = [s for r in salesforce.requests for s in r.subrequests if s["method"] != "GET"]
+    assert writes == [] and all(r.method in ("GET", "POST") for r in salesforce.requests)
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+
+
+def test_dry_run_after_a_sync_says_update_or_unchanged(cli, lightspeed, salesforce, boutique):
+    same, changed = sell(lightspeed, boutique), sell(lightspeed, boutique)
+    assert cli("sync").code == 0
+    lightspeed.void_sale(changed)
+
+    result = cli("dry-run", "--from", ago(1).isoformat(), "--json")
+
+    actions = {p["sale_id"]: p["action"] for p in result.json["plans"]}
+    assert actions == {same: "unchanged", changed: "update"}
+
+
+def test_dry_run_limit_caps_the_preview(cli, lightspeed, salesforce, boutique):
+    for _ in range(5):
+        sell(lightspeed, boutique)
+    result = cli("dry-run", "--limit", "2", "--json")
+    assert result.code == 0 and len(result.json["plans"]) == 2
+
+
+def test_dry_run_plain_output_has_a_line_per_sale(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    result = cli("dry-run")
+    assert result.code == 0
+    assert f"sale {sale} (182255-{sale}) create: Completed total 120.00, 1 line(s), customer Guest" in result.stdout
+
+
+def test_checkpoint_reset_without_terminal_needs_yes(cli):
+    result = cli("checkpoint", "reset", "--to", "2026-03-01")
+    assert result.code == 2 and "--yes" in result.stderr
+
+
+def test_checkpoint_reset_sets_and_clears_and_show_reports(cli):
+    assert cli("checkpoint", "reset", "--to", "2026-03-01T09:30:00+01:00", "--yes").code == 0
+    shown = cli("checkpoint", "show", "--json")
+    assert shown.code == 0
+    assert shown.json["checkpoints"]["182255"]["cursor"] == "2026-03-01T08:30:00+00:00"
+    assert cli("checkpoint", "reset", "--yes").code == 0
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+
+
+def test_checkpoint_show_reports_the_last_run(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    assert cli("sync").code == 0
+    shown = cli("checkpoint", "show", "--json").json
+    assert shown["last_run"]["command"] == "sync" and shown["last_run"]["outcome"] == "ok"
+    assert shown["checkpoints"]["182255"]["lag_minutes"] == 0
+    assert "last run: sync" in cli("checkpoint", "show").stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("backfill", "--from", "yesterday"),
+    ("backfill", "--from", "2026-03-05", "--to", "2026-03-01"),
+    ("dry-run", "--from", "2026-13-01"),
+    ("checkpoint", "reset", "--to", "soon", "--yes"),
+    ("sync", "--bogus"),
+    ("backfill",),
+])
+def test_bad_usage_exits_2_with_one_line(cli, args):
+    result = cli(*args)
+    assert result.code == 2
+    assert result.stdout == ""
+
+
+def test_missing_configuration_exits_2_naming_the_variable(cli):
+    result = cli("sync", env={"LIGHTSPEED_CLIENT_ID": ""})
+    assert result.code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: missing configuration: LIGHTSPEED_CLIENT_ID")
+
+
+def test_env_file_fills_in_what_the_environment_lacks(cli, tmp_path, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    env_file = tmp_path / "lspos.env"
+    env_file.write_text(f"LIGHTSPEED_CLIENT_ID={lightspeed.env()['LIGHTSPEED_CLIENT_ID']}\nLIGHTSPEED_ACCOUNT_ID=999\n")
+    result = cli("sync", "--env-file", str(env_file), "--json", env={"LIGHTSPEED_CLIENT_ID": ""})
+    assert result.code == 0, result.stderr
+    assert result.json["account_id"] == "182255"  # the environment wins over the file
+
+
+def test_json_stdout_is_exactly_one_object_even_on_failure(cli):
+    result = cli("sync", "--json", env={"SALESFORCE_ACCESS_TOKEN": "", "SALESFORCE_INSTANCE_URL": ""})
+    assert result.code == 2
+    assert json.loads(result.stdout)["outcome"] == "failed"
+
+
+def test_state_option_overrides_the_variable(cli, tmp_path):
+    other = tmp_path / "other.db"
+    assert cli("checkpoint", "reset", "--to", "2026-03-01", "--yes", "--state", str(other)).code == 0
+    assert other.exists()
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+
+
+def test_python_m_and_console_script_are_the_same_program(cli):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("lspos-sync", path=str(Path(sys.executable).parent))
+    assert script is not None
+    assert "checkpoint" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout

@@ -1,0 +1,58 @@
+"""The matching rules of contract §4, as a table: key, then email, then phone as E.164; never a guess."""
+
+import pytest
+
+from lspos_sync.customers import Candidates, PersonAccount, normalise_phone, resolve
+from lspos_sync.lightspeed.models import Customer
+
+
+def customer(email=None, phones=()):
+    contact = {"Emails": {"ContactEmail": {"address": email, "useType": "Primary"}} if email else "",
+               "Phones": {"ContactPhone": [{"number": n, "useType": t} for t, n in phones]} if phones else ""}
+    return Customer.model_validate({"customerID": "7", "firstName": "Ana", "lastName": "Lima", "Contact": contact})
+
+
+def account(id_, key=None, email=None, phones=()):
+    return PersonAccount(id_, key, email, frozenset(normalise_phone(p, "US") for p in phones))
+
+
+def decide(cust, *accounts):
+    candidates = Candidates()
+    for a in accounts:
+        candidates.add(a)
+    return resolve(cust, "182255-7", candidates, "US", "182255-")
+
+
+@pytest.mark.parametrize("cust, accounts, status, account_id", [
+    (customer("ana@x.com"), [account("A1", key="182255-7"), account("A2", email="ana@x.com")], "Linked", "A1"),
+    (customer(" Ana@X.com "), [account("A2", email="ana@x.com")], "Email", "A2"),
+    (customer("ana@x.com"), [account("A2", email="ana@x.com"), account("A3", email="ana@x.com")], "Ambiguous", None),
+    (customer("ana@x.com", [("Mobile", "415-555-0134")]),
+     [account("A2", email="other@x.com", phones=["(415) 555-0134"])], "Phone", "A2"),
+    (customer(None, [("Home", "+1 415 555 0134")]), [account("A4", phones=["4155550134"]),
+                                                     account("A5", phones=["415.555.0134"])], "Ambiguous", None),
+    (customer("ana@x.com"), [], "Created", None),
+    (customer("not-an-email", [("Mobile", "12")]), [account("A6", email="not-an-email")], "Created", None),
+    # an account already keyed to another customer of the same Lightspeed account is not a candidate
+    (customer("ana@x.com"), [account("A7", key="182255-99", email="ana@x.com")], "Created", None),
+])
+def test_matching_order_and_ambiguity(cust, accounts, status, account_id):
+    resolution = decide(cust, *accounts)
+    assert (resolution.status, resolution.account_id) == (status, account_id)
+
+
+def test_matched_account_gets_its_key_stamped_and_created_one_is_upserted():
+    assert decide(customer("ana@x.com"), account("A2", email="ana@x.com")).stamp_key is True
+    assert decide(customer("ana@x.com")).create is True
+
+
+def test_sale_without_customer_is_guest():
+    assert resolve(None, None, Candidates(), "US", "1-").status == "Guest"
+
+
+@pytest.mark.parametrize("raw, region, e164", [
+    ("(415) 555-0134", "US", "+14155550134"), ("+44 20 7946 0958", "US", "+442079460958"),
+    ("020 7946 0958", "GB", "+442079460958"), ("06 12 34 56 78", "FR", "+33612345678"),
+    ("not a phone", "US", None), ("12", "US", None)])
+def test_phone_normalised_to_e164(raw, region, e164):
+    assert normalise_phone(raw, region) == e164

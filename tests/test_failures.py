@@ -1,0 +1,118 @@
+"""Rejected records, failed runs and the lock: exit codes 1, 3 and 4 and what the checkpoint does."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conftest import sell
+
+
+def test_rejected_sale_is_parked_listed_and_retried_until_it_goes_through(cli, lightspeed, salesforce, boutique):
+    good = sell(lightspeed, boutique)
+    bad = sell(lightspeed, boutique, lines=((1, "999.00"),))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500,
+                                   "Totals over 500 need approval")
+
+    first = cli("sync", "--json")
+
+    assert first.code == 3
+    assert [r["sale_key"] for r in first.json["rejected"]] == [f"182255-{bad}"]
+    assert "Totals over 500 need approval" in first.json["rejected"][0]["reason"]
+    assert f"rejected 182255-{bad}" in first.stderr
+    keys = {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")}
+    assert keys == {f"182255-{good}"}
+    checkpoint = first.json["checkpoint"]
+    assert checkpoint is not None  # a rejected record does not hold the checkpoint back
+
+    still = cli("sync", "--json")
+    assert still.code == 3 and still.json["sales"]["retried"] == 1
+
+    salesforce.clear_validation_rules()
+    fixed = cli("sync", "--json")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.json["rejected"] == []
+    assert {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")} == {f"182255-{good}", f"182255-{bad}"}
+
+
+def test_a_rejected_new_account_holds_its_sales_back(cli, lightspeed, salesforce, boutique):
+    salesforce.add_validation_rule("Account", lambda r: (r.get("LastName") or "") == "Blocked", "No")
+    blocked = sell(lightspeed, boutique, lightspeed.add_customer("Al", "Blocked", email="al@example.com"))
+
+    result = cli("sync", "--json")
+
+    assert result.code == 3
+    assert result.json["rejected"][0]["sale_key"] == f"182255-{blocked}"
+    assert salesforce.records("Sales_Transaction__c") == []  # never linked to nothing by accident
+
+
+def test_salesforce_down_fails_the_run_and_holds_the_checkpoint(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    assert cli("checkpoint", "reset", "--to", "2026-01-01T00:00:00Z", "--yes").code == 0
+    salesforce.fail_next(50, status=503, path_contains="/composite")
+
+    result = cli("sync", "--json")
+
+    assert result.code == 1
+    assert result.json["outcome"] == "failed" and "503" in result.json["error"]
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] == "2026-01-01T00:00:00+00:00"
+    assert cli("checkpoint", "show", "--json").json["last_run"]["outcome"] == "failed"
+
+
+def test_transient_salesforce_failure_is_retried(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    salesforce.fail_next(1, status=503, path_contains="/composite")
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+
+
+def test_lost_composite_response_is_replayed_without_duplicates(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    salesforce.drop_next(1, path_contains="/composite", after_commit=True)
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+    assert len([a for a in salesforce.records("Account") if a.get("IsPersonAccount")]) == 1
+
+
+def test_second_run_while_one_holds_the_lock_exits_4_at_once(cli, lightspeed, salesforce, boutique, state_path):
+    import fcntl
+
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = os.open(f"{state_path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a running sync holds it
+    try:
+        started = time.monotonic()
+        result = cli("sync")
+        assert result.code == 4 and time.monotonic() - started < 10
+        assert "lock" in result.stderr
+        assert cli("backfill", "--from", "2026-01-01").code == 4
+    finally:
+        os.close(holder)
+    assert salesforce.records("Sales_Transaction__c") == []
+
+
+def test_lock_of_a_killed_run_is_taken_over(cli, lightspeed, salesforce, boutique):
+    for _ in range(150):
+        sell(lightspeed, boutique)
+    process = cli.start("sync")
+    time.sleep(1.0)
+    process.kill()
+    process.wait()
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert len(salesforce.records("Sales_Transaction__c")) == 150
+
+
+def test_malformed_sale_from_lightspeed_is_parked_not_fatal(cli, lightspeed, salesforce, boutique):
+    good = sell(lightspeed, boutique)
+    bad = sell(lightspeed, boutique)
+    lightspeed.corrupt_sale(bad, calcTotal="12,50")
+
+    result = cli("sync", "--json")
+
+    assert result.code == 3, result.stderr
+    assert result.json["rejected"][0]["sale_key"] == f"182255-{bad}"
+    assert "INVALID_LIGHTSPEED_DATA" in result.json["rejected"][0]["reason"]
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{good}"]

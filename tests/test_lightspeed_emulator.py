@@ -1,0 +1,406 @@
+"""Tests that pin the Lightspeed R-Series emulator's documented behaviour, over real HTTP with httpx."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+import httpx
+import pytest
+
+from lspos_sync.emulators.lightspeed import LightspeedEmulator
+
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=timezone.utc)
+ALL = json.dumps(["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType", "Customer",
+                  "Customer.Contact"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def emu(clock: FakeClock) -> Iterator[LightspeedEmulator]:
+    # generous limits so that only the rate-limit tests meet the limiter
+    with LightspeedEmulator(clock=clock, bucket_size=10_000, burst_limit=10_000) as emulator:
+        yield emulator
+
+
+def refresh(emu: LightspeedEmulator, refresh_token: str | None = None) -> httpx.Response:
+    return httpx.post(emu.token_url, data={"grant_type": "refresh_token", "client_id": emu.client_id,
+                                           "client_secret": emu.client_secret,
+                                           "refresh_token": refresh_token or emu.current_refresh_token})
+
+
+def client(emu: LightspeedEmulator) -> httpx.Client:
+    token = refresh(emu).json()["access_token"]
+    return httpx.Client(base_url=f"{emu.api_url}/Account/{emu.account_id}",
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def seed_store(emu: LightspeedEmulator) -> dict[str, int]:
+    ids = {"shop": emu.add_shop("Main St"), "cash": emu.add_payment_type("Cash", "cash"),
+           "item": emu.add_item("Mug", custom_sku="MUG-1"),
+           "customer": emu.add_customer("Ada", "Lovelace", email="ada@example.com", phones={"Mobile": "555 0100"})}
+    return ids
+
+
+def collect(http: httpx.Client, path: str, params: dict[str, str]) -> list[dict]:
+    rows, response = [], http.get(path, params=params or None)
+    while True:
+        body = response.raise_for_status().json()
+        page = body.get("Sale", [])
+        rows += [page] if isinstance(page, dict) else page
+        if not body["@attributes"]["next"]:
+            return rows
+        response = http.get(body["@attributes"]["next"])
+
+
+def leaves(value: object) -> Iterator[object]:
+    if isinstance(value, dict):
+        for child in value.values():
+            yield from leaves(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from leaves(child)
+    else:
+        yield value
+
+
+@pytest.mark.parametrize("sort", ["saleID", "timeStamp", "-updatetime", "completeTime"])
+def test_following_next_to_the_end_yields_every_sale_exactly_once(emu, clock, sort):
+    ids = seed_store(emu)
+    made = [emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 1, "unit_price": "5"}],
+                         completed=n % 3 != 0, at=clock.advance(n % 4))  # repeated times test the ID tiebreak
+            for n in range(23)]
+    with client(emu) as http:
+        first = http.get("Sale.json", params={"sort": sort, "limit": "5"}).json()
+        rows = collect(http, "Sale.json", {"sort": sort, "limit": "5"})
+    assert first["@attributes"]["previous"] == ""
+    assert sorted(int(r["saleID"]) for r in rows) == made
+
+
+def test_next_url_is_absolute_and_carries_params_sort_limit_and_a_base64_cursor(emu):
+    ids = seed_store(emu)
+    for _ in range(3):
+        emu.add_sale(ids["shop"], [])
+    with client(emu) as http:
+        body = http.get("Sale.json", params={"limit": "2", "completed": "true"}).json()
+        second = http.get(body["@attributes"]["next"]).json()
+        back = http.get(second["@attributes"]["previous"]).json()
+    url = httpx.URL(body["@attributes"]["next"])
+    prefix = f"{emu.api_url}/Account/{emu.account_id}/Sale.json?completed=true&sort=saleID&limit=2&after="
+    assert str(url).startswith(prefix)
+    assert json.loads(base64.b64decode(url.params["after"])) == [2]
+    assert second["Sale"]["saleID"] == "3" and second["@attributes"]["next"] == ""
+    assert [s["saleID"] for s in back["Sale"]] == ["1", "2"] and back["@attributes"]["previous"] == ""
+
+
+def test_a_row_edited_mid_crawl_jumps_past_the_cursor_and_is_seen_twice(emu, clock):
+    ids = seed_store(emu)
+    for _ in range(4):
+        emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 1, "unit_price": "1"}], at=clock.advance(1))
+    with client(emu) as http:
+        first = http.get("Sale.json", params={"sort": "updatetime", "limit": "2"}).json()
+        emu.set_line_quantity(1, 5, at=clock.advance(60))  # sale 1 is now the most recently updated
+        rest = collect(http, first["@attributes"]["next"], {})
+    assert [s["saleID"] for s in first["Sale"]] + [s["saleID"] for s in rest] == ["1", "2", "3", "4", "1"]
+
+
+def test_a_full_last_page_links_to_an_empty_page_without_a_sale_key(emu):
+    ids = seed_store(emu)
+    emu.add_sale(ids["shop"], [])
+    emu.add_sale(ids["shop"], [])
+    with client(emu) as http:
+        body = http.get("Sale.json", params={"limit": "2"}).json()
+        last = http.get(body["@attributes"]["next"]).json()
+    assert len(body["Sale"]) == 2
+    assert last == {"@attributes": {"next": "", "previous": ""}}
+
+
+def test_a_query_matching_one_sale_returns_a_lone_object_with_lone_children(emu):
+    ids = seed_store(emu)
+    sale_id = emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 2, "unit_price": "4.50"}],
+                           customer_id=ids["customer"], payments=[{"payment_type_id": ids["cash"], "amount": "9"}])
+    with client(emu) as http:
+        body = http.get("Sale.json", params={"saleID": str(sale_id), "load_relations": ALL}).json()
+    sale = body["Sale"]
+    assert isinstance(sale, dict)
+    assert isinstance(sale["SaleLines"]["SaleLine"], dict)
+    assert sale["SaleLines"]["SaleLine"]["Item"]["customSku"] == "MUG-1"
+    assert sale["SalePayments"]["SalePayment"]["PaymentType"]["name"] == "Cash"
+    contact = sale["Customer"]["Contact"]
+    assert contact["Phones"]["ContactPhone"] == {"number": "555 0100", "useType": "Mobile"}
+    assert contact["Emails"]["ContactEmail"]["address"] == "ada@example.com"
+    assert contact["Addresses"] == ""
+
+
+def test_every_value_is_a_string_and_a_missing_foreign_key_is_zero(emu):
+    ids = seed_store(emu)
+    emu.add_sale(ids["shop"], [{"item_id": None, "quantity": 1, "unit_price": "9.99", "tax1": "0.05",
+                                "tax2": "0.09975"}, {"item_id": ids["item"], "quantity": 1, "unit_price": "20",
+                                                     "tax1": "0.05", "tax2": "0.09975"}],
+                 payments=[{"payment_type_id": ids["cash"], "amount": "34.48"}])
+    with client(emu) as http:
+        sale = http.get("Sale/1.json", params={"load_relations": "all"}).json()["Sale"]
+    assert all(isinstance(leaf, str) for leaf in leaves(sale))
+    assert sale["customerID"] == "0" and "Customer" not in sale
+    line = sale["SaleLines"]["SaleLine"][0]
+    assert line["itemID"] == "0" and line["parentSaleLineID"] == "0" and "Item" not in line
+    # the docs' sale 277: line calcs keep full precision, sale totals round each tax to cents
+    assert (line["calcTax1"], line["calcTax2"], line["calcTotal"]) == ("0.4995", "0.9965025", "11.4860025")
+    assert (sale["calcTax1"], sale["calcTax2"], sale["calcTotal"]) == ("1.5", "2.99", "34.48")
+
+
+def test_relations_are_loaded_only_when_asked_and_empty_ones_are_absent(emu):
+    ids = seed_store(emu)
+    emu.add_sale(ids["shop"], [], customer_id=ids["customer"])
+    with client(emu) as http:
+        plain = http.get("Sale/1.json").json()["Sale"]
+        some = http.get("Sale/1.json", params={"load_relations": '["Customer", "Bogus"]'}).json()["Sale"]
+        bad = http.get("Sale/1.json", params={"load_relations": "SaleLines"})
+    assert not {"SaleLines", "SalePayments", "Customer"} & plain.keys()
+    assert "Contact" not in some["Customer"] and "SaleLines" not in some
+    assert bad.status_code == 400
+
+
+def test_no_match_has_no_sale_key(emu):
+    with client(emu) as http:
+        body = http.get("Sale.json", params={"shopID": "99"}).json()
+    assert body == {"@attributes": {"next": "", "previous": ""}}
+
+
+def test_updatetime_between_filter_is_inclusive_and_accepts_every_offset_style(emu, clock):
+    ids = seed_store(emu)
+    for minutes in (0, 10, 20, 30):
+        emu.add_sale(ids["shop"], [], at=T0 + timedelta(minutes=minutes))
+    with client(emu) as http:
+        def matching(value: str) -> list[str]:
+            body = http.get("Sale.json", params={"updatetime": value}).json()
+            found = body.get("Sale", [])
+            return [s["saleID"] for s in ([found] if isinstance(found, dict) else found)]
+
+        assert matching("><,2026-03-01T09:40:00+00:00,2026-03-01T10:00:00+00:00") == ["2", "3", "4"]
+        assert matching("><,2026-03-01T05:40:00-0400,2026-03-01T09:50:00Z") == ["2", "3"]
+        assert matching(">=,2026-03-01T09:50:00Z") == ["3", "4"]
+
+
+def test_unencoded_plus_in_an_offset_is_rejected(emu):
+    with client(emu) as http:
+        response = http.get("Sale.json?timeStamp=%3E%2C2026-03-01T09:30:00+00:00")
+    assert response.status_code == 400
+
+
+def test_in_and_plain_filters_and_the_in_cap(emu):
+    ids = seed_store(emu)
+    for _ in range(4):
+        emu.add_sale(ids["shop"], [])
+    with client(emu) as http:
+        hits = http.get("Sale.json", params={"saleID": "IN,[1,3,4]", "completed": "true"}).json()["Sale"]
+        too_many = http.get("Sale.json", params={"saleID": f"IN,[{','.join(map(str, range(101)))}]"})
+    assert [s["saleID"] for s in hits] == ["1", "3", "4"]
+    assert too_many.status_code == 400
+
+
+def test_edits_after_completion_move_updatetime_but_not_timestamp(emu, clock):
+    ids = seed_store(emu)
+    sale_id = emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 1, "unit_price": "5"}],
+                           completed=False)
+    done = clock.advance(60)
+    emu.complete_sale(sale_id)
+    after = emu.sale(sale_id)
+    assert after["timeStamp"] == after["updatetime"] == after["completeTime"] == "2026-03-01T09:31:00+00:00"
+    line_id = int(after["SaleLines"]["SaleLine"]["saleLineID"])
+    emu.set_line_quantity(line_id, 3, at=done + timedelta(minutes=5))
+    emu.void_sale(sale_id, at=done + timedelta(minutes=9))
+    with client(emu) as http:
+        edited = http.get(f"Sale/{sale_id}.json").json()["Sale"]
+        moved = http.get("Sale.json", params={"updatetime": ">,2026-03-01T09:35:00+00:00"}).json()
+        pinned = http.get("Sale.json", params={"timeStamp": ">,2026-03-01T09:35:00+00:00"}).json()
+    assert edited["timeStamp"] == edited["completeTime"] == "2026-03-01T09:31:00+00:00"
+    assert edited["updatetime"] == "2026-03-01T09:40:00+00:00" and edited["voided"] == "true"
+    assert moved["Sale"]["saleID"] == str(sale_id) and "Sale" not in pinned
+
+
+def test_open_sales_move_timestamp_and_have_no_complete_time(emu, clock):
+    ids = seed_store(emu)
+    sale_id = emu.add_sale(ids["shop"], [], completed=False)
+    emu.add_line(sale_id, {"item_id": ids["item"], "quantity": 1, "unit_price": "2"}, at=clock.advance(30))
+    sale = emu.sale(sale_id)
+    assert sale["timeStamp"] == sale["updatetime"] == "2026-03-01T09:30:30+00:00"
+    assert sale["createTime"] == "2026-03-01T09:30:00+00:00" and "completeTime" not in sale
+
+
+def test_refund_is_a_new_sale_with_negative_quantities_and_parent_lines(emu, clock):
+    ids = seed_store(emu)
+    original = emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 2, "unit_price": "10", "tax1": "0.05"},
+                                          {"item_id": ids["item"], "quantity": 1, "unit_price": "3"}],
+                            payments=[{"payment_type_id": ids["cash"], "amount": "24"}])
+    before = emu.sale(original)
+    first_line = before["SaleLines"]["SaleLine"][0]["saleLineID"]
+    refund_id = emu.refund_sale(original, [int(first_line)], at=clock.advance(3600))
+    with client(emu) as http:
+        refund = http.get(f"Sale/{refund_id}.json", params={"load_relations": ALL}).json()["Sale"]
+    line = refund["SaleLines"]["SaleLine"]
+    assert refund_id != original and refund["completed"] == "true"
+    assert line["unitQuantity"] == "-2" and line["unitPrice"] == "10" and line["parentSaleLineID"] == first_line
+    assert refund["calcTotal"] == "-21" and refund["SalePayments"]["SalePayment"]["amount"] == "-21"
+    assert emu.sale(original) == before
+
+
+def test_rotation_defers_revoking_the_old_refresh_token_until_the_new_access_token_is_used(emu):
+    old = emu.current_refresh_token
+    first = refresh(emu, old).json()
+    retried = refresh(emu, old)  # as after a lost response: the old refresh token still works
+    assert retried.status_code == 200 and emu.refresh_count == 2
+    newest = retried.json()
+    assert len(newest["access_token"]) > 500 and newest["token_type"] == "Bearer"
+    headers = {"Authorization": f"Bearer {first['access_token']}"}
+    assert httpx.get(f"{emu.api_url}/Account.json", headers=headers).status_code == 401  # superseded
+    headers = {"Authorization": f"Bearer {newest['access_token']}"}
+    assert httpx.get(f"{emu.api_url}/Account.json", headers=headers).status_code == 200
+    rejected = refresh(emu, old)
+    assert rejected.status_code == 400 and rejected.json()["error"] == "invalid_grant"
+    assert emu.current_refresh_token == newest["refresh_token"]
+    assert refresh(emu, newest["refresh_token"]).status_code == 200
+    assert httpx.get(f"{emu.api_url}/Account.json", headers=headers).status_code == 401  # rotated away at once
+
+
+def test_a_refresh_whose_response_was_dropped_can_be_retried(emu):
+    emu.drop_next(path_suffix="/auth/oauth/token")
+    with pytest.raises(httpx.TransportError):
+        refresh(emu, "ls-refresh-0")
+    assert emu.refresh_count == 1 and refresh(emu, "ls-refresh-0").status_code == 200
+
+
+def test_expired_access_token_is_401(emu, clock):
+    with client(emu) as http:
+        assert http.get("Sale.json").status_code == 200
+        clock.advance(3600)
+        expired = http.get("Sale.json")
+    assert expired.status_code == 401
+    assert expired.json()["message"] == "Access token could not be verified"
+
+
+def test_missing_token_and_revoked_app_are_rejected(emu):
+    assert httpx.get(f"{emu.api_url}/Account/{emu.account_id}/Sale.json").status_code == 401
+    with client(emu) as http:
+        emu.revoke_all_tokens()
+        assert http.get("Sale.json").status_code == 401
+    assert refresh(emu, "ls-refresh-0").json()["error"] == "invalid_grant"
+
+
+def test_json_refresh_with_scope_is_rejected_and_bad_client_is_invalid_client(emu):
+    body = {"grant_type": "refresh_token", "refresh_token": "ls-refresh-0", "client_id": emu.client_id,
+            "client_secret": emu.client_secret}
+    with_scope = httpx.post(emu.token_url, json={**body, "scope": "employee:all"})
+    assert with_scope.status_code == 400 and with_scope.json()["error"] == "invalid_grant"
+    bad_client = httpx.post(emu.token_url, data={**body, "client_secret": "nope"})
+    assert bad_client.status_code == 401 and bad_client.json()["error"] == "invalid_client"
+    assert httpx.post(emu.token_url, json=body).status_code == 200
+
+
+def test_leaky_bucket_lets_one_overflow_then_429s_with_an_integer_retry_after():
+    with LightspeedEmulator(bucket_size=10, drip_rate=0.5) as emu, client(emu) as http:
+        emu.set_bucket_level(9.5)
+        allowed = http.get("Sale.json", params={"load_relations": ALL})
+        limited = http.get("Sale.json")
+    level, size = (float(x) for x in allowed.headers["x-ls-api-bucket-level"].split("/"))
+    assert allowed.status_code == 200 and size == 10 and 12.4 < level <= 12.5
+    assert float(allowed.headers["x-ls-api-request-cost"]) == 3  # 1 + doubled relation surcharges
+    assert float(allowed.headers["x-ls-api-drip-rate"]) == 0.5
+    assert allowed.headers["x-ls-api-burst-level"] == "1/20"
+    assert limited.status_code == 429
+    assert limited.headers["x-ls-api-ratelimit-type"] == "api-leaky-bucket"
+    assert limited.headers["retry-after"] in ("7", "8")  # (12.5 + 1 - 10) / 0.5 = 7 s, ceiled
+    assert limited.json()["httpCode"] == "429"
+
+
+def test_burst_limiter_429s_past_the_per_second_cap():
+    with LightspeedEmulator(burst_limit=3) as emu, client(emu) as http:
+        responses = [http.get("Shop.json") for _ in range(10)]
+    burst = [r for r in responses if r.status_code == 429]
+    assert len(burst) >= 4
+    assert burst[0].headers["x-ls-api-ratelimit-type"] == "api-burst-limiter"
+    assert burst[0].headers["retry-after"] == "1"
+    assert "burst rate limit exceeded" in burst[0].json()["message"]
+
+
+def test_fail_next_and_drop_next_hit_only_matching_paths(emu):
+    with client(emu) as http:
+        emu.fail_next(2, status=429, retry_after=4)
+        assert http.get("Shop.json").status_code == 200
+        first = http.get("Sale.json")
+        assert first.status_code == 429 and first.headers["retry-after"] == "4"
+        assert first.headers["x-ls-api-ratelimit-type"] == "api-leaky-bucket"
+        assert http.get("Sale.json").status_code == 429
+        emu.drop_next()
+        with pytest.raises(httpx.TransportError):
+            http.get("Sale.json")
+        assert http.get("Sale.json").status_code == 200
+    assert emu.request_count("Sale.json", status=429) == 2
+    assert emu.request_count("Sale.json", status=0) == 1
+    assert emu.requests[-1].path.endswith("Sale.json")
+
+
+@pytest.mark.parametrize("params", [{"sort": "createTime"}, {"sort": "-total"}, {"limit": "101"},
+                                    {"limit": "-1"}, {"updateTime": ">,2026-01-01"}, {"after": "bm90IGpzb24="},
+                                    {"saleID": "abc"}, {"timeStamp": "><,2026-01-01"}, {"archived": "maybe"}])
+def test_invalid_list_parameters_are_400(emu, params):
+    with client(emu) as http:
+        response = http.get("Sale.json", params=params)
+    assert response.status_code == 400
+    if params.get("sort") == "createTime":
+        assert "saleID, timeStamp, completeTime, updatetime" in response.json()["message"]
+
+
+def test_updatetime_filter_can_be_rejected_so_clients_can_fall_back(emu):
+    emu.reject_updatetime_filter = True
+    with client(emu) as http:
+        assert http.get("Sale.json", params={"updatetime": ">,2026-01-01T00:00:00Z"}).status_code == 400
+        assert http.get("Sale.json", params={"sort": "updatetime"}).status_code == 200
+
+
+def test_wrong_account_and_unknown_paths_are_404_with_a_lightspeed_error_body(emu):
+    with client(emu) as http:
+        wrong = http.get(f"{emu.api_url}/Account/999/Sale.json")
+        unknown = http.get("Nope.json")
+        account = http.get(f"{emu.api_url}/Account.json").json()
+    assert wrong.status_code == unknown.status_code == 404
+    assert set(unknown.json()) == {"httpCode", "httpMessage", "message", "errorClass"}
+    assert unknown.json()["httpCode"] == "404" and unknown.json()["httpMessage"] == "Not Found"
+    assert account["Account"]["accountID"] == emu.account_id
+
+
+def test_other_entities_list_with_the_same_shapes(emu):
+    ids = seed_store(emu)
+    emu.add_category("Kitchen")
+    with client(emu) as http:
+        customer = http.get("Customer.json", params={"load_relations": '["Contact"]'}).json()["Customer"]
+        items = http.get("Item.json").json()["Item"]
+        types = http.get("PaymentType.json").json()["PaymentType"]
+        categories = http.get("Category.json").json()["Category"]
+    assert customer["customerID"] == str(ids["customer"]) and "Contact" in customer
+    assert items["systemSku"] == "210000000001" and items["categoryID"] == "0"
+    assert types["type"] == "cash" and categories["name"] == "Kitchen"
+
+
+def test_env_points_at_the_running_emulator(emu):
+    env = emu.env()
+    assert env["LIGHTSPEED_API_URL"] == emu.api_url and env["LIGHTSPEED_TOKEN_URL"] == emu.token_url
+    assert env["LIGHTSPEED_REFRESH_TOKEN"] == "ls-refresh-0" and env["LIGHTSPEED_ACCOUNT_ID"] == "182255"

@@ -1,0 +1,118 @@
+"""Mapping is pure: Lightspeed models in, Salesforce records out, exactly as contract §3 says."""
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from lspos_sync import mapping
+from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, Shop, one_or_many
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples" / "lightspeed"
+SHOPS = {1: Shop(shopID=1, name="West Bolduc")}
+
+
+def sample_sale(name: str) -> Sale:
+    return Sale.model_validate(one_or_many(json.loads((SAMPLES / name).read_text()), "Sale")[0])
+
+
+def test_transaction_fields_from_a_completed_sale():
+    record = mapping.transaction_record(sample_sale("docs_v3_sale_277_completed_with_relations.json"), "182255", SHOPS)
+    assert record == {
+        "LS_Sale_ID__c": "182255-277", "Ticket_Number__c": "220000000277",
+        "Transaction_Date__c": "2016-11-10T13:51:54Z", "Status__c": "Completed", "Shop_Name__c": "West Bolduc",
+        "Subtotal__c": 29.99, "Discount__c": 0.0, "Tax__c": 4.49, "Total__c": 34.48, "Amount_Paid__c": 34.48,
+        "Payment_Methods__c": "Cash", "LS_Updated_At__c": "2016-11-10T13:51:54Z",
+    }
+
+
+def test_refund_sale_has_refund_status_and_negative_quantities():
+    sale = sample_sale("docs_v3_sale_282_full_refund.json")
+    assert mapping.transaction_record(sale, "1", SHOPS)["Status__c"] == "Refund"
+    assert all(line["Quantity__c"] < 0 for line in mapping.line_records(sale, "1", {}))
+
+
+def test_voided_wins_over_refund_and_keeps_lines():
+    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json").model_copy(update={"voided": True})
+    assert mapping.transaction_record(sale, "1", SHOPS)["Status__c"] == "Voided"
+    assert len(mapping.line_records(sale, "1", {})) == 2
+
+
+def test_line_tax_is_summed_before_rounding_half_up():
+    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json")
+    first = mapping.line_records(sale, "182255", {})[0]
+    # 0.4995 + 0.9965025 = 1.4960025 -> 1.50 ; calcTotal 11.4860025 -> 11.49
+    assert first["Tax__c"] == 1.50 and first["Line_Total__c"] == 11.49
+    assert first["LS_Sale_Line_ID__c"] == "182255-269"
+    assert first["Sales_Transaction__r"] == {"LS_Sale_ID__c": "182255-277"}
+
+
+@pytest.mark.parametrize("value, rounded", [
+    ("0.005", 0.01), ("-0.005", -0.01), ("2.675", 2.68), ("1.004999", 1.0), ("-34.485", -34.49)])
+def test_money_rounds_half_up_away_from_zero(value, rounded):
+    assert mapping.money(Decimal(value)) == rounded
+
+
+def test_line_takes_custom_sku_then_system_sku_and_category_name():
+    item = Item(itemID=5, description="Silk scarf", customSku="", systemSku="210000000005", categoryID=3)
+    sale = Sale.model_validate({"saleID": "9", "SaleLines": {"SaleLine": {
+        "saleLineID": "90", "unitQuantity": "2", "unitPrice": "10", "calcTotal": "20", "itemID": "5"}}})
+    sale = sale.model_copy(update={"lines": [sale.lines[0].model_copy(update={"item": item})]})
+    line = mapping.line_records(sale, "1", {3: Category(categoryID=3, name="Accessories")})[0]
+    assert (line["SKU__c"], line["Product_Name__c"], line["Category__c"]) == ("210000000005", "Silk scarf", "Accessories")
+
+
+def test_line_without_item_has_empty_product_fields():
+    sale = Sale.model_validate({"saleID": "9", "SaleLines": {"SaleLine": {"saleLineID": "90", "itemID": "0"}}})
+    line = mapping.line_records(sale, "1", {})[0]
+    assert line["SKU__c"] is None and line["Product_Name__c"] is None and line["Category__c"] is None
+
+
+def test_payment_methods_distinct_in_payment_order_without_archived():
+    sale = Sale.model_validate({"saleID": "9", "calcTotal": "100", "SalePayments": {"SalePayment": [
+        {"salePaymentID": "1", "amount": "30", "PaymentType": {"name": "Visa"}},
+        {"salePaymentID": "2", "amount": "50", "archived": "true", "PaymentType": {"name": "Cash"}},
+        {"salePaymentID": "3", "amount": "20", "PaymentType": {"name": "Gift Card"}},
+        {"salePaymentID": "4", "amount": "0.004", "PaymentType": {"name": "Visa"}}]}})
+    record = mapping.transaction_record(sale, "1", {})
+    assert record["Payment_Methods__c"] == "Visa, Gift Card"
+    assert record["Amount_Paid__c"] == 50.0
+
+
+def test_no_payments_means_zero_paid_and_no_methods():
+    record = mapping.transaction_record(Sale.model_validate({"saleID": "9"}), "1", {})
+    assert record["Amount_Paid__c"] == 0.0 and record["Payment_Methods__c"] is None
+
+
+def test_update_time_falls_back_to_time_stamp():
+    sale = Sale.model_validate({"saleID": "9", "timeStamp": "2026-03-01T10:00:00+00:00"})
+    assert mapping.transaction_record(sale, "1", {})["LS_Updated_At__c"] == "2026-03-01T10:00:00Z"
+
+
+@pytest.mark.parametrize("first, last, expected", [
+    ("Ana", "Lima", ("Ana", "Lima")),
+    ("Ana", "", (None, "Ana")),
+    ("", "", (None, "ana@example.com")),
+])
+def test_person_account_never_has_an_empty_last_name(first, last, expected):
+    customer = Customer.model_validate({"customerID": "7", "firstName": first, "lastName": last, "Contact": {
+        "Emails": {"ContactEmail": {"address": "Ana@Example.com ", "useType": "Primary"}},
+        "Phones": {"ContactPhone": [{"number": "(415) 555-0134", "useType": "Mobile"},
+                                    {"number": "415 555 0199", "useType": "Home"}]}}})
+    record = mapping.person_account_record(customer, "182255", "012000000000001", "US")
+    assert (record["FirstName"], record["LastName"]) == expected
+    assert record["LS_Customer_ID__c"] == "182255-7" and record["PersonEmail"] == "ana@example.com"
+    assert record["PersonMobilePhone"] == "+14155550134" and record["Phone"] == "+14155550199"
+
+
+def test_long_and_control_character_text_is_cleaned_and_cut_to_field_length():
+    assert mapping.clean_text("A\x00b\u200bc" + "x" * 300, "Product_Name__c") == ("Abc" + "x" * 252)
+    assert mapping.clean_text("   ", "SKU__c") is None
+
+
+def test_content_hash_changes_with_content_only():
+    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json")
+    record, lines = mapping.transaction_record(sale, "1", SHOPS), mapping.line_records(sale, "1", {})
+    assert mapping.content_hash(record, lines) == mapping.content_hash(dict(record), list(lines))
+    assert mapping.content_hash(record, lines[:1]) != mapping.content_hash(record, lines)

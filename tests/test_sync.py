@@ -1,0 +1,233 @@
+"""`lspos-sync sync` end to end: the real program against both emulators over real HTTP(S)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from conftest import by_key, sell
+
+
+def transactions(salesforce) -> dict[str, dict]:
+    return by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")
+
+
+def lines(salesforce) -> dict[str, dict]:
+    return by_key(salesforce.records("Sales_Line_Item__c"), "LS_Sale_Line_ID__c")
+
+
+def person_accounts(salesforce) -> list[dict]:
+    return [a for a in salesforce.records("Account") if a.get("IsPersonAccount")]
+
+
+def test_sync_writes_each_completed_sale_with_its_lines_and_customer(cli, lightspeed, salesforce, boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Mobile": "415-555-0134"})
+    sale = sell(lightspeed, boutique, ana, lines=((1, "120.00"), (2, "45.50")))
+    guest = sell(lightspeed, boutique)
+    sell(lightspeed, boutique, completed=False)  # open: not written until it completes
+
+    result = cli("sync")
+
+    assert result.code == 0, result.stderr
+    written = transactions(salesforce)
+    assert set(written) == {f"182255-{sale}", f"182255-{guest}"}
+    first = written[f"182255-{sale}"]
+    assert first["Status__c"] == "Completed" and first["Total__c"] == 211.0
+    assert first["Match_Status__c"] == "Created" and first["Shop_Name__c"] == "Rue Saint-Honoré"
+    assert first["Payment_Methods__c"] == "Visa" and first["Amount_Paid__c"] == 211.0
+    [account] = person_accounts(salesforce)
+    assert first["Account__c"] == account["Id"]
+    assert (account["LS_Customer_ID__c"], account["PersonEmail"], account["LastName"]) == \
+        (f"182255-{ana}", "ana@example.com", "Lima")
+    assert account["PersonMobilePhone"] == "+14155550134"
+    assert written[f"182255-{guest}"]["Match_Status__c"] == "Guest"
+    assert written[f"182255-{guest}"]["Account__c"] is None
+    sale_lines = [line for line in lines(salesforce).values() if line["Sales_Transaction__c"] == first["Id"]]
+    assert sorted(line["Quantity__c"] for line in sale_lines) == [1, 2]
+    assert {line["Category__c"] for line in sale_lines} == {"Accessories", "Leather goods"}
+    assert "2 written" in result.stdout and result.stdout.count("\n") == 1  # one summary line, quiet otherwise
+
+
+def test_second_run_at_once_writes_nothing(cli, lightspeed, salesforce, boutique):
+    for _ in range(3):
+        sell(lightspeed, boutique, lightspeed.add_customer("Eve", "Roy", email=None))
+    assert cli("sync").code == 0
+    before = {name: salesforce.records(name) for name in ("Account", "Sales_Transaction__c", "Sales_Line_Item__c")}
+    calls = salesforce.api_calls
+
+    again = cli("sync", "--json")
+
+    assert again.code == 0
+    assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 3
+    assert salesforce.api_calls == calls  # the look-back re-read costs no Salesforce call at all
+    assert {name: salesforce.records(name) for name in before} == before
+
+
+def test_changes_in_lightspeed_are_reflected_and_nothing_else(cli, lightspeed, salesforce, boutique):
+    voided = sell(lightspeed, boutique)
+    edited = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")))
+    requantified = sell(lightspeed, boutique, lines=((1, "10.00"),))
+    untouched = sell(lightspeed, boutique)
+    parked = sell(lightspeed, boutique, completed=False)
+    assert cli("sync").code == 0
+    untouched_before = transactions(salesforce)[f"182255-{untouched}"]
+    edited_lines = [line["saleLineID"] for line in _sale_lines(lightspeed, edited)]
+
+    lightspeed.void_sale(voided)
+    lightspeed.remove_line(edited, int(edited_lines[1]))
+    lightspeed.set_line_quantity(int(_sale_lines(lightspeed, requantified)[0]["saleLineID"]), 3)
+    lightspeed.complete_sale(parked)
+    added = sell(lightspeed, boutique)
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["sales"]["written"] == 5
+    after = transactions(salesforce)
+    assert after[f"182255-{voided}"]["Status__c"] == "Voided"
+    assert f"182255-{parked}" in after and f"182255-{added}" in after
+    assert after[f"182255-{untouched}"] == untouched_before
+    remaining = [line for line in lines(salesforce).values()
+                 if line["Sales_Transaction__c"] == after[f"182255-{edited}"]["Id"]]
+    assert [line["LS_Sale_Line_ID__c"] for line in remaining] == [f"182255-{edited_lines[0]}"]
+    requantified_line = lines(salesforce)[f"182255-{_sale_lines(lightspeed, requantified)[0]['saleLineID']}"]
+    assert requantified_line["Quantity__c"] == 3
+    voided_lines = [line for line in lines(salesforce).values()
+                    if line["Sales_Transaction__c"] == after[f"182255-{voided}"]["Id"]]
+    assert len(voided_lines) == 1  # a voided sale keeps its lines
+    assert len(after) == 6 and len(lines(salesforce)) == 6
+
+
+def _sale_lines(lightspeed, sale_id: int) -> list[dict]:
+    relation = lightspeed.sale(sale_id).get("SaleLines") or {}
+    found = relation.get("SaleLine", []) if isinstance(relation, dict) else []
+    return found if isinstance(found, list) else [found]
+
+
+def test_refund_is_its_own_sale_with_negative_quantities(cli, lightspeed, salesforce, boutique):
+    original = sell(lightspeed, boutique, lines=((1, "80.00"), (1, "20.00")))
+    refund = lightspeed.refund_sale(original)
+
+    assert cli("sync").code == 0
+
+    refunded = transactions(salesforce)[f"182255-{refund}"]
+    assert refunded["Status__c"] == "Refund" and refunded["Total__c"] < 0
+    refund_lines = [line for line in lines(salesforce).values() if line["Sales_Transaction__c"] == refunded["Id"]]
+    assert len(refund_lines) == 2 and all(line["Quantity__c"] < 0 for line in refund_lines)
+
+
+def test_customers_match_by_email_then_phone_and_get_their_key_stamped(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    by_email = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "Ana.Lima@Example.com",
+                                             "Phone": "+33 1 42 60 00 00"})
+    by_phone = salesforce.insert("Account", {"RecordTypeId": rt, "FirstName": "Bo", "LastName": "Chen",
+                                             "PersonMobilePhone": "(415) 555-0199"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana.lima@example.com ")
+    bo = lightspeed.add_customer("Bo", "Chen", email="bo@new.example", phones={"Mobile": "+1 415.555.0199"})
+    ana_sale, bo_sale = sell(lightspeed, boutique, ana), sell(lightspeed, boutique, bo)
+
+    result = cli("sync")
+
+    assert result.code == 0, result.stderr
+    written = transactions(salesforce)
+    assert (written[f"182255-{ana_sale}"]["Match_Status__c"], written[f"182255-{ana_sale}"]["Account__c"]) == ("Email", by_email)
+    assert (written[f"182255-{bo_sale}"]["Match_Status__c"], written[f"182255-{bo_sale}"]["Account__c"]) == ("Phone", by_phone)
+    stamped = salesforce.get("Account", by_email)
+    assert stamped["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert stamped["PersonEmail"] == "Ana.Lima@Example.com"  # only the key is stamped, nothing overwritten
+    assert salesforce.get("Account", by_phone)["LS_Customer_ID__c"] == f"182255-{bo}"
+    assert len(person_accounts(salesforce)) == 2  # nobody created
+
+    next_sale = sell(lightspeed, boutique, ana)
+    assert cli("sync").code == 0
+    assert transactions(salesforce)[f"182255-{next_sale}"]["Match_Status__c"] == "Linked"
+
+
+def test_two_candidates_is_ambiguous_never_a_guess(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    for last in ("Lima", "Lima-Souza"):
+        salesforce.insert("Account", {"RecordTypeId": rt, "LastName": last, "PersonEmail": "family@example.com"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="family@example.com"))
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Ambiguous", None)
+    assert [a["sale_key"] for a in result.json["ambiguous"]] == [f"182255-{sale}"]
+    assert len(result.json["ambiguous"][0]["candidates"]) == 2
+    assert len(person_accounts(salesforce)) == 2
+
+
+def test_one_new_customer_with_several_sales_becomes_one_account(cli, lightspeed, salesforce, boutique):
+    eve = lightspeed.add_customer("Eve", "", email=None, phones={"Home": "212 555 0100"})
+    sales = [sell(lightspeed, boutique, eve) for _ in range(3)]
+
+    assert cli("sync").code == 0
+    assert cli("sync").code == 0
+
+    [account] = person_accounts(salesforce)
+    assert account["LastName"] == "Eve" and account["Phone"] == "+12125550100"
+    assert {transactions(salesforce)[f"182255-{s}"]["Account__c"] for s in sales} == {account["Id"]}
+
+
+def test_many_sales_are_written_in_full_composite_requests(cli, lightspeed, salesforce, boutique):
+    customers = [lightspeed.add_customer(f"C{i}", "Test", email=f"c{i}@example.com") for i in range(60)]
+    for i in range(450):
+        sell(lightspeed, boutique, customers[i % 60], lines=((1, "10.00"), (1, "5.00")))
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert len(salesforce.records("Sales_Transaction__c")) == 450
+    assert len(salesforce.records("Sales_Line_Item__c")) == 900
+    assert len(person_accounts(salesforce)) == 60
+    composites = [r for r in salesforce.requests if r.path.endswith("/composite")]
+    assert all(len(r.subrequests) <= 25 for r in composites)
+    writes = [s for r in composites for s in r.subrequests if s["method"] != "GET"]
+    assert all(len(s["body"]["records"]) <= 200 for s in writes if "body" in s)
+    # 450 sales + 900 lines + 60 accounts = 1,410 records: 3 batches of at most 200 sales, each one lookup
+    # request and two write requests
+    assert result.json["salesforce_api_calls"] <= 10
+    assert lightspeed.request_count("Sale.json") == 5  # 100 sales a page
+
+
+def test_sync_keeps_to_the_leaky_bucket_without_meeting_a_429(tmp_path, salesforce, boutique, lightspeed, cli):
+    lightspeed.set_bucket_level(85)  # another job of ours just used most of the bucket
+    for _ in range(250):
+        sell(lightspeed, boutique)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert lightspeed.request_count(status=429) == 0
+    assert result.json["lightspeed_throttled"] == 0
+
+
+def test_lightspeed_429_retry_after_is_honoured(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    lightspeed.fail_next(1, status=429, path_suffix="Sale.json", retry_after=1)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["lightspeed_throttled"] == 1
+    assert len(transactions(salesforce)) == 1
+
+
+def test_sync_without_checkpoint_or_start_refuses_with_exit_2(cli, lightspeed, salesforce):
+    result = cli("sync", env={"LSPOS_SYNC_START": ""})
+
+    assert result.code == 2
+    assert "LSPOS_SYNC_START" in result.stderr
+    assert salesforce.api_calls == 0
+
+
+def test_first_sync_starts_at_sync_start_then_from_checkpoint(cli, lightspeed, salesforce, boutique):
+    old = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(days=3))
+    recent = sell(lightspeed, boutique)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0
+    assert set(transactions(salesforce)) == {f"182255-{recent}"}
+    assert f"182255-{old}" not in transactions(salesforce)
+    assert datetime.fromisoformat(result.json["checkpoint"]) <= datetime.now(timezone.utc)
