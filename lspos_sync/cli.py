@@ -147,7 +147,7 @@ def backfill(ctx: click.Context, from_: str, to: str | None, **common: Any) -> N
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to)
-        return bounded(settings, output, since, until)
+        return bounded(settings, output, since, _when(to, "--to"))
 
     run_command("backfill", _options(ctx, **common), body)
 

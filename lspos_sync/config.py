@@ -83,6 +83,7 @@ class Settings:
     lookback: timedelta
     phone_region: str
     person_account_record_type: str
+    api_reserve_percent: float
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def require_lightspeed(self) -> None:
@@ -128,6 +129,13 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
             raise ConfigError(f"{name}: must not be negative")
         return timedelta(minutes=value)
 
+    reserve = get("LSPOS_API_RESERVE_PERCENT", "5")
+    try:
+        api_reserve = float(reserve)  # type: ignore[arg-type]
+    except ValueError:
+        api_reserve = -1.0
+    if not 0 <= api_reserve < 100:
+        raise ConfigError(f"LSPOS_API_RESERVE_PERCENT: {reserve!r} is not a percentage from 0 to 99")
     sync_start = get("LSPOS_SYNC_START")
     region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
     if len(region) != 2 or not region.isalpha():
@@ -167,5 +175,6 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
         lookback=minutes("LSPOS_LOOKBACK_MINUTES", 30),
         phone_region=region,
         person_account_record_type=get("LSPOS_PERSON_ACCOUNT_RECORD_TYPE", "PersonAccount") or "PersonAccount",
+        api_reserve_percent=api_reserve,
         secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))),
     )

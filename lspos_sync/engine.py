@@ -69,7 +69,7 @@ class RunSummary:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     ambiguous: list[dict[str, Any]] = field(default_factory=list)
     plans: list[SalePlan] = field(default_factory=list)
-    checkpoint: datetime | None = None
+    progress: datetime | None = None  # every sale changed up to here is written or parked
     retried: int = 0
 
     @property
@@ -95,10 +95,11 @@ class Engine:
         self._record_type_id: str | None = None
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
 
-    def run(self, command: str, window: Window, *, advance_checkpoint: bool, limit: int | None = None,
-            retry_rejects: bool = True) -> RunSummary:
+    def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
+            limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
+        """Runs the window. `progress(t)` is called whenever every sale changed up to `t` is written or
+        parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
-        floor = self.store.checkpoint(self.account_id) or window.since  # progress never moves it back
         self._shops = self.lightspeed.shops()
         self._categories = self.lightspeed.categories()
         if retry_rejects:
@@ -120,17 +121,16 @@ class Engine:
                         latest = max(latest, moment) if latest else moment
                 self._process(batch, summary)
                 done += len(batch)
-                if advance_checkpoint and in_order and latest is not None and latest > (summary.checkpoint or floor):
+                if progress and in_order and latest is not None:
                     # Pages come oldest change first, so every sale changed up to here is written or
-                    # parked; the look-back re-reads the boundary. Out of order, only the end may move it.
-                    progress = min(latest, window.until)
-                    self.store.set_checkpoint(self.account_id, progress)
-                    summary.checkpoint = progress
+                    # parked; the look-back re-reads the boundary. Out of order, only the end counts.
+                    summary.progress = min(latest, window.until)
+                    progress(summary.progress)
             if limit is not None and done >= limit:
                 break
-        if advance_checkpoint:
-            self.store.set_checkpoint(self.account_id, window.until)
-            summary.checkpoint = window.until
+        if progress and limit is None:
+            summary.progress = window.until
+            progress(window.until)
         summary.records = dict(self.sink.stats.records)
         return summary
 
@@ -378,7 +378,8 @@ def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
         "records": summary.records,
         "ambiguous": summary.ambiguous,
         "rejected": summary.rejected,
-        "checkpoint": iso(summary.checkpoint) if summary.checkpoint else None,
+        # only sync moves the checkpoint; a backfill's progress is its own resume point
+        "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,
     }
     if include_plans:
         result["plans"] = [plan.as_dict() for plan in summary.plans]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 
@@ -31,16 +31,36 @@ def incremental(settings: Settings, output: "Output") -> int:
         store.acquire_lock()
         started = utcnow()
         window = Window(_sync_start(settings, store), started)
-        return _execute("sync", settings, output, store, window, advance_checkpoint=True)
+        floor = store.checkpoint(settings.account_id)
+
+        def advance(moment: datetime) -> None:
+            nonlocal floor
+            if floor is None or moment > floor:  # progress inside the look-back never moves it back
+                store.set_checkpoint(settings.account_id, moment)
+                floor = moment
+
+        return _execute("sync", settings, output, store, window, progress=advance)
 
 
-def bounded(settings: Settings, output: "Output", since: datetime, until: datetime) -> int:
-    """`backfill`: an explicit window, written like any other; the live checkpoint is left alone."""
+def bounded(settings: Settings, output: "Output", since: datetime, until: datetime | None) -> int:
+    """`backfill`: an explicit window, written like any other; the live checkpoint is left alone. A window
+    that stopped part-way (an outage, the API reserve) resumes where it stopped when run again."""
     _require(settings)
     with StateStore(settings.state_path) as store:
         store.acquire_lock()
-        window = Window(since, min(until, utcnow()))
-        return _execute("backfill", settings, output, store, window, advance_checkpoint=False)
+        name = f"{iso(since)}/{iso(until) if until else 'now'}"
+        resume = store.backfill_progress(settings.account_id, name)
+        if resume is not None:
+            log.warning("backfill %s resumes from %s, where it stopped", name, iso(resume))
+        window = Window(max(since, resume or since), min(until or utcnow(), utcnow()))
+
+        def advance(moment: datetime) -> None:
+            if moment >= window.until:
+                store.clear_backfill_progress(settings.account_id, name)
+            else:
+                store.set_backfill_progress(settings.account_id, name, moment)
+
+        return _execute("backfill", settings, output, store, window, progress=advance)
 
 
 def preview(settings: Settings, output: "Output", since: datetime | None, until: datetime | None,
@@ -50,7 +70,7 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
     with StateStore(settings.state_path) as store:
         now = utcnow()
         window = Window(since or _sync_start(settings, store), min(until or now, now))
-        return _execute("dry-run", settings, output, store, window, advance_checkpoint=False, limit=limit)
+        return _execute("dry-run", settings, output, store, window, limit=limit)
 
 
 def _require(settings: Settings) -> None:
@@ -70,7 +90,7 @@ def _sync_start(settings: Settings, store: StateStore) -> datetime:
 
 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window, *,
-             advance_checkpoint: bool, limit: int | None = None) -> int:
+             progress: Callable[[datetime], None] | None = None, limit: int | None = None) -> int:
     dry_run = command == "dry-run"
     run_id = None if dry_run else store.start_run(command, settings.account_id, window.since, window.until)
     with ExitStack() as stack:
@@ -78,14 +98,14 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token)
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
-        salesforce = SalesforceClient(settings.salesforce)
+        salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent)
         sink = RecordingSink() if dry_run else CompositeWriter(salesforce)
-        progress = stack.enter_context(_Progress(output, command))
+        spinner = stack.enter_context(_Progress(output, command))
         engine = Engine(settings.account_id, store, lightspeed, salesforce, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
-                        on_batch=progress.advance)
+                        on_batch=spinner.advance)
         try:
-            summary = engine.run(command, window, advance_checkpoint=advance_checkpoint, limit=limit)
+            summary = engine.run(command, window, progress=progress, limit=limit)
         except SyncError as error:
             if run_id is not None:
                 store.finish_run(run_id, "failed", error.exit_code, {
@@ -127,7 +147,7 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
         f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(summary.rejected)} rejected, "
         f"{len(summary.ambiguous)} ambiguous; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
-        + (f"; checkpoint {iso(summary.checkpoint)}" if summary.checkpoint else ""))
+        + (f"; checkpoint {data['checkpoint']}" if data["checkpoint"] else ""))
     return lines
 
 

@@ -20,6 +20,13 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     cursor TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS backfill (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
 CREATE TABLE IF NOT EXISTS token (
     account_id TEXT PRIMARY KEY,
     refresh_token TEXT NOT NULL,
@@ -177,6 +184,22 @@ class StateStore:
         rows = self._db.execute("SELECT account_id, cursor, updated_at FROM checkpoint ORDER BY account_id")
         return {r["account_id"]: {"cursor": r["cursor"], "updated_at": r["updated_at"]} for r in rows}
 
+    # -- where a bounded backfill window stopped, so that running it again resumes there
+    def backfill_progress(self, account_id: str, name: str) -> datetime | None:
+        row = self._db.execute("SELECT progress FROM backfill WHERE account_id = ? AND name = ?",
+                               (account_id, name)).fetchone()
+        return parse_iso(row["progress"]) if row else None
+
+    def set_backfill_progress(self, account_id: str, name: str, progress: datetime) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO backfill (account_id, name, progress, updated_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(account_id, name) DO UPDATE SET progress = excluded.progress, "
+                       "updated_at = excluded.updated_at", (account_id, name, iso(progress), iso(utcnow())))
+
+    def clear_backfill_progress(self, account_id: str, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM backfill WHERE account_id = ? AND name = ?", (account_id, name))
+
     # -- Lightspeed tokens
     def tokens(self, account_id: str) -> Tokens | None:
         row = self._db.execute("SELECT * FROM token WHERE account_id = ?", (account_id,)).fetchone()
@@ -260,3 +283,11 @@ class StateStore:
         run = dict(row)
         run["summary"] = json.loads(run["summary"]) if run["summary"] else None
         return run
+
+    def recent_runs(self, limit: int, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """The last `limit` runs (of these commands), newest first, each with its summary parsed."""
+        query, args = "SELECT * FROM run", ()
+        if commands:
+            query, args = query + f" WHERE command IN ({','.join('?' * len(commands))})", commands
+        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [{**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]

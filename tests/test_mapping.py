@@ -9,7 +9,7 @@ import pytest
 from lspos_sync import mapping
 from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, Shop, one_or_many
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples" / "lightspeed"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 SHOPS = {1: Shop(shopID=1, name="West Bolduc")}
 
 

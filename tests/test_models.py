@@ -8,7 +8,7 @@ import pytest
 
 from lspos_sync.lightspeed.models import Customer, Sale, one_or_many
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples" / "lightspeed"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def sample(name: str) -> dict:

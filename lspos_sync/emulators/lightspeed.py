@@ -222,6 +222,9 @@ class LightspeedEmulator:
         self.bucket_size, self.drip_rate, self.burst_limit = bucket_size, drip_rate, burst_limit
         self.access_token_ttl = access_token_ttl
         self.reject_updatetime_filter = False
+        # Faults and hooks for tests: Sale pages larger than this answer 504; a callback after each request.
+        self.max_sale_page: int | None = None
+        self.after_request: Callable[[RequestRecord], None] | None = None
         self.requests: list[RequestRecord] = []
         self.refresh_count = 0
         self._clock = clock or (lambda: datetime.now(timezone.utc))
@@ -490,17 +493,29 @@ class LightspeedEmulator:
             fault = None if drop else self._take(self._fails, request.path)
             if fault is not None:
                 response = self._fault_response(fault)
+            elif self._too_heavy(request):
+                response = Response(504, _error_body(504, "Gateway Timeout"))
             elif request.path == TOKEN_PATH:
                 response = self._token(request)
             elif request.path.startswith("/API/"):
                 response = self._api(request)
             else:
                 response = Response(404, _error_body(404, f"Unknown path {request.path}"))
-            self.requests.append(RequestRecord(request.method, request.path, request.query,
-                                               0 if drop else response.status, self._now()))
+            record = RequestRecord(request.method, request.path, request.query,
+                                   0 if drop else response.status, self._now())
+            self.requests.append(record)
+        if self.after_request is not None:
+            self.after_request(record)  # outside the lock: the hook changes data as the merchant would
         if drop:
             raise DropConnection
         return response
+
+    def _too_heavy(self, request: Request) -> bool:
+        """Large pages with relations time out at the gateway on a loaded account (504)."""
+        if self.max_sale_page is None or not request.path.endswith("Sale.json"):
+            return False
+        limit = request.arg("limit")
+        return int(limit) > self.max_sale_page if limit and limit.isdigit() else True
 
     @staticmethod
     def _take(faults: list[_Fault], path: str) -> _Fault | None:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 SALE_RELATIONS = ["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType",
                   "Customer", "Customer.Contact"]
 PAGE_SIZE = 100  # the maximum (fact sheet §2)
+MIN_PAGE_SIZE = 10
 _ATTEMPTS = 6
 
 
@@ -175,6 +176,12 @@ class LightspeedClient:
                          response.headers.get("x-ls-api-ratelimit-type", "429"), delay)
                 time.sleep(delay)
                 continue
+            if status == 504 and (smaller := _smaller_page(url, params)) is not None:
+                # A heavy page timed out: ask for fewer sales a page; the next links carry the smaller limit.
+                url, params = smaller
+                log.info("Lightspeed timed out on a page; asking for %s sales a page",
+                         (params or {}).get("limit") or httpx.URL(url).params.get("limit"))
+                continue
             if status >= 500:
                 self._backoff(attempt, f"HTTP {status} on {_path(url)}")
                 continue
@@ -190,6 +197,17 @@ class LightspeedClient:
         delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())  # exponential, with jitter
         log.info("Lightspeed: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
+
+
+def _smaller_page(url: str, params: dict[str, str] | None) -> tuple[str, dict[str, str] | None] | None:
+    """The same request with half the page size, or None when the page is already small."""
+    current = (params or {}).get("limit") or httpx.URL(url).params.get("limit") or str(PAGE_SIZE)
+    smaller = int(current) // 2
+    if smaller < MIN_PAGE_SIZE:
+        return None
+    if params is not None:
+        return url, {**params, "limit": str(smaller)}
+    return str(httpx.URL(url).copy_set_param("limit", str(smaller))), None
 
 
 class _Refused(RunFailed):

@@ -27,13 +27,15 @@ _TIMEOUT = 300
 
 
 class SalesforceClient:
-    def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None) -> None:
+    def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None,
+                 reserve_percent: float = 5.0) -> None:
         self._settings = settings
         self._http = http or requests.Session()
         self._session: Session | None = None
         self._sf: Any = None
+        self._reserve_percent = reserve_percent
+        self._usage: tuple[int, int] | None = None  # (used, allowance) of the org's daily API requests
         self.api_calls = 0
-        self.api_usage: str | None = None
 
     @property
     def data_path(self) -> str:
@@ -59,6 +61,28 @@ class SalesforceClient:
         body = {"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests}
         response = self._call("composite", "POST", body)
         return list(response.get("compositeResponse", []))
+
+    @property
+    def api_usage(self) -> str | None:
+        return f"{self._usage[0]}/{self._usage[1]}" if self._usage else None
+
+    def ensure_allowance(self) -> None:
+        """Stops the run before a write once the org's daily API allowance is down to the reserve, which
+        is left to the org's other integrations. The first check reads /limits; later ones the usage
+        that Salesforce reports on every response (Sforce-Limit-Info)."""
+        if self._usage is None:
+            limits = self._call("limits", "GET", None) or {}
+            daily = limits.get("DailyApiRequests") or {}
+            if daily.get("Max"):
+                self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
+        if self._usage is None:
+            return
+        used, allowance = self._usage
+        if allowance - used <= allowance * self._reserve_percent / 100:
+            raise RunFailed(
+                f"Salesforce daily API allowance nearly used ({used} of {allowance} requests; reserve "
+                f"{self._reserve_percent:g}% kept for other integrations by LSPOS_API_RESERVE_PERCENT): stopped "
+                "before writing; the next run resumes from the checkpoint")
 
     def get(self, path: str) -> Any:
         """A GET on a path under /services/data/vXX.X/ (e.g. a query's nextRecordsUrl)."""
@@ -90,7 +114,7 @@ class SalesforceClient:
                 if body is not None:
                     kwargs["json"] = body
                 result = self._sf.restful(path, method=method, **kwargs)
-                self.api_usage = _usage(self._sf)
+                self._usage = _usage(self._sf) or self._usage
                 return result
             except SalesforceExpiredSession:
                 if renewed or not (self._session and self._session.renewable):
@@ -133,6 +157,6 @@ def _error_code(content: Any) -> str:
     return ""
 
 
-def _usage(sf: Any) -> str | None:
+def _usage(sf: Any) -> tuple[int, int] | None:
     usage = (getattr(sf, "api_usage", None) or {}).get("api-usage")
-    return f"{usage.used}/{usage.total}" if usage else None
+    return (int(usage.used), int(usage.total)) if usage else None

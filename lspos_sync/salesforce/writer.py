@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
 
+log = logging.getLogger(__name__)
+
 # The order inside and across requests: accounts exist before the transactions that point at them,
 # transactions before their lines, and stale lines go last.
 CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
     "create_accounts", "stamp_accounts", "transactions", "lines", "delete_lines")
 ORDER = (CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
+# Codes that mean "not now" rather than "no" (fact sheet §4).
+TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
+                             "QUERY_TIMEOUT", "INSERT_UPDATE_DELETE_NOT_ALLOWED_DURING_MAINTENANCE"})
 _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANSACTION, SALE_KEY),
                   LINES: (LINE, LINE_KEY)}
 
@@ -25,6 +33,7 @@ class Write:
     record: dict[str, Any] | str
     sale_keys: tuple[str, ...]
     error: str | None = None
+    transient: bool = False  # the error says "try again" (a lock, a busy server), not "no"
     created: bool | None = None
     id: str | None = None
 
@@ -53,16 +62,39 @@ def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
 
 
 class CompositeWriter:
-    """Packs collections five to a `/composite` request (the most one may carry) and records each result."""
+    """Packs collections five to a `/composite` request (the most one may carry) and records each result.
 
-    def __init__(self, client: SalesforceClient) -> None:
+    Records refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same
+    accounts, a busy server) are sent again, with what depends on them, after a growing pause; every
+    write is an upsert, update or delete by key, so sending it twice is harmless.
+    """
+
+    def __init__(self, client: SalesforceClient, retries: int = 4, pause: float = 1.0) -> None:
         self._client = client
+        self._retries = retries
+        self._pause = pause
         self.stats = WriteStats()
 
     def write(self, writes: list[Write]) -> None:
+        pending = writes
+        for attempt in range(self._retries + 1):
+            self._send(pending)
+            retry_sales = {key for w in pending if w.transient for key in w.sale_keys}
+            if not retry_sales or attempt == self._retries:
+                return
+            # What failed among those sales goes again (lines refused for want of their transaction too).
+            pending = [w for w in pending if w.error and retry_sales.intersection(w.sale_keys)]
+            for write in pending:
+                write.error, write.transient = None, False
+            delay = min(30.0, self._pause * 2 ** attempt) * (0.5 + random.random())
+            log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(pending), delay)
+            time.sleep(delay)
+
+    def _send(self, writes: list[Write]) -> None:
         pending = chunks(writes)
         for start in range(0, len(pending), MAX_COLLECTIONS):
             group = pending[start:start + MAX_COLLECTIONS]
+            self._client.ensure_allowance()
             subrequests = [self._subrequest(kind, batch, f"{kind}_{start + i}") for i, (kind, batch) in enumerate(group)]
             responses = {r.get("referenceId"): r for r in self._client.composite(subrequests)}
             self.stats.requests += 1
@@ -91,10 +123,11 @@ class CompositeWriter:
                 write.error = "NO_RESULT: Salesforce returned no result for this subrequest"
             return
         body = response.get("body")
-        if response.get("httpStatusCode", 500) >= 300 or not isinstance(body, list) or len(body) != len(batch):
-            reason = _errors(body) or f"HTTP {response.get('httpStatusCode')}"
+        status = response.get("httpStatusCode", 500)
+        if status >= 300 or not isinstance(body, list) or len(body) != len(batch):
+            reason = _errors(body) or f"HTTP {status}"
             for write in batch:
-                write.error = reason
+                write.error, write.transient = reason, status >= 500 or _transient(body)
             return
         for write, result in zip(batch, body):
             if result.get("success"):
@@ -102,6 +135,7 @@ class CompositeWriter:
                 write.created = result.get("created")
             else:
                 write.error = _errors(result.get("errors")) or "rejected without a reason"
+                write.transient = _transient(result.get("errors"))
 
 
 class RecordingSink:
@@ -115,6 +149,12 @@ class RecordingSink:
         self.writes.extend(writes)
         for kind, batch in chunks(writes):
             self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+
+
+def _transient(errors: Any) -> bool:
+    codes = {(e.get("statusCode") or e.get("errorCode")) for e in errors if isinstance(e, dict)} \
+        if isinstance(errors, list) else set()
+    return bool(codes & TRANSIENT_CODES)
 
 
 def _errors(errors: Any) -> str:

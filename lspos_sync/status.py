@@ -1,0 +1,163 @@
+"""`lspos-sync status`: the recent runs, the checkpoint lag and the parked rejects, read from the state store,
+with an exit code a monitoring check can act on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from lspos_sync.config import Settings
+from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
+from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, STAMP_ACCOUNTS, TRANSACTIONS
+from lspos_sync.state import StateStore, parse_iso, utcnow
+
+if TYPE_CHECKING:
+    from lspos_sync.cli import Output
+
+RECENT_RUNS = 5
+WRITING_COMMANDS = ("sync", "backfill")
+# The run summary counts records by kind of write; status reports them by Salesforce object.
+_WRITTEN_OBJECT = {CREATE_ACCOUNTS: ACCOUNT, STAMP_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
+_DELETED_OBJECT = {DELETE_LINES: LINE}
+
+
+def report(settings: Settings, output: "Output", max_lag_minutes: int | None) -> int:
+    """Prints the status; 1 when the last sync or backfill failed or the lag is over `max_lag_minutes`."""
+    now = utcnow()
+    runs: list[dict[str, Any]] = []
+    last_writing_run = None
+    checkpoints: dict[str, dict[str, str]] = {}
+    parked = 0
+    # A state file that does not exist yet means nothing has run; status does not create one.
+    if settings.state_path.exists():
+        with StateStore(settings.state_path) as store:
+            runs = [_run(row) for row in store.recent_runs(RECENT_RUNS)]
+            last = store.recent_runs(1, WRITING_COMMANDS)
+            last_writing_run = _run(last[0]) if last else None
+            checkpoints = store.checkpoints()
+            parked = len(store.rejects(settings.account_id or None))
+    if settings.account_id:
+        checkpoints = {settings.account_id: checkpoints.get(settings.account_id) or {"cursor": None, "updated_at": None}}
+
+    accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now, parse_iso(cursor["cursor"]))}
+                for account_id, cursor in checkpoints.items()}
+    problems = []
+    if last_writing_run is not None and last_writing_run["outcome"] == "failed":
+        problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) failed: "
+                        f"{last_writing_run['error'] or 'no reason recorded'}")
+    if max_lag_minutes is not None:
+        if not accounts:
+            problems.append("no checkpoint yet: no sync has completed")
+        for account_id, account in accounts.items():
+            if account["lag_minutes"] is None:
+                problems.append(f"account {account_id} has no checkpoint yet: no sync has completed")
+            elif account["lag_minutes"] > max_lag_minutes:
+                problems.append(f"account {account_id} is synced up to {_ago(account['lag_minutes'])} ago, "
+                                f"over --max-lag-minutes {max_lag_minutes}")
+    exit_code = 1 if problems else 0
+    data = {"command": "status", "outcome": "failed" if problems else "ok", "exit_code": exit_code,
+            "problems": problems, "state_path": str(settings.state_path), "checkpoints": accounts,
+            "max_lag_minutes": max_lag_minutes, "rejected_parked": parked, "last_run": last_writing_run,
+            "runs": runs}
+    output.result(data, _lines(data, output))
+    return exit_code
+
+
+def _run(row: dict[str, Any]) -> dict[str, Any]:
+    """One run as status reports it, from its row and the summary run.py recorded."""
+    summary = row["summary"] or {}
+    started, ended = parse_iso(row["started_at"]), parse_iso(row["ended_at"])
+    sales = summary.get("sales") or {}
+    records = summary.get("records") or {}
+    written: dict[str, int] = {}
+    deleted: dict[str, int] = {}
+    for kind, count in records.items():
+        if kind in _DELETED_OBJECT:
+            deleted[_DELETED_OBJECT[kind]] = deleted.get(_DELETED_OBJECT[kind], 0) + count
+        else:
+            name = _WRITTEN_OBJECT.get(kind, kind)
+            written[name] = written.get(name, 0) + count
+    return {
+        "id": row["id"], "command": row["command"], "account_id": row["account_id"],
+        "started_at": row["started_at"], "ended_at": row["ended_at"],
+        "duration_seconds": round((ended - started).total_seconds(), 1) if started and ended else None,
+        "outcome": row["outcome"], "exit_code": row["exit_code"],
+        "window": {"from": row["window_from"], "to": row["window_to"]},
+        "sales": {"read": sales.get("read"), "written": sales.get("written"), "rejected": sales.get("rejected")},
+        "records_written": written, "records_deleted": deleted,
+        "salesforce_api_calls": summary.get("salesforce_api_calls"),
+        "lightspeed_requests": summary.get("lightspeed_requests"),
+        "error": summary.get("error"),
+    }
+
+
+def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
+    return None if cursor is None else max(0, int((now - cursor).total_seconds() // 60))
+
+
+def _ago(minutes: int) -> str:
+    if minutes < 120:
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} hours"
+    return f"{minutes // (24 * 60)} days"
+
+
+def _lines(data: dict[str, Any], output: "Output") -> list[str]:
+    lines = []
+    for account_id, account in data["checkpoints"].items():
+        if account["cursor"] is None:
+            lines.append(f"account {account_id}: no checkpoint yet (no sync has completed)")
+        else:
+            lines.append(f"account {account_id}: sales synced up to {_ago(account['lag_minutes'])} ago "
+                         f"(checkpoint {account['cursor']})")
+    if not data["checkpoints"]:
+        lines.append("no checkpoint yet (no sync has completed)")
+    lines.append(f"rejected sales parked: {data['rejected_parked']}"
+                 + (" (retried by every run)" if data["rejected_parked"] else ""))
+    if not data["runs"]:
+        lines.append(f"runs: none recorded in {data['state_path']}")
+    elif output.fancy and not output.as_json:
+        _table(data["runs"])
+    else:
+        lines.append("last runs, newest first:")
+        lines.extend(f"  {_run_line(run)}" for run in data["runs"])
+    lines.extend(f"problem: {problem}" for problem in data["problems"])
+    lines.append(f"status: {'FAILING' if data['problems'] else 'OK'}")
+    return lines
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    duration = f" in {run['duration_seconds']} s" if run["duration_seconds"] is not None else ""
+    exit_code = f" (exit {run['exit_code']})" if run["exit_code"] is not None else ""
+    line = f"{run['started_at']} {run['command']} {run['outcome']}{exit_code}{duration}"
+    if run["error"]:
+        return f"{line}: {run['error']}"
+    sales = run["sales"]
+    if sales["read"] is not None:
+        line += f": {sales['read']} sale(s) read, {sales['written']} written, {sales['rejected']} rejected"
+    if run["records_written"] or run["records_deleted"]:
+        line += "; records " + ", ".join(f"{name} {count}" for name, count in run["records_written"].items())
+        line += "".join(f", {name} {count} deleted" for name, count in run["records_deleted"].items())
+    if run["salesforce_api_calls"] is not None:
+        line += f"; {run['salesforce_api_calls']} Salesforce call(s), {run['lightspeed_requests']} Lightspeed request(s)"
+    return line
+
+
+def _table(runs: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="last runs, newest first")
+    for column in ("started", "command", "outcome", "exit", "seconds", "read", "written", "rejected", "records",
+                   "SF calls", "LS requests"):
+        table.add_column(column)
+    for run in runs:
+        records = ", ".join(f"{name} {count}" for name, count in run["records_written"].items())
+        records += "".join(f", {name} {count} deleted" for name, count in run["records_deleted"].items())
+        table.add_row(*(("" if value is None else str(value)) for value in (
+            run["started_at"], run["command"], run["outcome"] if not run["error"] else f"{run['outcome']}: {run['error']}",
+            run["exit_code"], run["duration_seconds"], run["sales"]["read"], run["sales"]["written"],
+            run["sales"]["rejected"], records, run["salesforce_api_calls"], run["lightspeed_requests"])))
+    from rich.console import Console as _  # noqa: F401 - already imported above
+    Console(stderr=True).print(table)
