@@ -180,6 +180,59 @@ def _window(from_: str, to: str | None) -> tuple[datetime, datetime]:
 @main.group()
 @common_options
 @click.pass_context
+def rejects(ctx: click.Context, **common: Any) -> None:
+    """Sales Salesforce rejected: kept in the state store and retried by every run until they go through."""
+    ctx.obj = _options(ctx, **common)
+
+
+@rejects.command("list")
+@common_options
+@click.pass_context
+def rejects_list(ctx: click.Context, **common: Any) -> None:
+    """The parked sales, with Salesforce's reason and the number of attempts."""
+
+    def body(settings: Settings, output: Output) -> int:
+        with StateStore(settings.state_path) as store:
+            parked = store.rejects(settings.account_id or None)
+        output.result({"rejects": [reject.__dict__ for reject in parked]},
+                      [f"{r.sale_key} (sale {r.sale_id}): {r.attempts} attempt(s), since {r.first_seen}: {r.reason}"
+                       for r in parked] or ["no rejected sales"])
+        return 0
+
+    run_command("rejects list", _options(ctx, **common), body)
+
+
+@rejects.command("retry")
+@click.argument("keys", nargs=-1, metavar="[KEY]...")
+@common_options
+@click.pass_context
+def rejects_retry(ctx: click.Context, keys: tuple[str, ...], **common: Any) -> None:
+    """Write the parked sales again now (all of them, or the KEYs given, e.g. 182255-1042)."""
+    from lspos_sync.run import retry_parked
+
+    run_command("rejects retry", _options(ctx, **common), lambda settings, output: retry_parked(settings, output, keys))
+
+
+@rejects.command("drop")
+@click.argument("key", metavar="KEY")
+@common_options
+@click.pass_context
+def rejects_drop(ctx: click.Context, key: str, **common: Any) -> None:
+    """Stop retrying a parked sale; it stays out of Salesforce until Lightspeed changes it again."""
+
+    def body(settings: Settings, output: Output) -> int:
+        with StateStore(settings.state_path) as store:
+            if not store.drop_reject(key):
+                raise ConfigError(f"no parked sale {key} (see `lspos-sync rejects list`)")
+        output.result({"dropped": key}, [f"dropped {key}"])
+        return 0
+
+    run_command("rejects drop", _options(ctx, **common), body)
+
+
+@main.group()
+@common_options
+@click.pass_context
 def checkpoint(ctx: click.Context, **common: Any) -> None:
     """Show or reset the sync checkpoint."""
     ctx.obj = _options(ctx, **common)

@@ -103,12 +103,7 @@ class Engine:
         self._shops = self.lightspeed.shops()
         self._categories = self.lightspeed.categories()
         if retry_rejects:
-            parked = [r.sale_id for r in self.store.rejects(self.account_id)]
-            if parked:
-                log.info("retrying %d rejected sale(s) first", len(parked))
-                summary.retried = len(parked)
-                for batch in _batches(self._parse(self.lightspeed.sales_by_id(parked), summary, None)):
-                    self._process(batch, summary)
+            self._retry([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         done, latest, in_order = 0, None, True
         for batch in _batches(self._parse(self.lightspeed.sales(window.since, window.until), summary, window)):
             if limit is not None:
@@ -133,6 +128,22 @@ class Engine:
             progress(window.until)
         summary.records = dict(self.sink.stats.records)
         return summary
+
+    def retry(self, sale_ids: list[int]) -> RunSummary:
+        """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
+        summary = RunSummary("rejects retry", self.account_id, None)
+        self._shops = self.lightspeed.shops()
+        self._categories = self.lightspeed.categories()
+        self._retry(sale_ids, summary)
+        summary.records = dict(self.sink.stats.records)
+        return summary
+
+    def _retry(self, sale_ids: list[int], summary: RunSummary) -> None:
+        if sale_ids:
+            log.info("retrying %d rejected sale(s) first", len(sale_ids))
+            summary.retried = len(sale_ids)
+            for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids), summary, None)):
+                self._process(batch, summary)
 
     # -- reading
     def _parse(self, pages: Iterable[list[dict[str, Any]]], summary: RunSummary,

@@ -63,6 +63,20 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
         return _execute("backfill", settings, output, store, window, progress=advance)
 
 
+def retry_parked(settings: Settings, output: "Output", sale_keys: tuple[str, ...]) -> int:
+    """`rejects retry`: the parked sales given (all of them when none is), written again now."""
+    _require(settings)
+    with StateStore(settings.state_path) as store:
+        store.acquire_lock()
+        parked = {r.sale_key: r.sale_id for r in store.rejects(settings.account_id)}
+        unknown = [key for key in sale_keys if key not in parked]
+        if unknown:
+            raise ConfigError(f"not a parked sale of account {settings.account_id}: {', '.join(unknown)} "
+                              "(see `lspos-sync rejects list`)")
+        sale_ids = [parked[key] for key in (sale_keys or parked)]
+        return _execute("rejects retry", settings, output, store, None, retry=sale_ids)
+
+
 def preview(settings: Settings, output: "Output", since: datetime | None, until: datetime | None,
             limit: int | None) -> int:
     """`dry-run`: reads both systems, writes to neither (nor to the checkpoint)."""
@@ -89,10 +103,12 @@ def _sync_start(settings: Settings, store: StateStore) -> datetime:
         "or run `lspos-sync checkpoint reset --to WHEN --yes`")
 
 
-def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window, *,
-             progress: Callable[[datetime], None] | None = None, limit: int | None = None) -> int:
+def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
+             progress: Callable[[datetime], None] | None = None, limit: int | None = None,
+             retry: list[int] | None = None) -> int:
     dry_run = command == "dry-run"
-    run_id = None if dry_run else store.start_run(command, settings.account_id, window.since, window.until)
+    run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
+                                                  window and window.until)
     with ExitStack() as stack:
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)))
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
@@ -105,7 +121,10 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         on_batch=spinner.advance)
         try:
-            summary = engine.run(command, window, progress=progress, limit=limit)
+            if window is None:
+                summary = engine.retry(retry or [])
+            else:
+                summary = engine.run(command, window, progress=progress, limit=limit)
         except SyncError as error:
             if run_id is not None:
                 store.finish_run(run_id, "failed", error.exit_code, {

@@ -226,6 +226,10 @@ class StateStore:
         return [Reject(r["sale_key"], r["account_id"], r["sale_id"], r["reason"], r["attempts"],
                        r["first_seen"], r["last_seen"]) for r in rows]
 
+    def drop_reject(self, sale_key: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,)).rowcount > 0
+
     def record_outcomes(self, account_id: str, written: dict[str, tuple[str, str]],
                         rejected: dict[str, tuple[int, str]]) -> None:
         """In one transaction: sales written (key -> (hash, match status)) leave the reject list and

@@ -318,6 +318,10 @@ class SalesforceEmulator:
         """Answer the next `count` matching requests with an error, without executing (or counting) them."""
         self._faults.append(_Fault(count, path_contains, drop=False, status=status, error_code=error_code))
 
+    def clear_faults(self) -> None:
+        """The outage is over: pending injected failures and drops are forgotten."""
+        self._faults.clear()
+
     def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True) -> None:
         """Close the connection of the next `count` matching requests without answering; with
         `after_commit` the request is executed (and committed) first, as when a response is lost."""

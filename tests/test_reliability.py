@@ -1,0 +1,200 @@
+"""Faults injected into the emulators for real; the end state in the Salesforce emulator is what counts."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from conftest import Cli, sell
+from lspos_sync.emulators.lightspeed import LightspeedEmulator
+from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+
+def assert_exactly_once(salesforce, lightspeed, sale_ids) -> None:
+    """One transaction per sale, one line per sale line, one account per customer: nothing more, nothing less."""
+    transactions = Counter(r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c"))
+    assert transactions == Counter(f"182255-{s}" for s in sale_ids)
+    expected_lines = sum(len(_lines(lightspeed.sale(s))) for s in sale_ids)
+    line_keys = Counter(r["LS_Sale_Line_ID__c"] for r in salesforce.records("Sales_Line_Item__c"))
+    assert sum(line_keys.values()) == expected_lines and max(line_keys.values(), default=1) == 1
+    accounts = Counter(a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c"))
+    assert max(accounts.values(), default=1) == 1
+
+
+def _lines(sale: dict) -> list:
+    relation = sale.get("SaleLines") or {}
+    found = relation.get("SaleLine", []) if isinstance(relation, dict) else []
+    return found if isinstance(found, list) else [found]
+
+
+def test_killed_at_random_moments_the_next_run_finishes_without_duplicates(tmp_path, state_path):
+    # Latency on both sides stretches a run over a few seconds, so the kills land inside it.
+    with LightspeedEmulator(latency=0.05) as lightspeed, \
+            SalesforceEmulator(tmp_path / "tls", latency=0.3) as salesforce:
+        shop, item = lightspeed.add_shop("Shop"), lightspeed.add_item("Ring")
+        customers = [lightspeed.add_customer(f"K{i}", "Kill", email=f"k{i}@example.com") for i in range(40)]
+        sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "10"},
+                                            {"item_id": item, "quantity": 2, "unit_price": "3"}],
+                                     customer_id=customers[i % 40] if i % 3 else None) for i in range(400)]
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
+                   "LSPOS_SYNC_START": "2026-01-01"}, tmp_path)
+        moments, interrupted = random.Random(7), 0
+        for _ in range(6):
+            process = cli.start("sync")
+            time.sleep(moments.uniform(0.5, 2.5))
+            interrupted += process.poll() is None
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        assert interrupted >= 4
+        result = cli("sync")
+        assert result.code == 0, result.stderr
+        assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_killed_backfill_is_finished_by_running_it_again(tmp_path, state_path):
+    with LightspeedEmulator(latency=0.05) as lightspeed, \
+            SalesforceEmulator(tmp_path / "tls", latency=0.3) as salesforce:
+        shop, item = lightspeed.add_shop("Shop"), lightspeed.add_item("Ring")
+        at = datetime.now(timezone.utc) - timedelta(hours=5)
+        sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "10"}], at=at)
+                 for _ in range(300)]
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path)}, tmp_path)
+        since = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+        process = cli.start("backfill", "--from", since)
+        time.sleep(1.5)
+        assert process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert cli("backfill", "--from", since).code == 0
+        assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_lost_token_response_needs_no_reauthorisation(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    lightspeed.drop_next(1, path_suffix="/auth/oauth/token")  # Lightspeed rotated, we never heard the answer
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+
+
+def test_lock_contention_is_retried_until_the_rows_are_free(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(5)]
+    storm = iter(range(4))  # another integration holds the rows for the first four attempts
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(storm, None) is not None,
+                                   "unable to obtain exclusive access to this record", error_code="UNABLE_TO_LOCK_ROW")
+    result = cli("sync", "--json")
+    assert result.code == 0, result.stderr
+    assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_heavy_pages_that_time_out_are_read_in_smaller_pages(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(120)]
+    lightspeed.max_sale_page = 30
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert_exactly_once(salesforce, lightspeed, sales)
+    assert lightspeed.request_count("Sale.json", status=504) >= 1
+
+
+def test_transient_lightspeed_errors_and_dropped_connections_are_retried(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(3)]
+    lightspeed.fail_next(2, status=503)
+    lightspeed.drop_next(1, path_suffix="Shop.json")
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_sale_edited_while_the_run_pages_is_caught_by_the_next_run(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(250)]
+
+    def merchant_edits(record) -> None:
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 2:
+            lightspeed.void_sale(sales[10])  # on page 1, already read: it jumps past the cursor
+
+    lightspeed.after_request = merchant_edits
+    assert cli("sync").code == 0
+    lightspeed.after_request = None
+    assert cli("sync").code == 0
+    voided = {r["LS_Sale_ID__c"]: r["Status__c"] for r in salesforce.records("Sales_Transaction__c")}
+    assert voided[f"182255-{sales[10]}"] == "Voided"
+    assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_host_clock_ahead_of_lightspeed_misses_nothing(tmp_path, salesforce, state_path):
+    behind = lambda: datetime.now(timezone.utc) - timedelta(minutes=15)  # noqa: E731 - Lightspeed's clock
+    with LightspeedEmulator(clock=behind) as lightspeed:
+        shop = lightspeed.add_shop("Shop")
+        item = lightspeed.add_item("Ring")
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
+                   "LSPOS_SYNC_START": "2026-01-01"}, tmp_path)
+        first = lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "100"}])
+        assert cli("sync").code == 0
+        second = lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "200"}])
+        lightspeed.void_sale(first)
+        assert cli("sync").code == 0
+        written = {r["LS_Sale_ID__c"]: r["Status__c"] for r in salesforce.records("Sales_Transaction__c")}
+        assert written == {f"182255-{first}": "Voided", f"182255-{second}": "Completed"}
+
+
+def test_api_reserve_stops_the_run_before_writing(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    salesforce.daily_api_limit = 100
+    salesforce.api_calls = 94  # 6 left: the lookup leaves 5, which is the 5% reserve
+    result = cli("sync", "--json")
+    assert result.code == 1
+    assert "LSPOS_API_RESERVE_PERCENT" in result.json["error"]
+    assert salesforce.records("Sales_Transaction__c") == []
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+
+
+def test_request_limit_exceeded_ends_the_run_cleanly(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    salesforce.daily_api_limit = 1
+    salesforce.api_calls = 1
+    result = cli("sync", "--json", env={"LSPOS_API_RESERVE_PERCENT": "0"})
+    assert result.code == 1
+    assert "REQUEST_LIMIT_EXCEEDED" in result.json["error"]
+
+
+def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, salesforce, boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=2)
+    sales = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(450)]
+
+    def outage(record) -> None:
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 3:
+            salesforce.fail_next(100, status=503)  # Salesforce goes down after the first 200 sales
+
+    lightspeed.after_request = outage
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--to", (start + timedelta(days=1)).isoformat())
+    assert cli("backfill", *window).code == 1
+    lightspeed.after_request = None
+    salesforce.clear_faults()
+    resumed = cli("backfill", *window, "--json")
+    assert resumed.code == 0, resumed.stderr
+    assert resumed.json["sales"]["read"] < 450  # it did not start from the beginning
+    assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_rejects_can_be_listed_retried_and_dropped(cli, lightspeed, salesforce, boutique):
+    first, second = sell(lightspeed, boutique, lines=((1, "900"),)), sell(lightspeed, boutique, lines=((1, "800"),))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+    assert cli("sync").code == 3
+
+    listed = cli("rejects", "list", "--json")
+    assert listed.code == 0
+    assert {r["sale_key"] for r in listed.json["rejects"]} == {f"182255-{first}", f"182255-{second}"}
+    assert all("Too big" in r["reason"] for r in listed.json["rejects"])
+
+    salesforce.clear_validation_rules()
+    retried = cli("rejects", "retry", f"182255-{first}", "--json")
+    assert retried.code == 0, retried.stderr
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{first}"]
+
+    assert cli("rejects", "drop", f"182255-{second}").code == 0
+    assert cli("rejects", "list", "--json").json["rejects"] == []
+    assert cli("rejects", "drop", f"182255-{second}").code == 2
+    assert cli("rejects", "retry", "182255-999999").code == 2
