@@ -97,13 +97,18 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
         output.secrets = settings.secrets
         code = body(settings, output)
     except SyncError as error:
-        message = output.mask(str(error))
-        output.note(f"Error: {message}")
-        if output.as_json:
-            click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": error.exit_code,
-                                   "error": message}))
-        sys.exit(error.exit_code)
+        _fail(name, output, output.mask(str(error)), error.exit_code)
+    except Exception as error:  # a bug or a surprise: still one line, one JSON object, exit 1
+        log.debug("unexpected error", exc_info=True)
+        _fail(name, output, output.mask(f"unexpected {type(error).__name__}: {error}"[:500]), 1)
     sys.exit(code)
+
+
+def _fail(name: str, output: Output, message: str, exit_code: int) -> None:
+    output.note(f"Error: {message}")
+    if output.as_json:
+        click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": exit_code, "error": message}))
+    sys.exit(exit_code)
 
 
 @click.group()
@@ -307,3 +312,33 @@ def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, **common: An
         return 0
 
     run_command("checkpoint reset", _options(ctx, **common), body)
+
+
+@main.command()
+@click.option("--max-lag-minutes", type=click.IntRange(min=0), metavar="N",
+              help="Also exit 1 when the checkpoint is more than N minutes old (for a monitoring check).")
+@common_options
+@click.pass_context
+def status(ctx: click.Context, max_lag_minutes: int | None, **common: Any) -> None:
+    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync failed."""
+    from lspos_sync.status import report
+
+    run_command("status", _options(ctx, **common),
+                lambda settings, output: report(settings, output, max_lag_minutes))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (state file, env file) and print its path.")
+@common_options
+@click.pass_context
+def demo(ctx: click.Context, keep: bool, **common: Any) -> None:
+    """Sync a seeded boutique on the built-in emulators with the real commands; needs no credentials.
+
+    Everything happens in a temporary directory: your .env and state file are never read (--env-file and
+    --state are ignored here)."""
+    from lspos_sync.demo import run_demo
+
+    options = _options(ctx, **common)
+    output = Output(bool(options.as_json), options.verbose)
+    output.setup_logging()
+    sys.exit(run_demo(output, keep))

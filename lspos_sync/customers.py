@@ -46,8 +46,9 @@ def national_digits(e164: str) -> str:
 
 
 def primary_email(customer: Customer) -> str | None:
-    """The Primary ContactEmail, else the first one."""
-    emails = sorted(customer.emails, key=lambda e: e.use_type.lower() != "primary")
+    """The Primary ContactEmail (Lightspeed allows one); one without a useType counts, a Secondary does not."""
+    emails = [e for e in customer.emails if e.use_type.strip().lower() in ("primary", "") and e.address.strip()]
+    emails.sort(key=lambda e: e.use_type.strip().lower() != "primary")
     return emails[0].address.strip() if emails else None
 
 
@@ -116,11 +117,11 @@ def customer_phones(customer: Customer, region: str) -> list[str]:
 
 
 def resolve(customer: Customer | None, customer_key: str | None, candidates: Candidates,
-            region: str, account_prefix: str) -> Resolution:
+            region: str) -> Resolution:
     """Apply the matching rules to one customer.
 
-    An account already keyed to another customer of the same Lightspeed account belongs to that
-    customer, so it is not a candidate for this one (two clients sharing a family email stay apart).
+    The key is stamped only on an account that has none yet: one already keyed (to another customer,
+    or from another Lightspeed account sharing the org) is linked but never re-keyed.
     """
     if customer is None or customer_key is None:
         return Resolution(GUEST, reason="no customer on the sale")
@@ -128,27 +129,45 @@ def resolve(customer: Customer | None, customer_key: str | None, candidates: Can
     if linked is not None:
         return Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}")
 
-    def free(accounts: list[PersonAccount]) -> list[PersonAccount]:
-        return [a for a in accounts if not (a.customer_key or "").startswith(account_prefix)]
-
     email = normalise_email(primary_email(customer))
     if email:
-        found = free(candidates.by_email.get(email, []))
+        found = candidates.by_email.get(email, [])
         if len(found) == 1:
-            return Resolution(EMAIL, found[0].id, reason=f"PersonEmail = {email}", stamp_key=True)
+            return _matched(EMAIL, found[0], f"PersonEmail = {email}")
         if len(found) > 1:
             return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
                               candidates=tuple(a.id for a in found))
     found_by_phone: list[PersonAccount] = []
     matched_phone = ""
     for phone in customer_phones(customer, region):
-        for account in free(candidates.by_phone.get(phone, [])):
+        for account in candidates.by_phone.get(phone, []):
             if all(account.id != other.id for other in found_by_phone):
                 found_by_phone.append(account)
                 matched_phone = matched_phone or phone
     if len(found_by_phone) == 1:
-        return Resolution(PHONE, found_by_phone[0].id, reason=f"phone {matched_phone}", stamp_key=True)
+        return _matched(PHONE, found_by_phone[0], f"phone {matched_phone}")
     if len(found_by_phone) > 1:
         return Resolution(AMBIGUOUS, reason=f"{len(found_by_phone)} accounts share the customer's phone",
                           candidates=tuple(a.id for a in found_by_phone))
     return Resolution(CREATED, reason="no Person Account by key, email or phone", create=True)
+
+
+def _matched(status: str, account: PersonAccount, reason: str) -> Resolution:
+    if account.customer_key:
+        reason += f" (already keyed {account.customer_key}: linked, not re-keyed)"
+    return Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key)
+
+
+def claim_accounts(resolutions: dict[str, Resolution]) -> dict[str, Resolution]:
+    """Two customers that match one unkeyed account in the same batch: the first (in sale order) gets the
+    account keyed to it; the others are linked to it without re-keying it, as on every later run."""
+    claimed: set[str] = set()
+    settled = {}
+    for customer_key, resolution in resolutions.items():
+        if resolution.stamp_key and resolution.account_id in claimed:
+            resolution = Resolution(resolution.status, resolution.account_id,
+                                    resolution.reason + " (keyed to another customer in this run: linked only)")
+        elif resolution.stamp_key:
+            claimed.add(resolution.account_id)  # type: ignore[arg-type]
+        settled[customer_key] = resolution
+    return settled

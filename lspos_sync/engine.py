@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Iterator
 from pydantic import ValidationError
 
 from lspos_sync import mapping
-from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, customer_phones,
-                                  normalise_email, primary_email, resolve)
+from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, claim_accounts,
+                                  customer_phones, normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Category, Sale, Shop
@@ -80,7 +80,8 @@ class RunSummary:
 class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
                  salesforce: SalesforceClient, sink: Sink, *, dry_run: bool, phone_region: str,
-                 person_record_type: str, on_batch: Callable[[int], None] | None = None) -> None:
+                 person_record_type: str, verify_unchanged: bool = False,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -89,6 +90,7 @@ class Engine:
         self.dry_run = dry_run
         self.region = phone_region
         self.person_record_type = person_record_type
+        self.verify_unchanged = verify_unchanged
         self.on_batch = on_batch
         self._shops: dict[int, Shop] = {}
         self._categories: dict[int, Category] = {}
@@ -181,13 +183,18 @@ class Engine:
 
     # -- one batch
     def _process(self, sales: list[Sale], summary: RunSummary) -> None:
-        sales = list({sale.sale_id: sale for sale in sales}.values())  # a sale seen twice: its latest state
+        sales = self._with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
         built = {}
         for sale in sales:
             transaction = mapping.transaction_record(sale, self.account_id, self._shops)
             lines = mapping.line_records(sale, self.account_id, self._categories)
             built[sale.sale_id] = (transaction, lines, mapping.content_hash(transaction, lines))
         known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
+        if self.verify_unchanged and known:
+            # backfill repairs: a sale counts as unchanged only while Salesforce still has it
+            present = {r[mapping.SALE_KEY] for _, records in self._run_queries(
+                [("transaction", q) for q in queries.transactions_by_key(known)]) for r in records}
+            known = {k: v for k, v in known.items() if k in present}
         todo = []
         for sale in sales:
             transaction, lines, digest = built[sale.sale_id]
@@ -202,15 +209,23 @@ class Engine:
         if self.on_batch:
             self.on_batch(len(sales))
 
+    def _with_customers(self, sales: list[Sale]) -> list[Sale]:
+        """Sales whose customer did not come loaded with them get it from the Customer endpoint."""
+        missing = sorted({s.customer_id for s in sales if s.customer_id is not None and s.customer is None})
+        if not missing:
+            return sales
+        found = self.lightspeed.customers_by_id(missing)
+        return [s.model_copy(update={"customer": found[s.customer_id]}) if s.customer is None and s.customer_id in found
+                else s for s in sales]
+
     def _write(self, sales: list[Sale], built: dict[int, tuple], summary: RunSummary) -> None:
         customers = {mapping.key(self.account_id, s.customer_id): s.customer
                      for s in sales if s.customer_id is not None and s.customer is not None}
         unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
         sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
         candidates, existing = self._look_up(unresolved, sale_keys)
-        prefix = f"{self.account_id}-"
-        for customer_key, customer in unresolved.items():
-            self._resolved[customer_key] = resolve(customer, customer_key, candidates, self.region, prefix)
+        self._resolved.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
+                                              for key, customer in unresolved.items()}))
         stale = self._stale_lines(existing, built, sales)
 
         writes: list[Write] = []
@@ -223,7 +238,7 @@ class Engine:
             resolution = self._resolved[customer_key]
             if resolution.create:
                 record = mapping.person_account_record(customers[customer_key], self.account_id,
-                                                       self._person_record_type_id(), self.region)
+                                                       self._person_record_type_id())
                 writes.append(Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None},
                                     tuple(sale_keys_of_customer)))
             elif resolution.stamp_key:
@@ -236,9 +251,9 @@ class Engine:
             customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
             resolution = self._resolved.get(customer_key) if customer_key in customers else None
             if resolution is None:
-                resolution = resolve(None, None, candidates, self.region, prefix)
+                resolution = resolve(None, None, candidates, self.region)
                 if customer_key is not None:
-                    resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not loaded with the sale")
+                    resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
             record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
                       "Match_Status__c": resolution.status}
             if resolution.status == CREATED and resolution.account_id is None:
@@ -304,12 +319,14 @@ class Engine:
         phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
         statements = [("account", s) for s in queries.accounts_by_key(customers)]
         statements += [("account", s) for s in queries.person_accounts_by_email(emails)]
-        statements += [("account", s) for s in queries.person_accounts_by_phone(phones)]
+        statements += [("account", s) for s in queries.person_accounts_by_phone_spelling(phones)]
+        # LIKE finds any other spelling; it is a bonus, not a requirement, should the server refuse it
+        statements += [("optional account", s) for s in queries.person_accounts_by_phone(phones)]
         statements += [("transaction", s) for s in queries.transactions_by_key(sale_keys)]
         candidates, existing = Candidates(), {}
         for kind, records in self._run_queries(statements):
             for record in records:
-                if kind == "account":
+                if kind.endswith("account"):
                     candidates.add(queries.person_account(record, self.region))
                 else:
                     existing[record[mapping.SALE_KEY]] = record["Id"]
@@ -343,6 +360,9 @@ class Engine:
                 response = responses.get(f"q{start + i}") or {}
                 body = response.get("body")
                 if response.get("httpStatusCode") != 200 or not isinstance(body, dict):
+                    if kind.startswith("optional"):
+                        log.info("Salesforce refused an optional lookup (%s); going on without it", _describe(body))
+                        continue
                     raise RunFailed(f"Salesforce refused a lookup query: {_describe(body)}")
                 yield kind, self.salesforce.rest_of_query(body)
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from lspos_sync.customers import mobile_phone, normalise_email, normalise_phone, other_phone, primary_email
+from lspos_sync.customers import mobile_phone, normalise_email, other_phone, primary_email
 from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
 
 ACCOUNT = "Account"
@@ -115,8 +115,7 @@ def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -
     return records
 
 
-def person_account_record(customer: Customer, account_id: str, record_type_id: str | None,
-                          region: str) -> dict[str, Any]:
+def person_account_record(customer: Customer, account_id: str, record_type_id: str | None) -> dict[str, Any]:
     """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c).
 
     LastName is required on Person Accounts: without one, the first name moves to LastName (so the
@@ -124,7 +123,8 @@ def person_account_record(customer: Customer, account_id: str, record_type_id: s
     """
     first = clean_text(customer.first_name, "FirstName")
     last = clean_text(customer.last_name, "LastName")
-    email = normalise_email(primary_email(customer))
+    address = primary_email(customer)
+    email = address if normalise_email(address) else None  # written as typed; an invalid one is left out
     if not last:
         first, last = None, clean_text(first or email or f"Lightspeed customer {customer.customer_id}", "LastName")
     record: dict[str, Any] = {
@@ -139,7 +139,7 @@ def person_account_record(customer: Customer, account_id: str, record_type_id: s
         record["PersonEmail"] = email
     for field, number in (("PersonMobilePhone", mobile_phone(customer)), ("Phone", other_phone(customer))):
         if number:
-            record[field] = clean_text(normalise_phone(number, region) or number, field)
+            record[field] = clean_text(number, field)  # as the till has it; matching compares E.164
     return record
 
 

@@ -119,15 +119,16 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         spinner = stack.enter_context(_Progress(output, command))
         engine = Engine(settings.account_id, store, lightspeed, salesforce, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
-                        on_batch=spinner.advance)
+                        verify_unchanged=command == "backfill", on_batch=spinner.advance)
         try:
             if window is None:
                 summary = engine.retry(retry or [])
             else:
                 summary = engine.run(command, window, progress=progress, limit=limit)
-        except SyncError as error:
+        except Exception as error:
             if run_id is not None:
-                store.finish_run(run_id, "failed", error.exit_code, {
+                code = error.exit_code if isinstance(error, SyncError) else 1
+                store.finish_run(run_id, "failed", code, {
                     "error": output.mask(str(error)), "salesforce_api_calls": salesforce.api_calls,
                     "lightspeed_requests": lightspeed.requests})
             raise

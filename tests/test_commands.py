@@ -172,3 +172,29 @@ def test_python_m_and_console_script_are_the_same_program(cli):
     script = shutil.which("lspos-sync", path=str(Path(sys.executable).parent))
     assert script is not None
     assert "checkpoint" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout
+
+
+def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):
+    import ssl
+
+    import httpx
+
+    sale = sell(lightspeed, boutique, at=ago(2))
+    assert cli("backfill", "--from", ago(3).isoformat()).code == 0
+    [record] = salesforce.records("Sales_Transaction__c")
+    env = salesforce.env()
+    deleted = httpx.delete(f"{salesforce.instance_url}/services/data/v62.0/sobjects/Sales_Transaction__c/{record['Id']}",
+                           headers={"Authorization": f"Bearer {env['SALESFORCE_ACCESS_TOKEN']}"},
+                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
+    assert deleted.status_code == 204  # someone removed it by hand; its lines went with it
+
+    again = cli("backfill", "--from", ago(3).isoformat(), "--json")
+
+    assert again.code == 0 and again.json["sales"]["written"] == 1
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+    assert len(salesforce.records("Sales_Line_Item__c")) == 1
+
+
+def test_missing_refresh_token_is_a_configuration_error(cli):
+    result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": ""})
+    assert result.code == 2 and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr

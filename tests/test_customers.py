@@ -2,7 +2,7 @@
 
 import pytest
 
-from lspos_sync.customers import Candidates, PersonAccount, normalise_phone, resolve
+from lspos_sync.customers import Candidates, PersonAccount, claim_accounts, normalise_phone, resolve
 from lspos_sync.lightspeed.models import Customer
 
 
@@ -20,7 +20,7 @@ def decide(cust, *accounts):
     candidates = Candidates()
     for a in accounts:
         candidates.add(a)
-    return resolve(cust, "182255-7", candidates, "US", "182255-")
+    return resolve(cust, "182255-7", candidates, "US")
 
 
 @pytest.mark.parametrize("cust, accounts, status, account_id", [
@@ -33,8 +33,13 @@ def decide(cust, *accounts):
                                                      account("A5", phones=["415.555.0134"])], "Ambiguous", None),
     (customer("ana@x.com"), [], "Created", None),
     (customer("not-an-email", [("Mobile", "12")]), [account("A6", email="not-an-email")], "Created", None),
-    # an account already keyed to another customer of the same Lightspeed account is not a candidate
-    (customer("ana@x.com"), [account("A7", key="182255-99", email="ana@x.com")], "Created", None),
+    # an account keyed to another customer is still the one candidate: linked (and never re-keyed)
+    (customer("ana@x.com"), [account("A7", key="182255-99", email="ana@x.com")], "Email", "A7"),
+    (customer("ana@x.com"), [account("A7", key="182255-99", email="ana@x.com"),
+                             account("A8", email="ana@x.com")], "Ambiguous", None),
+    # only the Primary address counts
+    (Customer.model_validate({"customerID": "7", "lastName": "L", "Contact": {"Emails": {"ContactEmail": {
+        "address": "ana@x.com", "useType": "Secondary"}}}}), [account("A2", email="ana@x.com")], "Created", None),
 ])
 def test_matching_order_and_ambiguity(cust, accounts, status, account_id):
     resolution = decide(cust, *accounts)
@@ -47,7 +52,7 @@ def test_matched_account_gets_its_key_stamped_and_created_one_is_upserted():
 
 
 def test_sale_without_customer_is_guest():
-    assert resolve(None, None, Candidates(), "US", "1-").status == "Guest"
+    assert resolve(None, None, Candidates(), "US").status == "Guest"
 
 
 @pytest.mark.parametrize("raw, region, e164", [
@@ -56,3 +61,18 @@ def test_sale_without_customer_is_guest():
     ("not a phone", "US", None), ("12", "US", None)])
 def test_phone_normalised_to_e164(raw, region, e164):
     assert normalise_phone(raw, region) == e164
+
+
+def test_key_is_stamped_only_on_an_account_without_one():
+    assert decide(customer("ana@x.com"), account("A2", email="ana@x.com")).stamp_key is True
+    assert decide(customer("ana@x.com"), account("A2", key="999-5", email="ana@x.com")).stamp_key is False
+
+
+def test_two_customers_matching_one_unkeyed_account_in_a_batch_key_it_once():
+    candidates = Candidates()
+    candidates.add(account("A2", email="ana@x.com"))
+    first = resolve(customer("ana@x.com"), "182255-7", candidates, "US")
+    second = resolve(customer("ana@x.com"), "182255-8", candidates, "US")
+    settled = claim_accounts({"182255-7": first, "182255-8": second})
+    assert [r.stamp_key for r in settled.values()] == [True, False]
+    assert {r.account_id for r in settled.values()} == {"A2"}

@@ -93,17 +93,17 @@ def test_update_time_falls_back_to_time_stamp():
 @pytest.mark.parametrize("first, last, expected", [
     ("Ana", "Lima", ("Ana", "Lima")),
     ("Ana", "", (None, "Ana")),
-    ("", "", (None, "ana@example.com")),
+    ("", "", (None, "Ana@Example.com")),
 ])
 def test_person_account_never_has_an_empty_last_name(first, last, expected):
     customer = Customer.model_validate({"customerID": "7", "firstName": first, "lastName": last, "Contact": {
         "Emails": {"ContactEmail": {"address": "Ana@Example.com ", "useType": "Primary"}},
         "Phones": {"ContactPhone": [{"number": "(415) 555-0134", "useType": "Mobile"},
                                     {"number": "415 555 0199", "useType": "Home"}]}}})
-    record = mapping.person_account_record(customer, "182255", "012000000000001", "US")
+    record = mapping.person_account_record(customer, "182255", "012000000000001")
     assert (record["FirstName"], record["LastName"]) == expected
-    assert record["LS_Customer_ID__c"] == "182255-7" and record["PersonEmail"] == "ana@example.com"
-    assert record["PersonMobilePhone"] == "+14155550134" and record["Phone"] == "+14155550199"
+    assert record["LS_Customer_ID__c"] == "182255-7" and record["PersonEmail"] == "Ana@Example.com"
+    assert record["PersonMobilePhone"] == "(415) 555-0134" and record["Phone"] == "415 555 0199"
 
 
 def test_long_and_control_character_text_is_cleaned_and_cut_to_field_length():

@@ -38,7 +38,7 @@ def test_sync_writes_each_completed_sale_with_its_lines_and_customer(cli, lights
     assert first["Account__c"] == account["Id"]
     assert (account["LS_Customer_ID__c"], account["PersonEmail"], account["LastName"]) == \
         (f"182255-{ana}", "ana@example.com", "Lima")
-    assert account["PersonMobilePhone"] == "+14155550134"
+    assert account["PersonMobilePhone"] == "415-555-0134"
     assert written[f"182255-{guest}"]["Match_Status__c"] == "Guest"
     assert written[f"182255-{guest}"]["Account__c"] is None
     sale_lines = [line for line in lines(salesforce).values() if line["Sales_Transaction__c"] == first["Id"]]
@@ -165,7 +165,7 @@ def test_one_new_customer_with_several_sales_becomes_one_account(cli, lightspeed
     assert cli("sync").code == 0
 
     [account] = person_accounts(salesforce)
-    assert account["LastName"] == "Eve" and account["Phone"] == "+12125550100"
+    assert account["LastName"] == "Eve" and account["Phone"] == "212 555 0100"
     assert {transactions(salesforce)[f"182255-{s}"]["Account__c"] for s in sales} == {account["Id"]}
 
 
@@ -231,3 +231,28 @@ def test_first_sync_starts_at_sync_start_then_from_checkpoint(cli, lightspeed, s
     assert set(transactions(salesforce)) == {f"182255-{recent}"}
     assert f"182255-{old}" not in transactions(salesforce)
     assert datetime.fromisoformat(result.json["checkpoint"]) <= datetime.now(timezone.utc)
+
+
+def test_sale_that_comes_without_its_customer_gets_it_from_the_customer_endpoint(cli, lightspeed, salesforce, boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sale = sell(lightspeed, boutique, ana)
+    lightspeed.corrupt_sale(sale, Customer="")  # the relation came back empty
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    [account] = person_accounts(salesforce)
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Created", account["Id"])
+    assert lightspeed.request_count("Customer.json") == 1
+
+
+def test_account_keyed_by_another_lightspeed_account_is_linked_not_rekeyed(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    shared = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com",
+                                           "LS_Customer_ID__c": "190001-5"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+
+    assert cli("sync").code == 0
+
+    assert transactions(salesforce)[f"182255-{sale}"]["Account__c"] == shared
+    assert salesforce.get("Account", shared)["LS_Customer_ID__c"] == "190001-5"

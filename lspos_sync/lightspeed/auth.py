@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 from lspos_sync.config import fingerprint
-from lspos_sync.errors import LightspeedAuthError, RunFailed
+from lspos_sync.errors import ConfigError, LightspeedAuthError, RunFailed
 from lspos_sync.state import StateStore, Tokens
 
 # A token is used until a little before its stated expiry (2 minutes, or a quarter of a short lifetime)
@@ -72,8 +72,8 @@ class LightspeedAuth:
         if stored is not None and (seed is None or stored.seed == seed):
             return stored
         if not self._initial:
-            raise LightspeedAuthError(
-                "no Lightspeed refresh token: set LIGHTSPEED_REFRESH_TOKEN to the token from authorising the app")
+            raise ConfigError(
+                "missing configuration: LIGHTSPEED_REFRESH_TOKEN (the refresh token from authorising the app)")
         return Tokens(self._initial, None, None, seed or "")
 
     def _grant(self, refresh_token: str) -> dict:

@@ -14,7 +14,7 @@ import httpx
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.models import Category, Shop, one_or_many
+from lspos_sync.lightspeed.models import Category, Customer, Shop, one_or_many
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,26 @@ class LightspeedClient:
                       "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
             yield from self._pages("Sale.json", params, "Sale")
 
+    def customers_by_id(self, customer_ids: list[int]) -> dict[int, Customer]:
+        """Customers (with their Contact), for sales that came without the Customer relation."""
+        found: dict[int, Customer] = {}
+        for start in range(0, len(customer_ids), 100):
+            chunk = customer_ids[start:start + 100]
+            params = {"customerID": f"IN,[{','.join(str(i) for i in chunk)}]", "limit": str(PAGE_SIZE),
+                      "archived": "true", "load_relations": json.dumps(["Contact"])}
+            for page in self._pages("Customer.json", params, "Customer"):
+                found.update({c.customer_id: c for c in (Customer.model_validate(row) for row in page)})
+        return found
+
+    # Archived shops and categories still name the sales made in them: `archived=true` returns both (§2).
     def shops(self) -> dict[int, Shop]:
-        return {shop.shop_id: shop for page in self._pages("Shop.json", {"limit": str(PAGE_SIZE)}, "Shop")
+        params = {"limit": str(PAGE_SIZE), "archived": "true"}
+        return {shop.shop_id: shop for page in self._pages("Shop.json", params, "Shop")
                 for shop in (Shop.model_validate(row) for row in page)}
 
     def categories(self) -> dict[int, Category]:
-        return {c.category_id: c for page in self._pages("Category.json", {"limit": str(PAGE_SIZE)}, "Category")
+        params = {"limit": str(PAGE_SIZE), "archived": "true"}
+        return {c.category_id: c for page in self._pages("Category.json", params, "Category")
                 for c in (Category.model_validate(row) for row in page)}
 
     def _pages(self, resource: str, params: dict[str, str], key: str) -> Iterator[list[dict[str, Any]]]:

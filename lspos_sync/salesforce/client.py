@@ -35,6 +35,7 @@ class SalesforceClient:
         self._sf: Any = None
         self._reserve_percent = reserve_percent
         self._usage: tuple[int, int] | None = None  # (used, allowance) of the org's daily API requests
+        self._limits_read = False
         self.api_calls = 0
 
     @property
@@ -70,8 +71,13 @@ class SalesforceClient:
         """Stops the run before a write once the org's daily API allowance is down to the reserve, which
         is left to the org's other integrations. The first check reads /limits; later ones the usage
         that Salesforce reports on every response (Sforce-Limit-Info)."""
-        if self._usage is None:
-            limits = self._call("limits", "GET", None) or {}
+        if self._usage is None and not self._limits_read:
+            self._limits_read = True
+            try:
+                limits = self._call("limits", "GET", None) or {}
+            except RunFailed as error:  # an org (or proxy) that hides /limits: the headers will tell
+                log.info("Salesforce /limits unavailable (%s); relying on Sforce-Limit-Info", error)
+                limits = {}
             daily = limits.get("DailyApiRequests") or {}
             if daily.get("Max"):
                 self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 from urllib.parse import quote
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
 from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 
-MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
+MAX_SOQL = 30_000  # Salesforce allows 100,000 characters; phone lookups repeat each batch three times
 ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
 PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
 
@@ -42,10 +43,40 @@ def person_accounts_by_email(emails: Iterable[str]) -> list[str]:
     return _in_batches(f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND PersonEmail", emails)
 
 
+def phone_spellings(e164: str) -> list[str]:
+    """The usual ways of writing one number: E.164, international, national, and the national digit
+    groups joined by nothing, dashes, dots or spaces, with and without the country code."""
+    import phonenumbers
+
+    number = phonenumbers.parse(e164)
+    international = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    groups = re.findall(r"\d+", national)
+    code = number.country_code
+    spellings = [e164, international, national, national_digits(e164), f"+{code} {national}",
+                 f"{code} " + " ".join(groups), f"{code}-" + "-".join(groups), f"{code}" + "".join(groups)]
+    for joiner in ("", "-", ".", " "):
+        spellings.append(joiner.join(groups))
+        spellings.append(f"+{code} " + joiner.join(groups))
+        spellings.append(f"+{code}" + joiner.join(groups))
+    return list(dict.fromkeys(spellings))
+
+
+def person_accounts_by_phone_spelling(phones_e164: Iterable[str]) -> list[str]:
+    """Equality on the usual spellings: any SOQL parser takes it, and it finds most stored formats."""
+    prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
+    spellings = [spelling for phone in dict.fromkeys(phones_e164) for spelling in phone_spellings(phone)]
+    statements = []
+    for batch in _in_batches("X", spellings):
+        values = batch[batch.index("IN ("):]
+        statements.append(prefix + " OR ".join(f"{field} {values}" for field in PHONE_FIELDS) + ")")
+    return statements
+
+
 def person_accounts_by_phone(phones_e164: Iterable[str]) -> list[str]:
-    """Phones are stored in whatever format people typed, so equality cannot find them. Each number becomes
-    a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which matches
-    every way of writing it; the E.164 comparison afterwards drops the rare false positive."""
+    """Phones are stored in whatever format people typed, so equality cannot find them all. Each number
+    becomes a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
+    matches every way of writing it; the E.164 comparison afterwards drops the rare false positive."""
     prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
     statements, clauses = [], []
     size = len(prefix) + 1
