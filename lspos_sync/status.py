@@ -26,7 +26,7 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     now = utcnow()
     runs: list[dict[str, Any]] = []
     last_writing_run = None
-    checkpoints: dict[str, dict[str, str]] = {}
+    checkpoints: dict[str, dict[str, str | None]] = {}
     parked = 0
     # A state file that does not exist yet means nothing has run; status does not create one.
     if settings.state_path.exists():
@@ -52,7 +52,7 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
             if account["lag_minutes"] is None:
                 problems.append(f"account {account_id} has no checkpoint yet: no sync has completed")
             elif account["lag_minutes"] > max_lag_minutes:
-                problems.append(f"account {account_id} is synced up to {_ago(account['lag_minutes'])} ago, "
+                problems.append(f"account {account_id}: the checkpoint is {account['lag_minutes']} minutes old, "
                                 f"over --max-lag-minutes {max_lag_minutes}")
     exit_code = 1 if problems else 0
     data = {"command": "status", "outcome": "failed" if problems else "ok", "exit_code": exit_code,
@@ -96,6 +96,8 @@ def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
 
 
 def _ago(minutes: int) -> str:
+    if minutes == 0:
+        return "less than a minute"
     if minutes < 120:
         return f"{minutes} minute{'' if minutes == 1 else 's'}"
     if minutes < 48 * 60:
@@ -131,33 +133,33 @@ def _run_line(run: dict[str, Any]) -> str:
     duration = f" in {run['duration_seconds']} s" if run["duration_seconds"] is not None else ""
     exit_code = f" (exit {run['exit_code']})" if run["exit_code"] is not None else ""
     line = f"{run['started_at']} {run['command']} {run['outcome']}{exit_code}{duration}"
-    if run["error"]:
-        return f"{line}: {run['error']}"
     sales = run["sales"]
     if sales["read"] is not None:
         line += f": {sales['read']} sale(s) read, {sales['written']} written, {sales['rejected']} rejected"
     if run["records_written"] or run["records_deleted"]:
-        line += "; records " + ", ".join(f"{name} {count}" for name, count in run["records_written"].items())
-        line += "".join(f", {name} {count} deleted" for name, count in run["records_deleted"].items())
+        line += f"; records {_records(run)}"
     if run["salesforce_api_calls"] is not None:
         line += f"; {run['salesforce_api_calls']} Salesforce call(s), {run['lightspeed_requests']} Lightspeed request(s)"
-    return line
+    return f"{line}; error: {run['error']}" if run["error"] else line
+
+
+def _records(run: dict[str, Any]) -> str:
+    written = ", ".join(f"{name} {count}" for name, count in run["records_written"].items())
+    deleted = ", ".join(f"{count} {name} deleted" for name, count in run["records_deleted"].items())
+    return f"{written} ({deleted})" if written and deleted else written or deleted
 
 
 def _table(runs: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="last runs, newest first")
+    table = Table(title="last runs, newest first (UTC)")
     for column in ("started", "command", "outcome", "exit", "seconds", "read", "written", "rejected", "records",
                    "SF calls", "LS requests"):
         table.add_column(column)
     for run in runs:
-        records = ", ".join(f"{name} {count}" for name, count in run["records_written"].items())
-        records += "".join(f", {name} {count} deleted" for name, count in run["records_deleted"].items())
         table.add_row(*(("" if value is None else str(value)) for value in (
-            run["started_at"], run["command"], run["outcome"] if not run["error"] else f"{run['outcome']}: {run['error']}",
+            run["started_at"][:19].replace("T", " "), run["command"], run["outcome"] if not run["error"] else f"{run['outcome']}: {run['error']}",
             run["exit_code"], run["duration_seconds"], run["sales"]["read"], run["sales"]["written"],
-            run["sales"]["rejected"], records, run["salesforce_api_calls"], run["lightspeed_requests"])))
-    from rich.console import Console as _  # noqa: F401 - already imported above
+            run["sales"]["rejected"], _records(run), run["salesforce_api_calls"], run["lightspeed_requests"])))
     Console(stderr=True).print(table)
