@@ -15,58 +15,14 @@ import click
 
 from lspos_sync.config import Settings, load_settings, parse_when, read_environment
 from lspos_sync.errors import ConfigError, SyncError
+from lspos_sync.output import Output
 from lspos_sync.state import StateStore, iso, utcnow
 
 log = logging.getLogger("lspos_sync")
 
 
-class Output:
-    """Where things go: with --json, stdout carries one JSON object and nothing else; logs go to stderr."""
-
-    def __init__(self, as_json: bool, verbose: int, secrets: tuple[str, ...] = ()) -> None:
-        self.as_json = as_json
-        self.verbose = verbose
-        self.secrets = secrets
-        self.fancy = sys.stderr.isatty()
-
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
-
-    def setup_logging(self) -> None:
-        level = logging.WARNING if self.verbose == 0 else logging.INFO if self.verbose == 1 else logging.DEBUG
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        output = self
-
-        class _Mask(logging.Filter):
-            def filter(self, record: logging.LogRecord) -> bool:
-                record.msg, record.args = output.mask(record.getMessage()), None
-                return True
-
-        handler.addFilter(_Mask())
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
-        root.setLevel(level)
-        # Their debug output can carry request headers (tokens): never below WARNING, even at -vv.
-        for noisy in ("httpx", "httpcore", "urllib3", "simple_salesforce"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    def result(self, data: dict[str, Any], lines: list[str]) -> None:
-        if self.as_json:
-            click.echo(self.mask(json.dumps(data, default=str)))
-        else:
-            for line in lines:
-                click.echo(self.mask(line))
-
-    def note(self, line: str) -> None:
-        click.echo(self.mask(line), err=True)
-
-
 def common_options(command: Callable) -> Callable:
-    """--json, --env-file, --state and -v, accepted by every command."""
+    """--json, --env-file, --state, -v and --log-format, accepted by every command."""
     command = click.option("--json", "as_json", is_flag=True, default=None,
                            help="Print exactly one JSON object on stdout; logs go to stderr.")(command)
     command = click.option("--env-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -74,23 +30,28 @@ def common_options(command: Callable) -> Callable:
     command = click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
                            help="The SQLite state file (overrides LSPOS_STATE_PATH).")(command)
     command = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")(command)
+    command = click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+                           help="Logs as plain lines (default) or JSON lines for log shippers.")(command)
     return command
 
 
 class Context:
     """Options given to the group and to the command; the command's win."""
 
-    def __init__(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int) -> None:
+    def __init__(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int,
+                 log_format: str | None = None) -> None:
         self.as_json, self.env_file, self.state_path, self.verbose = as_json, env_file, state_path, verbose
+        self.log_format = log_format
 
-    def merged(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int) -> "Context":
+    def merged(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int,
+               log_format: str | None = None) -> "Context":
         return Context(as_json if as_json is not None else self.as_json, env_file or self.env_file,
-                       state_path or self.state_path, verbose or self.verbose)
+                       state_path or self.state_path, verbose or self.verbose, log_format or self.log_format)
 
 
 def run_command(name: str, options: Context, body: Callable[[Settings, Output], int]) -> None:
     """Loads the settings, runs the body, and turns every expected failure into one line and an exit code."""
-    output = Output(bool(options.as_json), options.verbose)
+    output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     try:
         settings = load_settings(read_environment(options.env_file), options.state_path)
@@ -106,7 +67,7 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
 
 def _fail(name: str, output: Output, message: str, exit_code: int) -> None:
     output.note(f"Error: {message}")
-    if output.as_json:
+    if output.as_json or output.log_format == "json":
         click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": exit_code, "error": message}))
     sys.exit(exit_code)
 
@@ -116,15 +77,15 @@ def _fail(name: str, output: Output, message: str, exit_code: int) -> None:
 @click.version_option(package_name="lspos-sync")
 @click.pass_context
 def main(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
-         verbose: int) -> None:
+         verbose: int, log_format: str | None) -> None:
     """Keep Salesforce in step with a Lightspeed Retail (R-Series) point of sale."""
-    ctx.obj = Context(as_json, env_file, state_path, verbose)
+    ctx.obj = Context(as_json, env_file, state_path, verbose, log_format)
 
 
 def _options(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
-             verbose: int) -> Context:
+             verbose: int, log_format: str | None = None) -> Context:
     root = ctx.find_object(Context) or Context(None, None, None, 0)
-    return root.merged(as_json, env_file, state_path, verbose)
+    return root.merged(as_json, env_file, state_path, verbose, log_format)
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -339,6 +300,6 @@ def demo(ctx: click.Context, keep: bool, **common: Any) -> None:
     from lspos_sync.demo import run_demo
 
     options = _options(ctx, **common)
-    output = Output(bool(options.as_json), options.verbose)
+    output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     sys.exit(run_demo(output, keep))

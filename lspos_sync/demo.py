@@ -26,7 +26,7 @@ from lspos_sync.emulators.salesforce import SalesforceEmulator
 from lspos_sync.state import StateStore, utcnow
 
 if TYPE_CHECKING:
-    from lspos_sync.cli import Output
+    from lspos_sync.output import Output
 
 SEED = 42
 CLIENTS = 200

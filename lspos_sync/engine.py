@@ -7,6 +7,7 @@ explicit window that never touches it, `dry-run` with a sink that records instea
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
@@ -128,6 +129,9 @@ class Engine:
         if progress and limit is None:
             summary.progress = window.until
             progress(window.until)
+        log.info("%s read %d sale(s) from Lightspeed", command, summary.sales_read,
+                 extra={"phase": "read", "counts": {"sales": summary.sales_read, "unchanged": summary.unchanged,
+                                                    "rejected": len(summary.rejected)}})
         summary.records = dict(self.sink.stats.records)
         return summary
 
@@ -205,7 +209,11 @@ class Engine:
             else:
                 todo.append(sale)
         if todo:
+            started = time.monotonic()
             self._write(todo, built, summary)
+            log.info("batch of %d sale(s): %d written, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
+                     extra={"phase": "batch", "counts": {"sales": len(sales), "written": len(todo)},
+                            "duration_ms": round((time.monotonic() - started) * 1000)})
         if self.on_batch:
             self.on_batch(len(sales))
 

@@ -14,12 +14,13 @@ from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
 from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
+from lspos_sync.output import RUN
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter, RecordingSink
 from lspos_sync.state import StateStore, iso, utcnow
 
 if TYPE_CHECKING:
-    from lspos_sync.cli import Output
+    from lspos_sync.output import Output
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     dry_run = command == "dry-run"
     run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
                                                   window and window.until)
+    RUN["id"] = run_id
     with ExitStack() as stack:
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)))
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,

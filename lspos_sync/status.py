@@ -12,7 +12,7 @@ from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, S
 from lspos_sync.state import StateStore, parse_iso, utcnow
 
 if TYPE_CHECKING:
-    from lspos_sync.cli import Output
+    from lspos_sync.output import Output
 
 RECENT_RUNS = 5
 WRITING_COMMANDS = ("sync", "backfill")
