@@ -97,6 +97,7 @@ class Engine:
         self._categories: dict[int, Category] = {}
         self._record_type_id: str | None = None
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
+        self._seen: set[int] = set()  # sale IDs processed in this run
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -126,6 +127,11 @@ class Engine:
                     progress(summary.progress)
             if limit is not None and done >= limit:
                 break
+        if limit is None:
+            voided = [sale_id for sale_id in self.lightspeed.voided_sale_ids(window.since, window.until)
+                      if sale_id not in self._seen]
+            for batch in _batches(self._parse(self.lightspeed.sales_by_id(voided), summary, None)):
+                self._process(batch, summary)
         if progress and limit is None:
             summary.progress = window.until
             progress(window.until)
@@ -188,6 +194,7 @@ class Engine:
     # -- one batch
     def _process(self, sales: list[Sale], summary: RunSummary) -> None:
         sales = self._with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
+        self._seen.update(sale.sale_id for sale in sales)
         built = {}
         for sale in sales:
             transaction = mapping.transaction_record(sale, self.account_id, self._shops)

@@ -256,3 +256,15 @@ def test_account_keyed_by_another_lightspeed_account_is_linked_not_rekeyed(cli, 
 
     assert transactions(salesforce)[f"182255-{sale}"]["Account__c"] == shared
     assert salesforce.get("Account", shared)["LS_Customer_ID__c"] == "190001-5"
+
+
+def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, lightspeed, salesforce, boutique):
+    sale, other = sell(lightspeed, boutique), sell(lightspeed, boutique)
+    assert cli("sync").code == 0
+    lightspeed.void_moves_updatetime = False  # the unconfirmed case the fact sheet warns about (§9)
+    lightspeed.void_sale(sale)
+
+    assert cli("sync").code == 0
+
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"

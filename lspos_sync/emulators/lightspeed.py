@@ -70,6 +70,9 @@ _KINDS = {
     "Item": _Kind("itemID", frozenset({"itemID", "description", "customSku", "systemSku", "categoryID", "archived",
                                        "timeStamp", "createTime"}), ("itemID", "timeStamp")),
     "PaymentType": _Kind("paymentTypeID", frozenset({"paymentTypeID", "name", "type", "archived"}), ("paymentTypeID",)),
+    # §9: a void writes a SaleVoid row (reason, saleID, ...); sortable by saleVoidID [S13-SaleVoid]
+    "SaleVoid": _Kind("saleVoidID", frozenset({"saleVoidID", "saleID", "createTime", "shopID", "employeeID"}),
+                      ("saleVoidID",)),
 }
 _COMPARE = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
             "<=": operator.le}
@@ -224,6 +227,8 @@ class LightspeedEmulator:
         self.reject_updatetime_filter = False
         # Faults and hooks for tests: Sale pages larger than this answer 504; a callback after each request.
         self.max_sale_page: int | None = None
+        # §9 leaves open which Sale timestamp a void moves; False models a void that moves none of them.
+        self.void_moves_updatetime = True
         self.after_request: Callable[[RequestRecord], None] | None = None
         self.requests: list[RequestRecord] = []
         self.refresh_count = 0
@@ -420,11 +425,17 @@ class LightspeedEmulator:
                 raise ValueError(f"sale {sale_id} is already completed")
             sale.completed_at = sale.stamp = sale.updated = at  # §9: timeStamp becomes the completion time
 
-    def void_sale(self, sale_id: int, at: datetime | None = None) -> None:
+    def void_sale(self, sale_id: int, at: datetime | None = None, reason: str = "Customer changed their mind") -> None:
         with self._lock:
             sale = self._sales[sale_id]
             sale.voided = True
-            self._touch(sale, self._now(at))
+            when = self._now(at)
+            if self.void_moves_updatetime:
+                self._touch(sale, when)
+            void_id = self._new_id("SaleVoid")
+            self._rows["SaleVoid"][void_id] = {
+                "saleVoidID": str(void_id), "createTime": _ts(when), "reason": reason, "saleID": str(sale_id),
+                "employeeID": "1", "shopID": str(sale.shop_id)}
 
     def refund_sale(self, sale_id: int, sale_line_ids: list[int] | None = None, at: datetime | None = None) -> int:
         with self._lock:
