@@ -259,7 +259,8 @@ def test_account_keyed_by_another_lightspeed_account_is_linked_not_rekeyed(cli, 
 
 
 def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, lightspeed, salesforce, boutique):
-    sale, other = sell(lightspeed, boutique), sell(lightspeed, boutique)
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)  # older than the look-back
+    sale, other = sell(lightspeed, boutique, at=two_hours_ago), sell(lightspeed, boutique, at=two_hours_ago)
     assert cli("sync").code == 0
     lightspeed.void_moves_updatetime = False  # the unconfirmed case the fact sheet warns about (§9)
     lightspeed.void_sale(sale)
