@@ -107,7 +107,7 @@ class Engine:
         self._shops = self.lightspeed.shops()
         self._categories = self.lightspeed.categories()
         if retry_rejects:
-            self._retry([r.sale_id for r in self.store.rejects(self.account_id)], summary)
+            self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         done, latest, in_order = 0, None, True
         for batch in _batches(self._parse(self.lightspeed.sales(window.since, window.until), summary, window)):
             if limit is not None:
@@ -128,13 +128,11 @@ class Engine:
             if limit is not None and done >= limit:
                 break
         if limit is None:
-            voided = [sale_id for sale_id in self.lightspeed.voided_sale_ids(window.since, window.until)
-                      if sale_id not in self._seen]
-            for batch in _batches(self._parse(self.lightspeed.sales_by_id(voided), summary, None)):
-                self._process(batch, summary)
-        if progress and limit is None:
-            summary.progress = window.until
-            progress(window.until)
+            voided = self.lightspeed.voided_sale_ids(window.since, window.until)
+            self._process_ids([sale_id for sale_id in voided if sale_id not in self._seen], summary)
+            if progress:
+                summary.progress = window.until
+                progress(window.until)
         log.info("%s read %d sale(s) from Lightspeed", command, summary.sales_read,
                  extra={"phase": "read", "counts": {"sales": summary.sales_read, "unchanged": summary.unchanged,
                                                     "rejected": len(summary.rejected)}})
@@ -146,16 +144,20 @@ class Engine:
         summary = RunSummary("rejects retry", self.account_id, None)
         self._shops = self.lightspeed.shops()
         self._categories = self.lightspeed.categories()
-        self._retry(sale_ids, summary)
+        self._retry_parked(sale_ids, summary)
         summary.records = dict(self.sink.stats.records)
         return summary
 
-    def _retry(self, sale_ids: list[int], summary: RunSummary) -> None:
+    def _retry_parked(self, sale_ids: list[int], summary: RunSummary) -> None:
         if sale_ids:
             log.info("retrying %d rejected sale(s) first", len(sale_ids))
             summary.retried = len(sale_ids)
-            for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids), summary, None)):
-                self._process(batch, summary)
+            self._process_ids(sale_ids, summary)
+
+    def _process_ids(self, sale_ids: list[int], summary: RunSummary) -> None:
+        """Given sales, read afresh from Lightspeed whatever their time, and written like any other."""
+        for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids), summary, None)):
+            self._process(batch, summary)
 
     # -- reading
     def _parse(self, pages: Iterable[list[dict[str, Any]]], summary: RunSummary,
