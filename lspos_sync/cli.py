@@ -184,7 +184,7 @@ def rejects_retry(ctx: click.Context, keys: tuple[str, ...], **common: Any) -> N
 @common_options
 @click.pass_context
 def rejects_drop(ctx: click.Context, key: str, **common: Any) -> None:
-    """Stop retrying a parked sale; it stays out of Salesforce until Lightspeed changes it again."""
+    """Stop retrying a parked sale; it is written again only if Lightspeed changes it or a backfill covers it."""
 
     def body(settings: Settings, output: Output) -> int:
         with StateStore(settings.state_path) as store:
@@ -281,7 +281,7 @@ def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, **common: An
 @common_options
 @click.pass_context
 def status(ctx: click.Context, max_lag_minutes: int | None, **common: Any) -> None:
-    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync failed."""
+    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync or backfill failed."""
     from lspos_sync.status import report
 
     run_command("status", _options(ctx, **common),
@@ -303,3 +303,22 @@ def demo(ctx: click.Context, keep: bool, **common: Any) -> None:
     output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     sys.exit(run_demo(output, keep))
+
+
+@main.command()
+@click.option("--from", "from_", required=True, metavar="WHEN",
+              help="Start of the window of completion times (ISO 8601, included).")
+@click.option("--to", "to", required=True, metavar="WHEN",
+              help="End of the window (ISO 8601, excluded: --from 2026-03-01 --to 2026-04-01 is March).")
+@common_options
+@click.pass_context
+def reconcile(ctx: click.Context, from_: str, to: str, **common: Any) -> None:
+    """Compare Lightspeed and Salesforce over a window of completion times: counts and totals per shop and
+    UTC day, and the sales missing, extra or different in Salesforce. Exit 0 when they agree, 3 when not."""
+    from lspos_sync.reconcile import reconcile as compare_systems
+
+    def body(settings: Settings, output: Output) -> int:
+        since, until = _window(from_, to)
+        return compare_systems(settings, output, since, until)
+
+    run_command("reconcile", _options(ctx, **common), body)

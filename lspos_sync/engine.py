@@ -273,8 +273,12 @@ class Engine:
                     resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
             record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
                       "Match_Status__c": resolution.status}
+            linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
             if resolution.status == CREATED and resolution.account_id is None:
                 record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
+            elif resolution.account_id is None and linked_by_hand:
+                # an admin linked this sale by hand: a rule that finds no single account does not undo it
+                del record["Match_Status__c"]
             else:
                 record["Account__c"] = resolution.account_id
             if resolution.status == AMBIGUOUS:
@@ -329,8 +333,8 @@ class Engine:
                         transaction["Total__c"], len(lines), match, account_id, reason, action)
 
     # -- Salesforce reads
-    def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, str]]:
-        """Candidate Person Accounts for the customers, and the Ids of the transactions already there,
+    def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+        """Candidate Person Accounts for the customers, and the transactions already there (by sale key),
         in as few `/composite` requests as the five-query limit allows."""
         emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
         phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
@@ -346,10 +350,10 @@ class Engine:
                 if kind.endswith("account"):
                     candidates.add(queries.person_account(record, self.region))
                 else:
-                    existing[record[mapping.SALE_KEY]] = record["Id"]
+                    existing[record[mapping.SALE_KEY]] = record
         return candidates, existing
 
-    def _stale_lines(self, existing: dict[str, str], built: dict[int, tuple], sales: list[Sale]) -> dict[str, list[str]]:
+    def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple], sales: list[Sale]) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key."""
         if not existing:
             return {}
@@ -357,9 +361,9 @@ class Engine:
         for sale in sales:
             transaction, lines, _ = built[sale.sale_id]
             current[transaction[mapping.SALE_KEY]] = {line[mapping.LINE_KEY] for line in lines}
-        key_of = {transaction_id: sale_key for sale_key, transaction_id in existing.items()}
+        key_of = {record["Id"]: sale_key for sale_key, record in existing.items()}
         stale: dict[str, list[str]] = {}
-        statements = [("line", s) for s in queries.lines_by_transaction(existing.values())]
+        statements = [("line", s) for s in queries.lines_by_transaction(key_of)]
         for _, records in self._run_queries(statements):
             for record in records:
                 sale_key = key_of.get(record["Sales_Transaction__c"])

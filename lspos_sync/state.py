@@ -266,6 +266,9 @@ class StateStore:
     def start_run(self, command: str, account_id: str | None, window_from: datetime | None,
                   window_to: datetime | None) -> int:
         with self.transaction() as db:
+            # Called with the run lock held: a run still marked running was killed before it could finish.
+            db.execute("UPDATE run SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
+                       (iso(utcnow()),))
             cursor = db.execute(
                 "INSERT INTO run (command, account_id, started_at, window_from, window_to) VALUES (?, ?, ?, ?, ?)",
                 (command, account_id, iso(utcnow()), iso(window_from) if window_from else None,

@@ -116,3 +116,31 @@ def test_malformed_sale_from_lightspeed_is_parked_not_fatal(cli, lightspeed, sal
     assert result.json["rejected"][0]["sale_key"] == f"182255-{bad}"
     assert "INVALID_LIGHTSPEED_DATA" in result.json["rejected"][0]["reason"]
     assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{good}"]
+
+
+def test_lost_response_to_a_line_delete_is_not_a_rejection(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lines=((1, "10"), (1, "20")))
+    assert cli("sync").code == 0
+    line = lightspeed.sale(sale)["SaleLines"]["SaleLine"][1]["saleLineID"]
+    lightspeed.remove_line(sale, int(line))
+    # the answer to the write that deletes the removed line is lost after Salesforce committed it
+    salesforce.drop_next(1, path_contains="/composite", after_commit=True, body_contains='"DELETE"')
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert len(salesforce.records("Sales_Line_Item__c")) == 1
+    assert any(r.dropped for r in salesforce.requests)
+
+
+def test_a_killed_run_is_marked_interrupted_by_the_next_one(cli, lightspeed, salesforce, boutique, state_path):
+    import sqlite3
+
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    assert cli("checkpoint", "show").code == 0  # creates the store
+    with sqlite3.connect(state_path) as db:  # what a SIGKILL leaves behind
+        db.execute("INSERT INTO run (command, started_at) VALUES ('sync', '2026-01-01T00:00:00+00:00')")
+    assert cli("sync").code == 0
+    with sqlite3.connect(state_path) as db:
+        outcomes = [row[0] for row in db.execute("SELECT outcome FROM run ORDER BY id")]
+    assert outcomes == ["interrupted", "ok"]

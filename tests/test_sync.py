@@ -269,3 +269,29 @@ def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, light
 
     assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
     assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"
+
+
+def test_ambiguous_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    accounts = [salesforce.insert("Account", {"RecordTypeId": rt, "LastName": n, "PersonEmail": "family@example.com"})
+                for n in ("Lima", "Souza")]
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="family@example.com"))
+    assert cli("sync").code == 0
+    record = transactions(salesforce)[f"182255-{sale}"]
+    assert record["Match_Status__c"] == "Ambiguous"
+    _patch(salesforce, "Sales_Transaction__c", record["Id"], {"Account__c": accounts[1]})  # the admin decides
+
+    assert cli("sync").code == 0  # the look-back re-reads the sale, still ambiguous by the rules
+
+    assert transactions(salesforce)[f"182255-{sale}"]["Account__c"] == accounts[1]
+
+
+def _patch(salesforce, sobject: str, record_id: str, fields: dict) -> None:
+    import ssl
+
+    import httpx
+
+    response = httpx.patch(f"{salesforce.instance_url}/services/data/v62.0/sobjects/{sobject}/{record_id}", json=fields,
+                           headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
+                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
+    assert response.status_code == 204, response.text

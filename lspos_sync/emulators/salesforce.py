@@ -115,6 +115,7 @@ class _Fault:
     status: int = 0
     error_code: str = ""
     after_commit: bool = True
+    body_contains: str = ""  # only requests whose body has this text (e.g. a DELETE subrequest)
 
 
 def _text(name: str, length: int, **kw: Any) -> Field:
@@ -322,10 +323,12 @@ class SalesforceEmulator:
         """The outage is over: pending injected failures and drops are forgotten."""
         self._faults.clear()
 
-    def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True) -> None:
+    def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True,
+                  body_contains: str = "") -> None:
         """Close the connection of the next `count` matching requests without answering; with
         `after_commit` the request is executed (and committed) first, as when a response is lost."""
-        self._faults.append(_Fault(count, path_contains, drop=True, after_commit=after_commit))
+        self._faults.append(_Fault(count, path_contains, drop=True, after_commit=after_commit,
+                                   body_contains=body_contains))
 
     def expire_sessions(self) -> None:
         """Invalidate every token issued so far, the configured access_token too."""
@@ -337,7 +340,7 @@ class SalesforceEmulator:
     def _handle(self, request: Request) -> Response:
         record = RequestRecord(request.method, request.raw_target, 0, _request_body(request))
         self.requests.append(record)
-        fault = self._take_fault(request.raw_target)
+        fault = self._take_fault(request.raw_target, request.body.decode(errors="replace"))
         if fault and fault.drop and not fault.after_commit:
             record.dropped = True
             raise DropConnection()
@@ -355,10 +358,10 @@ class SalesforceEmulator:
             raise DropConnection()
         return response
 
-    def _take_fault(self, target: str) -> _Fault | None:
+    def _take_fault(self, target: str, body: str = "") -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.path_contains in target:
+                if fault.path_contains in target and fault.body_contains in body:
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
@@ -848,25 +851,39 @@ class SalesforceEmulator:
                 raise soql.SoqlError("INVALID_TYPE", f"sObject type '{query.sobject}' is not supported. If you are "
                                      "attempting to use a custom object, be sure to append the '__c' after the entity "
                                      "name. Please reference your WSDL or the describe call for the appropriate names.")
-            chains = {path: self._resolve(sobject, path) for path in query.fields}
+            chains = {path: self._resolve(sobject, path) for path in query.paths()}
             where = {c.field: self._resolve(sobject, c.field) for c in query.comparisons()}
             for comparison in query.comparisons():
                 _check_literal(where[comparison.field][-1], comparison)
-            order = {key.field: self._resolve(sobject, key.field) for key in query.order_by}
-            for path, chain in order.items():
-                if not chain[-1].sortable:
-                    raise soql.SoqlError("INVALID_FIELD", f"field '{chain[-1].name}' can not be sorted in a query call")
+            for path in (key.field for key in query.order_by):
+                if not chains[path][-1].sortable:
+                    raise soql.SoqlError("INVALID_FIELD", f"field '{chains[path][-1].name}' can not be sorted in a "
+                                                          "query call")
+            if query.aggregated:
+                _check_aggregate(query, chains)
         except soql.SoqlError as error:
             raise ApiError(400, error.code, error.message) from None
         rows = list(self._rows[sobject].values())
         if kind == "queryAll":
             rows += self._recycle[sobject].values()
         rows = [r for r in rows if query.matches(lambda path, r=r: self._path_value(r, where[path]))]
-        rows = query.order(rows, lambda r, path: self._path_value(r, order[path]))[:query.limit]
+        if query.aggregated:
+            return Response(200, self._aggregate_result(query, rows, chains))
+        rows = query.order(rows, lambda r, path: self._path_value(r, chains[path]))[:query.limit]
         if query.count:
             return Response(200, {"totalSize": len(rows), "done": True, "records": []})
-        records = [self._project(version, sobject, row, list(chains.values())) for row in rows]
+        records = [self._project(version, sobject, row, [chains[path] for path in query.fields]) for row in rows]
         return Response(200, self._page(records, 0, kind, version))
+
+    def _aggregate_result(self, query: soql.Query, rows: list[dict], chains: dict[str, list[Field]]) -> dict:
+        """AggregateResult rows in one answer: a GROUP BY query cannot be paged with a query locator, so
+        more than one batch of groups is refused outright, as Salesforce does."""
+        results = query.aggregate(rows, lambda row, path: self._path_value(row, chains[path]))[:query.limit]
+        if len(results) > PAGE_SIZE:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", "Aggregate query does not support queryMore(), use LIMIT to "
+                                                     "restrict the results to a single batch")
+        records = [{"attributes": {"type": "AggregateResult"}, **result} for result in results]
+        return {"totalSize": len(records), "done": True, "records": records}
 
     def _page(self, records: list[dict], offset: int, kind: str, version: str) -> dict:
         page = {"totalSize": len(records), "done": offset + PAGE_SIZE >= len(records)}
@@ -1225,6 +1242,21 @@ def _value_errors(f: Field, value: Any) -> list[dict]:
 
 _LITERAL_TYPES = {"boolean": (bool, "boolean"), "currency": (Decimal, "double"), "number": (Decimal, "double"),
                   "datetime": (dt.datetime, "dateTime")}
+
+
+def _check_aggregate(query: soql.Query, chains: dict[str, list[Field]]) -> None:
+    """What the org's schema allows in an aggregate query: SUM of numbers, DAY_ONLY of date-times, and GROUP BY
+    only on groupable fields (not numbers, currencies or date-times themselves)."""
+    for item in query.selected:
+        f = chains[item.field][-1] if item.field else None
+        if item.function == "SUM" and f is not None and f.kind not in _NUMBER_KINDS:
+            raise soql.SoqlError("INVALID_FIELD", f"field {f.name} does not support aggregate operator SUM")
+    for key in query.group_by:
+        f = chains[key.field][-1]
+        if key.function == "DAY_ONLY" and f.kind != "datetime":
+            raise soql.SoqlError("INVALID_FIELD", f"DAY_ONLY needs a dateTime field, not {f.kind}: {f.name}")
+        if key.function is None and f.kind in _NUMBER_KINDS | {"datetime"}:
+            raise soql.SoqlError("INVALID_FIELD", f"field '{f.name}' can not be grouped in a query call")
 
 
 def _check_literal(f: Field, comparison: soql.Comparison) -> None:

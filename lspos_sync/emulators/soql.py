@@ -1,14 +1,23 @@
-"""A parser and evaluator for the subset of SOQL that the Salesforce emulator understands."""
+"""A parser and evaluator for the subset of SOQL that the Salesforce emulator understands.
+
+Besides plain selects: `COUNT()`, the aggregates `COUNT(field)` and `SUM(field)`, `GROUP BY` on fields and on
+`DAY_ONLY(datetime)`, and aliases, with the result shape and naming rules of the real API (`expr0`, `expr1`…).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Union
 
 MAX_QUERY_LENGTH = 100_000  # characters; Salesforce answers MALFORMED_QUERY above it
+AGGREGATES = frozenset({"COUNT", "SUM"})
+DATE_FUNCTIONS = frozenset({"DAY_ONLY"})
+# Words SOQL refuses as aliases (SOQL reference, "Alias Notation").
+_RESERVED = frozenset({"AND", "ASC", "DESC", "EXCLUDES", "FIRST", "FROM", "GROUP", "HAVING", "IN", "INCLUDES",
+                       "LAST", "LIKE", "LIMIT", "NOT", "NULL", "NULLS", "OR", "SELECT", "USING", "WHERE", "WITH"})
 
 
 class SoqlError(Exception):
@@ -48,14 +57,89 @@ class OrderKey:
     nulls_last: bool
 
 
+@dataclass(frozen=True)
+class Selected:
+    """One item of the SELECT list: a field, an aggregate of one (`SUM(Total__c)`), or `DAY_ONLY(field)`."""
+
+    field: str | None  # None only for COUNT()
+    function: str | None = None
+    alias: str | None = None
+
+    @property
+    def aggregate(self) -> bool:
+        return self.function in AGGREGATES
+
+    def groups_as(self, key: "GroupKey") -> bool:
+        return (self.function == key.function and self.field is not None
+                and self.field.lower() == key.field.lower())
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    field: str
+    function: str | None = None  # None or DAY_ONLY
+
+
 @dataclass
 class Query:
     sobject: str
-    fields: list[str]  # empty for SELECT COUNT()
-    count: bool
+    selected: list[Selected]
+    count: bool  # SELECT COUNT(): only totalSize, no records
     where: Expr | None
     order_by: list[OrderKey]
     limit: int | None
+    group_by: list[GroupKey] = field(default_factory=list)
+
+    @property
+    def fields(self) -> list[str]:
+        """The plain fields selected (for a plain query, the columns of each record)."""
+        return [s.field for s in self.selected if s.function is None and s.field is not None]
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether the result is AggregateResult rows: an aggregate function or GROUP BY is present."""
+        return bool(self.group_by) or (not self.count and any(s.aggregate for s in self.selected))
+
+    def paths(self) -> list[str]:
+        """Every field path the query names outside WHERE."""
+        names = [s.field for s in self.selected if s.field is not None] + [k.field for k in self.group_by]
+        return list(dict.fromkeys(names + [k.field for k in self.order_by]))
+
+    def result_keys(self) -> list[str]:
+        """The key of each selected item in an AggregateResult: its alias, a grouped field's name, or
+        `expr<i>` numbered over the unaliased functions in order (SOQL reference, "Using Aliases with GROUP BY")."""
+        keys, implied = [], 0
+        for item in self.selected:
+            if item.alias:
+                keys.append(item.alias)
+            elif item.function is None:
+                keys.append((item.field or "").split(".")[-1])
+            else:
+                keys.append(f"expr{implied}")
+                implied += 1
+        return keys
+
+    def aggregate(self, rows: list[Any], get: Callable[[Any, str], Any]) -> list[dict[str, Any]]:
+        """AggregateResult rows (without attributes): one per group, or one in all without GROUP BY."""
+        groups: dict[tuple, list[Any]] = {}
+        for row in rows:
+            groups.setdefault(tuple(_group_value(k.function, get(row, k.field)) for k in self.group_by), []).append(row)
+        if not self.group_by:
+            groups = {(): rows}
+        plain = [k.field.lower() if k.function is None else None for k in self.group_by]
+        ordered = self.order(list(groups.items()), lambda group, path: group[0][plain.index(path.lower())])
+        keys = self.result_keys()
+        results = []
+        for group_values, members in ordered:
+            result = {}
+            for key, item in zip(keys, self.selected):
+                if item.aggregate:
+                    result[key] = _aggregate(item, [get(r, item.field) for r in members] if item.field else members)
+                else:
+                    position = next(i for i, k in enumerate(self.group_by) if item.groups_as(k))
+                    result[key] = group_values[position]
+            results.append(result)
+        return results
 
     def comparisons(self) -> Iterator[Comparison]:
         """Every field comparison in the WHERE clause (so the caller can check fields and types)."""
@@ -101,7 +185,7 @@ _TOKEN = re.compile(r"""\s*(?:
 )""", re.X)
 _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 _KEYWORDS = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "LIKE", "ORDER", "BY", "ASC", "DESC",
-             "NULLS", "FIRST", "LAST", "LIMIT", "TRUE", "FALSE", "NULL", "COUNT"}
+             "NULLS", "FIRST", "LAST", "LIMIT", "TRUE", "FALSE", "NULL", "COUNT", "GROUP"}
 
 
 @dataclass(frozen=True)
@@ -166,27 +250,17 @@ class _Parser:
 
     def query(self) -> Query:
         self.expect("SELECT")
-        fields: list[str] = []
-        count = self.at("COUNT")
-        if count:
+        selected = [self.selected()]
+        while self.at(","):
             self.take()
-            self.expect("(")
-            self.expect(")")
-        else:
-            fields.append(self.field())
-            while self.at(","):
-                self.take()
-                fields.append(self.field())
-            lowered = [f.lower() for f in fields]
-            for name in fields:
-                if lowered.count(name.lower()) > 1:
-                    raise SoqlError("MALFORMED_QUERY", f"duplicate field selected: {name}")
+            selected.append(self.selected())
         self.expect("FROM")
         sobject = self.field()
         where = None
         if self.at("WHERE"):
             self.take()
             where = self.condition()
+        group_by = self.group_by() if self.at("GROUP") else []
         order_by = self.order_by() if self.at("ORDER") else []
         limit = None
         if self.at("LIMIT"):
@@ -197,7 +271,55 @@ class _Parser:
             limit = int(token.text)
         if self.peek() is not None:
             raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{self.take().text}'")
-        return Query(sobject, fields, count, where, order_by, limit)
+        count = any(s.function == "COUNT" and s.field is None for s in selected)
+        if count and (len(selected) > 1 or group_by):
+            raise SoqlError("MALFORMED_QUERY", "COUNT() must be the only item selected and cannot be grouped; "
+                                               "use COUNT(fieldName) with GROUP BY")
+        query = Query(sobject, selected, count, where, order_by, limit, group_by)
+        _check_shape(query)
+        return query
+
+    def selected(self) -> Selected:
+        token = self.take()
+        if token.kind == "word" and self.at("("):
+            function = token.text.upper()
+            if function not in AGGREGATES | DATE_FUNCTIONS:
+                raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{token.text}'")
+            self.take()
+            name = None if function == "COUNT" and self.at(")") else self.field()
+            self.expect(")")
+            item = Selected(name, function)
+        elif token.kind == "word" and not token.keyword():
+            item = Selected(token.text)
+        else:
+            raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{token.text}'")
+        alias = self.peek()
+        if alias is not None and alias.kind == "word" and not alias.keyword() and alias.text.upper() not in _RESERVED:
+            self.take()
+            if "." in alias.text or (item.function == "COUNT" and item.field is None):
+                raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{alias.text}'")
+            item = Selected(item.field, item.function, alias.text)
+        return item
+
+    def group_by(self) -> list[GroupKey]:
+        self.expect("GROUP")
+        self.expect("BY")
+        keys = []
+        while True:
+            token = self.take()
+            if token.kind == "word" and self.at("("):
+                if token.text.upper() not in DATE_FUNCTIONS:
+                    raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{token.text}'")
+                self.take()
+                keys.append(GroupKey(self.field(), token.text.upper()))
+                self.expect(")")
+            elif token.kind == "word" and not token.keyword():
+                keys.append(GroupKey(token.text))
+            else:
+                raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{token.text}'")
+            if not self.at(","):
+                return keys
+            self.take()
 
     def condition(self) -> Expr:
         # SOQL refuses to mix AND and OR on one level without parentheses, so this grammar does too.
@@ -280,6 +402,48 @@ class _Parser:
             if not self.at(","):
                 return keys
             self.take()
+
+
+def _check_shape(query: Query) -> None:
+    """The rules SOQL applies to a select list before it looks at any field."""
+    if not query.aggregated:
+        for item in query.selected:
+            if item.alias:
+                raise SoqlError("MALFORMED_QUERY", "Only aggregate expressions use field aliasing")
+            if item.function in DATE_FUNCTIONS:
+                raise SoqlError("MALFORMED_QUERY", f"{item.function}({item.field}) must be grouped: add it to GROUP BY")
+        lowered = [f.lower() for f in query.fields]
+        for name in query.fields:
+            if lowered.count(name.lower()) > 1:
+                raise SoqlError("MALFORMED_QUERY", f"duplicate field selected: {name}")
+        return
+    for item in query.selected:
+        if not item.aggregate and not any(item.groups_as(key) for key in query.group_by):
+            shown = f"{item.function}({item.field})" if item.function else item.field
+            raise SoqlError("MALFORMED_QUERY", f"Field must be grouped or aggregated: {shown}")
+    keys = [k.lower() for k in query.result_keys()]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise SoqlError("MALFORMED_QUERY", f"duplicate alias: {key}")
+    if query.limit is not None and not query.group_by:
+        raise SoqlError("MALFORMED_QUERY", "an aggregate query with LIMIT needs a GROUP BY clause")
+    for key in query.order_by:
+        if not any(k.function is None and k.field.lower() == key.field.lower() for k in query.group_by):
+            raise SoqlError("MALFORMED_QUERY", f"Ordered field must be grouped or aggregated: {key.field}")
+
+
+def _group_value(function: str | None, value: Any) -> Any:
+    if function == "DAY_ONLY" and value is not None:
+        return parse_datetime(value).date().isoformat()  # the UTC day: no convertTimezone() here
+    return value
+
+
+def _aggregate(item: Selected, values: list[Any]) -> Any:
+    """COUNT(field) counts the non-null values (COUNT(Id) every row); SUM of no value is null."""
+    if item.function == "COUNT":
+        return sum(1 for v in values if v is not None)
+    present = [Decimal(str(v)) for v in values if v is not None]
+    return float(sum(present, Decimal(0))) if present else None
 
 
 def _unescape(raw: str) -> str:

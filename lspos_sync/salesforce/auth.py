@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
+from typing import Any
 from xml.etree import ElementTree
 
 import requests
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import ConfigError, SalesforceAuthError
+
+
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,26 @@ def authenticate(settings: SalesforceSettings, http: requests.Session) -> Sessio
     return _soap_login(settings, http)
 
 
+def _post(http: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
+    """A login request, tried again on a dropped connection or a server error (a login changes nothing)."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            response = http.post(url, timeout=60, **kwargs)
+        except requests.RequestException as error:
+            if attempt + 1 == _ATTEMPTS:
+                raise SalesforceAuthError(f"Salesforce login ({what}) failed: {type(error).__name__} reaching {url}") \
+                    from None
+        else:
+            if response.status_code < 500 or attempt + 1 == _ATTEMPTS:
+                return response
+        time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def _oauth_token(settings: SalesforceSettings, http: requests.Session, form: dict[str, str],
                  what: str, variables: str) -> Session:
     url = f"{login_host(settings)}/services/oauth2/token"
-    try:
-        response = http.post(url, data=form, timeout=60)
-    except requests.RequestException as error:
-        raise SalesforceAuthError(f"Salesforce login ({what}) failed: {type(error).__name__} reaching {url}") from None
+    response = _post(http, url, what, data=form)
     if response.status_code != 200:
         try:
             detail = response.json().get("error_description") or response.json().get("error")
@@ -103,11 +120,8 @@ def _soap_login(settings: SalesforceSettings, http: requests.Session) -> Session
         '<urn:defaultNamespace>sf</urn:defaultNamespace></urn:CallOptions></env:Header>'
         f'<env:Body><n1:login xmlns:n1="urn:partner.soap.sforce.com"><n1:username>{escape(settings.username or "")}'
         f'</n1:username><n1:password>{escape(password)}</n1:password></n1:login></env:Body></env:Envelope>')
-    try:
-        response = http.post(url, data=body.encode(), timeout=60, headers={
-            "content-type": "text/xml", "charset": "UTF-8", "SOAPAction": "login"})
-    except requests.RequestException as error:
-        raise SalesforceAuthError(f"Salesforce login failed: {type(error).__name__} reaching {url}") from None
+    response = _post(http, url, "username/password", data=body.encode(), headers={
+        "content-type": "text/xml", "charset": "UTF-8", "SOAPAction": "login"})
     try:
         tree = ElementTree.fromstring(response.content)
     except ElementTree.ParseError:

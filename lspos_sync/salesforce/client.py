@@ -134,6 +134,9 @@ class SalesforceClient:
                 renewed = True
             except SalesforceRefusedRequest as error:
                 code = _error_code(error.content)
+                if code == "REQUEST_LIMIT_EXCEEDED" and "concurrent" in str(error.content).lower():
+                    self._backoff(attempt, "too many concurrent long requests in the org")  # §4: back off
+                    continue
                 if code == "REQUEST_LIMIT_EXCEEDED":
                     raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
                                     "allowance is used up; the run stopped and will resume from its checkpoint") from None

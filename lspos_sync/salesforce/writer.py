@@ -130,6 +130,8 @@ class CompositeWriter:
                 write.error, write.transient = reason, status >= 500 or _transient(body)
             return
         for write, result in zip(batch, body):
+            if write.kind == DELETE_LINES and _codes(result.get("errors")) & {"ENTITY_IS_DELETED"}:
+                continue  # already gone: a replayed request whose first answer was lost
             if result.get("success"):
                 write.id = result.get("id")
                 write.created = result.get("created")
@@ -151,10 +153,13 @@ class RecordingSink:
             self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
 
 
-def _transient(errors: Any) -> bool:
-    codes = {(e.get("statusCode") or e.get("errorCode")) for e in errors if isinstance(e, dict)} \
+def _codes(errors: Any) -> set[str]:
+    return {(e.get("statusCode") or e.get("errorCode")) for e in errors if isinstance(e, dict)} \
         if isinstance(errors, list) else set()
-    return bool(codes & TRANSIENT_CODES)
+
+
+def _transient(errors: Any) -> bool:
+    return bool(_codes(errors) & TRANSIENT_CODES)
 
 
 def _errors(errors: Any) -> str:
