@@ -21,7 +21,7 @@ from lspos_sync.errors import RunFailed
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Category, Sale, Shop
 from lspos_sync.salesforce import queries
-from lspos_sync.salesforce.client import MAX_COLLECTIONS, SalesforceClient
+from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, STAMP_ACCOUNTS, TRANSACTIONS,
                                           Sink, Write)
 from lspos_sync.state import StateStore, iso
@@ -372,20 +372,12 @@ class Engine:
         return stale
 
     def _run_queries(self, statements: list[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        for start in range(0, len(statements), MAX_COLLECTIONS):
-            group = statements[start:start + MAX_COLLECTIONS]
-            subrequests = [queries.query_subrequest(self.salesforce.data_path, f"q{start + i}", soql)
-                           for i, (_, soql) in enumerate(group)]
-            responses = {r.get("referenceId"): r for r in self.salesforce.composite(subrequests)}
-            for i, (kind, _) in enumerate(group):
-                response = responses.get(f"q{start + i}") or {}
-                body = response.get("body")
-                if response.get("httpStatusCode") != 200 or not isinstance(body, dict):
-                    if kind.startswith("optional"):
-                        log.info("Salesforce refused an optional lookup (%s); going on without it", _describe(body))
-                        continue
-                    raise RunFailed(f"Salesforce refused a lookup query: {_describe(body)}")
-                yield kind, self.salesforce.rest_of_query(body)
+        """(kind, records) per statement; a kind starting "optional" may be refused by the server."""
+        optional = frozenset(i for i, (kind, _) in enumerate(statements) if kind.startswith("optional"))
+        answers = self.salesforce.queries([soql for _, soql in statements], optional)
+        for (kind, _), records in zip(statements, answers):
+            if records is not None:
+                yield kind, records
 
     def _person_record_type_id(self) -> str:
         if self._record_type_id is None:
@@ -411,12 +403,6 @@ def _batches(sales: Iterable[Sale], size: int = BATCH_SALES) -> Iterator[list[Sa
 
 def _dedupe(reasons: list[str]) -> str:
     return "; ".join(dict.fromkeys(reasons))
-
-
-def _describe(body: Any) -> str:
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        return f"{body[0].get('errorCode')}: {body[0].get('message')}"
-    return str(body)[:200]
 
 
 def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:

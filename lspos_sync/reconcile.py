@@ -22,12 +22,11 @@ from pydantic import ValidationError
 from lspos_sync import mapping
 from lspos_sync.config import Settings
 from lspos_sync.engine import Window
-from lspos_sync.errors import RunFailed
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Sale, Shop
 from lspos_sync.salesforce import queries
-from lspos_sync.salesforce.client import MAX_COLLECTIONS, SalesforceClient
+from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.state import StateStore, iso
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ def salesforce_sales(salesforce: SalesforceClient, account_id: str, window: Wind
     days_per_query = max(1, MAX_GROUPS // (shop_count + 1))
     statements = [transactions_soql(account_id, window)]
     statements += [totals_soql(account_id, part) for part in _parts(window, days_per_query)]
-    answers = _run_queries(salesforce, statements)
+    answers = salesforce.queries(statements)
     held = {}
     for record in answers[0]:
         day = record.get("Transaction_Date__c")
@@ -164,23 +163,6 @@ def _parts(window: Window, days: int) -> list[Window]:
             return parts + [Window(start, window.until)]
         parts.append(Window(start, cut))
         start = cut
-
-
-def _run_queries(salesforce: SalesforceClient, statements: list[str]) -> list[list[dict[str, Any]]]:
-    answers = []
-    for start in range(0, len(statements), MAX_COLLECTIONS):
-        group = statements[start:start + MAX_COLLECTIONS]
-        responses = {r.get("referenceId"): r for r in salesforce.composite(
-            [queries.query_subrequest(salesforce.data_path, f"q{start + i}", soql) for i, soql in enumerate(group)])}
-        for i in range(len(group)):
-            response = responses.get(f"q{start + i}") or {}
-            body = response.get("body")
-            if response.get("httpStatusCode") != 200 or not isinstance(body, dict):
-                error = body[0] if isinstance(body, list) and body and isinstance(body[0], dict) else {}
-                raise RunFailed(f"Salesforce refused a reconcile query: {error.get('errorCode')}: "
-                                f"{error.get('message') or str(body)[:200]}")
-            answers.append(salesforce.rest_of_query(body))  # follows nextRecordsUrl; aggregates come whole
-    return answers
 
 
 # -- the comparison

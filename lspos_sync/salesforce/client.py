@@ -90,6 +90,28 @@ class SalesforceClient:
                 f"{self._reserve_percent:g}% kept for other integrations by LSPOS_API_RESERVE_PERCENT): stopped "
                 "before writing; the next run resumes from the checkpoint")
 
+    def queries(self, statements: list[str], optional: frozenset[int] = frozenset()) -> list[list[dict[str, Any]] | None]:
+        """Many SOQL statements, five to a `/composite` call (the SOQL travels in the body, so no URI limit),
+        each followed to its last page. A refused statement fails the run, unless its index is `optional`:
+        then its answer is None."""
+        answers: list[list[dict[str, Any]] | None] = []
+        for start in range(0, len(statements), MAX_COLLECTIONS):
+            group = statements[start:start + MAX_COLLECTIONS]
+            responses = {r.get("referenceId"): r for r in self.composite([
+                {"method": "GET", "url": f"{self.data_path}/query?q={quote(soql)}", "referenceId": f"q{start + i}"}
+                for i, soql in enumerate(group)])}
+            for i in range(start, start + len(group)):
+                response = responses.get(f"q{i}") or {}
+                body = response.get("body")
+                if response.get("httpStatusCode") == 200 and isinstance(body, dict):
+                    answers.append(self.rest_of_query(body))
+                elif i in optional:
+                    log.info("Salesforce refused an optional query (%s); going on without it", _described(body))
+                    answers.append(None)
+                else:
+                    raise RunFailed(f"Salesforce refused a query: {_described(body)}")
+        return answers
+
     def get(self, path: str) -> Any:
         """A GET on a path under /services/data/vXX.X/ (e.g. a query's nextRecordsUrl)."""
         return self._call(path.split(f"{self.data_path}/", 1)[-1], "GET", None)
@@ -158,6 +180,12 @@ class SalesforceClient:
         delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())
         log.info("Salesforce: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
+
+
+def _described(body: Any) -> str:
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return f"{body[0].get('errorCode')}: {body[0].get('message')}"
+    return str(body)[:200]
 
 
 def _error_code(content: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable
-from urllib.parse import quote
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
 from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
@@ -105,10 +104,6 @@ def lines_by_transaction(transaction_ids: Iterable[str]) -> list[str]:
 def person_record_type(developer_name: str) -> str:
     return ("SELECT Id, DeveloperName FROM RecordType WHERE SobjectType = 'Account' AND IsPersonType = true "
             f"AND DeveloperName = {literal(developer_name)}")
-
-
-def query_subrequest(data_path: str, reference_id: str, soql: str) -> dict[str, Any]:
-    return {"method": "GET", "url": f"{data_path}/query?q={quote(soql)}", "referenceId": reference_id}
 
 
 def person_account(record: dict[str, Any], region: str) -> PersonAccount:
