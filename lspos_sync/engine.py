@@ -205,8 +205,8 @@ class Engine:
         known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
         if self.verify_unchanged and known:
             # backfill repairs: a sale counts as unchanged only while Salesforce still has it
-            present = {r[mapping.SALE_KEY] for _, records in self._run_queries(
-                [("transaction", q) for q in queries.transactions_by_key(known)]) for r in records}
+            present = {r[mapping.SALE_KEY] for records in self.salesforce.queries(queries.transactions_by_key(known))
+                       for r in records or ()}
             known = {k: v for k, v in known.items() if k in present}
         todo = []
         for sale in sales:
@@ -338,19 +338,23 @@ class Engine:
         in as few `/composite` requests as the five-query limit allows."""
         emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
         phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
-        statements = [("account", s) for s in queries.accounts_by_key(customers)]
-        statements += [("account", s) for s in queries.person_accounts_by_email(emails)]
-        statements += [("account", s) for s in queries.person_accounts_by_phone_spelling(phones)]
-        # LIKE finds any other spelling; it is a bonus, not a requirement, should the server refuse it
-        statements += [("optional account", s) for s in queries.person_accounts_by_phone(phones)]
-        statements += [("transaction", s) for s in queries.transactions_by_key(sale_keys)]
+        by_account = queries.accounts_by_key(customers) + queries.person_accounts_by_email(emails)
+        # Phones are stored in any format: a LIKE on their digits finds every spelling. A server that
+        # refuses LIKE gets an equality on the usual spellings instead, in one more request.
+        by_phone = queries.person_accounts_by_phone(phones)
+        by_sale = queries.transactions_by_key(sale_keys)
+        statements = by_account + by_phone + by_sale
+        first_phone = len(by_account)
+        answers = self.salesforce.queries(statements, frozenset(range(first_phone, first_phone + len(by_phone))))
+        if any(answer is None for answer in answers[first_phone:first_phone + len(by_phone)]):
+            answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones))
         candidates, existing = Candidates(), {}
-        for kind, records in self._run_queries(statements):
-            for record in records:
-                if kind.endswith("account"):
-                    candidates.add(queries.person_account(record, self.region))
-                else:
+        for i, records in enumerate(answers):
+            for record in records or ():
+                if first_phone + len(by_phone) <= i < len(statements):
                     existing[record[mapping.SALE_KEY]] = record
+                else:
+                    candidates.add(queries.person_account(record, self.region))
         return candidates, existing
 
     def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple], sales: list[Sale]) -> dict[str, list[str]]:
@@ -363,21 +367,12 @@ class Engine:
             current[transaction[mapping.SALE_KEY]] = {line[mapping.LINE_KEY] for line in lines}
         key_of = {record["Id"]: sale_key for sale_key, record in existing.items()}
         stale: dict[str, list[str]] = {}
-        statements = [("line", s) for s in queries.lines_by_transaction(key_of)]
-        for _, records in self._run_queries(statements):
-            for record in records:
+        for records in self.salesforce.queries(queries.lines_by_transaction(key_of)):
+            for record in records or ():
                 sale_key = key_of.get(record["Sales_Transaction__c"])
                 if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
                     stale.setdefault(sale_key, []).append(record["Id"])
         return stale
-
-    def _run_queries(self, statements: list[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        """(kind, records) per statement; a kind starting "optional" may be refused by the server."""
-        optional = frozenset(i for i, (kind, _) in enumerate(statements) if kind.startswith("optional"))
-        answers = self.salesforce.queries([soql for _, soql in statements], optional)
-        for (kind, _), records in zip(statements, answers):
-            if records is not None:
-                yield kind, records
 
     def _person_record_type_id(self) -> str:
         if self._record_type_id is None:

@@ -295,3 +295,16 @@ def _patch(salesforce, sobject: str, record_id: str, fields: dict) -> None:
                            headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
                            verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
     assert response.status_code == 204, response.text
+
+
+def test_phone_match_falls_back_to_usual_spellings_where_like_is_refused(cli, lightspeed, salesforce, boutique):
+    salesforce.like_supported = False
+    rt = salesforce.person_account_record_type_id
+    by_phone = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Chen", "Phone": "(415) 555-0199"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", phones={"Mobile": "+1 415.555.0199"}))
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Phone", by_phone)

@@ -223,6 +223,7 @@ class SalesforceEmulator:
         self.daily_api_limit = daily_api_limit
         self.person_accounts = person_accounts
         self.api_calls = 0
+        self.like_supported = True  # False: a server whose SOQL refuses LIKE (to test the fallback)
         self.requests: list[RequestRecord] = []
         ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
         self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
@@ -844,6 +845,8 @@ class SalesforceEmulator:
     # ---- query -------------------------------------------------------------------------------------
 
     def _query(self, text: str, kind: str, version: str) -> Response:
+        if not self.like_supported and re.search(r"\bLIKE\b", text, re.IGNORECASE):
+            raise ApiError(400, "MALFORMED_QUERY", "unexpected token: LIKE")  # a stricter SOQL dialect
         try:
             query = soql.parse(text)
             sobject = self._objects_ci.get(query.sobject.lower())
