@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -51,10 +50,14 @@ def salesforce_datetime(moment: datetime | None) -> str | None:
 
 
 def clean_text(value: str | None, field: str) -> str | None:
-    """Control characters dropped, whitespace trimmed, cut to the field's length; None when empty."""
+    """Control and format characters dropped (other whitespace becomes a space), trimmed, cut to the field's
+    length; None when empty."""
     if value is None:
         return None
-    text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch == " ").strip()
+    text = value
+    if not text.isprintable():  # the common case skips the character loop
+        text = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in text)
+    text = text.strip()
     limit = _LENGTHS.get(field)
     if limit is not None:
         text = text[:limit].rstrip()

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -110,7 +111,10 @@ class StateStore:
         # Tokens live here: the file is private to its owner from the first byte.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         os.chmod(self.path, 0o600)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # One connection, shared with the thread that reads Lightspeed ahead (it stores rotated tokens);
+        # every use holds the mutex.
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._mutex = threading.RLock()
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -129,13 +133,22 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
 
     # -- the run lock: an flock the kernel releases when the process dies, so a killed run leaves nothing behind
     def acquire_lock(self) -> None:
@@ -166,7 +179,7 @@ class StateStore:
 
     # -- checkpoint
     def checkpoint(self, account_id: str) -> datetime | None:
-        row = self._db.execute("SELECT cursor FROM checkpoint WHERE account_id = ?", (account_id,)).fetchone()
+        row = self._one("SELECT cursor FROM checkpoint WHERE account_id = ?", (account_id,))
         return parse_iso(row["cursor"]) if row else None
 
     def set_checkpoint(self, account_id: str, cursor: datetime) -> None:
@@ -181,13 +194,13 @@ class StateStore:
             db.execute("DELETE FROM checkpoint WHERE account_id = ?", (account_id,))
 
     def checkpoints(self) -> dict[str, dict[str, str]]:
-        rows = self._db.execute("SELECT account_id, cursor, updated_at FROM checkpoint ORDER BY account_id")
+        rows = self._query("SELECT account_id, cursor, updated_at FROM checkpoint ORDER BY account_id")
         return {r["account_id"]: {"cursor": r["cursor"], "updated_at": r["updated_at"]} for r in rows}
 
     # -- where a bounded backfill window stopped, so that running it again resumes there
     def backfill_progress(self, account_id: str, name: str) -> datetime | None:
-        row = self._db.execute("SELECT progress FROM backfill WHERE account_id = ? AND name = ?",
-                               (account_id, name)).fetchone()
+        row = self._one("SELECT progress FROM backfill WHERE account_id = ? AND name = ?",
+                               (account_id, name))
         return parse_iso(row["progress"]) if row else None
 
     def set_backfill_progress(self, account_id: str, name: str, progress: datetime) -> None:
@@ -202,7 +215,7 @@ class StateStore:
 
     # -- Lightspeed tokens
     def tokens(self, account_id: str) -> Tokens | None:
-        row = self._db.execute("SELECT * FROM token WHERE account_id = ?", (account_id,)).fetchone()
+        row = self._one("SELECT * FROM token WHERE account_id = ?", (account_id,))
         if row is None:
             return None
         return Tokens(row["refresh_token"], row["access_token"], parse_iso(row["expires_at"]), row["seed"])
@@ -222,7 +235,7 @@ class StateStore:
         query, args = "SELECT * FROM reject", ()
         if account_id is not None:
             query, args = query + " WHERE account_id = ?", (account_id,)
-        rows = self._db.execute(query + " ORDER BY first_seen, sale_key", args)
+        rows = self._query(query + " ORDER BY first_seen, sale_key", args)
         return [Reject(r["sale_key"], r["account_id"], r["sale_id"], r["reason"], r["attempts"],
                        r["first_seen"], r["last_seen"]) for r in rows]
 
@@ -256,7 +269,7 @@ class StateStore:
         found: dict[str, tuple[str, str]] = {}
         for start in range(0, len(sale_keys), 500):
             chunk = sale_keys[start:start + 500]
-            rows = self._db.execute(
+            rows = self._query(
                 f"SELECT sale_key, content_hash, match_status FROM written_sale "
                 f"WHERE sale_key IN ({','.join('?' * len(chunk))})", chunk)
             found.update({r["sale_key"]: (r["content_hash"], r["match_status"]) for r in rows})
@@ -284,7 +297,7 @@ class StateStore:
         query, args = "SELECT * FROM run", ()
         if command is not None:
             query, args = query + " WHERE command = ?", (command,)
-        row = self._db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        row = self._one(query + " ORDER BY id DESC LIMIT 1", args)
         if row is None:
             return None
         run = dict(row)
@@ -296,5 +309,5 @@ class StateStore:
         query, args = "SELECT * FROM run", ()
         if commands:
             query, args = query + f" WHERE command IN ({','.join('?' * len(commands))})", commands
-        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        rows = self._query(query + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [{**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]

@@ -162,20 +162,23 @@ def test_request_limit_exceeded_ends_the_run_cleanly(cli, lightspeed, salesforce
 
 def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, salesforce, boutique):
     start = datetime.now(timezone.utc) - timedelta(days=2)
-    sales = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(450)]
+    sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=30 * i)) for i in range(2500)]
 
     def outage(record) -> None:
-        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 3:
-            salesforce.fail_next(100, status=503)  # Salesforce goes down after the first 200 sales
+        # Page 16 is asked for only once the first batch (pages 1-10) is written and the reader, four pages
+        # ahead, waits on the second: Salesforce goes down in the middle of the backfill.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 16:
+            salesforce.fail_next(1000, status=503)
 
     lightspeed.after_request = outage
     window = ("--from", (start - timedelta(hours=1)).isoformat(), "--to", (start + timedelta(days=1)).isoformat())
     assert cli("backfill", *window).code == 1
     lightspeed.after_request = None
     salesforce.clear_faults()
+    assert 0 < len(salesforce.records("Sales_Transaction__c")) < 2500
     resumed = cli("backfill", *window, "--json")
     assert resumed.code == 0, resumed.stderr
-    assert resumed.json["sales"]["read"] < 450  # it did not start from the beginning
+    assert resumed.json["sales"]["read"] < 2500  # it did not start from the beginning
     assert_exactly_once(salesforce, lightspeed, sales)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
 from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 
-MAX_SOQL = 30_000  # Salesforce allows 100,000 characters; phone lookups repeat each batch three times
+MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
 ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
 PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
 
@@ -17,19 +17,19 @@ def literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _in_batches(prefix: str, values: Iterable[str], suffix: str = "") -> list[str]:
-    """`prefix IN (...) suffix` statements, as few as the length limit allows."""
+def _in_batches(prefix: str, values: Iterable[str], limit: int = MAX_SOQL) -> list[str]:
+    """`prefix IN (...)` statements, as few as the length limit allows."""
     statements, current = [], []
-    size = len(prefix) + len(suffix) + 10
+    size = len(prefix) + 10
     for value in dict.fromkeys(values):
         quoted = literal(value)
-        if current and size + len(quoted) + 1 > MAX_SOQL:
-            statements.append(f"{prefix} IN ({','.join(current)}){suffix}")
-            current, size = [], len(prefix) + len(suffix) + 10
+        if current and size + len(quoted) + 1 > limit:
+            statements.append(f"{prefix} IN ({','.join(current)})")
+            current, size = [], len(prefix) + 10
         current.append(quoted)
         size += len(quoted) + 1
     if current:
-        statements.append(f"{prefix} IN ({','.join(current)}){suffix}")
+        statements.append(f"{prefix} IN ({','.join(current)})")
     return statements
 
 
@@ -66,7 +66,7 @@ def person_accounts_by_phone_spelling(phones_e164: Iterable[str]) -> list[str]:
     prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
     spellings = [spelling for phone in dict.fromkeys(phones_e164) for spelling in phone_spellings(phone)]
     statements = []
-    for batch in _in_batches("X", spellings):
+    for batch in _in_batches("X", spellings, limit=MAX_SOQL // 3):  # the list goes in three times
         values = batch[batch.index("IN ("):]
         statements.append(prefix + " OR ".join(f"{field} {values}" for field in PHONE_FIELDS) + ")")
     return statements
