@@ -21,6 +21,9 @@ SECRET_VARIABLES = (
 )
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def fingerprint(secret: str) -> str:
     """A short one-way fingerprint, to recognise a secret without storing or showing it."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
@@ -84,6 +87,7 @@ class Settings:
     phone_region: str
     person_account_record_type: str
     api_reserve_percent: float
+    enrich_profiles: bool
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def require_lightspeed(self) -> None:
@@ -136,6 +140,9 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
         api_reserve = -1.0
     if not 0 <= api_reserve < 100:
         raise ConfigError(f"LSPOS_API_RESERVE_PERCENT: {reserve!r} is not a percentage from 0 to 99")
+    enrich = (get("LSPOS_ENRICH_PROFILES", "false") or "false").lower()
+    if enrich not in _BOOLEANS:
+        raise ConfigError(f"LSPOS_ENRICH_PROFILES: {enrich!r} is not true or false")
     sync_start = get("LSPOS_SYNC_START")
     region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
     if len(region) != 2 or not region.isalpha():
@@ -176,5 +183,6 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
         phone_region=region,
         person_account_record_type=get("LSPOS_PERSON_ACCOUNT_RECORD_TYPE", "PersonAccount") or "PersonAccount",
         api_reserve_percent=api_reserve,
+        enrich_profiles=_BOOLEANS[enrich],
         secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))),
     )

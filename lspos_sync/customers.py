@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from lspos_sync.lightspeed.models import Customer
 
@@ -70,6 +71,7 @@ class PersonAccount:
     email: str | None
     phones: frozenset[str]  # E.164
     name: str = ""
+    profile: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # fields as Salesforce has them
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Resolution:
     stamp_key: bool = False  # matched an account without our key: stamp LS_Customer_ID__c on it
     create: bool = False  # no candidate: upsert a new Person Account on LS_Customer_ID__c
     candidates: tuple[str, ...] = ()
+    account: PersonAccount | None = None  # the matched account, as found
 
 
 @dataclass
@@ -127,7 +130,7 @@ def resolve(customer: Customer | None, customer_key: str | None, candidates: Can
         return Resolution(GUEST, reason="no customer on the sale")
     linked = candidates.by_key.get(customer_key)
     if linked is not None:
-        return Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}")
+        return Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}", account=linked)
 
     email = normalise_email(primary_email(customer))
     if email:
@@ -155,7 +158,7 @@ def resolve(customer: Customer | None, customer_key: str | None, candidates: Can
 def _matched(status: str, account: PersonAccount, reason: str) -> Resolution:
     if account.customer_key:
         reason += f" (already keyed {account.customer_key}: linked, not re-keyed)"
-    return Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key)
+    return Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key, account=account)
 
 
 def claim_accounts(resolutions: dict[str, Resolution]) -> dict[str, Resolution]:
@@ -166,7 +169,8 @@ def claim_accounts(resolutions: dict[str, Resolution]) -> dict[str, Resolution]:
     for customer_key, resolution in resolutions.items():
         if resolution.stamp_key and resolution.account_id in claimed:
             resolution = Resolution(resolution.status, resolution.account_id,
-                                    resolution.reason + " (keyed to another customer in this run: linked only)")
+                                    resolution.reason + " (keyed to another customer in this run: linked only)",
+                                    account=resolution.account)
         elif resolution.stamp_key:
             claimed.add(resolution.account_id)  # type: ignore[arg-type]
         settled[customer_key] = resolution

@@ -21,10 +21,10 @@ from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolut
                                   customer_phones, normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Category, Sale, Shop
+from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.client import SalesforceClient
-from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, STAMP_ACCOUNTS, TRANSACTIONS,
+from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS,
                                           Sink, Write)
 from lspos_sync.state import StateStore, iso
 
@@ -73,6 +73,7 @@ class RunSummary:
     records: dict[str, int] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     ambiguous: list[dict[str, Any]] = field(default_factory=list)
+    enriched: list[dict[str, Any]] = field(default_factory=list)  # accounts whose empty fields were filled
     plans: list[SalePlan] = field(default_factory=list)
     progress: datetime | None = None  # every sale changed up to here is written or parked
     retried: int = 0
@@ -85,7 +86,7 @@ class RunSummary:
 class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
                  salesforce: SalesforceClient, sink: Sink, *, dry_run: bool, phone_region: str,
-                 person_record_type: str, verify_unchanged: bool = False,
+                 person_record_type: str, verify_unchanged: bool = False, enrich_profiles: bool = False,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.account_id = account_id
         self.store = store
@@ -96,6 +97,7 @@ class Engine:
         self.region = phone_region
         self.person_record_type = person_record_type
         self.verify_unchanged = verify_unchanged
+        self.enrich_profiles = enrich_profiles
         self.on_batch = on_batch
         self._shops: dict[int, Shop] = {}
         self._categories: dict[int, Category] = {}
@@ -252,21 +254,13 @@ class Engine:
         stale = self._stale_lines(existing, built, sales)
 
         writes: list[Write] = []
-        dependants: dict[str, list[str]] = {}
+        dependants: dict[str, list[Sale]] = {}
         for sale in sales:
             customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
             if customer_key is not None and customer_key in customers:
-                dependants.setdefault(customer_key, []).append(built[sale.sale_id][0][mapping.SALE_KEY])
-        for customer_key, sale_keys_of_customer in dependants.items():
-            resolution = self._resolved[customer_key]
-            if resolution.create:
-                record = mapping.person_account_record(customers[customer_key], self.account_id,
-                                                       self._person_record_type_id())
-                writes.append(Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None},
-                                    tuple(sale_keys_of_customer)))
-            elif resolution.stamp_key:
-                writes.append(Write(STAMP_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id,
-                                                     mapping.CUSTOMER_KEY: customer_key}, tuple(sale_keys_of_customer)))
+                dependants.setdefault(customer_key, []).append(sale)
+        for customer_key, customer_sales in dependants.items():
+            writes.extend(self._account_writes(customer_key, customers[customer_key], customer_sales, built))
         plans: dict[str, SalePlan] = {}
         for sale in sales:
             transaction, lines, _ = built[sale.sale_id]
@@ -300,6 +294,26 @@ class Engine:
         self.sink.write(writes)
         self._settle(writes, sales, built, plans, summary)
 
+    def _account_writes(self, customer_key: str, customer: Customer, sales: list[Sale],
+                        built: dict[int, tuple]) -> list[Write]:
+        """The account write a customer's resolution calls for: create it, or stamp the key on it and (with
+        LSPOS_ENRICH_PROFILES) fill its empty profile fields; or nothing."""
+        resolution = self._resolved[customer_key]
+        shop = self._shops.get(sales[0].shop_id) if sales[0].shop_id is not None else None
+        profile = mapping.profile_fields(customer, shop.time_zone if shop else None, self.enrich_profiles)
+        sale_keys = tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales)
+        if resolution.create:
+            record = mapping.person_account_record(customer, self.account_id, self._person_record_type_id(), profile)
+            return [Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, sale_keys, customer_key)]
+        known = resolution.account.profile if resolution.account else None
+        fill = {f: v for f, v in profile.items() if not known.get(f)} if self.enrich_profiles and known is not None else {}
+        if not (resolution.stamp_key or fill):
+            return []
+        record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
+        if resolution.stamp_key:
+            record[mapping.CUSTOMER_KEY] = customer_key
+        return [Write(UPDATE_ACCOUNTS, record, sale_keys, customer_key, tuple(fill))]
+
     def _settle(self, writes: list[Write], sales: list[Sale], built: dict[int, tuple],
                 plans: dict[str, SalePlan], summary: RunSummary) -> None:
         """Per sale: written when every record it depends on went through, else parked with the reasons."""
@@ -308,14 +322,16 @@ class Engine:
             if write.error:
                 for sale_key in write.sale_keys:
                     errors.setdefault(sale_key, []).append(f"{write.kind}: {write.error}")
-            if write.kind == CREATE_ACCOUNTS or write.kind == STAMP_ACCOUNTS:
-                customer_key = write.record[mapping.CUSTOMER_KEY]  # type: ignore[index]
-                resolution = self._resolved[customer_key]
+            if write.customer_key is not None:
+                resolution = self._resolved[write.customer_key]
                 if write.error:
-                    del self._resolved[customer_key]  # decided afresh by the next batch or run
-                else:
-                    self._resolved[customer_key] = Resolution(
-                        resolution.status, resolution.account_id or write.id, resolution.reason)
+                    del self._resolved[write.customer_key]  # decided afresh by the next batch or run
+                    continue
+                self._resolved[write.customer_key] = Resolution(
+                    resolution.status, resolution.account_id or write.id, resolution.reason)
+                if write.filled:
+                    summary.enriched.append({"account_id": resolution.account_id, "customer_key": write.customer_key,
+                                             "fields": list(write.filled)})
         written, rejected = {}, {}
         for sale in sales:
             transaction, lines, digest = built[sale.sale_id]
@@ -345,16 +361,17 @@ class Engine:
         in as few `/composite` requests as the five-query limit allows."""
         emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
         phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
-        by_account = queries.accounts_by_key(customers) + queries.person_accounts_by_email(emails)
+        select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
+        by_account = queries.accounts_by_key(customers, select) + queries.person_accounts_by_email(emails, select)
         # Phones are stored in any format: a LIKE on their digits finds every spelling. A server that
         # refuses LIKE gets an equality on the usual spellings instead, in one more request.
-        by_phone = queries.person_accounts_by_phone(phones)
+        by_phone = queries.person_accounts_by_phone(phones, select)
         by_sale = queries.transactions_by_key(sale_keys)
         statements = by_account + by_phone + by_sale
         first_phone = len(by_account)
         answers = self.salesforce.queries(statements, frozenset(range(first_phone, first_phone + len(by_phone))))
         if any(answer is None for answer in answers[first_phone:first_phone + len(by_phone)]):
-            answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones))
+            answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones, select))
         candidates, existing = Candidates(), {}
         for i, records in enumerate(answers):
             for record in records or ():
@@ -450,6 +467,7 @@ def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
                   "retried": summary.retried},
         "records": summary.records,
         "ambiguous": summary.ambiguous,
+        "enriched": summary.enriched,
         "rejected": summary.rejected,
         # only sync moves the checkpoint; a backfill's progress is its own resume point
         "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,

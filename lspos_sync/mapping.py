@@ -27,7 +27,8 @@ LINE_KEY = "LS_Sale_Line_ID__c"
 _LENGTHS = {
     "FirstName": 40, "LastName": 80, "Ticket_Number__c": 40, "Shop_Name__c": 80,
     "Payment_Methods__c": 255, "SKU__c": 80, "Product_Name__c": 255, "Category__c": 80,
-    "PersonMobilePhone": 40, "Phone": 40,
+    "PersonMobilePhone": 40, "Phone": 40, "PersonMailingStreet": 255, "PersonMailingCity": 40,
+    "PersonMailingPostalCode": 20, "PersonMailingCountry": 80,
 }
 
 _CENT = Decimal("0.01")
@@ -118,18 +119,19 @@ def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -
     return records
 
 
-def person_account_record(customer: Customer, account_id: str, record_type_id: str | None) -> dict[str, Any]:
-    """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c).
+def person_account_record(customer: Customer, account_id: str, record_type_id: str | None,
+                          profile: dict[str, Any]) -> dict[str, Any]:
+    """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c), with the
+    customer's profile (see `profile_fields`).
 
     LastName is required on Person Accounts: without one, the first name moves to LastName (so the
     Name does not read "Ana Ana"), then the email, then "Lightspeed customer <id>".
     """
     first = clean_text(customer.first_name, "FirstName")
     last = clean_text(customer.last_name, "LastName")
-    address = primary_email(customer)
-    email = address if normalise_email(address) else None  # written as typed; an invalid one is left out
     if not last:
-        first, last = None, clean_text(first or email or f"Lightspeed customer {customer.customer_id}", "LastName")
+        fallback = first or profile.get("PersonEmail") or f"Lightspeed customer {customer.customer_id}"
+        first, last = None, clean_text(fallback, "LastName")
     record: dict[str, Any] = {
         "attributes": {"type": ACCOUNT},
         CUSTOMER_KEY: key(account_id, customer.customer_id),
@@ -138,12 +140,49 @@ def person_account_record(customer: Customer, account_id: str, record_type_id: s
     }
     if record_type_id:
         record["RecordTypeId"] = record_type_id
-    if email:
-        record["PersonEmail"] = email
-    for field, number in (("PersonMobilePhone", mobile_phone(customer)), ("Phone", other_phone(customer))):
-        if number:
-            record[field] = clean_text(number, field)  # as the till has it; matching compares E.164
-    return record
+    return {**record, **profile}
+
+
+# The profile fields enrichment may fill on a matched account (LSPOS_ENRICH_PROFILES), in this order.
+ENRICHABLE = ("PersonEmail", "PersonMobilePhone", "Phone", "PersonBirthdate", "PersonMailingStreet",
+              "PersonMailingCity", "PersonMailingPostalCode", "PersonMailingCountry")
+
+
+def profile_fields(customer: Customer, time_zone: str | None, enrich: bool) -> dict[str, Any]:
+    """What the till knows of the client, as Person Account fields, leaving out what it does not know.
+
+    Email and phones always (as typed; an invalid email is left out); with `enrich`, also the birthdate
+    (Lightspeed stores local midnight in UTC, so the date is taken in the shop's time zone) and the
+    first address that has something in it.
+    """
+    address = primary_email(customer)
+    fields: dict[str, Any] = {
+        "PersonEmail": address if normalise_email(address) else None,
+        "PersonMobilePhone": clean_text(mobile_phone(customer), "PersonMobilePhone"),
+        "Phone": clean_text(other_phone(customer), "Phone"),
+    }
+    if enrich:
+        postal = customer.address
+        street = ", ".join(part.strip() for part in (postal.address1, postal.address2) if part.strip()) if postal else ""
+        fields.update({
+            "PersonBirthdate": _local_date(customer.dob, time_zone),
+            "PersonMailingStreet": clean_text(street, "PersonMailingStreet"),
+            "PersonMailingCity": clean_text(postal.city, "PersonMailingCity") if postal else None,
+            "PersonMailingPostalCode": clean_text(postal.zip, "PersonMailingPostalCode") if postal else None,
+            "PersonMailingCountry": clean_text(postal.country, "PersonMailingCountry") if postal else None,
+        })
+    return {name: value for name, value in fields.items() if value}
+
+
+def _local_date(moment: datetime | None, time_zone: str | None) -> str | None:
+    if moment is None:
+        return None
+    try:
+        from zoneinfo import ZoneInfo
+
+        return moment.astimezone(ZoneInfo(time_zone or "UTC")).date().isoformat()
+    except (KeyError, ValueError, OSError):  # an unknown zone name: the UTC date
+        return moment.date().isoformat()
 
 
 def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]]) -> str:

@@ -121,7 +121,8 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         spinner = stack.enter_context(_Progress(output, command))
         engine = Engine(settings.account_id, store, lightspeed, salesforce, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
-                        verify_unchanged=command == "backfill", on_batch=spinner.advance)
+                        verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
+                        on_batch=spinner.advance)
         try:
             if window is None:
                 summary = engine.retry(retry or [])
@@ -162,6 +163,9 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     for sale in summary.ambiguous:
         output.note(f"ambiguous {sale['sale_key']}: {sale['reason']} (candidates {', '.join(sale['candidates'])}); "
                     "written without an account")
+    for account in summary.enriched:
+        output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
+                    f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
     verb = "would write" if summary.command == "dry-run" else "written"
     window = f"{iso(summary.window.since)} .. {iso(summary.window.until)}" if summary.window else ""
     lines.append(

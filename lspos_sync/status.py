@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lspos_sync.config import Settings
 from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
-from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, STAMP_ACCOUNTS, TRANSACTIONS
+from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS
 from lspos_sync.state import StateStore, parse_iso, utcnow
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 RECENT_RUNS = 5
 WRITING_COMMANDS = ("sync", "backfill")
 # The run summary counts records by kind of write; status reports them by Salesforce object.
-_WRITTEN_OBJECT = {CREATE_ACCOUNTS: ACCOUNT, STAMP_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
+_WRITTEN_OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
 _DELETED_OBJECT = {DELETE_LINES: LINE}
 
 

@@ -100,7 +100,8 @@ def test_person_account_never_has_an_empty_last_name(first, last, expected):
         "Emails": {"ContactEmail": {"address": "Ana@Example.com ", "useType": "Primary"}},
         "Phones": {"ContactPhone": [{"number": "(415) 555-0134", "useType": "Mobile"},
                                     {"number": "415 555 0199", "useType": "Home"}]}}})
-    record = mapping.person_account_record(customer, "182255", "012000000000001")
+    record = mapping.person_account_record(customer, "182255", "012000000000001",
+                                           mapping.profile_fields(customer, "US/Eastern", enrich=False))
     assert (record["FirstName"], record["LastName"]) == expected
     assert record["LS_Customer_ID__c"] == "182255-7" and record["PersonEmail"] == "Ana@Example.com"
     assert record["PersonMobilePhone"] == "(415) 555-0134" and record["Phone"] == "415 555 0199"
@@ -116,3 +117,16 @@ def test_content_hash_changes_with_content_only():
     record, lines = mapping.transaction_record(sale, "1", SHOPS), mapping.line_records(sale, "1", {})
     assert mapping.content_hash(record, lines) == mapping.content_hash(dict(record), list(lines))
     assert mapping.content_hash(record, lines[:1]) != mapping.content_hash(record, lines)
+
+
+def test_profile_for_enrichment_has_birthdate_in_the_shop_zone_and_the_first_real_address():
+    # local midnight in Tokyo stored in UTC (the 8th at 15:00): the birthdate is the 9th, not the UTC day
+    customer = Customer.model_validate({"customerID": "7", "lastName": "Lima", "dob": "1981-04-08T15:00:00+00:00",
+                                        "Contact": {"Addresses": {"ContactAddress": [
+                                            {"address1": "", "city": "", "zip": "", "country": ""},
+                                            {"address1": "700 St-Antoine E", "address2": "Apt 4", "city": "Montreal",
+                                             "zip": "H2Y 1A6", "country": "Canada"}]}, "Emails": "", "Phones": ""}})
+    assert mapping.profile_fields(customer, "Asia/Tokyo", enrich=False) == {}
+    assert mapping.profile_fields(customer, "Asia/Tokyo", enrich=True) == {
+        "PersonBirthdate": "1981-04-09", "PersonMailingStreet": "700 St-Antoine E, Apt 4",
+        "PersonMailingCity": "Montreal", "PersonMailingPostalCode": "H2Y 1A6", "PersonMailingCountry": "Canada"}

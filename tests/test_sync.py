@@ -308,3 +308,38 @@ def test_phone_match_falls_back_to_usual_spellings_where_like_is_refused(cli, li
     assert result.code == 0, result.stderr
     written = transactions(salesforce)[f"182255-{sale}"]
     assert (written["Match_Status__c"], written["Account__c"]) == ("Phone", by_phone)
+
+
+def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    known = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com",
+                                          "PersonMailingCity": "Lisboa"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Mobile": "415-555-0134"},
+                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc),
+                                  address={"address1": "12 Rue Cler", "city": "Paris", "zip": "75007", "country": "France"})
+    sell(lightspeed, boutique, ana)  # the boutique's shop is in Europe/Paris: 04:00 UTC is the 9th there
+
+    preview = cli("dry-run", "--json", env={"LSPOS_ENRICH_PROFILES": "true"})
+    assert preview.json["enriched"][0]["fields"] == ["PersonMobilePhone", "PersonBirthdate", "PersonMailingStreet",
+                                                     "PersonMailingPostalCode", "PersonMailingCountry"]
+    assert salesforce.get("Account", known)["PersonBirthdate"] is None  # the preview wrote nothing
+
+    result = cli("sync", "--json", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    account = salesforce.get("Account", known)
+    assert (account["PersonMailingCity"], account["PersonEmail"]) == ("Lisboa", "ana@example.com")  # never overwritten
+    assert (account["PersonBirthdate"], account["PersonMailingStreet"], account["PersonMobilePhone"]) == \
+        ("1981-04-09", "12 Rue Cler", "415-555-0134")
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert "filled empty fields of account" in result.stderr
+
+
+def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    known = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                                       phones={"Mobile": "415-555-0134"}))
+    assert cli("sync").code == 0
+    account = salesforce.get("Account", known)
+    assert account["PersonMobilePhone"] is None and account["LS_Customer_ID__c"]

@@ -338,7 +338,10 @@ class LightspeedEmulator:
             return item_id
 
     def add_customer(self, first_name: str, last_name: str, email: str | None = None,
-                     phones: dict[str, str] | None = None) -> int:
+                     phones: dict[str, str] | None = None, dob: datetime | None = None,
+                     address: dict[str, str] | None = None) -> int:
+        """`dob` is stored as Lightspeed does, a moment in UTC (§4.4); `address` takes ContactAddress keys
+        (address1, address2, city, state, zip, country)."""
         with self._lock:
             customer_id = self._new_id("Customer")
             now = _ts(self._now())
@@ -348,10 +351,13 @@ class LightspeedEmulator:
                 "company": "", "companyRegistrationNumber": "", "vatNumber": "", "archived": "false",
                 "createTime": now, "timeStamp": now, "contactID": str(customer_id), "creditAccountID": "0",
                 "customerTypeID": "0", "discountID": "0", "employeeID": "0", "noteID": "0", "taxCategoryID": "0",
+                **({"dob": _ts(dob)} if dob else {}),
                 "Contact": {
                     "contactID": str(customer_id), "custom": "", "noEmail": _bool(not email),
                     "noPhone": _bool(not phone_rows), "noMail": "true", "timeStamp": now,
-                    "Addresses": "",  # §4.5: empty collections are ""
+                    "Addresses": {"ContactAddress": {  # §4.5: empty collections are ""
+                        k: address.get(k, "") for k in ("address1", "address2", "city", "state", "zip", "country")}}
+                    if address else "",
                     "Phones": {"ContactPhone": _one_or_many(phone_rows)} if phone_rows else "",
                     "Emails": {"ContactEmail": {"address": email, "useType": "Primary"}} if email else "",
                     "Websites": "",

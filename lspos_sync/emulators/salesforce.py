@@ -144,7 +144,12 @@ def _schema(person_accounts: bool) -> dict[str, list[Field]]:
                     Field("RecordTypeId", "reference", label="Record Type ID", reference_to="RecordType",
                           relationship="RecordType"),
                     Field("IsPersonAccount", "boolean", writable=False),
-                    _text("PersonEmail", 80, kind="email", label="Email", person=True, sortable=False), *phones]
+                    _text("PersonEmail", 80, kind="email", label="Email", person=True, sortable=False), *phones,
+                    Field("PersonBirthdate", "date", label="Birthdate", person=True),
+                    _text("PersonMailingStreet", 255, label="Mailing Street", person=True),
+                    _text("PersonMailingCity", 40, label="Mailing City", person=True),
+                    _text("PersonMailingPostalCode", 20, label="Mailing Zip/Postal Code", person=True),
+                    _text("PersonMailingCountry", 80, label="Mailing Country", person=True)]
     record_type = [Field("Id", "id", writable=False)] + [
         _text(n, 80, writable=False) for n in ("Name", "DeveloperName", "SobjectType")] + [
         Field("IsPersonType", "boolean", writable=False)]
@@ -1220,6 +1225,13 @@ def _coerce(f: Field, value: Any) -> Any:
             raise refuse()
         try:
             return _format_datetime(soql.parse_datetime(value))
+        except ValueError:
+            raise refuse() from None
+    if f.kind == "date":  # "YYYY-MM-DD", stored and returned as such
+        if not isinstance(value, str):
+            raise refuse()
+        try:
+            return dt.date.fromisoformat(value.strip()).isoformat()
         except ValueError:
             raise refuse() from None
     if not isinstance(value, bool):

@@ -153,17 +153,29 @@ class ContactPhone(LightspeedModel):
     use_type: Text = Field("", alias="useType")
 
 
+class ContactAddress(LightspeedModel):
+    address1: Text = ""
+    address2: Text = ""
+    city: Text = ""
+    state: Text = ""
+    zip: Text = ""
+    country: Text = ""
+
+
 class Contact(LightspeedModel):
     emails: Annotated[list[ContactEmail], _children("ContactEmail")] = Field(
         default_factory=list, alias="Emails")
     phones: Annotated[list[ContactPhone], _children("ContactPhone")] = Field(
         default_factory=list, alias="Phones")
+    addresses: Annotated[list[ContactAddress], _children("ContactAddress")] = Field(
+        default_factory=list, alias="Addresses")
 
 
 class Customer(LightspeedModel):
     customer_id: int = Field(alias="customerID")
     first_name: Text = Field("", alias="firstName")
     last_name: Text = Field("", alias="lastName")
+    dob: Timestamp = None
     contact: Contact | None = Field(None, alias="Contact")
 
     @model_validator(mode="before")
@@ -180,6 +192,12 @@ class Customer(LightspeedModel):
     @property
     def phones(self) -> list[ContactPhone]:
         return self.contact.phones if self.contact else []
+
+    @property
+    def address(self) -> ContactAddress | None:
+        """The first address with something in it (Lightspeed sends blank ones too, fact sheet §4.5)."""
+        return next((a for a in (self.contact.addresses if self.contact else [])
+                     if any((a.address1, a.address2, a.city, a.zip, a.country))), None)
 
 
 class Sale(LightspeedModel):

@@ -6,10 +6,13 @@ import re
 from typing import Any, Iterable
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
-from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
+from lspos_sync.mapping import CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 
 MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
 ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
+# With profile enrichment the lookups also read what enrichment may fill (only then: an org without
+# these fields readable still syncs).
+ENRICHED_ACCOUNT_FIELDS = ACCOUNT_FIELDS + ", " + ", ".join(f for f in ENRICHABLE if f not in ACCOUNT_FIELDS)
 PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
 
 
@@ -33,13 +36,13 @@ def _in_batches(prefix: str, values: Iterable[str], limit: int = MAX_SOQL) -> li
     return statements
 
 
-def accounts_by_key(keys: Iterable[str]) -> list[str]:
-    return _in_batches(f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE {CUSTOMER_KEY}", keys)
+def accounts_by_key(keys: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
+    return _in_batches(f"SELECT {select} FROM Account WHERE {CUSTOMER_KEY}", keys)
 
 
-def person_accounts_by_email(emails: Iterable[str]) -> list[str]:
+def person_accounts_by_email(emails: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
     # SOQL compares strings case-insensitively, so lower-cased addresses find any spelling.
-    return _in_batches(f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND PersonEmail", emails)
+    return _in_batches(f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND PersonEmail", emails)
 
 
 def phone_spellings(e164: str) -> list[str]:
@@ -61,9 +64,9 @@ def phone_spellings(e164: str) -> list[str]:
     return list(dict.fromkeys(spellings))
 
 
-def person_accounts_by_phone_spelling(phones_e164: Iterable[str]) -> list[str]:
+def person_accounts_by_phone_spelling(phones_e164: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
     """Equality on the usual spellings: any SOQL parser takes it, and it finds most stored formats."""
-    prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
+    prefix = f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND ("
     spellings = [spelling for phone in dict.fromkeys(phones_e164) for spelling in phone_spellings(phone)]
     statements = []
     for batch in _in_batches("X", spellings, limit=MAX_SOQL // 3):  # the list goes in three times
@@ -72,11 +75,11 @@ def person_accounts_by_phone_spelling(phones_e164: Iterable[str]) -> list[str]:
     return statements
 
 
-def person_accounts_by_phone(phones_e164: Iterable[str]) -> list[str]:
+def person_accounts_by_phone(phones_e164: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
     """Phones are stored in whatever format people typed, so equality cannot find them all. Each number
     becomes a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
     matches every way of writing it; the E.164 comparison afterwards drops the rare false positive."""
-    prefix = f"SELECT {ACCOUNT_FIELDS} FROM Account WHERE IsPersonAccount = true AND ("
+    prefix = f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND ("
     statements, clauses = [], []
     size = len(prefix) + 1
     for phone in dict.fromkeys(phones_e164):
@@ -109,5 +112,6 @@ def person_record_type(developer_name: str) -> str:
 def person_account(record: dict[str, Any], region: str) -> PersonAccount:
     phones = frozenset(p for field in PHONE_FIELDS if (p := normalise_phone(record.get(field), region)))
     return PersonAccount(id=record["Id"], customer_key=record.get(CUSTOMER_KEY),
+                         profile={f: record[f] for f in ENRICHABLE if f in record},
                          email=normalise_email(record.get("PersonEmail")), phones=phones,
                          name=record.get("Name") or "")

@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 # The order inside and across requests: accounts exist before the transactions that point at them,
 # transactions before their lines, and stale lines go last.
-CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
-    "create_accounts", "stamp_accounts", "transactions", "lines", "delete_lines")
-ORDER = (CREATE_ACCOUNTS, STAMP_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
+CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
+    "create_accounts", "update_accounts", "transactions", "lines", "delete_lines")
+ORDER = (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
 # Codes that mean "not now" rather than "no" (fact sheet §4).
 TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
                              "QUERY_TIMEOUT", "INSERT_UPDATE_DELETE_NOT_ALLOWED_DURING_MAINTENANCE"})
@@ -32,6 +32,8 @@ class Write:
     kind: str
     record: dict[str, Any] | str
     sale_keys: tuple[str, ...]
+    customer_key: str | None = None  # for account writes: whose account
+    filled: tuple[str, ...] = ()  # for account updates: the empty fields enrichment fills
     error: str | None = None
     transient: bool = False  # the error says "try again" (a lock, a busy server), not "no"
     created: bool | None = None
@@ -109,7 +111,7 @@ class CompositeWriter:
             ids = ",".join(str(w.record) for w in batch)
             return {"method": "DELETE", "url": f"{base}?ids={ids}&allOrNone=false", "referenceId": reference_id}
         records = [w.record for w in batch]
-        if kind == STAMP_ACCOUNTS:
+        if kind == UPDATE_ACCOUNTS:
             return {"method": "PATCH", "url": base, "referenceId": reference_id,
                     "body": {"allOrNone": False, "records": records}}
         sobject, external_id = _UPSERT_TARGET[kind]
