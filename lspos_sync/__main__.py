@@ -1,3 +1,3 @@
-from lspos_sync.cli import main
+from lspos_sync.cli import run
 
-main()
+run()

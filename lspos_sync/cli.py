@@ -15,7 +15,7 @@ import click
 
 from lspos_sync.config import Settings, load_settings, parse_when, read_environment
 from lspos_sync.errors import ConfigError, SyncError
-from lspos_sync.output import Output
+from lspos_sync.output import Output, mask_contact
 from lspos_sync.state import StateStore, iso, utcnow
 
 log = logging.getLogger("lspos_sync")
@@ -68,7 +68,28 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
 def _fail(name: str, output: Output, message: str, exit_code: int) -> None:
     output.note(f"Error: {message}")
     if output.as_json or output.log_format == "json":
-        click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": exit_code, "error": message}))
+        click.echo(json.dumps({"command": name, "outcome": "failed", "exit_code": exit_code,
+                               "error": mask_contact(message)}))
+    sys.exit(exit_code)
+
+
+def run() -> None:
+    """The console script: click's own errors (a bad option, Ctrl-C) still give one JSON object with --json."""
+    try:
+        main(standalone_mode=False)
+    except click.UsageError as error:
+        error.show()
+        _usage_failure(str(error.format_message()), 2)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        _usage_failure("aborted", 1)
+    sys.exit(0)
+
+
+def _usage_failure(message: str, exit_code: int) -> None:
+    if "--json" in sys.argv[1:]:
+        click.echo(json.dumps({"command": " ".join(a for a in sys.argv[1:3] if not a.startswith("-")),
+                               "outcome": "failed", "exit_code": exit_code, "error": message}))
     sys.exit(exit_code)
 
 
@@ -226,7 +247,8 @@ def checkpoint_show(ctx: click.Context, **common: Any) -> None:
                 lag = int((now - datetime.fromisoformat(cursor["cursor"])).total_seconds() // 60)
             data["checkpoints"][account_id] = {**cursor, "lag_minutes": lag}
             lines.append(f"account {account_id}: checkpoint {cursor['cursor'] or 'not set'}"
-                         + (f" ({lag} min ago)" if lag is not None else ""))
+                         + (f" ({lag} min ago)" if lag is not None and lag >= 0 else
+                            " (in the future: check the host clock)" if lag is not None else ""))
         if last:
             data["last_run"] = {k: last[k] for k in ("command", "started_at", "ended_at", "outcome", "exit_code")}
             lines.append(f"last run: {last['command']} started {last['started_at']}, {last['outcome']}"
@@ -251,6 +273,8 @@ def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, **common: An
         if not settings.account_id:
             raise ConfigError("missing configuration: LIGHTSPEED_ACCOUNT_ID (whose checkpoint to reset)")
         target = _when(to, "--to")
+        if target is not None and target > utcnow():
+            raise ConfigError(f"--to {iso(target)} is in the future: a checkpoint says what is already synced")
         what = f"set the checkpoint of account {settings.account_id} to {iso(target)}" if target else \
             f"clear the checkpoint of account {settings.account_id}"
         if not yes:
@@ -302,7 +326,12 @@ def demo(ctx: click.Context, keep: bool, **common: Any) -> None:
     options = _options(ctx, **common)
     output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
-    sys.exit(run_demo(output, keep))
+    try:
+        code = run_demo(output, keep)
+    except Exception as error:  # still one line, and one JSON object with --json
+        log.debug("demo failed", exc_info=True)
+        _fail("demo", output, f"the demo failed: {type(error).__name__}: {error}"[:500], 1)
+    sys.exit(code)
 
 
 @main.command()

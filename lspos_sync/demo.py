@@ -172,7 +172,10 @@ def run_demo(output: "Output", keep: bool) -> int:
                      runner.run(["sync"], (0, 3))]
             say("")
             say(ring_up_more(lightspeed, boutique, rng))
-            steps += [runner.run(["sync"], (0, 3)), runner.run(["status"], (0,))]
+            tomorrow = (now + timedelta(days=1)).date().isoformat()
+            steps += [runner.run(["sync"], (0, 3)),
+                      runner.run(["reconcile", "--from", month_ago, "--to", tomorrow], (0,)),
+                      runner.run(["status"], (0,))]
             data = _summary(lightspeed, salesforce, boutique, steps, time.monotonic() - started,
                             workdir if keep else None)
     finally:

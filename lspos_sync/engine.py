@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import closing
 import time
 from queue import Empty, Queue
 from dataclasses import dataclass, field
@@ -103,7 +104,6 @@ class Engine:
         self._categories: dict[int, Category] = {}
         self._record_type_id: str | None = None
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
-        self._seen: set[int] = set()  # sale IDs processed in this run
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -114,11 +114,26 @@ class Engine:
         self._categories = self.lightspeed.categories()
         if retry_rejects:
             self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
+        if limit is None:
+            # Voids first: a void that moves no timestamp of its sale is seen only here, and the checkpoint
+            # moves with the pages below, so a run that stops half-way must not have skipped this.
+            self._process_ids(self.lightspeed.voided_sale_ids(window.since, window.until), summary)
+        with closing(_prefetched(self.lightspeed.sales(window.since, window.until))) as pages:
+            self._read_window(pages, window, summary, progress, limit)
+        if progress and limit is None:
+            summary.progress = window.until
+            progress(window.until)
+        log.info("%s read %d sale(s) from Lightspeed", command, summary.sales_read,
+                 extra={"phase": "read", "counts": {"sales": summary.sales_read, "unchanged": summary.unchanged,
+                                                    "rejected": len(summary.rejected)}})
+        summary.records = dict(self.sink.stats.records)
+        return summary
+
+    def _read_window(self, pages: Iterator[list[dict[str, Any]]], window: Window, summary: RunSummary,
+                     progress: Callable[[datetime], None] | None, limit: int | None) -> None:
         done, latest, in_order = 0, None, True
-        pages = _prefetched(self.lightspeed.sales(window.since, window.until))
-        for batch in _batches(self._parse(pages, summary, window)):
-            if limit is not None:
-                batch = batch[:max(0, limit - done)]
+        for batch in _batches(self._parse(pages, summary, window), min(BATCH_SALES, limit or BATCH_SALES)):
+            batch = batch[:limit - done] if limit is not None else batch
             if batch:
                 for sale in batch:
                     moment = sale.last_update
@@ -134,17 +149,6 @@ class Engine:
                     progress(summary.progress)
             if limit is not None and done >= limit:
                 break
-        if limit is None:
-            voided = self.lightspeed.voided_sale_ids(window.since, window.until)
-            self._process_ids([sale_id for sale_id in voided if sale_id not in self._seen], summary)
-            if progress:
-                summary.progress = window.until
-                progress(window.until)
-        log.info("%s read %d sale(s) from Lightspeed", command, summary.sales_read,
-                 extra={"phase": "read", "counts": {"sales": summary.sales_read, "unchanged": summary.unchanged,
-                                                    "rejected": len(summary.rejected)}})
-        summary.records = dict(self.sink.stats.records)
-        return summary
 
     def retry(self, sale_ids: list[int]) -> RunSummary:
         """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
@@ -203,7 +207,6 @@ class Engine:
     # -- one batch
     def _process(self, sales: list[Sale], summary: RunSummary) -> None:
         sales = self._with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
-        self._seen.update(sale.sale_id for sale in sales)
         built = {}
         for sale in sales:
             transaction = mapping.transaction_record(sale, self.account_id, self._shops)

@@ -66,13 +66,14 @@ class Output:
 
     def result(self, data: dict[str, Any], lines: list[str]) -> None:
         """The command's result: one JSON object with --json, a JSON line with --log-format json, else lines."""
-        if self.as_json:
+        if self.as_json:  # data the caller asked for, in full
             click.echo(self.mask(json.dumps(data, default=str)))
-        elif self.log_format == "json":
-            click.echo(self.mask(json.dumps({"ts": _now(), "level": "INFO", "event": "result", **data}, default=str)))
-        else:
+        elif self.log_format == "json":  # a log stream
+            line = json.dumps({"ts": _now(), "level": "INFO", "event": "result", **data}, default=str)
+            click.echo(mask_contact(self.mask(line)))
+        else:  # on a terminal an admin reads why a sale was matched; piped, it is a log
             for line in lines:
-                click.echo(self.mask(line))
+                click.echo(self.mask(line) if sys.stdout.isatty() else mask_contact(self.mask(line)))
 
     def note(self, line: str) -> None:
         """A line for the operator on stderr (a rejected or ambiguous sale, an error)."""

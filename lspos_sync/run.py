@@ -31,8 +31,10 @@ def incremental(settings: Settings, output: "Output") -> int:
     with StateStore(settings.state_path) as store:
         store.acquire_lock()
         started = utcnow()
-        window = Window(_sync_start(settings, store), started)
-        floor = store.checkpoint(settings.account_id)
+        window = Window(_sync_start(settings, store, started), started)
+        # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
+        checkpoint = store.checkpoint(settings.account_id)
+        floor = min(checkpoint, started) if checkpoint else None
 
         def advance(moment: datetime) -> None:
             nonlocal floor
@@ -84,7 +86,7 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
     _require(settings)
     with StateStore(settings.state_path) as store:
         now = utcnow()
-        window = Window(since or _sync_start(settings, store), min(until or now, now))
+        window = Window(since or _sync_start(settings, store, now), min(until or now, now))
         return _execute("dry-run", settings, output, store, window, limit=limit)
 
 
@@ -93,10 +95,12 @@ def _require(settings: Settings) -> None:
     settings.require_salesforce()
 
 
-def _sync_start(settings: Settings, store: StateStore) -> datetime:
+def _sync_start(settings: Settings, store: StateStore, now: datetime) -> datetime:
     checkpoint = store.checkpoint(settings.account_id)
     if checkpoint is not None:
-        return checkpoint - settings.lookback
+        if checkpoint > now:
+            log.warning("the checkpoint %s is later than now: is the host clock right? reading from now", iso(checkpoint))
+        return min(checkpoint, now) - settings.lookback
     if settings.sync_start is not None:
         return settings.sync_start
     raise ConfigError(

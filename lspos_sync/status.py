@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from lspos_sync.config import Settings
+from lspos_sync.errors import LockHeld
 from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
-from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS
+from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
 from lspos_sync.state import StateStore, parse_iso, utcnow
 
 if TYPE_CHECKING:
@@ -17,7 +18,10 @@ if TYPE_CHECKING:
 RECENT_RUNS = 5
 WRITING_COMMANDS = ("sync", "backfill")
 # The run summary counts records by kind of write; status reports them by Salesforce object.
-_WRITTEN_OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
+# Accounts created and accounts updated (a key stamped, empty fields filled) are told apart; older state
+# files name the update kind "stamp_accounts".
+_WRITTEN_OBJECT = {CREATE_ACCOUNTS: f"{ACCOUNT} created", UPDATE_ACCOUNTS: f"{ACCOUNT} updated",
+                   "stamp_accounts": f"{ACCOUNT} updated", TRANSACTIONS: TRANSACTION, LINES: LINE}
 _DELETED_OBJECT = {DELETE_LINES: LINE}
 
 
@@ -45,6 +49,14 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     if last_writing_run is not None and last_writing_run["outcome"] == "failed":
         problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) failed: "
                         f"{last_writing_run['error'] or 'no reason recorded'}")
+    elif last_writing_run is not None and last_writing_run["outcome"] in ("interrupted", "running") \
+            and not _still_running(settings):
+        problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) "
+                        "was killed before it finished")
+    for account_id, account in accounts.items():
+        if account["lag_minutes"] is not None and account["lag_minutes"] < 0:
+            problems.append(f"account {account_id}: the checkpoint is in the future ({account['cursor']}); "
+                            "check the host clock, or set it with `lspos-sync checkpoint reset --to WHEN`")
     if max_lag_minutes is not None:
         if not accounts:
             problems.append("no checkpoint yet: no sync has completed")
@@ -92,7 +104,20 @@ def _run(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
-    return None if cursor is None else max(0, int((now - cursor).total_seconds() // 60))
+    """Minutes since the checkpoint; negative when it lies in the future (a clock gone wrong)."""
+    return None if cursor is None else int((now - cursor).total_seconds() // 60)
+
+
+def _still_running(settings: Settings) -> bool:
+    """Whether a run holds the lock now: a run row still marked running is then alive, not killed."""
+    store = StateStore(settings.state_path)
+    try:
+        store.acquire_lock()
+    except LockHeld:
+        return True
+    finally:
+        store.close()
+    return False
 
 
 def _ago(minutes: int) -> str:
@@ -110,6 +135,8 @@ def _lines(data: dict[str, Any], output: "Output") -> list[str]:
     for account_id, account in data["checkpoints"].items():
         if account["cursor"] is None:
             lines.append(f"account {account_id}: no checkpoint yet (no sync has completed)")
+        elif account["lag_minutes"] < 0:
+            lines.append(f"account {account_id}: checkpoint in the future ({account['cursor']})")
         else:
             lines.append(f"account {account_id}: sales synced up to {_ago(account['lag_minutes'])} ago "
                          f"(checkpoint {account['cursor']})")

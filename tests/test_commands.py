@@ -198,3 +198,24 @@ def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesfo
 def test_missing_refresh_token_is_a_configuration_error(cli):
     result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": ""})
     assert result.code == 2 and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+
+
+def test_checkpoint_cannot_be_set_in_the_future(cli):
+    result = cli("checkpoint", "reset", "--to", "2099-01-01", "--yes")
+    assert result.code == 2 and "future" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("sync", "--json", "--bogus"), ("backfill", "--json"),
+                                  ("dry-run", "--limit", "0", "--json")])
+def test_usage_errors_with_json_still_print_one_object(cli, args):
+    result = cli(*args)
+    assert result.code == 2
+    assert json.loads(result.stdout)["outcome"] == "failed"
+
+
+def test_dry_run_limit_reads_no_more_pages_than_it_needs(cli, lightspeed, salesforce, boutique):
+    for _ in range(1000):
+        sell(lightspeed, boutique)
+    result = cli("dry-run", "--limit", "3", "--json")
+    assert result.code == 0 and len(result.json["plans"]) == 3
+    assert lightspeed.request_count("Sale.json") <= 6  # the first page and the few read ahead, not all ten

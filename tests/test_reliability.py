@@ -201,3 +201,33 @@ def test_rejects_can_be_listed_retried_and_dropped(cli, lightspeed, salesforce, 
     assert cli("rejects", "list", "--json").json["rejects"] == []
     assert cli("rejects", "drop", f"182255-{second}").code == 2
     assert cli("rejects", "retry", "182255-999999").code == 2
+
+
+def test_voids_are_written_before_the_pages_so_a_failed_run_cannot_skip_them(cli, lightspeed, salesforce, boutique):
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    sale = sell(lightspeed, boutique, at=two_hours_ago)
+    assert cli("sync").code == 0
+    lightspeed.void_moves_updatetime = False
+    lightspeed.void_sale(sale)
+
+    def pages_fail(record) -> None:  # once the voided sale is read by ID, the window's pages fail for good
+        if record.path.endswith("Sale.json") and "saleID" in record.query:
+            lightspeed.fail_next(20, status=500, path_suffix="Sale.json")
+
+    lightspeed.after_request = pages_fail
+
+    assert cli("sync").code == 1
+
+    assert {r["LS_Sale_ID__c"]: r["Status__c"] for r in salesforce.records("Sales_Transaction__c")} == \
+        {f"182255-{sale}": "Voided"}
+
+
+def test_records_counted_are_those_salesforce_holds_not_those_sent_again(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(5)]
+    storm = iter(range(3))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(storm, None) is not None,
+                                   "unable to obtain exclusive access to this record", error_code="UNABLE_TO_LOCK_ROW")
+    result = cli("sync", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["records"]["transactions"] == 5 and result.json["records"]["lines"] == 5
+    assert_exactly_once(salesforce, lightspeed, sales)

@@ -21,7 +21,7 @@ def test_status_reports_the_last_run_with_its_figures(cli, lightspeed, salesforc
     [run] = result.json["runs"]
     assert (run["command"], run["outcome"], run["exit_code"]) == ("sync", "ok", 0)
     assert run["sales"] == {"read": 2, "written": 2, "rejected": 0}
-    assert run["records_written"] == {"Account": 1, "Sales_Transaction__c": 2, "Sales_Line_Item__c": 3}
+    assert run["records_written"] == {"Account created": 1, "Sales_Transaction__c": 2, "Sales_Line_Item__c": 3}
     assert run["salesforce_api_calls"] > 0 and run["lightspeed_requests"] > 0
     assert run["duration_seconds"] >= 0 and run["started_at"] <= run["ended_at"]
     assert result.json["last_run"] == run
@@ -120,3 +120,15 @@ def test_runs_are_listed_newest_first(cli, lightspeed, salesforce, boutique):
 
     assert [run["command"] for run in runs] == ["sync", "backfill"]
     assert runs[1]["sales"]["written"] == 1 and runs[1]["window"]["from"] is not None
+
+
+def test_status_flags_a_run_that_was_killed(cli, lightspeed, salesforce, boutique, state_path):
+    import sqlite3
+
+    sell(lightspeed, boutique)
+    assert cli("sync").code == 0
+    with sqlite3.connect(state_path) as db:  # what a SIGKILL leaves: a run row still marked running
+        db.execute("INSERT INTO run (command, started_at) VALUES ('sync', '2026-01-01T00:00:00+00:00')")
+    result = cli("status", "--json")
+    assert result.code == 1
+    assert any("killed" in problem for problem in result.json["problems"])

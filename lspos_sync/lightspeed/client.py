@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -90,6 +91,7 @@ class LightspeedClient:
         self.requests = 0
         self.throttled = 0  # 429 responses met
         self.time_field = "updatetime"
+        self._one_at_a_time = threading.Lock()
 
     # -- reading
     def sales(self, since: datetime, until: datetime) -> Iterator[list[dict[str, Any]]]:
@@ -178,6 +180,12 @@ class LightspeedClient:
 
     # -- one request, paced and retried
     def _get(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+        # One request at a time, whichever thread asks (the page reader, or the engine fetching customers),
+        # so the bucket is paced from one view of it.
+        with self._one_at_a_time:
+            return self._get_paced(url, params)
+
+    def _get_paced(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
         refreshed = False
         for attempt in range(_ATTEMPTS):
             wait = self.bucket.wait_before_next(time.monotonic())

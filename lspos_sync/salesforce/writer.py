@@ -103,7 +103,8 @@ class CompositeWriter:
             self.stats.subrequests += len(subrequests)
             for i, (kind, batch) in enumerate(group):
                 self._read(responses.get(f"{kind}_{start + i}"), batch)
-                self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+                accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
+                self.stats.records[kind] = self.stats.records.get(kind, 0) + accepted
 
     def _subrequest(self, kind: str, batch: list[Write], reference_id: str) -> dict[str, Any]:
         base = f"{self._client.data_path}/composite/sobjects"
