@@ -85,6 +85,12 @@ class EmulatorServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes; without this each response waits ~40 ms for the
+                # client's delayed ACK (Nagle), which no real API makes its clients do.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
