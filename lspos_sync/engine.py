@@ -11,7 +11,7 @@ import threading
 from contextlib import closing
 import time
 from queue import Empty, Queue
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
@@ -100,7 +100,7 @@ class Engine:
         self.verify_unchanged = verify_unchanged
         self.enrich_profiles = enrich_profiles
         self.on_batch = on_batch
-        self._shops: dict[int, Shop] = {}
+        self._shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
         self._categories: dict[int, Category] = {}
         self._record_type_id: str | None = None
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
@@ -110,8 +110,6 @@ class Engine:
         """Runs the window. `progress(t)` is called whenever every sale changed up to `t` is written or
         parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
-        self._shops = self.lightspeed.shops()
-        self._categories = self.lightspeed.categories()
         if retry_rejects:
             self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         if limit is None:
@@ -153,8 +151,6 @@ class Engine:
     def retry(self, sale_ids: list[int]) -> RunSummary:
         """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
         summary = RunSummary("rejects retry", self.account_id, None)
-        self._shops = self.lightspeed.shops()
-        self._categories = self.lightspeed.categories()
         self._retry_parked(sale_ids, summary)
         summary.records = dict(self.sink.stats.records)
         return summary
@@ -206,6 +202,8 @@ class Engine:
 
     # -- one batch
     def _process(self, sales: list[Sale], summary: RunSummary) -> None:
+        if self._shops is None:  # a run that reads no sale never asks
+            self._shops, self._categories = self.lightspeed.shops(), self.lightspeed.categories()
         sales = self._with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
         built = {}
         for sale in sales:
@@ -264,6 +262,8 @@ class Engine:
                 dependants.setdefault(customer_key, []).append(sale)
         for customer_key, customer_sales in dependants.items():
             writes.extend(self._account_writes(customer_key, customers[customer_key], customer_sales, built))
+            # the run remembers the decision, not the account as found (memory stays flat over long windows)
+            self._resolved[customer_key] = replace(self._resolved[customer_key], account=None)
         plans: dict[str, SalePlan] = {}
         for sale in sales:
             transaction, lines, _ = built[sale.sale_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import ExitStack
 from datetime import datetime
@@ -111,6 +112,8 @@ def _sync_start(settings: Settings, store: StateStore, now: datetime) -> datetim
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
              progress: Callable[[datetime], None] | None = None, limit: int | None = None,
              retry: list[int] | None = None) -> int:
+    # Everything imported so far lives for the whole run: out of the garbage collector's way.
+    gc.freeze()
     dry_run = command == "dry-run"
     run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
                                                   window and window.until)

@@ -33,7 +33,7 @@ def _lines(sale: dict) -> list:
 def test_killed_at_random_moments_the_next_run_finishes_without_duplicates(tmp_path, state_path):
     # Latency on both sides stretches a run over a few seconds, so the kills land inside it.
     with LightspeedEmulator(latency=0.05) as lightspeed, \
-            SalesforceEmulator(tmp_path / "tls", latency=0.3) as salesforce:
+            SalesforceEmulator(tmp_path / "tls", latency=0.6) as salesforce:
         shop, item = lightspeed.add_shop("Shop"), lightspeed.add_item("Ring")
         customers = [lightspeed.add_customer(f"K{i}", "Kill", email=f"k{i}@example.com") for i in range(40)]
         sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "10"},
@@ -56,7 +56,7 @@ def test_killed_at_random_moments_the_next_run_finishes_without_duplicates(tmp_p
 
 def test_killed_backfill_is_finished_by_running_it_again(tmp_path, state_path):
     with LightspeedEmulator(latency=0.05) as lightspeed, \
-            SalesforceEmulator(tmp_path / "tls", latency=0.3) as salesforce:
+            SalesforceEmulator(tmp_path / "tls", latency=0.6) as salesforce:
         shop, item = lightspeed.add_shop("Shop"), lightspeed.add_item("Ring")
         at = datetime.now(timezone.utc) - timedelta(hours=5)
         sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "10"}], at=at)

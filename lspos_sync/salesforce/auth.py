@@ -12,14 +12,15 @@ import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-from typing import Any
 from xml.etree import ElementTree
-
-import requests
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import ConfigError, SalesforceAuthError
+
+if TYPE_CHECKING:
+    import requests
 
 
 _ATTEMPTS = 3
@@ -51,6 +52,8 @@ def authenticate(settings: SalesforceSettings, http: requests.Session) -> Sessio
 
 def _post(http: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
     """A login request, tried again on a dropped connection or a server error (a login changes nothing)."""
+    import requests
+
     for attempt in range(_ATTEMPTS):
         try:
             response = http.post(url, timeout=60, **kwargs)

@@ -8,14 +8,15 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import requests
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import RunFailed, SalesforceAuthError
 from lspos_sync.salesforce.auth import Session, authenticate
+
+if TYPE_CHECKING:  # requests comes with simple-salesforce, imported only when Salesforce is called
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class SalesforceClient:
     def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None,
                  reserve_percent: float = 5.0) -> None:
         self._settings = settings
-        self._http = http or requests.Session()
+        self._http = http
         self._session: Session | None = None
         self._sf: Any = None
         self._reserve_percent = reserve_percent
@@ -44,8 +45,10 @@ class SalesforceClient:
         return f"/services/data/v{self._settings.api_version}"
 
     def connect(self) -> None:
+        import requests
         from simple_salesforce import Salesforce  # imported only when Salesforce is really needed
 
+        self._http = self._http or requests.Session()
         self._session = authenticate(self._settings, self._http)
         self._sf = Salesforce(session_id=self._session.access_token, instance_url=self._session.instance_url,
                               version=self._settings.api_version, session=self._http)
@@ -129,6 +132,7 @@ class SalesforceClient:
         return records
 
     def _call(self, path: str, method: str, body: Any) -> Any:
+        import requests
         from simple_salesforce.exceptions import (SalesforceError, SalesforceExpiredSession,
                                                   SalesforceRefusedRequest)
 
