@@ -231,3 +231,34 @@ def test_records_counted_are_those_salesforce_holds_not_those_sent_again(cli, li
     assert result.code == 0, result.stderr
     assert result.json["records"]["transactions"] == 5 and result.json["records"]["lines"] == 5
     assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_bad_data_is_written_with_what_is_valid(cli, lightspeed, salesforce, boutique):
+    long_name = "Ré" + "x" * 198
+    customer = lightspeed.add_customer("Zoë\x00\u200b", long_name, email="not-an-email",
+                                       phones={"Mobile": "call me maybe", "Home": "+44 20 7946 0958"})
+    items = [lightspeed.add_item(f"Article\t{i} \x07« spécial »") for i in range(2)]
+    lines = [{"item_id": items[i % 2] if i % 50 else None, "quantity": 1, "unit_price": "1.005"} for i in range(500)]
+    big = lightspeed.add_sale(boutique.shop, lines, customer_id=customer)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert_exactly_once(salesforce, lightspeed, [big])
+    [account] = [a for a in salesforce.records("Account") if a.get("IsPersonAccount")]
+    assert len(account["LastName"]) == 80 and account["FirstName"] == "Zoë"
+    assert account["PersonEmail"] is None and account["PersonMobilePhone"] == "call me maybe"
+    products = {r["Product_Name__c"] for r in salesforce.records("Sales_Line_Item__c")}
+    assert products == {"Article 0 « spécial »", "Article 1 « spécial »", None}, products  # no item: no product
+
+
+def test_burst_limiter_is_respected(tmp_path, salesforce, state_path):
+    with LightspeedEmulator(burst_limit=3) as lightspeed:
+        shop, item = lightspeed.add_shop("Shop"), lightspeed.add_item("Ring")
+        sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "5"}]) for _ in range(700)]
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
+                   "LSPOS_SYNC_START": "2026-01-01"}, tmp_path)
+        result = cli("sync", "--json")
+        assert result.code == 0, result.stderr
+        assert lightspeed.request_count(status=429) == 0
+        assert_exactly_once(salesforce, lightspeed, sales)
