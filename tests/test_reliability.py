@@ -262,3 +262,37 @@ def test_burst_limiter_is_respected(tmp_path, salesforce, state_path):
         assert result.code == 0, result.stderr
         assert lightspeed.request_count(status=429) == 0
         assert_exactly_once(salesforce, lightspeed, sales)
+
+
+def test_salesforce_outage_over_several_runs_then_catch_up(cli, lightspeed, salesforce, boutique):
+    first = [sell(lightspeed, boutique) for _ in range(3)]
+    assert cli("sync").code == 0
+    held = cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"]
+    salesforce.fail_next(10_000, status=503)  # Salesforce is down
+    during = []
+    for _ in range(3):  # three cron runs in the outage
+        during.append(sell(lightspeed, boutique))
+        failed = cli("sync", "--json")
+        assert failed.code == 1
+        shown = cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]
+        assert shown["cursor"] == held and shown["lag_minutes"] is not None  # held, and the lag is told
+    salesforce.clear_faults()
+
+    assert cli("sync").code == 0
+
+    assert_exactly_once(salesforce, lightspeed, first + during)
+
+
+def test_sales_across_a_daylight_saving_change_are_each_written_once(tmp_path, salesforce, state_path):
+    with LightspeedEmulator() as lightspeed:
+        shop, item = lightspeed.add_shop("Madison Avenue", "America/New_York"), lightspeed.add_item("Ring")
+        # New York springs forward at 2026-03-08 07:00 UTC: sales every 20 minutes across it
+        start = datetime(2026, 3, 8, 5, 0, tzinfo=timezone.utc)
+        sales = [lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "10"}],
+                                     at=start + timedelta(minutes=20 * i)) for i in range(12)]
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path)}, tmp_path)
+        for window in (("2026-03-08T05:00:00Z", "2026-03-08T07:00:00Z"), ("2026-03-08T06:00:00Z", "2026-03-08T09:00:00Z")):
+            assert cli("backfill", "--from", window[0], "--to", window[1]).code == 0
+        assert_exactly_once(salesforce, lightspeed, sales)
+        dates = sorted(r["Transaction_Date__c"] for r in salesforce.records("Sales_Transaction__c"))
+        assert dates[0].startswith("2026-03-08T05:00") and dates[-1].startswith("2026-03-08T08:40")
