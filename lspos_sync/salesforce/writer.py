@@ -144,14 +144,12 @@ class CompositeWriter:
 
 
 class RecordingSink:
-    """dry-run: the same writes, recorded instead of sent; every one 'succeeds'."""
+    """dry-run: the same writes, counted instead of sent; every one 'succeeds' (no error, no Id)."""
 
     def __init__(self) -> None:
         self.stats = WriteStats()
-        self.writes: list[Write] = []
 
     def write(self, writes: list[Write]) -> None:
-        self.writes.extend(writes)
         for kind, batch in chunks(writes):
             self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
 
