@@ -66,10 +66,6 @@ class SalesforceClient:
         response = self._call("composite", "POST", body)
         return list(response.get("compositeResponse", []))
 
-    @property
-    def api_usage(self) -> str | None:
-        return f"{self._usage[0]}/{self._usage[1]}" if self._usage else None
-
     def ensure_allowance(self) -> None:
         """Stops the run before a write once the org's daily API allowance is down to the reserve, which
         is left to the org's other integrations. The first check reads /limits; later ones the usage

@@ -42,9 +42,7 @@ class Write:
 
 @dataclass
 class WriteStats:
-    requests: int = 0
-    subrequests: int = 0
-    records: dict[str, int] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)  # records Salesforce accepted, by kind of write
 
 
 class Sink(Protocol):
@@ -99,8 +97,6 @@ class CompositeWriter:
             self._client.ensure_allowance()
             subrequests = [self._subrequest(kind, batch, f"{kind}_{start + i}") for i, (kind, batch) in enumerate(group)]
             responses = {r.get("referenceId"): r for r in self._client.composite(subrequests)}
-            self.stats.requests += 1
-            self.stats.subrequests += len(subrequests)
             for i, (kind, batch) in enumerate(group):
                 self._read(responses.get(f"{kind}_{start + i}"), batch)
                 accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
