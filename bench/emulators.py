@@ -36,14 +36,10 @@ from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
 
 
-class BenchLightspeed(LightspeedEmulator):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.busy = 0.0  # seconds inside the request handler
-        self.charges: list[tuple[float, bool]] = []  # (cost, let through) of every API request, in order
-        self._orders: dict[tuple, tuple[list[tuple], list[int]]] = {}
-        self._plain: dict[int, dict] = {}  # sale id -> the sale rendered without relations
-        self._view: dict[int, Any] | None = None
+class _Timed:
+    """Adds up the seconds an emulator spends inside its request handler (`busy`)."""
+
+    busy = 0.0
 
     def _handle(self, request: Request) -> Response:
         began = time.perf_counter()
@@ -51,6 +47,16 @@ class BenchLightspeed(LightspeedEmulator):
             return super()._handle(request)
         finally:
             self.busy += time.perf_counter() - began
+
+
+class BenchLightspeed(_Timed, LightspeedEmulator):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.charges: list[tuple[float, bool]] = []  # (cost, let through) of every API request, in order
+        self._orders: dict[tuple, tuple[list[tuple], list[int]]] = {}
+        self._plain: dict[int, dict] = {}  # sale id -> the sale rendered without relations
+        self._view: dict[int, Any] | None = None
+
 
     def _charge(self, cost: float) -> tuple[dict[str, str], Response | None]:
         headers, limited = super()._charge(cost)
@@ -111,17 +117,8 @@ class BenchLightspeed(LightspeedEmulator):
         return sum(1 for r in self.requests if r.status == 429)
 
 
-class BenchSalesforce(SalesforceEmulator):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.busy = 0.0
-
-    def _handle(self, request: Request) -> Response:
-        began = time.perf_counter()
-        try:
-            return super()._handle(request)
-        finally:
-            self.busy += time.perf_counter() - began
+class BenchSalesforce(_Timed, SalesforceEmulator):
+    """The Salesforce emulator, timed."""
 
 
 # ---------------------------------------------------------------------------------------------- SOQL
