@@ -245,20 +245,18 @@ class Engine:
                 else s for s in sales]
 
     def _write(self, sales: list[Sale], built: dict[int, tuple], summary: RunSummary) -> None:
-        customers = {mapping.key(self.account_id, s.customer_id): s.customer
-                     for s in sales if s.customer_id is not None and s.customer is not None}
+        customers = {self._customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
         unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
         sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
         candidates, existing = self._look_up(unresolved, sale_keys)
         self._resolved.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
                                               for key, customer in unresolved.items()}))
-        stale = self._stale_lines(existing, built, sales)
+        stale = self._stale_lines(existing, built)
 
         writes: list[Write] = []
         dependants: dict[str, list[Sale]] = {}
         for sale in sales:
-            customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
-            if customer_key is not None and customer_key in customers:
+            if (customer_key := self._customer_key(sale)) in customers:
                 dependants.setdefault(customer_key, []).append(sale)
         for customer_key, customer_sales in dependants.items():
             writes.extend(self._account_writes(customer_key, customers[customer_key], customer_sales, built))
@@ -268,12 +266,13 @@ class Engine:
         for sale in sales:
             transaction, lines, _ = built[sale.sale_id]
             sale_key = transaction[mapping.SALE_KEY]
-            customer_key = mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
-            resolution = self._resolved.get(customer_key) if customer_key in customers else None
-            if resolution is None:
+            customer_key = self._customer_key(sale)
+            if customer_key in customers:
+                resolution = self._resolved[customer_key]
+            elif customer_key is None:
                 resolution = resolve(None, None, candidates, self.region)
-                if customer_key is not None:
-                    resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
+            else:
+                resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
             record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
                       "Match_Status__c": resolution.status}
             linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
@@ -296,6 +295,9 @@ class Engine:
 
         self.sink.write(writes)
         self._settle(writes, sales, built, plans, summary)
+
+    def _customer_key(self, sale: Sale) -> str | None:
+        return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
 
     def _account_writes(self, customer_key: str, customer: Customer, sales: list[Sale],
                         built: dict[int, tuple]) -> list[Write]:
@@ -370,28 +372,24 @@ class Engine:
         # refuses LIKE gets an equality on the usual spellings instead, in one more request.
         by_phone = queries.person_accounts_by_phone(phones, select)
         by_sale = queries.transactions_by_key(sale_keys)
-        statements = by_account + by_phone + by_sale
-        first_phone = len(by_account)
-        answers = self.salesforce.queries(statements, frozenset(range(first_phone, first_phone + len(by_phone))))
-        if any(answer is None for answer in answers[first_phone:first_phone + len(by_phone)]):
-            answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones, select))
-        candidates, existing = Candidates(), {}
-        for i, records in enumerate(answers):
+        cut = len(by_account) + len(by_phone)
+        answers = self.salesforce.queries(by_account + by_phone + by_sale, frozenset(range(len(by_account), cut)))
+        account_answers, sale_answers = answers[:cut], answers[cut:]
+        if None in account_answers:  # LIKE refused
+            account_answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones, select))
+        candidates = Candidates()
+        for records in account_answers:
             for record in records or ():
-                if first_phone + len(by_phone) <= i < len(statements):
-                    existing[record[mapping.SALE_KEY]] = record
-                else:
-                    candidates.add(queries.person_account(record, self.region))
+                candidates.add(queries.person_account(record, self.region))
+        existing = {record[mapping.SALE_KEY]: record for records in sale_answers for record in records or ()}
         return candidates, existing
 
-    def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple], sales: list[Sale]) -> dict[str, list[str]]:
+    def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple]) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key."""
         if not existing:
             return {}
-        current = {}
-        for sale in sales:
-            transaction, lines, _ = built[sale.sale_id]
-            current[transaction[mapping.SALE_KEY]] = {line[mapping.LINE_KEY] for line in lines}
+        current = {transaction[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
+                   for transaction, lines, _ in built.values()}
         key_of = {record["Id"]: sale_key for sale_key, record in existing.items()}
         stale: dict[str, list[str]] = {}
         for records in self.salesforce.queries(queries.lines_by_transaction(key_of)):

@@ -32,9 +32,9 @@ def incremental(settings: Settings, output: "Output") -> int:
     with StateStore(settings.state_path) as store:
         store.acquire_lock()
         started = utcnow()
-        window = Window(_sync_start(settings, store, started), started)
-        # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
         checkpoint = store.checkpoint(settings.account_id)
+        window = Window(_sync_start(settings, checkpoint, started), started)
+        # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
         floor = min(checkpoint, started) if checkpoint else None
 
         def advance(moment: datetime) -> None:
@@ -87,7 +87,8 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
     _require(settings)
     with StateStore(settings.state_path) as store:
         now = utcnow()
-        window = Window(since or _sync_start(settings, store, now), min(until or now, now))
+        window = Window(since or _sync_start(settings, store.checkpoint(settings.account_id), now),
+                        min(until or now, now))
         return _execute("dry-run", settings, output, store, window, limit=limit)
 
 
@@ -96,8 +97,7 @@ def _require(settings: Settings) -> None:
     settings.require_salesforce()
 
 
-def _sync_start(settings: Settings, store: StateStore, now: datetime) -> datetime:
-    checkpoint = store.checkpoint(settings.account_id)
+def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) -> datetime:
     if checkpoint is not None:
         if checkpoint > now:
             log.warning("the checkpoint %s is later than now: is the host clock right? reading from now", iso(checkpoint))
