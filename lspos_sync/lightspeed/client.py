@@ -114,12 +114,9 @@ class LightspeedClient:
             yield from self.sales(since, until)
 
     def sales_by_id(self, sale_ids: list[int]) -> Iterator[list[dict[str, Any]]]:
-        """The given sales, whatever their time (used to retry rejected sales)."""
-        for start in range(0, len(sale_ids), 100):  # IN takes at most 100 values (fact sheet §2)
-            chunk = sale_ids[start:start + 100]
-            params = {"saleID": f"IN,[{','.join(str(i) for i in chunk)}]", "limit": str(PAGE_SIZE),
-                      "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
-            yield from self._pages("Sale.json", params, "Sale")
+        """The given sales, whatever their time (parked sales, voided ones)."""
+        relations = json.dumps(SALE_RELATIONS, separators=(",", ":"))
+        return self._by_id("Sale", "saleID", sale_ids, {"load_relations": relations})
 
     def voided_sale_ids(self, since: datetime, until: datetime) -> list[int]:
         """Sales voided in the window, from the SaleVoid feed: the authoritative record of voids (§9), in case
@@ -136,14 +133,15 @@ class LightspeedClient:
 
     def customers_by_id(self, customer_ids: list[int]) -> dict[int, Customer]:
         """Customers (with their Contact), for sales that came without the Customer relation."""
-        found: dict[int, Customer] = {}
-        for start in range(0, len(customer_ids), 100):
-            chunk = customer_ids[start:start + 100]
-            params = {"customerID": f"IN,[{','.join(str(i) for i in chunk)}]", "limit": str(PAGE_SIZE),
-                      "archived": "true", "load_relations": json.dumps(["Contact"])}
-            for page in self._pages("Customer.json", params, "Customer"):
-                found.update({c.customer_id: c for c in _valid(Customer, page)})
-        return found
+        pages = self._by_id("Customer", "customerID", customer_ids,
+                            {"archived": "true", "load_relations": json.dumps(["Contact"])})
+        return {c.customer_id: c for page in pages for c in _valid(Customer, page)}
+
+    def _by_id(self, resource: str, id_field: str, ids: list[int], params: dict[str, str]) -> Iterator[list[dict]]:
+        for start in range(0, len(ids), 100):  # IN takes at most 100 values (fact sheet §2)
+            chunk = ",".join(str(i) for i in ids[start:start + 100])
+            yield from self._pages(f"{resource}.json", {id_field: f"IN,[{chunk}]", "limit": str(PAGE_SIZE), **params},
+                                   resource)
 
     # Archived shops and categories still name the sales made in them: `archived=true` returns both (§2).
     def shops(self) -> dict[int, Shop]:
