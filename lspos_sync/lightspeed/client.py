@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from lspos_sync.errors import RunFailed
+from lspos_sync.retry import pause
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.models import Category, Customer, Shop, one_or_many
 
@@ -237,7 +237,7 @@ class LightspeedClient:
     def _backoff(attempt: int, what: str) -> None:
         if attempt + 1 >= _ATTEMPTS:
             raise RunFailed(f"Lightspeed kept failing: {what}")
-        delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())  # exponential, with jitter
+        delay = pause(attempt)
         log.info("Lightspeed: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
 

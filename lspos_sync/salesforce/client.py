@@ -6,13 +6,13 @@ simple-salesforce provides the session and `restful()`; the Composite layer it l
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import RunFailed, SalesforceAuthError
+from lspos_sync.retry import pause
 from lspos_sync.salesforce.auth import Session, authenticate
 
 if TYPE_CHECKING:  # requests comes with simple-salesforce, imported only when Salesforce is called
@@ -177,7 +177,7 @@ class SalesforceClient:
     def _backoff(attempt: int, what: str) -> None:
         if attempt + 1 >= _ATTEMPTS:
             raise RunFailed(f"Salesforce kept failing: {what}")
-        delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random())
+        delay = pause(attempt)
         log.info("Salesforce: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
 

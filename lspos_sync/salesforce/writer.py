@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
+from lspos_sync.retry import pause
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class CompositeWriter:
             pending = [w for w in pending if w.error and retry_sales.intersection(w.sale_keys)]
             for write in pending:
                 write.error, write.transient = None, False
-            delay = min(30.0, self._pause * 2 ** attempt) * (0.5 + random.random())
+            delay = pause(attempt, base=self._pause)
             log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(pending), delay)
             time.sleep(delay)
 
