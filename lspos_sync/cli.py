@@ -32,6 +32,9 @@ def common_options(command: Callable) -> Callable:
     command = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")(command)
     command = click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
                            help="Logs as plain lines (default) or JSON lines for log shippers.")(command)
+    command = click.option("--mapping", "mapping_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                           help="A TOML mapping file renaming, switching off or adding Salesforce fields "
+                                "(overrides LSPOS_MAPPING).")(command)
     return command
 
 
@@ -39,14 +42,15 @@ class Context:
     """Options given to the group and to the command; the command's win."""
 
     def __init__(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int,
-                 log_format: str | None = None) -> None:
+                 log_format: str | None = None, mapping_path: Path | None = None) -> None:
         self.as_json, self.env_file, self.state_path, self.verbose = as_json, env_file, state_path, verbose
-        self.log_format = log_format
+        self.log_format, self.mapping_path = log_format, mapping_path
 
     def merged(self, as_json: bool | None, env_file: Path | None, state_path: Path | None, verbose: int,
-               log_format: str | None = None) -> "Context":
+               log_format: str | None = None, mapping_path: Path | None = None) -> "Context":
         return Context(as_json if as_json is not None else self.as_json, env_file or self.env_file,
-                       state_path or self.state_path, verbose or self.verbose, log_format or self.log_format)
+                       state_path or self.state_path, verbose or self.verbose, log_format or self.log_format,
+                       mapping_path or self.mapping_path)
 
 
 def run_command(name: str, options: Context, body: Callable[[Settings, Output], int]) -> None:
@@ -54,7 +58,7 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
     output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     try:
-        settings = load_settings(read_environment(options.env_file), options.state_path)
+        settings = load_settings(read_environment(options.env_file), options.state_path, options.mapping_path)
         output.secrets = settings.secrets
         code = body(settings, output)
     except SyncError as error:
@@ -98,15 +102,27 @@ def _usage_failure(message: str, exit_code: int) -> None:
 @click.version_option(package_name="lspos-sync")
 @click.pass_context
 def main(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
-         verbose: int, log_format: str | None) -> None:
+         verbose: int, log_format: str | None, mapping_path: Path | None) -> None:
     """Keep Salesforce in step with a Lightspeed Retail (R-Series) point of sale."""
-    ctx.obj = Context(as_json, env_file, state_path, verbose, log_format)
+    ctx.obj = Context(as_json, env_file, state_path, verbose, log_format, mapping_path)
 
 
 def _options(ctx: click.Context, as_json: bool | None, env_file: Path | None, state_path: Path | None,
-             verbose: int, log_format: str | None = None) -> Context:
+             verbose: int, log_format: str | None = None, mapping_path: Path | None = None) -> Context:
     root = ctx.find_object(Context) or Context(None, None, None, 0)
-    return root.merged(as_json, env_file, state_path, verbose, log_format)
+    return root.merged(as_json, env_file, state_path, verbose, log_format, mapping_path)
+
+
+def account_option(command: Callable) -> Callable:
+    return click.option("--account", "account", metavar="ID",
+                        help="Only this Lightspeed account (one of LIGHTSPEED_ACCOUNTS).")(command)
+
+
+def _accounts(settings: Settings, account: str | None) -> list[str]:
+    """The accounts a command acts on: the one given, else every configured one."""
+    if account:
+        return [settings.for_account(account).account_id]
+    return settings.account_ids
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -114,27 +130,30 @@ def _when(value: str | None, option: str) -> datetime | None:
 
 
 @main.command()
+@account_option
 @common_options
 @click.pass_context
-def sync(ctx: click.Context, **common: Any) -> None:
-    """Incremental run for cron: sales changed since the checkpoint (minus the look-back), then advance it."""
+def sync(ctx: click.Context, account: str | None, **common: Any) -> None:
+    """Incremental run for cron: sales changed since the checkpoint (minus the look-back), then advance it.
+    With LIGHTSPEED_ACCOUNTS, each account in turn."""
     from lspos_sync.run import incremental
 
-    run_command("sync", _options(ctx, **common), lambda settings, output: incremental(settings, output))
+    run_command("sync", _options(ctx, **common), lambda settings, output: incremental(settings, output, account))
 
 
 @main.command()
 @click.option("--from", "from_", required=True, metavar="WHEN", help="Start of the window (ISO 8601).")
 @click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
+@account_option
 @common_options
 @click.pass_context
-def backfill(ctx: click.Context, from_: str, to: str | None, **common: Any) -> None:
+def backfill(ctx: click.Context, from_: str, to: str | None, account: str | None, **common: Any) -> None:
     """Load a historical window through the same engine; never moves the live checkpoint."""
     from lspos_sync.run import bounded
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to)
-        return bounded(settings, output, since, _when(to, "--to"))
+        return bounded(settings, output, since, _when(to, "--to"), account)
 
     run_command("backfill", _options(ctx, **common), body)
 
@@ -143,15 +162,17 @@ def backfill(ctx: click.Context, from_: str, to: str | None, **common: Any) -> N
 @click.option("--from", "from_", metavar="WHEN", help="Start of the window (default: what the next sync reads).")
 @click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
 @click.option("--limit", type=click.IntRange(min=1), help="Preview at most N sales.")
+@account_option
 @common_options
 @click.pass_context
-def dry_run(ctx: click.Context, from_: str | None, to: str | None, limit: int | None, **common: Any) -> None:
+def dry_run(ctx: click.Context, from_: str | None, to: str | None, limit: int | None, account: str | None,
+            **common: Any) -> None:
     """The real pipeline with every write switched off: what would happen to each sale, and why."""
     from lspos_sync.run import preview
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to) if from_ else (None, _when(to, "--to"))
-        return preview(settings, output, since, until, limit)
+        return preview(settings, output, since, until, limit, account)
 
     run_command("dry-run", _options(ctx, **common), body)
 
@@ -226,17 +247,18 @@ def checkpoint(ctx: click.Context, **common: Any) -> None:
 
 
 @checkpoint.command("show")
+@account_option
 @common_options
 @click.pass_context
-def checkpoint_show(ctx: click.Context, **common: Any) -> None:
+def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> None:
     """The cursor(s), the last run's time and outcome."""
 
     def body(settings: Settings, output: Output) -> int:
+        accounts = _accounts(settings, account)
         with StateStore(settings.state_path) as store:
             cursors = store.checkpoints()
-            if settings.account_id:
-                cursors = {k: v for k, v in cursors.items() if k == settings.account_id} or \
-                    {settings.account_id: {"cursor": None, "updated_at": None}}
+            if accounts:
+                cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
             last = store.last_run()
         now = datetime.now(timezone.utc)
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
@@ -264,39 +286,86 @@ def checkpoint_show(ctx: click.Context, **common: Any) -> None:
 @checkpoint.command("reset")
 @click.option("--to", "to", metavar="WHEN", help="Set the checkpoint to WHEN instead of clearing it.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@account_option
 @common_options
 @click.pass_context
-def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, **common: Any) -> None:
-    """Clear the checkpoint, or set it to WHEN."""
+def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, account: str | None, **common: Any) -> None:
+    """Clear the checkpoint, or set it to WHEN (of every configured account, or of --account)."""
 
     def body(settings: Settings, output: Output) -> int:
-        if not settings.account_id:
+        accounts = _accounts(settings, account)
+        if not accounts:
             raise ConfigError("missing configuration: LIGHTSPEED_ACCOUNT_ID (whose checkpoint to reset)")
         target = _when(to, "--to")
         if target is not None and target > utcnow():
             raise ConfigError(f"--to {iso(target)} is in the future: a checkpoint says what is already synced")
-        what = f"set the checkpoint of account {settings.account_id} to {iso(target)}" if target else \
-            f"clear the checkpoint of account {settings.account_id}"
+        whose = f"account{'s' if len(accounts) > 1 else ''} {', '.join(accounts)}"
+        what = f"set the checkpoint of {whose} to {iso(target)}" if target else f"clear the checkpoint of {whose}"
         if not yes:
             if not sys.stdin.isatty():
                 raise ConfigError(f"refusing to {what} without a terminal to confirm: add --yes")
             if not click.confirm(f"{what[0].upper()}{what[1:]}?", err=True):
                 raise ConfigError("checkpoint reset cancelled")
-        with StateStore(settings.state_path) as store, ExitStack() as stack:
-            store.acquire_lock()
-            stack.callback(store.release_lock)
-            previous = store.checkpoint(settings.account_id)
-            if target:
-                store.set_checkpoint(settings.account_id, target)
-            else:
-                store.clear_checkpoint(settings.account_id)
-        data = {"account_id": settings.account_id, "previous": iso(previous) if previous else None,
-                "checkpoint": iso(target) if target else None}
-        output.result(data, [f"account {settings.account_id}: checkpoint "
-                             f"{iso(target) if target else 'cleared'} (was {iso(previous) if previous else 'not set'})"])
+        results, lines = [], []
+        with StateStore(settings.state_path) as store:
+            for account_id in accounts:
+                with ExitStack() as stack:
+                    store.acquire_lock(account_id)
+                    stack.callback(store.release_lock)
+                    previous = store.checkpoint(account_id)
+                    if target:
+                        store.set_checkpoint(account_id, target)
+                    else:
+                        store.clear_checkpoint(account_id)
+                results.append({"account_id": account_id, "previous": iso(previous) if previous else None,
+                                "checkpoint": iso(target) if target else None})
+                lines.append(f"account {account_id}: checkpoint {iso(target) if target else 'cleared'} "
+                             f"(was {iso(previous) if previous else 'not set'})")
+        output.result(results[0] if not settings.several_accounts else {"accounts": results}, lines)
         return 0
 
     run_command("checkpoint reset", _options(ctx, **common), body)
+
+
+@main.group()
+@common_options
+@click.pass_context
+def mapping(ctx: click.Context, **common: Any) -> None:
+    """The Salesforce names lspos-sync writes to: the contract's defaults as changed by the mapping file."""
+    ctx.obj = _options(ctx, **common)
+
+
+@mapping.command("show")
+@common_options
+@click.pass_context
+def mapping_show(ctx: click.Context, **common: Any) -> None:
+    """The effective mapping: every object and field written, renamed, switched off or added. Offline."""
+    from lspos_sync.run import field_map
+
+    def body(settings: Settings, output: Output) -> int:
+        names = field_map(settings)
+        data = names.describe()
+        lines = [f"mapping: {data['source'] or 'none (the contract defaults)'}"]
+        for obj, described in data["objects"].items():
+            lines.append(f"{obj} -> {described['object']}")
+            lines += [f"  {name}: {'(switched off)' if target is None else target}"
+                      for name, target in described["fields"].items()]
+            lines += [f"  + {name}: from {added['from']} ({added['type']})" for name, added in described["added"].items()]
+        output.result(data, lines)
+        return 0
+
+    run_command("mapping show", _options(ctx, **common), body)
+
+
+@mapping.command("check")
+@common_options
+@click.pass_context
+def mapping_check(ctx: click.Context, **common: Any) -> None:
+    """Check the mapping against the org's describe (one API call): exit 0 when it fits, 2 with one line per
+    problem when it does not."""
+    from lspos_sync.run import check_org_mapping
+
+    run_command("mapping check", _options(ctx, **common), check_org_mapping)
 
 
 @main.command()
@@ -339,15 +408,16 @@ def demo(ctx: click.Context, keep: bool, **common: Any) -> None:
               help="Start of the window of completion times (ISO 8601, included).")
 @click.option("--to", "to", required=True, metavar="WHEN",
               help="End of the window (ISO 8601, excluded: --from 2026-03-01 --to 2026-04-01 is March).")
+@account_option
 @common_options
 @click.pass_context
-def reconcile(ctx: click.Context, from_: str, to: str, **common: Any) -> None:
+def reconcile(ctx: click.Context, from_: str, to: str, account: str | None, **common: Any) -> None:
     """Compare Lightspeed and Salesforce over a window of completion times: counts and totals per shop and
     UTC day, and the sales missing, extra or different in Salesforce. Exit 0 when they agree, 3 when not."""
     from lspos_sync.reconcile import reconcile as compare_systems
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to)
-        return compare_systems(settings, output, since, until)
+        return compare_systems(settings, output, since, until, account)
 
     run_command("reconcile", _options(ctx, **common), body)

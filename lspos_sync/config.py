@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping
@@ -88,9 +88,43 @@ class Settings:
     person_account_record_type: str
     api_reserve_percent: float
     enrich_profiles: bool
+    mapping_path: Path | None = None
+    rollups: bool = False
+    # LIGHTSPEED_ACCOUNTS: account id -> (client id, client secret, refresh token), in the order given
+    accounts: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
+    @property
+    def several_accounts(self) -> bool:
+        return bool(self.accounts)
+
+    @property
+    def account_ids(self) -> list[str]:
+        """The Lightspeed accounts this configuration syncs, in order."""
+        return list(self.accounts) if self.accounts else [self.account_id] if self.account_id else []
+
+    def for_account(self, account_id: str) -> "Settings":
+        """The settings of one account of LIGHTSPEED_ACCOUNTS (the others' credentials left out)."""
+        if not self.accounts:
+            if account_id != self.account_id:
+                raise ConfigError(f"--account {account_id}: not configured (LIGHTSPEED_ACCOUNT_ID is "
+                                  f"{self.account_id or 'not set'}; several accounts go in LIGHTSPEED_ACCOUNTS)")
+            return self
+        if account_id not in self.accounts:
+            raise ConfigError(f"--account {account_id}: not one of LIGHTSPEED_ACCOUNTS ({', '.join(self.accounts)})")
+        client_id, client_secret, refresh_token = self.accounts[account_id]
+        return replace(self, account_id=account_id, client_id=client_id, client_secret=client_secret,
+                       refresh_token=refresh_token, accounts={})
+
     def require_lightspeed(self) -> None:
+        if self.accounts:
+            for account_id in self.accounts:
+                client_id, client_secret, _ = self.accounts[account_id]
+                missing = [f"LIGHTSPEED_ACCOUNT_{account_id}_{name} (or LIGHTSPEED_{name})" for name, value in
+                           (("CLIENT_ID", client_id), ("CLIENT_SECRET", client_secret)) if not value]
+                if missing:
+                    raise ConfigError(f"missing configuration for account {account_id}: {', '.join(missing)}")
+            return
         missing = [name for name, value in (
             ("LIGHTSPEED_ACCOUNT_ID", self.account_id), ("LIGHTSPEED_CLIENT_ID", self.client_id),
             ("LIGHTSPEED_CLIENT_SECRET", self.client_secret)) if not value]
@@ -118,10 +152,17 @@ def read_environment(env_file: Path | None) -> dict[str, str]:
     return values
 
 
-def load_settings(env: Mapping[str, str], state_override: Path | None = None) -> Settings:
+def load_settings(env: Mapping[str, str], state_override: Path | None = None,
+                  mapping_override: Path | None = None) -> Settings:
     def get(name: str, default: str | None = None) -> str | None:
         value = env.get(name)
         return value.strip() if value and value.strip() else default
+
+    def flag(name: str) -> bool:
+        raw = (get(name, "false") or "false").lower()
+        if raw not in _BOOLEANS:
+            raise ConfigError(f"{name}: {raw!r} is not true or false")
+        return _BOOLEANS[raw]
 
     def minutes(name: str, default: int) -> timedelta:
         raw = get(name, str(default))
@@ -140,9 +181,7 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
         api_reserve = -1.0
     if not 0 <= api_reserve < 100:
         raise ConfigError(f"LSPOS_API_RESERVE_PERCENT: {reserve!r} is not a percentage from 0 to 99")
-    enrich = (get("LSPOS_ENRICH_PROFILES", "false") or "false").lower()
-    if enrich not in _BOOLEANS:
-        raise ConfigError(f"LSPOS_ENRICH_PROFILES: {enrich!r} is not true or false")
+    enrich, rollups = flag("LSPOS_ENRICH_PROFILES"), flag("LSPOS_ROLLUPS")
     sync_start = get("LSPOS_SYNC_START")
     region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
     if len(region) != 2 or not region.isalpha():
@@ -156,6 +195,16 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
     account_id = get("LIGHTSPEED_ACCOUNT_ID", "") or ""
     if account_id and not account_id.isdigit():
         raise ConfigError(f"LIGHTSPEED_ACCOUNT_ID: {account_id!r} is not a Lightspeed account number")
+    accounts: dict[str, tuple[str | None, str | None, str | None]] = {}
+    for listed in (get("LIGHTSPEED_ACCOUNTS", "") or "").split(","):
+        listed = listed.strip()
+        if not listed:
+            continue
+        if not listed.isdigit():
+            raise ConfigError(f"LIGHTSPEED_ACCOUNTS: {listed!r} is not a Lightspeed account number")
+        accounts[listed] = tuple(  # type: ignore[assignment]
+            get(f"LIGHTSPEED_ACCOUNT_{listed}_{name}") or get(f"LIGHTSPEED_{name}")
+            for name in ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN"))
     state_path = state_override or (Path(get("LSPOS_STATE_PATH")) if get("LSPOS_STATE_PATH") else default_state_path())
     return Settings(
         account_id=account_id,
@@ -183,6 +232,10 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None) ->
         phone_region=region,
         person_account_record_type=get("LSPOS_PERSON_ACCOUNT_RECORD_TYPE", "PersonAccount") or "PersonAccount",
         api_reserve_percent=api_reserve,
-        enrich_profiles=_BOOLEANS[enrich],
-        secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))),
+        enrich_profiles=enrich,
+        mapping_path=mapping_override or (Path(get("LSPOS_MAPPING")) if get("LSPOS_MAPPING") else None),  # type: ignore[arg-type]
+        rollups=rollups,
+        accounts=accounts,
+        secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))) + tuple(
+            v for credentials in accounts.values() for v in credentials[1:] if v),
     )

@@ -17,12 +17,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import ValidationError
 
-from lspos_sync import mapping
+from lspos_sync import mapping, rollups
 from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, claim_accounts,
                                   customer_phones, normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
+from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
+from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop, one_or_many
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS,
@@ -57,6 +58,7 @@ class SalePlan:
     reason: str
     action: str  # create, update, unchanged, rejected
     error: str | None = None
+    added: dict[str, Any] | None = None  # the transaction's fields added by the mapping file, by org name
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,19 +77,21 @@ class RunSummary:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     ambiguous: list[dict[str, Any]] = field(default_factory=list)
     enriched: list[dict[str, Any]] = field(default_factory=list)  # accounts whose empty fields were filled
+    rollups: dict[str, Any] | None = None  # LSPOS_ROLLUPS: accounts recomputed, updated, their changes
     plans: list[SalePlan] = field(default_factory=list)
     progress: datetime | None = None  # every sale changed up to here is written or parked
     retried: int = 0
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.rejected else 0
+        return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) else 0
 
 
 class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
                  salesforce: SalesforceClient, sink: Sink, *, dry_run: bool, phone_region: str,
                  person_record_type: str, verify_unchanged: bool = False, enrich_profiles: bool = False,
+                 field_map: FieldMap = DEFAULT, roll_up: bool = False,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.account_id = account_id
         self.store = store
@@ -99,11 +103,22 @@ class Engine:
         self.person_record_type = person_record_type
         self.verify_unchanged = verify_unchanged
         self.enrich_profiles = enrich_profiles
+        self.field_map = field_map
+        self.roll_up = roll_up
         self.on_batch = on_batch
         self._shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
         self._categories: dict[int, Category] = {}
         self._record_type_id: str | None = None
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
+        # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
+        self._payloads: dict[int, dict[str, Any]] = {}
+        self._raw_customers: dict[int, dict[str, Any]] = {}
+        self._raw_shops: dict[int, dict[str, Any]] = {}
+        # LSPOS_ROLLUPS: the accounts whose transactions changed; in a dry-run also what it would write, by
+        # account Id or (for accounts it would create) customer key, and the sale keys to leave out.
+        self._touched: set[str] = set()
+        self._planned: dict[str, list[rollups.Contribution]] = {}
+        self._superseded: dict[str, list[str]] = {}
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -118,6 +133,7 @@ class Engine:
             self._process_ids(self.lightspeed.voided_sale_ids(window.since, window.until), summary)
         with closing(_prefetched(self.lightspeed.sales(window.since, window.until))) as pages:
             self._read_window(pages, window, summary, progress, limit)
+        self._roll_up(summary)
         if progress and limit is None:
             summary.progress = window.until
             progress(window.until)
@@ -152,6 +168,7 @@ class Engine:
         """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
         summary = RunSummary("rejects retry", self.account_id, None)
         self._retry_parked(sale_ids, summary)
+        self._roll_up(summary)
         summary.records = dict(self.sink.stats.records)
         return summary
 
@@ -184,6 +201,8 @@ class Engine:
                 moment = sale.last_update
                 if window is not None and moment is not None and not window.since <= moment <= window.until:
                     continue  # outside the window, whatever the server's filter did
+                if self.field_map.needs_raw:
+                    self._payloads[sale.sale_id] = payload
                 yield sale
 
     def _park_unreadable(self, payload: dict[str, Any], error: ValidationError, summary: RunSummary) -> None:
@@ -203,13 +222,17 @@ class Engine:
     # -- one batch
     def _process(self, sales: list[Sale], summary: RunSummary) -> None:
         if self._shops is None:  # a run that reads no sale never asks
-            self._shops, self._categories = self.lightspeed.shops(), self.lightspeed.categories()
+            raw_shops = self._raw_shops if self.field_map.needs_raw else None
+            self._shops, self._categories = self.lightspeed.shops(raw_shops), self.lightspeed.categories()
         sales = self._with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
         built = {}
         for sale in sales:
             transaction = mapping.transaction_record(sale, self.account_id, self._shops)
             lines = mapping.line_records(sale, self.account_id, self._categories)
-            built[sale.sale_id] = (transaction, lines, mapping.content_hash(transaction, lines))
+            if self.field_map.needs_raw:
+                self._add_mapped_fields(sale, transaction, lines)
+            built[sale.sale_id] = (transaction, lines,
+                                   mapping.content_hash(transaction, lines, self.field_map.fingerprint))
         known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
         if self.verify_unchanged and known:
             # backfill repairs: a sale counts as unchanged only while Salesforce still has it
@@ -232,15 +255,41 @@ class Engine:
             log.info("batch of %d sale(s): %d written, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
                      extra={"phase": "batch", "counts": {"sales": len(sales), "written": len(todo)},
                             "duration_ms": round((time.monotonic() - started) * 1000)})
+        for sale in sales:
+            self._payloads.pop(sale.sale_id, None)
+        self._raw_customers.clear()
         if self.on_batch:
             self.on_batch(len(sales))
+
+    def _add_mapped_fields(self, sale: Sale, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+        """The fields the mapping file adds, filled from the payloads as Lightspeed sent them."""
+        payload = self._payloads.get(sale.sale_id, {})
+        payments = [p for p in one_or_many(payload.get("SalePayments"), "SalePayment")
+                    if isinstance(p, dict) and str(p.get("archived", "")).strip().lower() != "true"]
+        sources = {"sale": payload, "customer": self._customer_payload(sale),
+                   "shop": self._raw_shops.get(sale.shop_id) if sale.shop_id is not None else None,
+                   "payment": payments[0] if payments else None}
+        transaction.update(self.field_map.added_values(mapping.TRANSACTION, sources))
+        if self.field_map.additions.get(mapping.LINE):
+            raw_lines = {mapping.key(self.account_id, str(line.get("saleLineID", "")).strip()): line
+                         for line in one_or_many(payload.get("SaleLines"), "SaleLine") if isinstance(line, dict)}
+            for record in lines:
+                raw = raw_lines.get(record[mapping.LINE_KEY])
+                item = raw.get("Item") if raw else None
+                record.update(self.field_map.added_values(mapping.LINE, {**sources, "line": raw, "item": item}))
+
+    def _customer_payload(self, sale: Sale) -> dict[str, Any] | None:
+        loaded = self._payloads.get(sale.sale_id, {}).get("Customer")
+        if isinstance(loaded, dict):
+            return loaded
+        return self._raw_customers.get(sale.customer_id) if sale.customer_id is not None else None
 
     def _with_customers(self, sales: list[Sale]) -> list[Sale]:
         """Sales whose customer did not come loaded with them get it from the Customer endpoint."""
         missing = sorted({s.customer_id for s in sales if s.customer_id is not None and s.customer is None})
         if not missing:
             return sales
-        found = self.lightspeed.customers_by_id(missing)
+        found = self.lightspeed.customers_by_id(missing, self._raw_customers if self.field_map.needs_raw else None)
         return [s.model_copy(update={"customer": found[s.customer_id]}) if s.customer is None and s.customer_id in found
                 else s for s in sales]
 
@@ -263,6 +312,7 @@ class Engine:
             # the run remembers the decision, not the account as found (memory stays flat over long windows)
             self._resolved[customer_key] = replace(self._resolved[customer_key], account=None)
         plans: dict[str, SalePlan] = {}
+        previous: dict[str, str | None] = {}  # sale key -> the account it is linked to in Salesforce now
         for sale in sales:
             transaction, lines, _ = built[sale.sale_id]
             sale_key = transaction[mapping.SALE_KEY]
@@ -275,7 +325,7 @@ class Engine:
                 resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
             record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
                       "Match_Status__c": resolution.status}
-            linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
+            linked_by_hand = previous[sale_key] = (existing.get(sale_key) or {}).get("Account__c")
             if resolution.status == CREATED and resolution.account_id is None:
                 record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
             elif resolution.account_id is None and linked_by_hand:
@@ -295,9 +345,85 @@ class Engine:
 
         self.sink.write(writes)
         self._settle(writes, sales, built, plans, summary)
+        if self.roll_up:
+            self._note_rollups(sales, built, plans, previous, existing)
 
     def _customer_key(self, sale: Sale) -> str | None:
         return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
+
+    def _note_rollups(self, sales: list[Sale], built: dict[int, tuple], plans: dict[str, SalePlan],
+                      previous: dict[str, str | None], existing: dict[str, dict]) -> None:
+        """The accounts whose roll-ups the batch changed: where each written sale is linked now and where it
+        was. A dry-run also keeps what it would write, to add to Salesforce's aggregates at the end."""
+        for sale in sales:
+            transaction = built[sale.sale_id][0]
+            sale_key = transaction[mapping.SALE_KEY]
+            plan = plans[sale_key]
+            if plan.action == "rejected":
+                continue
+            before = previous.get(sale_key)
+            customer_key = self._customer_key(sale)
+            resolution = self._resolved.get(customer_key) if customer_key else None
+            after = resolution.account_id if resolution and plan.match != AMBIGUOUS else None
+            if after is None and plan.match == CREATED and self.dry_run:
+                after = customer_key  # an account the dry-run would create: known by its key
+            elif after is None and before:
+                after = before  # a hand link the sync keeps
+            for account in (before, after):
+                if account and not (self.dry_run and account == customer_key):
+                    self._touched.add(account)
+            if self.dry_run:
+                if before and sale_key in existing:
+                    self._superseded.setdefault(before, []).append(sale_key)
+                if after:
+                    self._planned.setdefault(after, []).append(rollups.Contribution(
+                        transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"]))
+
+    def _roll_up(self, summary: RunSummary) -> None:
+        """LSPOS_ROLLUPS: the four loyalty fields recomputed by Salesforce's aggregates for the accounts the
+        run touched (and those a previous run could not update), written where they moved."""
+        if not self.roll_up:
+            return
+        if not self.dry_run:
+            self._touched.update(self.store.pending_rollups(self.account_id))
+        ids = sorted(self._touched)
+        created = [ref for ref in self._planned if ref not in self._touched]  # dry-run: accounts not there yet
+        report: dict[str, Any] = {"accounts": len(ids) + len(created), "updated": 0, "changes": [], "rejected": []}
+        summary.rollups = report
+        groups: dict[str, list[dict]] = {}
+        current: dict[str, dict] = {}
+        if ids:
+            statements = rollups.aggregate_statements(ids, self._superseded if self.dry_run else None)
+            answers = self.salesforce.queries([statement for pair in statements for statement in pair])
+            for aggregate, accounts in zip(answers[::2], answers[1::2]):
+                for row in aggregate or ():
+                    groups.setdefault(row["Account__c"], []).append(row)
+                current.update({row["Id"]: row for row in accounts or ()})
+        writes = []
+        for ref in ids + created:
+            if ref in ids and ref not in current:
+                continue  # the account is gone from Salesforce
+            new = rollups.values(groups.get(ref, ()), self._planned.get(ref, ()))
+            moves = rollups.changed(current.get(ref), new)
+            if not moves:
+                continue
+            if self.dry_run:
+                report["changes"].append({"account_id": ref if ref in current else None,
+                                          "customer_key": None if ref in current else ref,
+                                          "fields": {f: {"from": a, "to": b} for f, (a, b) in moves.items()}})
+            if ref in current:
+                writes.append(Write(UPDATE_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": ref, **new},
+                                    (f"rollup:{ref}",)))
+        if writes:
+            self.sink.write(writes)
+        refused = {w.record["id"]: w.error for w in writes if w.error}
+        report["updated"] = len(writes) - len(refused)
+        report["rejected"] = [{"account_id": i, "reason": reason} for i, reason in refused.items()]
+        if not self.dry_run:
+            self.store.set_pending_rollups(self.account_id, refused)
+        log.info("roll-ups: %d account(s) recomputed, %d updated", report["accounts"], report["updated"],
+                 extra={"phase": "rollups", "counts": {"accounts": report["accounts"], "updated": report["updated"],
+                                                       "rejected": len(refused)}})
 
     def _account_writes(self, customer_key: str, customer: Customer, sales: list[Sale],
                         built: dict[int, tuple]) -> list[Write]:
@@ -308,6 +434,9 @@ class Engine:
         profile = mapping.profile_fields(customer, shop.time_zone if shop else None, self.enrich_profiles)
         sale_keys = tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales)
         if resolution.create:
+            if self.field_map.additions.get(mapping.ACCOUNT):
+                raw = self._customer_payload(sales[0])
+                profile = {**profile, **self.field_map.added_values(mapping.ACCOUNT, {"customer": raw})}
             record = mapping.person_account_record(customer, self.account_id, self._person_record_type_id(), profile)
             return [Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, sale_keys, customer_key)]
         known = resolution.account.profile if resolution.account else None
@@ -357,8 +486,9 @@ class Engine:
 
     def _plan(self, sale: Sale, transaction: dict, lines: list, match: str, account_id: str | None,
               reason: str, action: str) -> SalePlan:
+        added = {a.name: transaction.get(a.name) for a in self.field_map.additions.get(mapping.TRANSACTION, ())}
         return SalePlan(sale.sale_id, transaction[mapping.SALE_KEY], sale.ticket_number, transaction["Status__c"],
-                        transaction["Total__c"], len(lines), match, account_id, reason, action)
+                        transaction["Total__c"], len(lines), match, account_id, reason, action, added=added or None)
 
     # -- Salesforce reads
     def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
@@ -469,6 +599,7 @@ def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
         "records": summary.records,
         "ambiguous": summary.ambiguous,
         "enriched": summary.enriched,
+        "rollups": summary.rollups,
         "rejected": summary.rejected,
         # only sync moves the checkpoint; a backfill's progress is its own resume point
         "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,

@@ -185,7 +185,9 @@ def _local_date(moment: datetime | None, time_zone: str | None) -> str | None:
         return moment.date().isoformat()
 
 
-def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]]) -> str:
-    """A fingerprint of what the sale writes, so that an unchanged sale re-read costs no write."""
-    payload = json.dumps([transaction, lines], sort_keys=True, separators=(",", ":"))
+def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]], salt: str = "") -> str:
+    """A fingerprint of what the sale writes, so that an unchanged sale re-read costs no write; `salt`
+    changes it when where it is written changes (a new mapping file)."""
+    payload = json.dumps([transaction, lines, salt] if salt else [transaction, lines], sort_keys=True,
+                         separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from lspos_sync import mapping
 from lspos_sync.config import Settings
 from lspos_sync.engine import Window
+from lspos_sync.errors import ConfigError
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Sale, Shop
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 MAX_GROUPS = 2000  # rows one aggregate query may answer: GROUP BY results cannot be paged
 _CENT = Decimal("0.01")
 _COMPARED = ("Total__c", "Status__c")
+_NEEDED = ("Total__c", "Status__c", "Shop_Name__c", "Transaction_Date__c")
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,29 @@ class DayFigures:
         return {"sales": self.sales, "total": _number(self.total)}
 
 
-def reconcile(settings: Settings, output: "Output", since: datetime, until: datetime) -> int:
+def reconcile(settings: Settings, output: "Output", since: datetime, until: datetime,
+              account: str | None = None) -> int:
     """Compares the window; 0 when both systems agree on every shop, day and sale, 3 when they differ."""
+    from lspos_sync.run import field_map
+
     settings.require_lightspeed()
     settings.require_salesforce()
+    if settings.several_accounts and not account:
+        raise ConfigError(f"reconcile compares one account at a time: add --account (one of "
+                          f"{', '.join(settings.account_ids)})")
+    settings = settings.for_account(account or settings.account_id)
+    names = field_map(settings)
+    switched_off = [f for f in _NEEDED if not names.is_on(mapping.TRANSACTION, f)]
+    if switched_off:
+        raise ConfigError(f"reconcile needs {', '.join(switched_off)} on {mapping.TRANSACTION}, which the mapping "
+                          "file switches off")
     window = Window(_whole_second(since), _whole_second(until))
     with StateStore(settings.state_path) as store, httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)) as http:
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token)
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
-        salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent)
+        salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
+                                      field_map=names)
         shops = lightspeed.shops()
         expected, unreadable = lightspeed_sales(lightspeed, settings.account_id, window, shops)
         held, salesforce_days = salesforce_sales(salesforce, settings.account_id, window, len(shops))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 
+from lspos_sync import fieldmap
 from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
-from lspos_sync.errors import ConfigError, SyncError
+from lspos_sync.errors import ConfigError, LockHeld, SyncError
+from lspos_sync.fieldmap import FieldMap
+from lspos_sync.mapping import ACCOUNT, ENRICHABLE, LINE, TRANSACTION
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.output import RUN
@@ -26,75 +30,192 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def incremental(settings: Settings, output: "Output") -> int:
+@dataclass
+class Report:
+    """One account's run, as printed: the JSON object, the plain lines, the exit code."""
+
+    data: dict[str, Any]
+    lines: list[str]
+    exit_code: int
+
+
+def incremental(settings: Settings, output: "Output", account: str | None = None) -> int:
     """`sync`: from the checkpoint minus the look-back (or LSPOS_SYNC_START) up to the run's start."""
-    _require(settings)
-    with StateStore(settings.state_path) as store:
-        store.acquire_lock()
-        started = utcnow()
-        checkpoint = store.checkpoint(settings.account_id)
-        window = Window(_sync_start(settings, checkpoint, started), started)
-        # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
-        floor = min(checkpoint, started) if checkpoint else None
 
-        def advance(moment: datetime) -> None:
-            nonlocal floor
-            if floor is None or moment > floor:  # progress inside the look-back never moves it back
-                store.set_checkpoint(settings.account_id, moment)
-                floor = moment
+    def one(settings: Settings) -> Report:
+        with StateStore(settings.state_path) as store:
+            store.acquire_lock(settings.account_id)
+            started = utcnow()
+            checkpoint = store.checkpoint(settings.account_id)
+            window = Window(_sync_start(settings, checkpoint, started), started)
+            # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
+            floor = min(checkpoint, started) if checkpoint else None
 
-        return _execute("sync", settings, output, store, window, progress=advance)
+            def advance(moment: datetime) -> None:
+                nonlocal floor
+                if floor is None or moment > floor:  # progress inside the look-back never moves it back
+                    store.set_checkpoint(settings.account_id, moment)
+                    floor = moment
+
+            return _execute("sync", settings, output, store, window, progress=advance)
+
+    return each_account("sync", settings, output, account, one)
 
 
-def bounded(settings: Settings, output: "Output", since: datetime, until: datetime | None) -> int:
+def bounded(settings: Settings, output: "Output", since: datetime, until: datetime | None,
+            account: str | None = None) -> int:
     """`backfill`: an explicit window, written like any other; the live checkpoint is left alone. A window
     that stopped part-way (an outage, the API reserve) resumes where it stopped when run again."""
-    _require(settings)
-    with StateStore(settings.state_path) as store:
-        store.acquire_lock()
-        name = f"{iso(since)}/{iso(until) if until else 'now'}"
-        resume = store.backfill_progress(settings.account_id, name)
-        if resume is not None:
-            log.warning("backfill %s resumes from %s, where it stopped", name, iso(resume))
-        window = Window(max(since, resume or since), min(until or utcnow(), utcnow()))
 
-        def advance(moment: datetime) -> None:
-            if moment >= window.until:
-                store.clear_backfill_progress(settings.account_id, name)
-            else:
-                store.set_backfill_progress(settings.account_id, name, moment)
+    def one(settings: Settings) -> Report:
+        with StateStore(settings.state_path) as store:
+            store.acquire_lock(settings.account_id)
+            name = f"{iso(since)}/{iso(until) if until else 'now'}"
+            resume = store.backfill_progress(settings.account_id, name)
+            if resume is not None:
+                log.warning("backfill %s of account %s resumes from %s, where it stopped", name,
+                            settings.account_id, iso(resume))
+            window = Window(max(since, resume or since), min(until or utcnow(), utcnow()))
 
-        return _execute("backfill", settings, output, store, window, progress=advance)
+            def advance(moment: datetime) -> None:
+                if moment >= window.until:
+                    store.clear_backfill_progress(settings.account_id, name)
+                else:
+                    store.set_backfill_progress(settings.account_id, name, moment)
+
+            return _execute("backfill", settings, output, store, window, progress=advance)
+
+    return each_account("backfill", settings, output, account, one)
 
 
 def retry_parked(settings: Settings, output: "Output", sale_keys: tuple[str, ...]) -> int:
     """`rejects retry`: the parked sales given (all of them when none is), written again now."""
-    _require(settings)
-    with StateStore(settings.state_path) as store:
-        store.acquire_lock()
-        parked = {r.sale_key: r.sale_id for r in store.rejects(settings.account_id)}
-        unknown = [key for key in sale_keys if key not in parked]
-        if unknown:
-            raise ConfigError(f"not a parked sale of account {settings.account_id}: {', '.join(unknown)} "
-                              "(see `lspos-sync rejects list`)")
-        sale_ids = [parked[key] for key in (sale_keys or parked)]
-        return _execute("rejects retry", settings, output, store, None, retry=sale_ids)
+    unknown = [key for key in sale_keys if key.split("-", 1)[0] not in settings.account_ids]
+    if unknown:
+        raise ConfigError(f"not a parked sale of {', '.join(settings.account_ids) or 'a configured account'}: "
+                          f"{', '.join(unknown)} (see `lspos-sync rejects list`)")
+
+    def one(settings: Settings) -> Report | None:
+        mine = tuple(key for key in sale_keys if key.startswith(f"{settings.account_id}-"))
+        if sale_keys and not mine:
+            return None  # the keys given are all another account's
+        with StateStore(settings.state_path) as store:
+            store.acquire_lock(settings.account_id)
+            parked = {r.sale_key: r.sale_id for r in store.rejects(settings.account_id)}
+            unknown = [key for key in mine if key not in parked]
+            if unknown:
+                raise ConfigError(f"not a parked sale of account {settings.account_id}: {', '.join(unknown)} "
+                                  "(see `lspos-sync rejects list`)")
+            sale_ids = [parked[key] for key in (mine or parked)]
+            return _execute("rejects retry", settings, output, store, None, retry=sale_ids)
+
+    return each_account("rejects retry", settings, output, None, one)
 
 
 def preview(settings: Settings, output: "Output", since: datetime | None, until: datetime | None,
-            limit: int | None) -> int:
+            limit: int | None, account: str | None = None) -> int:
     """`dry-run`: reads both systems, writes to neither (nor to the checkpoint)."""
+
+    def one(settings: Settings) -> Report:
+        with StateStore(settings.state_path) as store:
+            now = utcnow()
+            window = Window(since or _sync_start(settings, store.checkpoint(settings.account_id), now),
+                            min(until or now, now))
+            return _execute("dry-run", settings, output, store, window, limit=limit)
+
+    return each_account("dry-run", settings, output, account, one)
+
+
+def each_account(command: str, settings: Settings, output: "Output", account: str | None,
+                 one: Callable[[Settings], Report | None]) -> int:
+    """Runs `one` for the account given, or for every configured account in turn, and prints the result.
+
+    With one account (LIGHTSPEED_ACCOUNT_ID) the report is that account's, and a failure is the command's.
+    With LIGHTSPEED_ACCOUNTS, each account is run even when another failed or was locked, and the report
+    lists them: the exit code is 1 if any failed, else 3 if any had rejected records, else 4 if any was
+    locked by another run, else 0."""
     _require(settings)
-    with StateStore(settings.state_path) as store:
-        now = utcnow()
-        window = Window(since or _sync_start(settings, store.checkpoint(settings.account_id), now),
-                        min(until or now, now))
-        return _execute("dry-run", settings, output, store, window, limit=limit)
+    selected = [account] if account else settings.account_ids
+    chosen = [settings.for_account(account_id) for account_id in selected]  # an unknown --account: exit 2 here
+    if not settings.several_accounts:
+        report = one(chosen[0])
+        assert report is not None
+        output.result(report.data, report.lines)
+        return report.exit_code
+    reports = []
+    for account_settings in chosen:
+        try:
+            report = one(account_settings)
+        except ConfigError:
+            raise
+        except SyncError as error:
+            message = output.mask(str(error))
+            output.note(f"account {account_settings.account_id}: Error: {message}")
+            report = Report({"command": command, "account_id": account_settings.account_id,
+                             "outcome": "locked" if isinstance(error, LockHeld) else "failed",
+                             "exit_code": error.exit_code, "error": message},
+                            [f"{command} account {account_settings.account_id}: "
+                             f"{'skipped' if isinstance(error, LockHeld) else 'failed'}: {message}"], error.exit_code)
+        if report is not None:
+            reports.append(report)
+    codes = {report.exit_code for report in reports}
+    code = next((c for c in (1, 3, 4) if c in codes), 0)
+    outcome = {0: "ok", 1: "failed", 3: "rejected", 4: "locked"}[code]
+    output.result({"command": command, "outcome": outcome, "exit_code": code,
+                   "accounts": [report.data for report in reports]},
+                  [line for report in reports for line in report.lines])
+    return code
 
 
 def _require(settings: Settings) -> None:
     settings.require_lightspeed()
     settings.require_salesforce()
+    field_map(settings)  # a broken mapping file stops the run before anything is read
+
+
+def field_map(settings: Settings) -> FieldMap:
+    """The mapping file's names, with what LSPOS_ROLLUPS needs checked against it."""
+    names = fieldmap.load(settings.mapping_path)
+    if settings.rollups:
+        needed = [f for f in ("Total__c", "Status__c", "Transaction_Date__c") if not names.is_on(TRANSACTION, f)]
+        if needed:
+            raise ConfigError(f"LSPOS_ROLLUPS needs {', '.join(f'{TRANSACTION}.{f}' for f in needed)}, which the "
+                              "mapping file switches off")
+    return names
+
+
+def written_fields(settings: Settings, names: FieldMap) -> dict[str, list[str]]:
+    """The contract fields (default names) this configuration writes, by object."""
+    account = [f for f in names.written(ACCOUNT) if f not in fieldmap.ROLLUP_FIELDS and (
+        settings.enrich_profiles or f not in ENRICHABLE or f in ("PersonEmail", "PersonMobilePhone", "Phone"))]
+    if settings.rollups:
+        account += [f for f in fieldmap.ROLLUP_FIELDS if names.is_on(ACCOUNT, f)]
+    return {ACCOUNT: account, TRANSACTION: names.written(TRANSACTION), LINE: names.written(LINE)}
+
+
+def check_mapping(settings: Settings, names: FieldMap, salesforce: SalesforceClient) -> None:
+    """The mapping (and the roll-up fields) against the org's describe, in one API call: every problem is a
+    line of one ConfigError (exit 2), raised before anything is written."""
+    described = salesforce.describe([names.obj(obj) for obj in (ACCOUNT, TRANSACTION, LINE)])
+    problems = names.problems({obj: described[names.obj(obj)] for obj in (ACCOUNT, TRANSACTION, LINE)},
+                              written_fields(settings, names))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def check_org_mapping(settings: Settings, output: "Output") -> int:
+    """`mapping check`: the effective mapping against the org, without reading Lightspeed."""
+    settings.require_salesforce()
+    names = field_map(settings)
+    salesforce = SalesforceClient(settings.salesforce, field_map=names)
+    check_mapping(settings, names, salesforce)
+    checked = written_fields(settings, names)
+    count = sum(len(fields) for fields in checked.values()) + sum(len(a) for a in names.additions.values())
+    output.result({"mapping": str(names.source) if names.source else None, "ok": True, "fields_checked": count,
+                   "objects": {obj: names.obj(obj) for obj in checked}, "salesforce_api_calls": salesforce.api_calls},
+                  [f"mapping {names.source or '(contract defaults)'}: {count} field(s) on "
+                   f"{', '.join(names.obj(obj) for obj in checked)} fit the org"])
+    return 0
 
 
 def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) -> datetime:
@@ -111,10 +232,11 @@ def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) 
 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
              progress: Callable[[datetime], None] | None = None, limit: int | None = None,
-             retry: list[int] | None = None) -> int:
+             retry: list[int] | None = None) -> Report:
     # Everything imported so far lives for the whole run: out of the garbage collector's way.
     gc.freeze()
     dry_run = command == "dry-run"
+    names = field_map(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
                                                   window and window.until)
     RUN["id"] = run_id
@@ -123,14 +245,17 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token)
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
-        salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent)
+        salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
+                                      field_map=names)
         sink = RecordingSink() if dry_run else CompositeWriter(salesforce)
         spinner = stack.enter_context(_Progress(output, command))
         engine = Engine(settings.account_id, store, lightspeed, salesforce, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
-                        on_batch=spinner.advance)
+                        field_map=names, roll_up=settings.rollups, on_batch=spinner.advance)
         try:
+            if not names.identity or settings.rollups:
+                check_mapping(settings, names, salesforce)
             if window is None:
                 summary = engine.retry(retry or [])
             else:
@@ -143,28 +268,33 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                     "lightspeed_requests": lightspeed.requests})
             raise
     data = summary_dict(summary, include_plans=dry_run)
-    data.update({"outcome": "rejected" if summary.rejected else "ok", "exit_code": summary.exit_code,
+    if not names.identity:
+        data["mapping"] = {"source": str(names.source), "changes": names.changes()}
+    data.update({"outcome": "rejected" if summary.exit_code == 3 else "ok", "exit_code": summary.exit_code,
                  "salesforce_api_calls": salesforce.api_calls, "lightspeed_requests": lightspeed.requests,
                  "lightspeed_throttled": lightspeed.throttled, "dry_run": dry_run})
     if run_id is not None:
         store.finish_run(run_id, data["outcome"], summary.exit_code, data)
-    output.result(data, _report(summary, data, output))
-    return summary.exit_code
+    return Report(data, _report(summary, data, output), summary.exit_code)
 
 
 def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     """The plain report: for dry-run one line per sale, then one summary line; rejects and ambiguous sales
     listed so the operator sees exactly which sales need attention."""
     lines = []
-    if summary.command == "dry-run":
+    preview = summary.command == "dry-run"
+    if preview:
+        for change in (data.get("mapping") or {}).get("changes", []):
+            output.note(f"mapping: {change}")
         if output.fancy and not output.as_json:
             _table(summary)
         else:
             for plan in summary.plans:
                 account = f" -> {plan.account_id}" if plan.account_id else ""
+                added = ", ".join(f"{name}={value!r}" for name, value in (plan.added or {}).items())
                 lines.append(f"sale {plan.sale_id} ({plan.sale_key}) {plan.action}: {plan.status} total {plan.total:.2f}, "
                              f"{plan.lines} line(s), customer {plan.match}{account}"
-                             + (f" ({plan.reason})" if plan.reason else ""))
+                             + (f" ({plan.reason})" if plan.reason else "") + (f"; adds {added}" if added else ""))
     for reject in summary.rejected:
         output.note(f"rejected {reject['sale_key']}: {reject['reason']}")
     for sale in summary.ambiguous:
@@ -173,6 +303,13 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     for account in summary.enriched:
         output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
                     f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
+    rolled = summary.rollups
+    for change in (rolled or {}).get("changes", []):
+        moves = ", ".join(f"{name} {move['from']} -> {move['to']}" for name, move in change["fields"].items())
+        output.note(f"roll-ups of account {change['account_id'] or 'to create for ' + change['customer_key']} "
+                    f"would change: {moves}")
+    for refused in (rolled or {}).get("rejected", []):
+        output.note(f"roll-ups of account {refused['account_id']} rejected: {refused['reason']} (retried next run)")
     verb = "would write" if summary.command == "dry-run" else "written"
     window = f"{iso(summary.window.since)} .. {iso(summary.window.until)}" if summary.window else ""
     lines.append(
@@ -180,6 +317,9 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
         f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(summary.rejected)} rejected, "
         f"{len(summary.ambiguous)} ambiguous; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
+        + (f"; roll-ups {'would change' if preview else 'updated on'} "
+           f"{len(rolled['changes']) if preview else rolled['updated']} of {rolled['accounts']} account(s)"
+           if rolled else "")
         + (f"; checkpoint {data['checkpoint']}" if data["checkpoint"] else ""))
     return lines
 

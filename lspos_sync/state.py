@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS written_sale (
     match_status TEXT NOT NULL,
     written_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollup_pending (
+    account_id TEXT NOT NULL,
+    salesforce_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (account_id, salesforce_id)
+);
 CREATE TABLE IF NOT EXISTS run (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     command TEXT NOT NULL,
@@ -151,14 +157,19 @@ class StateStore:
         return rows[0] if rows else None
 
     # -- the run lock: an flock the kernel releases when the process dies, so a killed run leaves nothing behind
-    def acquire_lock(self) -> None:
-        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    def acquire_lock(self, account_id: str) -> None:
+        """One run at a time per Lightspeed account and state store; several accounts may run side by side."""
+        fd = os.open(self.lock_path(account_id), os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(f"another lspos-sync run holds the lock on {self.path}; this one did nothing") from None
+            raise LockHeld(f"another lspos-sync run holds the lock of account {account_id} on {self.path}; "
+                           "this one did nothing") from None
         self._lock_file = fd
+
+    def lock_path(self, account_id: str) -> str:
+        return f"{self.path}.{account_id}.lock"
 
     def release_lock(self) -> None:
         if self._lock_file is not None:
@@ -275,13 +286,26 @@ class StateStore:
             found.update({r["sale_key"]: (r["content_hash"], r["match_status"]) for r in rows})
         return found
 
+    # -- loyalty roll-ups Salesforce refused, recomputed by the next run
+    def pending_rollups(self, account_id: str) -> list[str]:
+        rows = self._query("SELECT salesforce_id FROM rollup_pending WHERE account_id = ? ORDER BY salesforce_id",
+                           (account_id,))
+        return [r["salesforce_id"] for r in rows]
+
+    def set_pending_rollups(self, account_id: str, refused: dict[str, str]) -> None:
+        """Replaces the account's pending roll-ups with `refused` (Salesforce Id -> reason)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM rollup_pending WHERE account_id = ?", (account_id,))
+            db.executemany("INSERT INTO rollup_pending (account_id, salesforce_id, reason) VALUES (?, ?, ?)",
+                           [(account_id, sf_id, reason) for sf_id, reason in refused.items()])
+
     # -- run history
     def start_run(self, command: str, account_id: str | None, window_from: datetime | None,
                   window_to: datetime | None) -> int:
         with self.transaction() as db:
             # Called with the run lock held: a run still marked running was killed before it could finish.
-            db.execute("UPDATE run SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
-                       (iso(utcnow()),))
+            db.execute("UPDATE run SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running' "
+                       "AND (account_id IS ? OR account_id IS NULL)", (iso(utcnow()), account_id))
             cursor = db.execute(
                 "INSERT INTO run (command, account_id, started_at, window_from, window_to) VALUES (?, ?, ?, ?, ?)",
                 (command, account_id, iso(utcnow()), iso(window_from) if window_from else None,

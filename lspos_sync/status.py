@@ -39,9 +39,10 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
             last = store.recent_runs(1, WRITING_COMMANDS)
             last_writing_run = _run(last[0]) if last else None
             checkpoints = store.checkpoints()
-            parked = len(store.rejects(settings.account_id or None))
-    if settings.account_id:
-        checkpoints = {settings.account_id: checkpoints.get(settings.account_id) or {"cursor": None, "updated_at": None}}
+            parked = sum(len(store.rejects(i)) for i in settings.account_ids) if settings.account_ids else \
+                len(store.rejects())
+    if settings.account_ids:
+        checkpoints = {i: checkpoints.get(i) or {"cursor": None, "updated_at": None} for i in settings.account_ids}
 
     accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now, parse_iso(cursor["cursor"]))}
                 for account_id, cursor in checkpoints.items()}
@@ -50,7 +51,7 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
         problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) failed: "
                         f"{last_writing_run['error'] or 'no reason recorded'}")
     elif last_writing_run is not None and last_writing_run["outcome"] in ("interrupted", "running") \
-            and not _still_running(settings):
+            and not _still_running(settings, last_writing_run["account_id"]):
         problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) "
                         "was killed before it finished")
     for account_id, account in accounts.items():
@@ -108,11 +109,11 @@ def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
     return None if cursor is None else int((now - cursor).total_seconds() // 60)
 
 
-def _still_running(settings: Settings) -> bool:
+def _still_running(settings: Settings, account_id: str | None) -> bool:
     """Whether a run holds the lock now: a run row still marked running is then alive, not killed."""
     store = StateStore(settings.state_path)
     try:
-        store.acquire_lock()
+        store.acquire_lock(account_id or settings.account_id)
     except LockHeld:
         return True
     finally:

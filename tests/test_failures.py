@@ -80,7 +80,7 @@ def test_second_run_while_one_holds_the_lock_exits_4_at_once(cli, lightspeed, sa
     import fcntl
 
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    holder = os.open(f"{state_path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    holder = os.open(f"{state_path}.182255.lock", os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)  # as a running sync holds it
     try:
         started = time.monotonic()

@@ -131,11 +131,12 @@ class LightspeedClient:
             log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
             return []
 
-    def customers_by_id(self, customer_ids: list[int]) -> dict[int, Customer]:
-        """Customers (with their Contact), for sales that came without the Customer relation."""
+    def customers_by_id(self, customer_ids: list[int], raw: dict[int, dict] | None = None) -> dict[int, Customer]:
+        """Customers (with their Contact), for sales that came without the Customer relation; `raw` collects
+        the payloads as sent (for mapped fields)."""
         pages = self._by_id("Customer", "customerID", customer_ids,
                             {"archived": "true", "load_relations": json.dumps(["Contact"])})
-        return {c.customer_id: c for page in pages for c in _valid(Customer, page)}
+        return {c.customer_id: c for page in pages for c in _valid(Customer, _kept(page, "customerID", raw))}
 
     def _by_id(self, resource: str, id_field: str, ids: list[int], params: dict[str, str]) -> Iterator[list[dict]]:
         for start in range(0, len(ids), 100):  # IN takes at most 100 values (fact sheet §2)
@@ -144,10 +145,10 @@ class LightspeedClient:
                                    resource)
 
     # Archived shops and categories still name the sales made in them: `archived=true` returns both (§2).
-    def shops(self) -> dict[int, Shop]:
+    def shops(self, raw: dict[int, dict] | None = None) -> dict[int, Shop]:
         params = {"limit": str(PAGE_SIZE), "archived": "true"}
         return {shop.shop_id: shop for page in self._pages("Shop.json", params, "Shop")
-                for shop in _valid(Shop, page)}
+                for shop in _valid(Shop, _kept(page, "shopID", raw))}
 
     def categories(self) -> dict[int, Category]:
         params = {"limit": str(PAGE_SIZE), "archived": "true"}
@@ -240,6 +241,13 @@ class LightspeedClient:
         delay = pause(attempt)
         log.info("Lightspeed: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
+
+
+def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None) -> list[dict[str, Any]]:
+    """The rows, unchanged; with `raw`, each is also kept there by its ID."""
+    if raw is not None:
+        raw.update({int(row[id_field]): row for row in rows if str(row.get(id_field, "")).strip().isdigit()})
+    return rows
 
 
 def _valid(model: type[M], rows: list[dict[str, Any]]) -> list[M]:

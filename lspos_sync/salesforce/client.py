@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import RunFailed, SalesforceAuthError
+from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.retry import pause
 from lspos_sync.salesforce.auth import Session, authenticate
 
@@ -29,8 +30,9 @@ _TIMEOUT = 300
 
 class SalesforceClient:
     def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None,
-                 reserve_percent: float = 5.0) -> None:
+                 reserve_percent: float = 5.0, field_map: FieldMap = DEFAULT) -> None:
         self._settings = settings
+        self.field_map = field_map  # the org's names: SOQL goes out in them, rows come back in the contract's
         self._http = http
         self._session: Session | None = None
         self._sf: Any = None
@@ -94,16 +96,17 @@ class SalesforceClient:
         each followed to its last page. A refused statement fails the run, unless its index is `optional`:
         then its answer is None."""
         answers: list[list[dict[str, Any]] | None] = []
+        translated = [self.field_map.soql(soql) for soql in statements]
         for start in range(0, len(statements), MAX_COLLECTIONS):
-            group = statements[start:start + MAX_COLLECTIONS]
+            group = translated[start:start + MAX_COLLECTIONS]
             responses = {r.get("referenceId"): r for r in self.composite([
                 {"method": "GET", "url": f"{self.data_path}/query?q={quote(soql)}", "referenceId": f"q{start + i}"}
-                for i, soql in enumerate(group)])}
+                for i, (soql, _) in enumerate(group)])}
             for i in range(start, start + len(group)):
                 response = responses.get(f"q{i}") or {}
                 body = response.get("body")
                 if response.get("httpStatusCode") == 200 and isinstance(body, dict):
-                    answers.append(self.rest_of_query(body))
+                    answers.append(self._rows(translated[i][1], self.rest_of_query(body)))
                 elif i in optional:
                     log.info("Salesforce refused an optional query (%s); going on without it", _described(body))
                     answers.append(None)
@@ -117,8 +120,30 @@ class SalesforceClient:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """A short query on its own (the record type lookup); long ones travel inside a composite."""
-        result = self._call(f"query?q={quote(soql)}", "GET", None)
-        return self.rest_of_query(result)
+        statement, sobject = self.field_map.soql(soql)
+        return self._rows(sobject, self.rest_of_query(self._call(f"query?q={quote(statement)}", "GET", None)))
+
+    def _rows(self, sobject: str | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.field_map.identity or sobject is None:
+            return records
+        return [self.field_map.incoming(sobject, record) for record in records]
+
+    def describe(self, sobjects: list[str]) -> dict[str, dict[str, Any] | None]:
+        """The org's describe of each object (None where there is no such object), in one `/composite` call."""
+        responses = {r.get("referenceId"): r for r in self.composite([
+            {"method": "GET", "url": f"{self.data_path}/sobjects/{name}/describe", "referenceId": f"d{i}"}
+            for i, name in enumerate(sobjects)])}
+        described: dict[str, dict[str, Any] | None] = {}
+        for i, name in enumerate(sobjects):
+            response = responses.get(f"d{i}") or {}
+            status, body = response.get("httpStatusCode"), response.get("body")
+            if status == 200 and isinstance(body, dict):
+                described[name] = body
+            elif status == 404:
+                described[name] = None
+            else:
+                raise RunFailed(f"Salesforce refused to describe {name}: {_described(body)}")
+        return described
 
     def rest_of_query(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         records = list(result.get("records", []))

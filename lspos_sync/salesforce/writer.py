@@ -23,6 +23,7 @@ TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUES
                              "QUERY_TIMEOUT", "INSERT_UPDATE_DELETE_NOT_ALLOWED_DURING_MAINTENANCE"})
 _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANSACTION, SALE_KEY),
                   LINES: (LINE, LINE_KEY)}
+_OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
 
 
 @dataclass
@@ -107,12 +108,13 @@ class CompositeWriter:
         if kind == DELETE_LINES:
             ids = ",".join(str(w.record) for w in batch)
             return {"method": "DELETE", "url": f"{base}?ids={ids}&allOrNone=false", "referenceId": reference_id}
-        records = [w.record for w in batch]
+        names = self._client.field_map
+        records = [names.outgoing(_OBJECT[kind], w.record) for w in batch]
         if kind == UPDATE_ACCOUNTS:
             return {"method": "PATCH", "url": base, "referenceId": reference_id,
                     "body": {"allOrNone": False, "records": records}}
         sobject, external_id = _UPSERT_TARGET[kind]
-        return {"method": "PATCH", "url": f"{base}/{sobject}/{external_id}", "referenceId": reference_id,
+        return {"method": "PATCH", "url": f"{base}/{names.obj(sobject)}/{names.field(sobject, external_id)}", "referenceId": reference_id,
                 "body": {"allOrNone": False, "records": records}}
 
     @staticmethod
