@@ -10,7 +10,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from lspos_sync.emulators.lightspeed import LightspeedEmulator
+from lspos_sync.emulators.lightspeed import LightspeedAccount, LightspeedEmulator
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=timezone.utc)
 ALL = json.dumps(["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType", "Customer",
@@ -41,19 +41,19 @@ def emu(clock: FakeClock) -> Iterator[LightspeedEmulator]:
         yield emulator
 
 
-def refresh(emu: LightspeedEmulator, refresh_token: str | None = None) -> httpx.Response:
+def refresh(emu: LightspeedAccount, refresh_token: str | None = None) -> httpx.Response:
     return httpx.post(emu.token_url, data={"grant_type": "refresh_token", "client_id": emu.client_id,
                                            "client_secret": emu.client_secret,
                                            "refresh_token": refresh_token or emu.current_refresh_token})
 
 
-def client(emu: LightspeedEmulator) -> httpx.Client:
+def client(emu: LightspeedAccount) -> httpx.Client:
     token = refresh(emu).json()["access_token"]
     return httpx.Client(base_url=f"{emu.api_url}/Account/{emu.account_id}",
                         headers={"Authorization": f"Bearer {token}"})
 
 
-def seed_store(emu: LightspeedEmulator) -> dict[str, int]:
+def seed_store(emu: LightspeedAccount) -> dict[str, int]:
     ids = {"shop": emu.add_shop("Main St"), "cash": emu.add_payment_type("Cash", "cash"),
            "item": emu.add_item("Mug", custom_sku="MUG-1"),
            "customer": emu.add_customer("Ada", "Lovelace", email="ada@example.com", phones={"Mobile": "555 0100"})}
@@ -404,3 +404,132 @@ def test_env_points_at_the_running_emulator(emu):
     env = emu.env()
     assert env["LIGHTSPEED_API_URL"] == emu.api_url and env["LIGHTSPEED_TOKEN_URL"] == emu.token_url
     assert env["LIGHTSPEED_REFRESH_TOKEN"] == "ls-refresh-0" and env["LIGHTSPEED_ACCOUNT_ID"] == "182255"
+
+
+# ---------------------------------------------------------------- several accounts on one server
+
+def claims(access_token: str) -> dict:
+    payload = access_token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_a_second_account_is_served_from_the_same_urls_with_its_own_data_and_ids(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    mine, theirs = seed_store(emu), seed_store(other)
+    emu.add_sale(mine["shop"], [])
+    other.add_sale(theirs["shop"], [{"item_id": theirs["item"], "quantity": 3, "unit_price": "2"}])
+    with client(other) as http:
+        sales = http.get("Sale.json").json()["Sale"]
+        shop = http.get(f"Shop/{theirs['shop']}.json").json()["Shop"]
+    assert other.api_url == emu.api_url and other.token_url == emu.token_url
+    assert sales["saleID"] == "1" and sales["calcTotal"] == "6" and shop["shopID"] == "1"
+    assert emu.sale(1)["calcTotal"] == "0" and other.sale(1)["calcTotal"] == "6"
+    assert emu.request_count("Sale.json") == 0 and other.request_count("Sale.json") == 1
+
+
+def test_a_refresh_token_names_its_account_and_account_json_lists_only_that_one(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")  # the same app, authorised by a second merchant
+    granted = refresh(other, "ls-refresh-b").json()
+    headers = {"Authorization": f"Bearer {granted['access_token']}"}
+    accounts = httpx.get(f"{emu.api_url}/Account.json", headers=headers).json()
+    assert claims(granted["access_token"])["acct"] == "190001"
+    assert accounts["Account"]["accountID"] == "190001"
+    assert other.refresh_count == 1 and emu.refresh_count == 0
+    assert other.request_count("/auth/oauth/token") == 1 and emu.request_count("/auth/oauth/token") == 0
+
+
+def test_refresh_tokens_rotate_per_account(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    with client(emu) as mine, client(other) as theirs:  # each rotates once and uses its new access token
+        assert mine.get("Sale.json").status_code == theirs.get("Sale.json").status_code == 200
+        first_of_theirs = other.current_refresh_token
+        assert refresh(emu).status_code == 200  # the first account rotates again ...
+        assert theirs.get("Sale.json").status_code == 200  # ... and the other's access token lives on
+    assert other.current_refresh_token == first_of_theirs != emu.current_refresh_token
+    assert refresh(other, "ls-refresh-b").json()["error"] == "invalid_grant"  # its own old token is retired
+    assert refresh(emu, "ls-refresh-b").json()["error"] == "invalid_grant"
+    assert (emu.refresh_count, other.refresh_count) == (2, 1)
+
+
+def test_token_of_one_account_is_refused_on_another(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    seed_store(other)
+    with client(emu) as http:
+        foreign = http.get(f"{emu.api_url}/Account/190001/Shop.json")
+        foreign_account = http.get(f"{emu.api_url}/Account/190001.json")
+        unknown = http.get(f"{emu.api_url}/Account/999/Shop.json")
+        own = http.get("Shop.json")
+    assert foreign.status_code == foreign_account.status_code == 403  # valid token, no access: not 401
+    assert foreign.json()["errorClass"] == "InsufficientRightsException" and "Shop" not in foreign.json()
+    assert unknown.status_code == 404 and own.status_code == 200
+    assert other.request_count("Shop.json", status=403) == 1 and emu.request_count("Shop.json", status=404) == 1
+
+
+def test_refresh_token_issued_to_another_client_is_an_invalid_grant(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b", client_id="other-app", client_secret="s2")
+    mixed = httpx.post(emu.token_url, data={"grant_type": "refresh_token", "client_id": emu.client_id,
+                                            "client_secret": emu.client_secret, "refresh_token": "ls-refresh-b"})
+    unknown = httpx.post(emu.token_url, data={"grant_type": "refresh_token", "client_id": "other-app",
+                                              "client_secret": "wrong", "refresh_token": "ls-refresh-b"})
+    assert mixed.status_code == 400 and mixed.json()["error"] == "invalid_grant"
+    assert unknown.status_code == 401 and unknown.json()["error"] == "invalid_client"
+    assert refresh(other).status_code == 200 and other.current_refresh_token != "ls-refresh-b"
+
+
+def test_two_accounts_have_separate_buckets():
+    with LightspeedEmulator(bucket_size=10, drip_rate=0.5) as emu:
+        other = emu.add_account("190001")
+        with client(emu) as mine, client(other) as theirs:
+            emu.set_bucket_level(20)
+            drained = mine.get("Sale.json")
+            fresh = theirs.get("Sale.json")
+    assert drained.status_code == 429 and drained.headers["x-ls-api-ratelimit-type"] == "api-leaky-bucket"
+    assert fresh.status_code == 200 and fresh.headers["x-ls-api-bucket-level"] == "1/10"
+    assert fresh.headers["x-ls-acct-id"] == "190001"
+
+
+def test_two_accounts_have_separate_burst_windows():
+    with LightspeedEmulator(burst_limit=3) as emu:
+        other = emu.add_account("190001")
+        with client(emu) as mine, client(other) as theirs:
+            burst = [mine.get("Shop.json").status_code for _ in range(6)]
+            after = theirs.get("Shop.json")
+    assert 429 in burst
+    assert after.status_code == 200 and after.headers["x-ls-api-burst-level"] == "1/3"
+
+
+def test_faults_hit_only_the_account_they_were_set_on(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    with client(emu) as mine, client(other) as theirs:
+        other.fail_next(status=500)
+        other.drop_next(path_suffix="/auth/oauth/token")
+        assert mine.get("Sale.json").status_code == 200
+        assert theirs.get("Sale.json").status_code == 500
+        assert refresh(emu).status_code == 200
+        with pytest.raises(httpx.TransportError):
+            refresh(other)
+    assert emu.request_count(status=500) == 0 and other.request_count("Sale.json", status=500) == 1
+    assert other.request_count("/auth/oauth/token", status=0) == 1
+
+
+def test_account_env_names_each_account_and_accounts_env_shares_the_common_client(emu):
+    shared = emu.add_account("190001", refresh_token="ls-refresh-b")
+    own = emu.add_account("190002", refresh_token="ls-refresh-c", client_id="other-app", client_secret="s2")
+    env = emu.accounts_env()
+    assert shared.account_env() == {"LIGHTSPEED_ACCOUNT_190001_CLIENT_ID": emu.client_id,
+                                    "LIGHTSPEED_ACCOUNT_190001_CLIENT_SECRET": emu.client_secret,
+                                    "LIGHTSPEED_ACCOUNT_190001_REFRESH_TOKEN": "ls-refresh-b"}
+    assert env["LIGHTSPEED_ACCOUNTS"] == "182255,190001,190002"
+    assert env["LIGHTSPEED_CLIENT_ID"] == emu.client_id and env["LIGHTSPEED_API_URL"] == emu.api_url
+    assert env["LIGHTSPEED_ACCOUNT_182255_REFRESH_TOKEN"] == "ls-refresh-0"
+    assert "LIGHTSPEED_ACCOUNT_190001_CLIENT_ID" not in env
+    assert env["LIGHTSPEED_ACCOUNT_190002_CLIENT_ID"] == "other-app"
+    assert own.env()["LIGHTSPEED_ACCOUNT_ID"] == "190002" and own.env()["LIGHTSPEED_CLIENT_SECRET"] == "s2"
+
+
+def test_an_account_or_refresh_token_cannot_be_registered_twice(emu):
+    emu.add_account("190001", refresh_token="ls-refresh-b")
+    with pytest.raises(ValueError, match="190001"):
+        emu.add_account("190001")
+    with pytest.raises(ValueError, match="ls-refresh-0"):
+        emu.add_account("190002", refresh_token="ls-refresh-0")

@@ -13,6 +13,11 @@ takes the PESSIMISTIC reading, so clients are tested against the worst case:
 * a full last page still carries a `next` URL, whose page is empty and has no `Sale` key (§3);
 * `drop_next` drops the response AFTER the request took effect, as when a response is lost on the wire.
 
+One server serves several accounts, as the real cloud does (one API base URL, one token URL): the emulator is
+its first account, and `add_account` registers more. Each `LightspeedAccount` has its own data, ids, OAuth
+client, rotating tokens, leaky bucket and burst window (§6: per account + API client), faults and request log.
+A refresh token names its account; an access token only reaches the account in its `acct` claim (§1, §7).
+
 Only reads are modelled; the merchant's side (sales, edits, refunds) is driven from Python.
 """
 
@@ -212,14 +217,30 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class LightspeedEmulator:
-    """A single Lightspeed account (and one OAuth client) served on 127.0.0.1."""
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
-    def __init__(self, account_id: str = "182255", client_id: str = "ls-client-id",
-                 client_secret: str = "ls-client-secret", refresh_token: str = "ls-refresh-0",
-                 bucket_size: float = 90.0, drip_rate: float = 1.0, burst_limit: int = 20,
-                 access_token_ttl: int = 3600, latency: float = 0.0,
-                 clock: Callable[[], datetime] | None = None) -> None:
+
+def _token_form(request: Request) -> dict[str, str] | None:
+    """A token request's fields, from a form or a JSON body; None when the JSON is not an object."""
+    if "json" not in request.headers.get("content-type", ""):
+        return request.form()
+    try:
+        body = request.json()
+    except ValueError:
+        return None
+    return {k: str(v) for k, v in body.items()} if isinstance(body, dict) else None
+
+
+class LightspeedAccount:
+    """One Lightspeed account and the OAuth client authorised on it: its data, tokens, bucket, faults and the
+    requests it received. The emulator (`LightspeedEmulator`) routes each request to one of these."""
+
+    def __init__(self, cloud: LightspeedEmulator, account_id: str, client_id: str, client_secret: str,
+                 refresh_token: str, bucket_size: float, drip_rate: float, burst_limit: int,
+                 access_token_ttl: int) -> None:
+        self._cloud = cloud
         self.account_id, self.client_id, self.client_secret = account_id, client_id, client_secret
         self.initial_refresh_token = refresh_token
         self.bucket_size, self.drip_rate, self.burst_limit = bucket_size, drip_rate, burst_limit
@@ -232,11 +253,9 @@ class LightspeedEmulator:
         self.after_request: Callable[[RequestRecord], None] | None = None
         self.requests: list[RequestRecord] = []
         self.refresh_count = 0
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._lock = threading.RLock()
-        self._server = EmulatorServer(self._handle, latency=latency)
-        self._base_url = ""
+        self._clock, self._lock = cloud._clock, cloud._lock
         self._refresh_tokens: dict[str, None] = {refresh_token: None}  # valid refresh tokens, oldest first
+        self._refresh_history = {refresh_token}  # every refresh token this account ever had, to route old ones
         self._access: dict[str, _Grant] = {}
         self._minted_from: dict[str, _Grant] = {}  # refresh token -> the grant it last produced
         self._level, self._level_at = 0.0, time.monotonic()
@@ -248,30 +267,17 @@ class LightspeedEmulator:
         self._sales: dict[int, _Sale] = {}
         self._lines: dict[int, _Line] = {}
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> str:
-        self._base_url = self._server.start()
-        return self._base_url
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> LightspeedEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
+    # ------------------------------------------------------------------ configuration
     @property
     def api_url(self) -> str:
-        return f"{self._base_url}/API/V3"
+        return f"{self._cloud._base_url}/API/V3"
 
     @property
     def token_url(self) -> str:
-        return f"{self._base_url}{TOKEN_PATH}"
+        return f"{self._cloud._base_url}{TOKEN_PATH}"
 
     def env(self) -> dict[str, str]:
+        """The variables of a single-account configuration for this account."""
         return {
             "LIGHTSPEED_ACCOUNT_ID": self.account_id,
             "LIGHTSPEED_CLIENT_ID": self.client_id,
@@ -280,6 +286,12 @@ class LightspeedEmulator:
             "LIGHTSPEED_API_URL": self.api_url,
             "LIGHTSPEED_TOKEN_URL": self.token_url,
         }
+
+    def account_env(self) -> dict[str, str]:
+        """This account's own variables in a multi-account configuration (`LIGHTSPEED_ACCOUNTS`)."""
+        prefix = f"LIGHTSPEED_ACCOUNT_{self.account_id}_"
+        return {f"{prefix}CLIENT_ID": self.client_id, f"{prefix}CLIENT_SECRET": self.client_secret,
+                f"{prefix}REFRESH_TOKEN": self.initial_refresh_token}
 
     # ------------------------------------------------------------------ seeding
     def _new_id(self, kind: str) -> int:
@@ -504,28 +516,28 @@ class LightspeedEmulator:
             self._level, self._level_at = level, time.monotonic()
 
     # ------------------------------------------------------------------ HTTP
-    def _handle(self, request: Request) -> Response:
-        with self._lock:
-            drop = self._take(self._drops, request.path)
-            fault = None if drop else self._take(self._fails, request.path)
-            if fault is not None:
-                response = self._fault_response(fault)
-            elif self._too_heavy(request):
-                response = Response(504, _error_body(504, "Gateway Timeout"))
-            elif request.path == TOKEN_PATH:
-                response = self._token(request)
-            elif request.path.startswith("/API/"):
-                response = self._api(request)
-            else:
-                response = Response(404, _error_body(404, f"Unknown path {request.path}"))
-            record = RequestRecord(request.method, request.path, request.query,
-                                   0 if drop else response.status, self._now())
-            self.requests.append(record)
-        if self.after_request is not None:
-            self.after_request(record)  # outside the lock: the hook changes data as the merchant would
-        if drop:
-            raise DropConnection
-        return response
+    def _answer(self, request: Request) -> tuple[Response, RequestRecord, bool]:
+        """This account's response to a request routed to it (under the emulator's lock), and its record;
+        True to drop the connection."""
+        drop = self._take(self._drops, request.path)
+        fault = None if drop else self._take(self._fails, request.path)
+        if fault is not None:
+            response = self._fault_response(fault)
+        elif self._too_heavy(request):
+            response = Response(504, _error_body(504, "Gateway Timeout"))
+        elif request.path == TOKEN_PATH:
+            response = self._token(request)
+        elif request.path.startswith("/API/"):
+            response = self._api(request)
+        else:
+            response = Response(404, _error_body(404, f"Unknown path {request.path}"))
+        record = RequestRecord(request.method, request.path, request.query,
+                               0 if drop else response.status, self._now())
+        self.requests.append(record)
+        return response, record, drop is not None
+
+    def _owns_refresh_token(self, refresh_token: str) -> bool:
+        return refresh_token in self._refresh_tokens or refresh_token in self._refresh_history
 
     def _too_heavy(self, request: Request) -> bool:
         """Large pages with relations time out at the gateway on a loaded account (504)."""
@@ -557,26 +569,22 @@ class LightspeedEmulator:
     def _token(self, request: Request) -> Response:
         if request.method != "POST":
             return _oauth_error(405, "invalid_request", "The token endpoint only accepts POST")
-        if "json" in request.headers.get("content-type", ""):
-            try:
-                body = request.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                return _oauth_error(400, "invalid_request", "The request body is not a JSON object")
-            if "scope" in body:  # §7: the 2026 bug report [S32] saw JSON plus scope rejected this way
-                return _oauth_error(400, "invalid_grant",
-                                    "The provided authorization grant or refresh token is invalid")
-            form = {k: str(v) for k, v in body.items()}
-        else:
-            form = request.form()
+        form = _token_form(request)
+        if form is None:
+            return _oauth_error(400, "invalid_request", "The request body is not a JSON object")
+        if "json" in request.headers.get("content-type", "") and "scope" in form:
+            # §7: the 2026 bug report [S32] saw JSON plus scope rejected this way
+            return _oauth_error(400, "invalid_grant", "The provided authorization grant or refresh token is invalid")
         if form.get("grant_type") != "refresh_token":
             return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported")
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+        client = (form.get("client_id"), form.get("client_secret"))
+        if client not in self._cloud._clients():
             return _oauth_error(401, "invalid_client", "Client authentication failed")
         parent = form.get("refresh_token", "")
         if parent not in self._refresh_tokens:
             return _oauth_error(400, "invalid_grant", "The refresh token is invalid. Token has been revoked")
+        if client != (self.client_id, self.client_secret):  # RFC 6749 §5.2: issued to another client
+            return _oauth_error(400, "invalid_grant", "The refresh token was issued to another client")
         # §7 rotation: the access token that came with `parent`, and anything minted from it before, die now;
         # `parent` itself only dies when the new access token is first used (deferred revoke, 2026-01-15)
         paired = next((g for g in self._access.values() if g.refresh_token == parent), None)
@@ -589,6 +597,7 @@ class LightspeedEmulator:
                        parent, self._now() + timedelta(seconds=self.access_token_ttl))
         self._access[grant.access_token] = grant
         self._refresh_tokens[grant.refresh_token] = None
+        self._refresh_history.add(grant.refresh_token)
         self._minted_from[parent] = grant
         self.refresh_count += 1
         return Response(200, {"token_type": "Bearer", "expires_in": self.access_token_ttl,
@@ -603,9 +612,9 @@ class LightspeedEmulator:
         header = _b64url(json.dumps({"typ": "JWT", "alg": "RS256"}).encode())
         return f"{header}.{_b64url(json.dumps(claims).encode())}.{_b64url(secrets.token_bytes(256))}"
 
-    def _authenticate(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        grant = self._access.get(token.strip()) if scheme.lower() == "bearer" else None
+    def _admit(self, access_token: str) -> bool:
+        """Whether this account issued `access_token` and it is still good; its first use retires its parent."""
+        grant = self._access.get(access_token)
         if grant is None or grant.expires_at <= self._now():
             return False
         if not grant.used:  # §7 deferred revoke: first use of the new access token retires the old refresh token
@@ -615,8 +624,17 @@ class LightspeedEmulator:
         return True
 
     def _api(self, request: Request) -> Response:
-        if not self._authenticate(request):
+        token = _bearer(request)
+        holder = self._cloud._token_holder(token)
+        if holder is None or not holder._admit(token):
             return Response(401, _error_body(401, "Access token could not be verified"))
+        if holder is not self:
+            # Only a path naming this account brings another account's token here. The errors page [S7] gives
+            # 401 to a missing, invalid or expired token ("resolved by refreshing") and 403 to a token that was
+            # accepted but lacks access; refreshing cannot fix a token for another account, so 403.
+            # Unconfirmed: no public source shows the real answer to a foreign account's token.
+            return Response(403, _error_body(403, "Not Authorized: Insufficient rights to perform the request",
+                                             "InsufficientRightsException"))
         match = _ROUTE.fullmatch(request.path)
         kind = _KINDS.get(match["kind"]) if match and match["kind"] else None
         relations = self._relations(kind, request) if kind else frozenset()
@@ -644,10 +662,11 @@ class LightspeedEmulator:
             raise _ApiError(405, "This emulator only serves reads")
         account = {"accountID": self.account_id, "name": "Emulated account",
                    "link": {"@attributes": {"href": f"/API/V3/Account/{self.account_id}"}}}
-        if match["acct"] is None:
+        if match["acct"] is None:  # §1: the account(s) the token can access, which is this one
             return {"@attributes": {"count": "1"}, "Account": account}
         if match["acct"] != self.account_id:
-            # unconfirmed: the account-mismatch status is undocumented; a 404 reads as "no such account"
+            # an account this server does not have (a known one is answered by that account, see `_recipient`);
+            # unconfirmed: the status is undocumented; a 404 reads as "no such account"
             raise _ApiError(404, f"Object of type 'Account' not found with primary ID '{match['acct']}'.")
         if kind is None:
             return {"@attributes": {"count": "1"}, "Account": account}
@@ -774,7 +793,7 @@ class LightspeedEmulator:
             token = base64.b64encode(json.dumps(value, separators=(",", ":")).encode()).decode()
             params = [(k, v[-1]) for k, v in request.query.items() if k not in ("after", "before", "sort", "limit")]
             params += [("sort", sort_text), ("limit", str(limit)), (direction, token)]
-            return f"{self._base_url}{request.path}?{urlencode(params, quote_via=quote, safe='')}"
+            return f"{self._cloud._base_url}{request.path}?{urlencode(params, quote_via=quote, safe='')}"
 
         body: dict[str, Any] = {"@attributes": {"next": link("after", page[-1]) if has_next else "",
                                                 "previous": link("before", page[0]) if has_previous else ""}}
@@ -905,3 +924,91 @@ class LightspeedEmulator:
         if "SalePayments.PaymentType" in relations and payment.type_id in self._rows["PaymentType"]:
             row["PaymentType"] = dict(self._rows["PaymentType"][payment.type_id])
         return row
+
+
+class LightspeedEmulator(LightspeedAccount):
+    """The Lightspeed cloud on 127.0.0.1 (one API base URL, one token URL) and the handle of its first account;
+    `add_account` registers more accounts on the same server."""
+
+    def __init__(self, account_id: str = "182255", client_id: str = "ls-client-id",
+                 client_secret: str = "ls-client-secret", refresh_token: str = "ls-refresh-0",
+                 bucket_size: float = 90.0, drip_rate: float = 1.0, burst_limit: int = 20,
+                 access_token_ttl: int = 3600, latency: float = 0.0,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._lock = threading.RLock()
+        self._server = EmulatorServer(self._handle, latency=latency)
+        self._base_url = ""
+        self._accounts: dict[str, LightspeedAccount] = {account_id: self}
+        super().__init__(self, account_id, client_id, client_secret, refresh_token, bucket_size, drip_rate,
+                         burst_limit, access_token_ttl)
+
+    def start(self) -> str:
+        self._base_url = self._server.start()
+        return self._base_url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> LightspeedEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_account(self, account_id: str, refresh_token: str | None = None, client_id: str | None = None,
+                    client_secret: str | None = None) -> LightspeedAccount:
+        """Another account on this server. Its client defaults to this emulator's, as when one app is authorised
+        by several merchants; its rate limits start as this account's."""
+        with self._lock:
+            refresh_token = refresh_token or f"ls-refresh-{account_id}-0"
+            if account_id in self._accounts:
+                raise ValueError(f"account {account_id} is already on this emulator")
+            if any(account._owns_refresh_token(refresh_token) for account in self._accounts.values()):
+                raise ValueError(f"refresh token {refresh_token!r} already belongs to another account")
+            account = LightspeedAccount(self, account_id, client_id or self.client_id,
+                                        client_secret or self.client_secret, refresh_token, self.bucket_size,
+                                        self.drip_rate, self.burst_limit, self.access_token_ttl)
+            self._accounts[account_id] = account
+            return account
+
+    def accounts_env(self) -> dict[str, str]:
+        """A multi-account configuration of every account, as an operator writes it: the shared client is this
+        account's, and an account names its own client only when it differs."""
+        with self._lock:
+            env = {"LIGHTSPEED_ACCOUNTS": ",".join(self._accounts), "LIGHTSPEED_CLIENT_ID": self.client_id,
+                   "LIGHTSPEED_CLIENT_SECRET": self.client_secret, "LIGHTSPEED_API_URL": self.api_url,
+                   "LIGHTSPEED_TOKEN_URL": self.token_url}
+            for account in self._accounts.values():
+                own = account.account_env()
+                if (account.client_id, account.client_secret) == (self.client_id, self.client_secret):
+                    own = {k: v for k, v in own.items() if k.endswith("_REFRESH_TOKEN")}
+                env.update(own)
+            return env
+
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            account = self._recipient(request)
+            response, record, drop = account._answer(request)
+        if account.after_request is not None:
+            account.after_request(record)  # outside the lock: the hook changes data as the merchant would
+        if drop:
+            raise DropConnection
+        return response
+
+    def _recipient(self, request: Request) -> LightspeedAccount:
+        """The account a request is about: the one its path or refresh token names, else the one its access
+        token belongs to, else the first (which answers unknown accounts and paths)."""
+        if request.path == TOKEN_PATH:
+            refresh_token = (_token_form(request) or {}).get("refresh_token", "")
+            return next((a for a in self._accounts.values() if a._owns_refresh_token(refresh_token)), self)
+        match = _ROUTE.fullmatch(request.path)
+        named = self._accounts.get(match["acct"]) if match and match["acct"] else None
+        return named or self._token_holder(_bearer(request)) or self
+
+    def _token_holder(self, access_token: str) -> LightspeedAccount | None:
+        return next((a for a in self._accounts.values() if access_token in a._access), None)
+
+    def _clients(self) -> set[tuple[str, str]]:
+        return {(a.client_id, a.client_secret) for a in self._accounts.values()}
