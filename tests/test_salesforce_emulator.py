@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,12 +19,13 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 from simple_salesforce.login import SalesforceLogin
 
-from lspos_sync.emulators.salesforce import SalesforceEmulator
+from lspos_sync.emulators.salesforce import Field, SalesforceEmulator
 
 API = "/services/data/v62.0"
 UPSERT_SALES = f"{API}/composite/sobjects/Sales_Transaction__c/LS_Sale_ID__c"
 UPSERT_LINES = f"{API}/composite/sobjects/Sales_Line_Item__c/LS_Sale_Line_ID__c"
 UPSERT_ACCOUNTS = f"{API}/composite/sobjects/Account/LS_Customer_ID__c"
+METADATA = Path(__file__).resolve().parent.parent / "docs" / "salesforce" / "force-app" / "main" / "default"
 
 
 @pytest.fixture
@@ -559,3 +561,278 @@ def test_org_without_person_accounts_has_no_person_record_type_or_fields(tmp_pat
             "totalSize": 0, "done": True, "records": []}
         response = client.get(f"{API}/query", params={"q": "SELECT PersonEmail FROM Account"})
         assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_FIELD"
+
+
+# ---- sObject Describe ------------------------------------------------------------------------------
+
+
+def _describe(client: httpx.Client, sobject: str) -> dict:
+    response = client.get(f"{API}/sobjects/{sobject}/describe")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _fields(describe: dict) -> dict[str, dict]:
+    return {f["name"]: f for f in describe["fields"]}
+
+
+def test_describe_gives_the_object_and_its_fields_with_salesforce_types(client: httpx.Client) -> None:
+    sales = _describe(client, "sales_transaction__C")  # names resolve in any case, answers spell them right
+    assert {k: sales[k] for k in ("name", "label", "custom", "createable", "updateable", "queryable", "keyPrefix")} == {
+        "name": "Sales_Transaction__c", "label": "Sales Transaction", "custom": True, "createable": True,
+        "updateable": True, "queryable": True, "keyPrefix": "a0A"}
+    fields = _fields(sales)
+    assert next(iter(fields)) == "Id" and (fields["Id"]["type"], fields["Id"]["createable"]) == ("id", False)
+    name = fields["Name"]
+    assert (name["type"], name["autoNumber"], name["createable"], name["updateable"], name["nillable"]) == (
+        "string", True, False, False, False)
+    key = fields["LS_Sale_ID__c"]
+    assert (key["type"], key["length"], key["externalId"], key["unique"], key["idLookup"], key["custom"]) == (
+        "string", 40, True, True, True, True)
+    account = fields["Account__c"]
+    assert (account["type"], account["referenceTo"], account["relationshipName"], account["cascadeDelete"],
+            account["nillable"], account["updateable"]) == ("reference", ["Account"], "Account__r", False, True, True)
+    status = fields["Status__c"]
+    assert status["type"] == "picklist" and status["restrictedPicklist"]
+    assert [v["value"] for v in status["picklistValues"]] == ["Completed", "Refund", "Voided"]
+    assert {n: (fields[n]["type"], fields[n]["precision"], fields[n]["scale"])
+            for n in ("Total__c", "LS_Updated_At__c")} == {"Total__c": ("currency", 16, 2),
+                                                           "LS_Updated_At__c": ("datetime", 0, 0)}
+    assert (fields["CreatedDate"]["createable"], fields["CreatedDate"]["updateable"]) == (False, False)
+    assert sales["recordTypeInfos"] == [{
+        "active": True, "available": True, "defaultRecordTypeMapping": True, "developerName": "Master", "master": True,
+        "name": "Master", "recordTypeId": "012000000000000AAA",
+        "urls": {"layout": f"{API}/sobjects/Sales_Transaction__c/describe/layouts/012000000000000AAA"}}]
+
+
+def test_describe_of_a_detail_shows_the_master_detail_field(client: httpx.Client) -> None:
+    fields = _fields(_describe(client, "Sales_Line_Item__c"))
+    master = fields["Sales_Transaction__c"]
+    assert (master["referenceTo"], master["relationshipName"], master["cascadeDelete"], master["relationshipOrder"],
+            master["writeRequiresMasterRead"], master["nillable"]) == (
+        ["Sales_Transaction__c"], "Sales_Transaction__r", True, 0, False, False)
+    # not reparentable: creatable, never updateable
+    assert (master["createable"], master["updateable"]) == (True, False)
+    assert (fields["Quantity__c"]["type"], fields["Quantity__c"]["precision"], fields["Quantity__c"]["scale"]) == (
+        "double", 12, 2)
+
+
+def test_account_describe_has_the_loyalty_rollup_fields_and_record_types(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    account = _describe(client, "Account")
+    fields = _fields(account)
+    assert {n: (fields[n]["type"], fields[n]["precision"], fields[n]["scale"], fields[n]["createable"],
+                fields[n]["updateable"], fields[n]["calculated"])
+            for n in ("Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c", "Last_Purchase_Date__c")} == {
+        "Lifetime_Spend__c": ("currency", 16, 2, True, True, False),
+        "Purchase_Count__c": ("double", 18, 0, True, True, False),  # a Number(18,0) is still a double
+        "First_Purchase_Date__c": ("datetime", 0, 0, True, True, False),
+        "Last_Purchase_Date__c": ("datetime", 0, 0, True, True, False)}
+    assert (fields["IsPersonAccount"]["type"], fields["IsPersonAccount"]["createable"]) == ("boolean", False)
+    assert (fields["PersonEmail"]["type"], fields["PersonEmail"]["groupable"]) == ("email", False)
+    [business] = _query(client, "SELECT Id FROM RecordType WHERE DeveloperName = 'Business_Account'")["records"]
+    types = {(i["developerName"], i["recordTypeId"], i["defaultRecordTypeMapping"], i["master"])
+             for i in account["recordTypeInfos"]}
+    assert types == {("PersonAccount", sf.person_account_record_type_id, False, False),
+                     ("Business_Account", business["Id"], True, False), ("Master", "012000000000000AAA", False, True)}
+    seeded = client.patch(UPSERT_ACCOUNTS, json={"records": [{
+        "attributes": {"type": "Account"}, "LS_Customer_ID__c": "1-1", "Name": "Acme", "Lifetime_Spend__c": 12.345,
+        "Purchase_Count__c": 2, "Last_Purchase_Date__c": "2026-03-01T10:00:00Z"}]}).json()
+    row = sf.get("Account", seeded[0]["id"])
+    assert (row["Lifetime_Spend__c"], row["Purchase_Count__c"], row["Last_Purchase_Date__c"]) == (
+        12.35, 2.0, "2026-03-01T10:00:00.000+0000")
+
+
+def test_describe_of_an_unknown_object_is_404_not_found(client: httpx.Client) -> None:
+    not_found = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+    response = client.get(f"{API}/sobjects/POS_Sale__c/describe")
+    assert (response.status_code, response.json()) == (404, not_found)
+    body = client.post(f"{API}/composite", json={"compositeRequest": [
+        {"method": "GET", "url": f"{API}/sobjects/POS_Sale__c/describe", "referenceId": "d"}]}).json()
+    [result] = body["compositeResponse"]
+    assert (result["httpStatusCode"], result["body"]) == (404, not_found)
+    assert client.post(f"{API}/sobjects/Account/describe", json={}).status_code == 405
+
+
+def test_describe_subrequests_in_composite_are_not_counted_as_heavy(sf: SalesforceEmulator,
+                                                                    client: httpx.Client) -> None:
+    subrequests = [{"method": "PATCH", "url": UPSERT_SALES, "referenceId": f"c{i}",
+                    "body": {"records": [_sale(f"1-{i}")]}} for i in range(5)]
+    subrequests += [{"method": "GET", "url": f"{API}/sobjects/{name}/describe", "referenceId": f"d{i}"}
+                    for i, name in enumerate(("Account", "Sales_Transaction__c", "Sales_Line_Item__c"))]
+    response = client.post(f"{API}/composite", json={"compositeRequest": subrequests})
+    assert response.status_code == 200
+    results = response.json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in results] == [200] * 8
+    assert results[-1]["body"]["name"] == "Sales_Line_Item__c" and sf.api_calls == 1
+
+
+# ---- schema edits ----------------------------------------------------------------------------------
+
+
+def _pos_objects(sf: SalesforceEmulator) -> None:
+    """The shipped objects deployed under other names, as a mapping file would describe them."""
+    sf.copy_object("Sales_Transaction__c", "POS_Sale__c", renames={
+        "LS_Sale_ID__c": "POS_Sale_ID__c", "Total__c": "Gross__c"}, auto_number="PS-{:07d}")
+    sf.copy_object("Sales_Line_Item__c", "POS_Sale_Line__c", renames={
+        "Sales_Transaction__c": "POS_Sale__c", "LS_Sale_Line_ID__c": "POS_Sale_Line_ID__c"},
+        retarget={"Sales_Transaction__c": "POS_Sale__c"})
+
+
+def test_renamed_copies_upsert_by_their_external_id_and_link_lines_by_relationship_reference(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    _pos_objects(sf)
+    sale = {"attributes": {"type": "POS_Sale__c"}, "POS_Sale_ID__c": "1-1", "Gross__c": 10.5, "Status__c": "Completed"}
+    upsert_sales = f"{API}/composite/sobjects/POS_Sale__c/POS_Sale_ID__c"
+    first = client.patch(upsert_sales, json={"records": [sale]}).json()
+    again = client.patch(upsert_sales, json={"records": [{**sale, "Gross__c": 11}]}).json()
+    assert first[0]["created"] and (again[0]["id"], again[0]["created"]) == (first[0]["id"], False)
+    assert first[0]["id"].startswith(_describe(client, "POS_Sale__c")["keyPrefix"])
+    line = {"attributes": {"type": "POS_Sale_Line__c"}, "POS_Sale_Line_ID__c": "1-1-1",
+            "POS_Sale__r": {"POS_Sale_ID__c": "1-1"}, "Quantity__c": 2}
+    lines = client.patch(f"{API}/composite/sobjects/POS_Sale_Line__c/POS_Sale_Line_ID__c",
+                         json={"records": [line, {**line, "POS_Sale_Line_ID__c": "1-1-2",
+                                                  "POS_Sale__r": {"POS_Sale_ID__c": "nope"}}]}).json()
+    assert lines[0]["success"], lines
+    assert lines[1]["errors"][0]["message"] == (
+        "Foreign key external ID: nope not found for field POS_Sale_ID__c in entity POS_Sale__c")
+    [row] = _query(client, "SELECT Name, Quantity__c, pos_sale__r.Name, POS_Sale__r.Gross__c FROM POS_Sale_Line__c")[
+        "records"]
+    assert row["Name"].startswith("SLI-") and row["POS_Sale__r"]["Name"] == "PS-0000001"
+    assert row["POS_Sale__r"]["Gross__c"] == 11.0 and row["POS_Sale__r"]["attributes"]["type"] == "POS_Sale__c"
+    master = _fields(_describe(client, "POS_Sale_Line__c"))["POS_Sale__c"]
+    assert (master["referenceTo"], master["relationshipName"], master["cascadeDelete"]) == (
+        ["POS_Sale__c"], "POS_Sale__r", True)
+    old_name = client.patch(upsert_sales, json={"records": [{**sale, "Total__c": 1}]})
+    assert old_name.status_code == 400 and old_name.json()[0]["errorCode"] == "INVALID_FIELD"
+    assert client.delete(f"{API}/sobjects/POS_Sale__c/POS_Sale_ID__c/1-1").status_code == 204
+    assert sf.records("POS_Sale_Line__c") == [] and sf.records("Sales_Transaction__c") == []
+
+
+def test_added_field_is_written_queried_and_unique_when_an_external_id(sf: SalesforceEmulator,
+                                                                      client: httpx.Client) -> None:
+    client.patch(UPSERT_SALES, json={"records": [_sale("1-1")]})
+    sf.add_field("Sales_Transaction__c", Field("Register__c", "text", 40, external_id=True))
+    [result] = client.patch(UPSERT_SALES, json={"records": [_sale("1-2", register__c="R1")]}).json()
+    assert result["success"]
+    rows = _query(client, "SELECT LS_Sale_ID__c, Register__c FROM Sales_Transaction__c ORDER BY LS_Sale_ID__c")
+    assert [(r["LS_Sale_ID__c"], r["Register__c"]) for r in rows["records"]] == [("1-1", None), ("1-2", "R1")]
+    [duplicate] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Register__c="r1")]}).json()
+    assert duplicate["errors"][0]["statusCode"] == "DUPLICATE_VALUE"
+    by_register = client.patch(f"{API}/sobjects/Sales_Transaction__c/Register__c/R1", json={"Shop_Name__c": "Paris"})
+    assert by_register.status_code == 200 and by_register.json()["created"] is False
+    with pytest.raises(ValueError, match="already has"):
+        sf.add_field("Sales_Transaction__c", Field("register__C", "text", 10))
+    with pytest.raises(ValueError, match="no object"):
+        sf.add_field("Sales_Transaction__c", Field("Shop__c", "reference", reference_to="Shop__c"))
+
+
+def test_removed_field_leaves_describe_queries_and_bodies(sf: SalesforceEmulator, client: httpx.Client) -> None:
+    sf.remove_field("Sales_Transaction__c", "payment_methods__c")
+    assert "Payment_Methods__c" not in _fields(_describe(client, "Sales_Transaction__c"))
+    query = client.get(f"{API}/query", params={"q": "SELECT Payment_Methods__c FROM Sales_Transaction__c"})
+    body = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Payment_Methods__c="Cash")]})
+    assert [r.status_code for r in (query, body)] == [400, 400]
+    assert [r.json()[0]["errorCode"] for r in (query, body)] == ["INVALID_FIELD"] * 2
+    with pytest.raises(ValueError):
+        sf.remove_field("Sales_Transaction__c", "Id")
+
+
+def test_calculated_field_describes_as_calculated_and_refuses_writes(sf: SalesforceEmulator,
+                                                                    client: httpx.Client) -> None:
+    sf.add_field("Sales_Transaction__c", Field("Net__c", "currency", 14, 2, calculated=True,
+                                               formula="Total__c - Tax__c"))
+    net = _fields(_describe(client, "Sales_Transaction__c"))["Net__c"]
+    assert (net["calculated"], net["calculatedFormula"], net["createable"], net["updateable"]) == (
+        True, "Total__c - Tax__c", False, False)
+    [result] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Net__c=5)]}).json()
+    assert result["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+
+def test_added_object_has_id_name_system_fields_and_a_key_prefix_of_its_own(sf: SalesforceEmulator,
+                                                                           client: httpx.Client) -> None:
+    sf.add_object("Loyalty_Tier__c", [Field("Code__c", "text", 40, external_id=True),
+                                      Field("Account__c", "reference", reference_to="Account")], label="Tier")
+    describe = _describe(client, "Loyalty_Tier__c")
+    fields = _fields(describe)
+    assert describe["label"] == "Tier" and describe["keyPrefix"] not in ("001", "012", "a0A", "a0B")
+    assert {"Id", "Name", "CreatedDate", "IsDeleted", "Code__c"} <= set(fields)
+    assert fields["Account__c"]["relationshipName"] == "Account__r"
+    created = client.post(f"{API}/sobjects/Loyalty_Tier__c", json={"Name": "Gold", "Code__c": "G"}).json()
+    assert created["id"].startswith(describe["keyPrefix"])
+    assert _query(client, "SELECT Name FROM Loyalty_Tier__c WHERE Code__c = 'g'")["records"][0]["Name"] == "Gold"
+    with pytest.raises(ValueError):
+        sf.add_object("Loyalty_Tier__c")
+
+
+# ---- SOQL aggregates -------------------------------------------------------------------------------
+
+
+def _loyalty_sales(sf: SalesforceEmulator) -> tuple[str, str]:
+    ada = sf.insert("Account", {"Name": "Ada"})
+    alan = sf.insert("Account", {"Name": "Alan"})
+    for key, account, when, total, status in [
+            ("1-1", ada, "2026-03-01T10:00:00Z", 10.5, "Completed"),
+            ("1-2", ada, "2026-02-01T09:30:00+02:00", 4.25, "Completed"),  # 07:30 UTC: the earliest
+            ("1-3", ada, "2026-03-05T08:00:00Z", -4.25, "Refund"),
+            ("1-4", ada, "2026-03-09T08:00:00Z", 99, "Voided"),
+            ("1-5", alan, "2026-01-15T12:00:00Z", 7, "Completed")]:
+        sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": key, "Account__c": account, "Transaction_Date__c": when,
+                                           "Total__c": total, "Status__c": status})
+    return ada, alan
+
+
+def test_min_and_max_of_datetimes_come_back_as_datetime_strings_per_group(sf: SalesforceEmulator,
+                                                                         client: httpx.Client) -> None:
+    ada, alan = _loyalty_sales(sf)
+    result = _query(client, f"SELECT Account__c, Status__c, COUNT(Id), SUM(Total__c) spend, "
+                            f"MIN(Transaction_Date__c), MAX(Transaction_Date__c) FROM Sales_Transaction__c "
+                            f"WHERE Account__c IN ('{ada}', '{alan}') AND Status__c IN ('Completed','Refund') "
+                            f"GROUP BY Account__c, Status__c")
+    rows = {(r["Account__c"], r["Status__c"]): r for r in result["records"]}
+    assert (result["totalSize"], result["done"]) == (3, True)
+    assert rows[(ada, "Completed")] == {
+        "attributes": {"type": "AggregateResult"}, "Account__c": ada, "Status__c": "Completed", "expr0": 2,
+        "spend": 14.75, "expr1": "2026-02-01T07:30:00.000+0000", "expr2": "2026-03-01T10:00:00.000+0000"}
+    assert (rows[(ada, "Refund")]["spend"], rows[(ada, "Refund")]["expr2"]) == (-4.25, "2026-03-05T08:00:00.000+0000")
+    assert rows[(alan, "Completed")]["expr1"] == rows[(alan, "Completed")]["expr2"] == "2026-01-15T12:00:00.000+0000"
+    [none] = _query(client, "SELECT MIN(Transaction_Date__c) earliest, MAX(Total__c) FROM Sales_Transaction__c "
+                            "WHERE Status__c = 'Voided' AND Total__c < 0")["records"]
+    assert (none["earliest"], none["expr0"]) == (None, None)
+
+
+def test_min_and_max_of_numbers_text_and_picklists(sf: SalesforceEmulator, client: httpx.Client) -> None:
+    for key, shop, total, match in [("1-1", "paris", 3, "Ambiguous"), ("1-2", "Berlin", -1.5, "Email"),
+                                    ("1-3", None, None, None)]:
+        sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": key, "Shop_Name__c": shop, "Total__c": total,
+                                           "Match_Status__c": match})
+    [row] = _query(client, "SELECT MIN(Total__c) low, MAX(Total__c) high, MIN(Shop_Name__c), MAX(Shop_Name__c), "
+                           "MIN(Match_Status__c) FROM Sales_Transaction__c")["records"]
+    # text without regard to case; a picklist in its own value order (Email comes before Ambiguous)
+    assert (row["low"], row["high"], row["expr0"], row["expr1"], row["expr2"]) == (
+        -1.5, 3.0, "Berlin", "paris", "Email")
+    refused = client.get(f"{API}/query", params={"q": "SELECT MAX(IsDeleted) FROM Sales_Transaction__c"})
+    assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "INVALID_FIELD"
+
+
+# ---- the shipped metadata --------------------------------------------------------------------------
+
+
+def test_shipped_metadata_parses_and_declares_the_loyalty_fields_as_the_emulator_has_them(
+        client: httpx.Client) -> None:
+    documents = {path: ET.parse(path).getroot() for path in sorted(METADATA.rglob("*.xml"))}  # well-formed, all
+    ns = {"md": "http://soap.sforce.com/2006/04/metadata"}
+    fields = _fields(_describe(client, "Account"))
+    for name in ("Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c", "Last_Purchase_Date__c"):
+        shipped = documents[METADATA / "objects" / "Account" / "fields" / f"{name}.field-meta.xml"]
+        kind = {"Currency": "currency", "Number": "double", "DateTime": "datetime"}[shipped.findtext("md:type", "", ns)]
+        precision, scale = (int(shipped.findtext(f"md:{tag}", "0", ns)) for tag in ("precision", "scale"))
+        assert (shipped.findtext("md:fullName", "", ns), kind, precision, scale) == (
+            name, fields[name]["type"], fields[name]["precision"], fields[name]["scale"])
+    permissions = documents[METADATA / "permissionsets" / "LSPOS_Sync_Integration.permissionset-meta.xml"]
+    granted = {p.findtext("md:field", "", ns): (p.findtext("md:readable", "", ns), p.findtext("md:editable", "", ns))
+               for p in permissions.iterfind("md:fieldPermissions", ns)}
+    assert {name: granted.get(f"Account.{name}") for name in ("Lifetime_Spend__c", "Purchase_Count__c",
+                                                              "First_Purchase_Date__c", "Last_Purchase_Date__c")} == {
+        name: ("true", "true") for name in ("Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c",
+                                            "Last_Purchase_Date__c")}

@@ -14,10 +14,10 @@ import string
 import threading
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
@@ -46,8 +46,19 @@ _SOAP_ENVELOPE = "http://schemas.xmlsoap.org/soap/envelope/"
 _REFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(r"@\{([^}]*)\}")
 _REFERENCE_EXPR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+|\[\d+\])*)")
-_TEXT_KINDS = {"id", "text", "email", "phone", "picklist", "reference"}
-_NUMBER_KINDS = {"currency", "number"}
+_TEXT_KINDS = {"id", "text", "textarea", "email", "phone", "url", "picklist", "reference"}
+_NUMBER_KINDS = {"currency", "number", "percent", "int"}
+_LENGTH_KINDS = {"text", "textarea", "email", "phone", "url", "picklist"}  # kinds whose `length` is characters
+# The emulator's kinds as describe names them: a custom Number field is a double whatever its scale.
+_DESCRIBE_TYPES = {"id": "id", "text": "string", "textarea": "textarea", "email": "email", "phone": "phone",
+                   "url": "url", "picklist": "picklist", "reference": "reference", "boolean": "boolean",
+                   "currency": "currency", "number": "double", "percent": "percent", "int": "int", "date": "date",
+                   "datetime": "datetime"}
+_SOAP_TYPES = {"id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean", "currency": "xsd:double",
+               "number": "xsd:double", "percent": "xsd:double", "int": "xsd:int", "date": "xsd:date",
+               "datetime": "xsd:dateTime"}  # every other kind is xsd:string
+_SYSTEM_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted")
+MASTER_RECORD_TYPE_ID = "012000000000000AAA"  # the record type every object has, listed as "Master"
 _HALTED = "The transaction was rolled back since another operation in the same transaction failed."
 _ROLLED_BACK = ("Record rolled back because not all records were valid and the request was using "
                 "AllOrNone header")
@@ -58,8 +69,10 @@ class Field:
     """One field of the emulated org's schema."""
 
     name: str
-    kind: str  # id, text, email, phone, picklist, reference, datetime, currency, number, boolean
-    length: int = 0  # characters for text kinds; digits before the point for numbers
+    # id, text, textarea, email, phone, url, picklist, reference, boolean, currency, number, percent, int, date,
+    # datetime (describe's types, but `text` is string and `number` is double)
+    kind: str
+    length: int = 0  # characters for text kinds; digits before the point for numbers (all digits for int)
     scale: int = 0
     label: str = ""
     required: bool = False
@@ -71,6 +84,14 @@ class Field:
     values: tuple[str, ...] = ()  # restricted picklist
     person: bool = False  # only valid on person accounts
     sortable: bool = True
+    # A formula or roll-up summary field: read-only and described as calculated. The emulator does not
+    # compute it, so it reads as null; `formula` is what describe shows as calculatedFormula.
+    calculated: bool = False
+    formula: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return not self.writable or self.calculated
 
 
 @dataclass
@@ -127,14 +148,18 @@ def _money(name: str) -> Field:
 
 
 def _system_fields() -> list[Field]:
-    return [Field(n, "datetime", writable=False) for n in ("CreatedDate", "LastModifiedDate", "SystemModstamp")] + [
-        Field("IsDeleted", "boolean", writable=False)]
+    return [Field(n, "datetime", writable=False, label=label) for n, label in
+            (("CreatedDate", "Created Date"), ("LastModifiedDate", "Last Modified Date"),
+             ("SystemModstamp", "System Modstamp"))] + [Field("IsDeleted", "boolean", writable=False, label="Deleted")]
 
 
 def _schema(person_accounts: bool) -> dict[str, list[Field]]:
     """The org's objects (contract §3); the person-account fields exist only when the feature is on."""
     account = [Field("Id", "id", writable=False), _text("Name", 255), _text("Phone", 40, kind="phone"),
-               _text("LS_Customer_ID__c", 40, external_id=True, label="LS Customer ID")]
+               _text("LS_Customer_ID__c", 40, external_id=True, label="LS Customer ID"),
+               # the loyalty roll-ups (docs/data-model.md): written by lspos-sync, so plain fields, not formulas
+               _money("Lifetime_Spend__c"), Field("Purchase_Count__c", "number", 18, 0),
+               Field("First_Purchase_Date__c", "datetime"), Field("Last_Purchase_Date__c", "datetime")]
     if person_accounts:
         phones = [_text(n, 40, kind="phone", label=label, person=True, sortable=False) for n, label in
                   (("PersonMobilePhone", "Mobile"), ("PersonHomePhone", "Home Phone"),
@@ -174,12 +199,29 @@ def _schema(person_accounts: bool) -> dict[str, list[Field]]:
     return {name: fields + _system_fields() for name, fields in tables.items()}
 
 
-_KEY_PREFIXES = {"Account": "001", "RecordType": "012", "Sales_Transaction__c": "a0A", "Sales_Line_Item__c": "a0B"}
-_AUTO_NUMBER = {"Sales_Transaction__c": "ST-{:07d}", "Sales_Line_Item__c": "SLI-{:07d}"}
+# name: (key prefix, label, the Name field's auto-number format or None for a text Name)
+_OBJECTS = {"Account": ("001", "Account", None), "RecordType": ("012", "Record Type", None),
+            "Sales_Transaction__c": ("a0A", "Sales Transaction", "ST-{:07d}"),
+            "Sales_Line_Item__c": ("a0B", "Sales Line Item", "SLI-{:07d}")}
 
 
 def _label(f: Field) -> str:
     return f.label or f.name.removesuffix("__c").replace("_", " ")
+
+
+def _object_label(name: str) -> str:
+    return name.removesuffix("__c").replace("_", " ")
+
+
+def _relationship_for(name: str) -> str:
+    """The relationship name of a lookup field: `POS_Sale__c` -> `POS_Sale__r`, `OwnerId` -> `Owner`."""
+    return name.removesuffix("__c") + "__r" if name.endswith("__c") else name.removesuffix("Id")
+
+
+def _groupable(f: Field) -> bool:
+    """Whether GROUP BY accepts the field (describe's `groupable`): not double, currency, percent, date-time or
+    text area fields, nor the fields that cannot be sorted either."""
+    return f.sortable and f.kind not in {"currency", "number", "percent", "datetime", "textarea"}
 
 
 def _with_checksum(id15: str) -> str:
@@ -238,16 +280,19 @@ class SalesforceEmulator:
         self._rules: list[tuple[str, Callable[[dict], bool], str, str]] = []
         self._cursors: dict[str, list[dict]] = {}
         self._ids = itertools.count(1)
-        self._auto_numbers = {name: itertools.count(1) for name in _AUTO_NUMBER}
         self._schema = {name: {f.name: f for f in fields} for name, fields in _schema(person_accounts).items()}
-        self._fields_ci = {name: {k.lower(): f for k, f in fields.items()} for name, fields in self._schema.items()}
-        self._relationships = {name: {f.relationship.lower(): f for f in fields.values() if f.relationship}
-                               for name, fields in self._schema.items()}
-        self._objects_ci = {name.lower(): name for name in self._schema}
-        self._rows: dict[str, dict[str, dict]] = {name: {} for name in self._schema}
-        self._recycle: dict[str, dict[str, dict]] = {name: {} for name in self._schema}  # for queryAll
-        self._unique: dict[tuple[str, str], dict[str, str]] = {
-            (name, f.name): {} for name, fields in self._schema.items() for f in fields.values() if f.external_id}
+        self._key_prefixes = {name: prefix for name, (prefix, _, _) in _OBJECTS.items()}
+        self._object_labels = {name: label for name, (_, label, _) in _OBJECTS.items()}
+        self._auto_number_formats = {name: fmt for name, (_, _, fmt) in _OBJECTS.items() if fmt}
+        self._auto_numbers: dict[str, Iterator[int]] = {}
+        self._rows: dict[str, dict[str, dict]] = {}
+        self._recycle: dict[str, dict[str, dict]] = {}  # for queryAll
+        # Derived from the schema by _reindex, after construction and after every schema edit:
+        self._fields_ci: dict[str, dict[str, Field]] = {}
+        self._relationships: dict[str, dict[str, Field]] = {}
+        self._objects_ci: dict[str, str] = {}
+        self._unique: dict[tuple[str, str], dict[str, str]] = {}
+        self._reindex()
         self._undo: list[tuple[str, str, dict | None, dict | None]] = []
         self.person_account_record_type_id: str | None = None
         self._business_record_type_id: str | None = None
@@ -307,6 +352,136 @@ class SalesforceEmulator:
         with self._lock:
             row = self._rows[sobject].get(_normalize_id(record_id) or "")
             return dict(row) if row else None
+
+    # ---- schema edits: what an org's admin changes in Setup (no API call counted) ------------------
+
+    def add_field(self, sobject: str, new: Field) -> None:
+        """Add a field to an object. Existing records read it as null; an external ID field is unique from
+        now on; a reference field's relationship name (given, or derived as `X__c` -> `X__r`) works in queries
+        and in request bodies. Raises ValueError for an unknown object or target, or a name already taken."""
+        with self._lock:
+            name = self._known_object(sobject)
+            new = self._checked_field(name, new, list(self._schema[name].values()), name)
+            self._schema[name][new.name] = new
+            for rows in (self._rows[name], self._recycle[name]):
+                for row in rows.values():
+                    row[new.name] = None
+            self._reindex()
+
+    def remove_field(self, sobject: str, name: str) -> None:
+        """Take a field away, as when it is deleted or hidden from the integration user by field-level
+        security: describe no longer lists it, and queries and bodies naming it fail with INVALID_FIELD.
+        Its values go with it. Id cannot be removed."""
+        with self._lock:
+            sobject = self._known_object(sobject)
+            found = self._fields_ci[sobject].get(name.lower())
+            if found is None or found.kind == "id":
+                raise ValueError(f"{sobject} has no field {name} that can be removed")
+            del self._schema[sobject][found.name]
+            for rows in (self._rows[sobject], self._recycle[sobject]):
+                for row in rows.values():
+                    row.pop(found.name, None)
+            self._reindex()
+
+    def add_object(self, name: str, fields: Iterable[Field] = (), label: str = "",
+                   auto_number: str | None = None) -> None:
+        """Create a custom object `name` (ending in __c) with Id, a Name field, the system fields and `fields`.
+        Name is an auto number when `auto_number` is a format such as "PS-{:07d}", else a writable Text(80).
+        The object gets a key prefix of its own and starts empty."""
+        base = [Field("Id", "id", writable=False), _text("Name", 80, writable=auto_number is None)]
+        with self._lock:
+            self._create_object(name, base + list(fields), label, auto_number)
+
+    def copy_object(self, source: str, name: str, renames: dict[str, str] | None = None,
+                    retarget: dict[str, str] | None = None, label: str = "", auto_number: str | None = None) -> None:
+        """Create custom object `name` with the fields of `source`, as in an org that deployed the metadata
+        under other names. `renames` maps field names of `source` to new ones; a renamed custom reference field
+        takes the relationship name of its new name (`POS_Sale__c` -> `POS_Sale__r`). `retarget` maps object
+        names: a reference field pointing at a key points at its value instead, e.g. making the copy of
+        Sales_Line_Item__c the detail of the copy of Sales_Transaction__c. Name keeps `source`'s auto-number
+        format unless `auto_number` is given. Records are not copied."""
+        retarget = retarget or {}
+        with self._lock:
+            source = self._known_object(source)
+            renamed = {k.lower(): v for k, v in (renames or {}).items()}
+            unknown = sorted(set(renamed) - set(self._fields_ci[source]))
+            if unknown:
+                raise ValueError(f"{source} has no field {', '.join(unknown)} to rename")
+            fmt = auto_number or self._auto_number_formats.get(source)
+            fields = []
+            for f in self._schema[source].values():
+                if f.name in _SYSTEM_FIELDS:
+                    continue
+                if f.name == "Name":
+                    f = replace(f, writable=fmt is None)
+                new_name = renamed.get(f.name.lower(), f.name)
+                if new_name != f.name:
+                    f = replace(f, name=new_name, label="", relationship=_relationship_for(new_name)
+                                if f.relationship and new_name.endswith("__c") else f.relationship)
+                if f.reference_to in retarget:
+                    f = replace(f, reference_to=retarget[f.reference_to])
+                fields.append(f)
+            self._create_object(name, fields, label, fmt)
+
+    def _known_object(self, name: str) -> str:
+        sobject = self._objects_ci.get(name.lower())
+        if sobject is None:
+            raise ValueError(f"the org has no object {name}")
+        return sobject
+
+    def _create_object(self, name: str, fields: list[Field], label: str, auto_number: str | None) -> None:
+        if not name.endswith("__c") or not _REFERENCE_ID.match(name) or name.lower() in self._objects_ci:
+            raise ValueError(f"{name} is not a new custom object name (it must be unused and end in __c)")
+        if "name" not in {f.name.lower() for f in fields} or "id" not in {f.name.lower() for f in fields}:
+            raise ValueError(f"{name} needs an Id and a Name field")
+        checked: list[Field] = []
+        for f in fields:
+            checked.append(self._checked_field(name, f, checked, name))
+        prefixes = set(self._key_prefixes.values())
+        self._key_prefixes[name] = next(p for p in (f"a{d}{c}" for d in string.digits for c in string.ascii_uppercase)
+                                        if p not in prefixes)
+        self._object_labels[name] = label or _object_label(name)
+        if auto_number:
+            self._auto_number_formats[name] = auto_number
+        self._schema[name] = {f.name: f for f in checked + _system_fields()}
+        self._reindex()
+
+    def _checked_field(self, sobject: str, new: Field, existing: list[Field], creating: str) -> Field:
+        """`new` as the org would accept it on `sobject`, with a lookup's relationship name filled in."""
+        if new.kind not in _DESCRIBE_TYPES:
+            raise ValueError(f"{new.name}: unknown kind {new.kind!r}; one of {', '.join(_DESCRIBE_TYPES)}")
+        if new.external_id and new.kind not in ("text", "email"):
+            raise ValueError(f"{new.name}: the emulator's external ID fields are text or email")
+        if new.kind == "reference":
+            if new.reference_to is None or (new.reference_to.lower() not in self._objects_ci
+                                            and new.reference_to != creating):
+                raise ValueError(f"{new.name}: reference_to names no object of the org: {new.reference_to}")
+            new = replace(new, reference_to=self._objects_ci.get(new.reference_to.lower(), new.reference_to),
+                          relationship=new.relationship or _relationship_for(new.name))
+        elif new.relationship or new.master_detail:
+            raise ValueError(f"{new.name}: only a reference field has a relationship")
+        taken = {f.name.lower() for f in existing} | {f.relationship.lower() for f in existing if f.relationship}
+        for name in filter(None, (new.name, new.relationship)):
+            if name.lower() in taken:
+                raise ValueError(f"{sobject} already has a field or relationship named {name}")
+        return new
+
+    def _reindex(self) -> None:
+        """Derive every lookup from the schema: names in any case, relationships, the unique indexes of the
+        external ID fields (rebuilt from the records), and storage and counters for new objects."""
+        self._fields_ci = {name: {k.lower(): f for k, f in fields.items()} for name, fields in self._schema.items()}
+        self._relationships = {name: {f.relationship.lower(): f for f in fields.values() if f.relationship}
+                               for name, fields in self._schema.items()}
+        self._objects_ci = {name.lower(): name for name in self._schema}
+        for name in self._schema:
+            self._rows.setdefault(name, {})
+            self._recycle.setdefault(name, {})
+        for name in self._auto_number_formats:
+            self._auto_numbers.setdefault(name, itertools.count(1))
+        self._unique = {
+            (name, f.name): {row[f.name].casefold(): record_id for record_id, row in self._rows[name].items()
+                             if row.get(f.name) is not None}
+            for name, fields in self._schema.items() for f in fields.values() if f.external_id}
 
     # ---- faults ------------------------------------------------------------------------------------
 
@@ -517,6 +692,9 @@ class SalesforceEmulator:
                     return error.response()
                 return Response(201, {"id": record_id, "success": True, "errors": []},
                                 {"Location": self._url(version, sobject, record_id)})
+            case ["sobjects", name, "describe"]:
+                _allow(method, "GET")
+                return Response(200, self._describe(self._object(name, 404), version))
             case ["sobjects", name, record_id]:
                 return self._row(method, self._object(name, 404), record_id, arg, body, version)
             case ["sobjects", name, ext_field, value]:
@@ -566,11 +744,84 @@ class SalesforceEmulator:
             names.append(found.name)
         return names
 
+    # ---- sObject Describe --------------------------------------------------------------------------
+
+    def _describe(self, sobject: str, version: str) -> dict:
+        """The object's metadata in the shape of `GET /sobjects/{name}/describe` (DescribeSObjectResult),
+        limited to what the emulated org knows."""
+        base = f"/services/data/v{version}/sobjects/{sobject}"
+        label = self._object_labels[sobject]
+        return {"name": sobject, "label": label, "labelPlural": label + "s", "custom": sobject.endswith("__c"),
+                "keyPrefix": self._key_prefixes[sobject], "createable": True, "updateable": True, "queryable": True,
+                "fields": [self._describe_field(sobject, f) for f in self._schema[sobject].values()],
+                "recordTypeInfos": self._record_type_infos(sobject, base),
+                "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"}}
+
+    def _describe_field(self, sobject: str, f: Field) -> dict:
+        numeric = f.kind in _NUMBER_KINDS
+        auto_number = f.name == "Name" and sobject in self._auto_number_formats
+        # A standard object's Name and an auto number always have a value; a custom object's text Name need not.
+        name_required = f.name == "Name" and (auto_number or not sobject.endswith("__c"))
+        label = (f"{self._object_labels[sobject]} ID" if not sobject.endswith("__c") else "Record ID") \
+            if f.kind == "id" else _label(f)
+        return {
+            "autoNumber": auto_number,
+            "calculated": f.calculated,
+            "calculatedFormula": f.formula,
+            "cascadeDelete": f.master_detail,
+            "caseSensitive": False,
+            "createable": not f.read_only,
+            "custom": f.name.endswith("__c"),
+            "defaultedOnCreate": f.kind in ("id", "boolean") or f.name in _SYSTEM_FIELDS or auto_number,
+            "digits": f.length if f.kind == "int" else 0,
+            "externalId": f.external_id,
+            "filterable": True,
+            "groupable": _groupable(f),
+            "idLookup": f.kind == "id" or f.external_id or f.name == "Name",
+            "label": label,
+            "length": f.length if f.kind in _LENGTH_KINDS else 18 if f.kind in ("id", "reference") else 0,
+            "name": f.name,
+            "nameField": f.name == "Name",
+            "nillable": not (f.required or f.master_detail or f.kind in ("id", "boolean") or
+                             f.name in _SYSTEM_FIELDS or name_required),
+            "picklistValues": [{"active": True, "defaultValue": False, "label": value, "validFor": None,
+                                "value": value} for value in f.values],
+            "precision": f.length + f.scale if numeric and f.kind != "int" else 0,
+            "referenceTo": [f.reference_to] if f.reference_to else [],
+            "relationshipName": f.relationship,
+            "relationshipOrder": 0 if f.master_detail else None,
+            "restrictedDelete": False,
+            "restrictedPicklist": bool(f.values),
+            "scale": f.scale if numeric and f.kind != "int" else 0,
+            "soapType": _SOAP_TYPES.get(f.kind, "xsd:string"),
+            "sortable": f.sortable,
+            "type": _DESCRIBE_TYPES[f.kind],
+            "unique": f.external_id,
+            # a master-detail field that does not allow reparenting describes as not updateable
+            "updateable": not f.read_only and not f.master_detail,
+            "writeRequiresMasterRead": False,
+        }
+
+    def _record_type_infos(self, sobject: str, base: str) -> list[dict]:
+        """The object's record types, then Master, which every object has and which is the default only
+        when there is no other."""
+        record_types = sorted((r for r in self._rows["RecordType"].values() if r["SobjectType"] == sobject),
+                              key=lambda r: r["Name"])
+        default = self._business_record_type_id if sobject == "Account" else None
+
+        def info(record_id: str, name: str, developer_name: str, master: bool, is_default: bool) -> dict:
+            return {"active": True, "available": is_default or not master, "defaultRecordTypeMapping": is_default,
+                    "developerName": developer_name, "master": master, "name": name, "recordTypeId": record_id,
+                    "urls": {"layout": f"{base}/describe/layouts/{record_id}"}}
+
+        return [info(r["Id"], r["Name"], r["DeveloperName"], False, r["Id"] == default) for r in record_types] + [
+            info(MASTER_RECORD_TYPE_ID, "Master", "Master", True, not record_types)]
+
     # ---- sObject Rows ------------------------------------------------------------------------------
 
     def _live_id(self, sobject: str, raw_id: str) -> str:
         record_id = _normalize_id(raw_id)
-        if record_id is None or not record_id.startswith(_KEY_PREFIXES[sobject]):
+        if record_id is None or not record_id.startswith(self._key_prefixes[sobject]):
             raise ApiError(400, "MALFORMED_ID", f"{sobject} ID: id value of incorrect type: {raw_id}")
         if record_id in self._recycle[sobject]:
             raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
@@ -668,7 +919,7 @@ class SalesforceEmulator:
             if not raw_id:
                 raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call")
             record_id = _normalize_id(raw_id)
-            if record_id is None or not record_id.startswith(_KEY_PREFIXES[sobject]):
+            if record_id is None or not record_id.startswith(self._key_prefixes[sobject]):
                 raise RecordError("MALFORMED_ID", f"{sobject} ID: id value of incorrect type: {raw_id}", ["Id"])
             if record_id not in self._rows[sobject]:
                 raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
@@ -711,7 +962,7 @@ class SalesforceEmulator:
 
         def delete(raw_id: str) -> dict:
             record_id = _normalize_id(raw_id)
-            sobject = next((s for s, p in _KEY_PREFIXES.items() if record_id and record_id.startswith(p)), None)
+            sobject = next((s for s, p in self._key_prefixes.items() if record_id and record_id.startswith(p)), None)
             if record_id is None or sobject is None:
                 raise RecordError("MALFORMED_ID", f"invalid record id: {raw_id}")
             if record_id not in self._rows[sobject]:
@@ -884,9 +1135,12 @@ class SalesforceEmulator:
         return Response(200, self._page(records, 0, kind, version))
 
     def _aggregate_result(self, query: soql.Query, rows: list[dict], chains: dict[str, list[Field]]) -> dict:
-        """AggregateResult rows in one answer: a GROUP BY query cannot be paged with a query locator, so
-        more than one batch of groups is refused outright, as Salesforce does."""
-        results = query.aggregate(rows, lambda row, path: self._path_value(row, chains[path]))[:query.limit]
+        """AggregateResult rows in one answer. A GROUP BY query cannot be continued with queryMore(), and a
+        result over 2,000 rows must be narrowed by its filter (SOQL reference, "Considerations When Using
+        GROUP BY"), so a larger result is refused rather than cut short. That page gives no error code: the
+        code and message are the ones public client code quotes for a query that cannot be paged."""
+        results = query.aggregate(rows, lambda row, path: self._path_value(row, chains[path]),
+                                  lambda path, value: _rank(chains[path][-1], value))[:query.limit]
         if len(results) > PAGE_SIZE:
             raise ApiError(400, "EXCEEDED_ID_LIMIT", "Aggregate query does not support queryMore(), use LIMIT to "
                                                      "restrict the results to a single batch")
@@ -957,7 +1211,7 @@ class SalesforceEmulator:
     # ---- the store ---------------------------------------------------------------------------------
 
     def _seed_record_type(self, developer_name: str, label: str, person: bool) -> str:
-        record_id = _with_checksum(_KEY_PREFIXES["RecordType"] + "5g" + f"{next(self._ids):010d}")
+        record_id = _with_checksum(self._key_prefixes["RecordType"] + "5g" + f"{next(self._ids):010d}")
         row = {f: None for f in self._schema["RecordType"]} | {
             "Id": record_id, "Name": label, "DeveloperName": developer_name, "SobjectType": "Account",
             "IsPersonType": person, "CreatedDate": _now(), "LastModifiedDate": _now(), "SystemModstamp": _now(),
@@ -1046,7 +1300,7 @@ class SalesforceEmulator:
         merged = {**(existing or {name: None for name in schema}), **values}
         person = self._is_person(merged)
 
-        locked = [n for n in values if not schema[n].writable or (n == "Name" and person and sobject == "Account")
+        locked = [n for n in values if schema[n].read_only or (n == "Name" and person and sobject == "Account")
                   or (existing and schema[n].master_detail and values[n] != existing[n])]
         if locked:
             raise RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -1071,10 +1325,10 @@ class SalesforceEmulator:
 
         now = _now()
         if existing is None:
-            prefix = _KEY_PREFIXES[sobject]
+            prefix = self._key_prefixes[sobject]
             merged.update(Id=_with_checksum(f"{prefix}5g{next(self._ids):010d}"), CreatedDate=now, IsDeleted=False)
-            if sobject in _AUTO_NUMBER:
-                merged["Name"] = _AUTO_NUMBER[sobject].format(next(self._auto_numbers[sobject]))
+            if sobject in self._auto_number_formats:
+                merged["Name"] = self._auto_number_formats[sobject].format(next(self._auto_numbers[sobject]))
         merged.update(LastModifiedDate=now, SystemModstamp=now)
         if sobject == "Account" and self.person_accounts:
             merged["IsPersonAccount"] = person
@@ -1119,7 +1373,7 @@ class SalesforceEmulator:
     def _check_reference(self, sobject: str, ref: Field, value: str) -> str:
         target = ref.reference_to or ""
         record_id = _normalize_id(value)
-        if record_id is None or not record_id.startswith(_KEY_PREFIXES[target]):
+        if record_id is None or not record_id.startswith(self._key_prefixes[target]):
             raise RecordError("MALFORMED_ID", f"{_label(ref)}: id value of incorrect type: {value}", [ref.name])
         row = self._rows[target].get(record_id)
         if ref.name == "RecordTypeId" and (row is None or row["SobjectType"] != sobject):
@@ -1219,7 +1473,8 @@ def _coerce(f: Field, value: Any) -> Any:
         if not number.is_finite():
             raise refuse()
         # More places than the field's scale are rounded half-up, as Salesforce does for number fields.
-        return float(number.quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP))
+        rounded = number.quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP)
+        return int(rounded) if f.kind == "int" else float(rounded)
     if f.kind == "datetime":
         if not isinstance(value, str):
             raise refuse()
@@ -1244,7 +1499,7 @@ def _value_errors(f: Field, value: Any) -> list[dict]:
     def error(code: str, message: str) -> list[dict]:
         return [{"statusCode": code, "message": f"{_label(f)}: {message}", "fields": [f.name]}]
 
-    if f.kind in ("text", "email", "phone", "picklist") and len(value) > f.length:
+    if f.kind in _LENGTH_KINDS and len(value) > f.length:
         return error("STRING_TOO_LONG", f"data value too large: {value} (max length={f.length})")
     if f.kind == "email" and not _EMAIL.match(value):
         return error("INVALID_EMAIL_ADDRESS", f"invalid email address: {value}")
@@ -1256,22 +1511,35 @@ def _value_errors(f: Field, value: Any) -> list[dict]:
 
 
 _LITERAL_TYPES = {"boolean": (bool, "boolean"), "currency": (Decimal, "double"), "number": (Decimal, "double"),
-                  "datetime": (dt.datetime, "dateTime")}
+                  "percent": (Decimal, "double"), "int": (Decimal, "int"), "datetime": (dt.datetime, "dateTime")}
 
 
 def _check_aggregate(query: soql.Query, chains: dict[str, list[Field]]) -> None:
-    """What the org's schema allows in an aggregate query: SUM of numbers, DAY_ONLY of date-times, and GROUP BY
-    only on groupable fields (not numbers, currencies or date-times themselves)."""
+    """What the org's schema allows in an aggregate query (SOQL reference, "Support for Field Types in Aggregate
+    Functions"): SUM of numbers only, MIN and MAX of anything but booleans, DAY_ONLY of date-times, and
+    GROUP BY only on groupable fields."""
     for item in query.selected:
         f = chains[item.field][-1] if item.field else None
-        if item.function == "SUM" and f is not None and f.kind not in _NUMBER_KINDS:
-            raise soql.SoqlError("INVALID_FIELD", f"field {f.name} does not support aggregate operator SUM")
+        if f is not None and ((item.function == "SUM" and f.kind not in _NUMBER_KINDS)
+                              or (item.function in ("MIN", "MAX") and f.kind == "boolean")):
+            raise soql.SoqlError("INVALID_FIELD", f"field {f.name} does not support aggregate operator "
+                                                  f"{item.function}")
     for key in query.group_by:
         f = chains[key.field][-1]
         if key.function == "DAY_ONLY" and f.kind != "datetime":
             raise soql.SoqlError("INVALID_FIELD", f"DAY_ONLY needs a dateTime field, not {f.kind}: {f.name}")
-        if key.function is None and f.kind in _NUMBER_KINDS | {"datetime"}:
+        if key.function is None and not _groupable(f):
             raise soql.SoqlError("INVALID_FIELD", f"field '{f.name}' can not be grouped in a query call")
+
+
+def _rank(f: Field, value: Any) -> Any:
+    """The order MIN and MAX pick in: a picklist's own value order (SOQL reference, "Aggregate Functions"),
+    instants for date-times, text without regard to case."""
+    if f.kind == "picklist":
+        return f.values.index(value) if value in f.values else len(f.values)
+    if f.kind == "datetime":
+        return soql.parse_datetime(value)
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _check_literal(f: Field, comparison: soql.Comparison) -> None:

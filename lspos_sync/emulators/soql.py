@@ -1,7 +1,8 @@
 """A parser and evaluator for the subset of SOQL that the Salesforce emulator understands.
 
-Besides plain selects: `COUNT()`, the aggregates `COUNT(field)` and `SUM(field)`, `GROUP BY` on fields and on
-`DAY_ONLY(datetime)`, and aliases, with the result shape and naming rules of the real API (`expr0`, `expr1`…).
+Besides plain selects: `COUNT()`, the aggregates `COUNT(field)`, `SUM(field)`, `MIN(field)` and `MAX(field)`,
+`GROUP BY` on fields and on `DAY_ONLY(datetime)`, and aliases, with the result shape and naming rules of the real
+API (`expr0`, `expr1`…).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterator, Union
 
 MAX_QUERY_LENGTH = 100_000  # characters; Salesforce answers MALFORMED_QUERY above it
-AGGREGATES = frozenset({"COUNT", "SUM"})
+AGGREGATES = frozenset({"COUNT", "SUM", "MIN", "MAX"})
 DATE_FUNCTIONS = frozenset({"DAY_ONLY"})
 # Words SOQL refuses as aliases (SOQL reference, "Alias Notation").
 _RESERVED = frozenset({"AND", "ASC", "DESC", "EXCLUDES", "FIRST", "FROM", "GROUP", "HAVING", "IN", "INCLUDES",
@@ -119,8 +120,11 @@ class Query:
                 implied += 1
         return keys
 
-    def aggregate(self, rows: list[Any], get: Callable[[Any, str], Any]) -> list[dict[str, Any]]:
-        """AggregateResult rows (without attributes): one per group, or one in all without GROUP BY."""
+    def aggregate(self, rows: list[Any], get: Callable[[Any, str], Any],
+                  rank: Callable[[str, Any], Any] | None = None) -> list[dict[str, Any]]:
+        """AggregateResult rows (without attributes): one per group, or one in all without GROUP BY.
+        `rank(path, value)` orders a field's values for MIN and MAX (by default: numbers, text without case)."""
+        order_of = rank or (lambda path, value: _sortable(value))
         groups: dict[tuple, list[Any]] = {}
         for row in rows:
             groups.setdefault(tuple(_group_value(k.function, get(row, k.field)) for k in self.group_by), []).append(row)
@@ -134,7 +138,8 @@ class Query:
             result = {}
             for key, item in zip(keys, self.selected):
                 if item.aggregate:
-                    result[key] = _aggregate(item, [get(r, item.field) for r in members] if item.field else members)
+                    values = [get(r, item.field) for r in members] if item.field else members
+                    result[key] = _aggregate(item, values, lambda value, path=item.field: order_of(path, value))
                 else:
                     position = next(i for i, k in enumerate(self.group_by) if item.groups_as(k))
                     result[key] = group_values[position]
@@ -438,12 +443,18 @@ def _group_value(function: str | None, value: Any) -> Any:
     return value
 
 
-def _aggregate(item: Selected, values: list[Any]) -> Any:
-    """COUNT(field) counts the non-null values (COUNT(Id) every row); SUM of no value is null."""
+def _aggregate(item: Selected, values: list[Any], rank: Callable[[Any], Any]) -> Any:
+    """COUNT(field) counts the non-null values (COUNT(Id) every row). SUM, MIN and MAX ignore nulls and are
+    null when no value is left; SUM is a number, MIN and MAX a value as the field holds it (so a date-time
+    keeps its string form)."""
     if item.function == "COUNT":
         return sum(1 for v in values if v is not None)
-    present = [Decimal(str(v)) for v in values if v is not None]
-    return float(sum(present, Decimal(0))) if present else None
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if item.function == "SUM":
+        return float(sum((Decimal(str(v)) for v in present), Decimal(0)))
+    return (min if item.function == "MIN" else max)(present, key=rank)
 
 
 def _unescape(raw: str) -> str:
