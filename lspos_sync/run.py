@@ -254,7 +254,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                         verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
                         field_map=names, roll_up=settings.rollups, on_batch=spinner.advance)
         try:
-            if not names.identity or settings.rollups:
+            if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
                 check_mapping(settings, names, salesforce)
             if window is None:
                 summary = engine.retry(retry or [])
@@ -317,7 +317,7 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
         f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(summary.rejected)} rejected, "
         f"{len(summary.ambiguous)} ambiguous; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
-        + (f"; roll-ups {'would change' if preview else 'updated on'} "
+        + (f"; roll-ups {'would change on' if preview else 'updated on'} "
            f"{len(rolled['changes']) if preview else rolled['updated']} of {rolled['accounts']} account(s)"
            if rolled else "")
         + (f"; checkpoint {data['checkpoint']}" if data["checkpoint"] else ""))
