@@ -1,0 +1,147 @@
+"""Several Lightspeed accounts into one org (issue 6.4, LIGHTSPEED_ACCOUNTS): each with its own rotating tokens,
+checkpoint and lock, run in turn or picked with --account; the real program against both emulators."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import pytest
+
+from conftest import Boutique, by_key, sell
+
+SECOND = "190001"
+
+
+def open_boutique(account) -> Boutique:
+    shop = account.add_shop("Avenue Montaigne", "Europe/Paris")
+    scarf = account.add_item("Cashmere stole", custom_sku="STOLE-01", category_id=account.add_category("Knitwear"))
+    bag = account.add_item("Clutch", category_id=account.add_category("Leather goods"))
+    return Boutique(shop, scarf, bag, account.add_payment_type("Amex"), account.add_payment_type("Cash", type="cash"))
+
+
+@pytest.fixture
+def second(lightspeed):
+    return lightspeed.add_account(SECOND, refresh_token="ls-refresh-montaigne-0")
+
+
+@pytest.fixture
+def several(lightspeed, second) -> dict[str, str]:
+    """The operator's configuration: both accounts, one shared client, a refresh token each."""
+    return {**lightspeed.accounts_env(), "LIGHTSPEED_ACCOUNT_ID": ""}
+
+
+def test_two_accounts_sync_into_one_org_with_their_own_keys_checkpoints_and_tokens(
+        cli, lightspeed, salesforce, boutique, second, several):
+    ana_first = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    ana_second = second.add_customer("Ana", "Lima", email="ANA@example.com")
+    first_sale = sell(lightspeed, boutique, ana_first)
+    second_sale = sell(second, open_boutique(second), ana_second, lines=((1, "300.00"),))
+    assert first_sale == second_sale == 1  # each account numbers its own sales
+
+    result = cli("sync", "--json", env=several)
+
+    assert result.code == 0, result.stderr
+    assert [a["account_id"] for a in result.json["accounts"]] == ["182255", SECOND]
+    assert all(a["sales"]["written"] == 1 for a in result.json["accounts"])
+    written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")
+    assert set(written) == {"182255-1", f"{SECOND}-1"}
+    [account] = [a for a in salesforce.records("Account") if a.get("IsPersonAccount")]
+    assert account["LS_Customer_ID__c"] == f"182255-{ana_first}"  # created by the first account
+    assert written[f"{SECOND}-1"]["Account__c"] == account["Id"]  # found by email from the second
+    assert written[f"{SECOND}-1"]["Match_Status__c"] == "Email"
+    assert "sync account 182255" in cli("sync", env=several).stdout
+
+    checkpoints = cli("checkpoint", "show", "--json", env=several).json["checkpoints"]
+    assert set(checkpoints) == {"182255", SECOND} and all(c["cursor"] for c in checkpoints.values())
+    # each chain rotated on its own and lives in the store: the variables' first tokens are long spent
+    assert lightspeed.refresh_count >= 1 and second.refresh_count >= 1
+    assert lightspeed.current_refresh_token != lightspeed.initial_refresh_token
+    assert second.current_refresh_token != "ls-refresh-montaigne-0"
+    assert cli("sync", env=several).code == 0
+
+
+def test_account_option_runs_only_that_account(cli, lightspeed, salesforce, boutique, second, several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+
+    result = cli("sync", "--account", SECOND, "--json", env=several)
+
+    assert result.code == 0, result.stderr
+    assert [a["account_id"] for a in result.json["accounts"]] == [SECOND]
+    assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == [f"{SECOND}-1"]
+    checkpoints = cli("checkpoint", "show", "--json", env=several).json["checkpoints"]
+    assert checkpoints["182255"]["cursor"] is None and checkpoints[SECOND]["cursor"]
+    assert lightspeed.request_count() == 0
+
+
+def test_an_account_not_configured_exits_2(cli, several):
+    result = cli("sync", "--account", "999999", env=several)
+
+    assert result.code == 2 and "not one of LIGHTSPEED_ACCOUNTS" in result.stderr
+
+
+def test_one_account_failing_does_not_stop_the_other(cli, lightspeed, salesforce, boutique, second, several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+    lightspeed.revoke_all_tokens()  # the first merchant revoked the app
+
+    result = cli("sync", "--json", env=several)
+
+    assert result.code == 1
+    first, other = result.json["accounts"]
+    assert (first["account_id"], first["outcome"], first["exit_code"]) == ("182255", "failed", 1)
+    assert other["outcome"] == "ok" and other["sales"]["written"] == 1
+    assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == [f"{SECOND}-1"]
+    assert "account 182255: Error:" in result.stderr
+
+
+def test_a_locked_account_is_skipped_and_the_others_run(cli, lightspeed, salesforce, boutique, second, several,
+                                                        state_path):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = os.open(f"{state_path}.182255.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a run of the first account is under way
+    try:
+        result = cli("sync", "--json", env=several)
+    finally:
+        os.close(holder)
+
+    assert result.code == 4
+    assert [a["outcome"] for a in result.json["accounts"]] == ["locked", "ok"]
+    assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == [f"{SECOND}-1"]
+
+
+def test_an_account_may_have_its_own_client(cli, lightspeed, salesforce, boutique):
+    other = lightspeed.add_account(SECOND, refresh_token="ls-refresh-x", client_id="montaigne-app",
+                                   client_secret="montaigne-secret")
+    sell(other, open_boutique(other))
+    env = {**lightspeed.accounts_env(), "LIGHTSPEED_ACCOUNT_ID": ""}
+    assert env[f"LIGHTSPEED_ACCOUNT_{SECOND}_CLIENT_ID"] == "montaigne-app"
+
+    result = cli("sync", "--account", SECOND, "-vv", env=env)
+
+    assert result.code == 0, result.stderr
+    assert "montaigne-secret" not in result.stderr + result.stdout and "ls-refresh-x" not in result.stderr
+
+
+def test_dry_run_and_backfill_report_each_account(cli, lightspeed, salesforce, boutique, second, several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+
+    preview = cli("dry-run", "--json", env=several)
+    backfill = cli("backfill", "--from", "2026-01-01", "--account", "182255", "--json", env=several)
+
+    assert [(a["account_id"], len(a["plans"])) for a in preview.json["accounts"]] == [("182255", 1), (SECOND, 1)]
+    assert backfill.code == 0 and [a["account_id"] for a in backfill.json["accounts"]] == ["182255"]
+    assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == ["182255-1"]
+
+
+def test_checkpoint_reset_acts_on_every_account_or_the_one_given(cli, lightspeed, boutique, second, several):
+    reset_one = cli("checkpoint", "reset", "--to", "2026-01-01", "--yes", "--account", SECOND, "--json", env=several)
+    reset_all = cli("checkpoint", "reset", "--to", "2026-02-01", "--yes", "--json", env=several)
+
+    assert [a["account_id"] for a in reset_one.json["accounts"]] == [SECOND]
+    assert [a["checkpoint"] for a in reset_all.json["accounts"]] == ["2026-02-01T00:00:00+00:00"] * 2
+    assert reset_all.json["accounts"][1]["previous"] == "2026-01-01T00:00:00+00:00"
