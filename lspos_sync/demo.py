@@ -195,7 +195,7 @@ class _Runner:
         self.state_path = workdir / "state.db"
         settings = {**lightspeed.env(), "SALESFORCE_INSTANCE_URL": salesforce.instance_url,
                     "SALESFORCE_ACCESS_TOKEN": salesforce.access_token, "LSPOS_STATE_PATH": str(self.state_path),
-                    "LSPOS_SYNC_START": sync_start.isoformat(timespec="seconds")}
+                    "LSPOS_SYNC_START": sync_start.isoformat(timespec="seconds"), "LSPOS_ROLLUPS": "true"}
         # The settings live in an env file in the temporary directory. The user's .env and state file are never
         # read, and their variables are cleared from the environment, where they would win over the file.
         self.env_file = workdir / "demo.env"
@@ -539,10 +539,26 @@ def _summary(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, bou
                        "Sales_Line_Item__c": len(salesforce.records("Sales_Line_Item__c"))},
         "lightspeed": {"completed_sales": len(boutique.completed),
                        "lines": sum(len(_line_ids(lightspeed, sale_id)) for sale_id in boutique.completed)},
+        "rollups": {"exact": _rollups_exact(accounts, transactions),
+                    "accounts": sum(1 for a in accounts if a.get("Purchase_Count__c")),
+                    "purchases": int(sum(a.get("Purchase_Count__c") or 0 for a in accounts)),
+                    "lifetime_spend": round(sum(a.get("Lifetime_Spend__c") or 0 for a in accounts), 2)},
         "match_status": dict(sorted(Counter(t["Match_Status__c"] for t in transactions).items())),
         "transaction_status": dict(sorted(Counter(t["Status__c"] for t in transactions).items())),
         "kept": str(kept) if kept else None,
     }
+
+
+def _rollups_exact(accounts: list[dict], transactions: list[dict]) -> bool:
+    """Whether every account's roll-ups equal what its transactions say, recomputed here independently."""
+    spend: Counter = Counter()
+    purchases: Counter = Counter()
+    for t in transactions:
+        if t["Account__c"] and t["Status__c"] in ("Completed", "Refund"):
+            spend[t["Account__c"]] += round(t["Total__c"] * 100)
+            purchases[t["Account__c"]] += t["Status__c"] == "Completed"
+    return all(round((a.get("Lifetime_Spend__c") or 0) * 100) == spend[a["Id"]]
+               and (a.get("Purchase_Count__c") or 0) == purchases[a["Id"]] for a in accounts)
 
 
 def _summary_lines(data: dict[str, Any]) -> list[str]:
@@ -555,6 +571,9 @@ def _summary_lines(data: dict[str, Any]) -> list[str]:
         "Match status: " + ", ".join(f"{status} {count}" for status, count in data["match_status"].items()) + ".",
         "Transaction status: " + ", ".join(f"{status} {count}" for status, count in data["transaction_status"].items())
         + ".",
+        f"Loyalty roll-ups (LSPOS_ROLLUPS=true): {data['rollups']['accounts']} Person Accounts with purchases, "
+        f"{data['rollups']['purchases']} purchases, lifetime spend {data['rollups']['lifetime_spend']:.2f} in all; "
+        + ("each equal to its transactions." if data["rollups"]["exact"] else "SOME DIFFER FROM THEIR TRANSACTIONS."),
     ]
     failed = [step for step in data["steps"] if step["exit_code"] not in step["expected"]]
     lines += [f"Unexpected: `{step['command']}` exited {step['exit_code']}" for step in failed]

@@ -105,6 +105,9 @@ class FieldMap:
 
     def __post_init__(self) -> None:
         self.identity = not (self.objects or self.renames or self.off or self.additions)
+        # Changes when what is written changes, so that sales are written again after a mapping change.
+        self.fingerprint = "" if self.identity else \
+            hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:12]
         self._reverse_objects = {target.lower(): default for default, target in self.objects.items()}
         self._names = {obj: {f: self.field(obj, f) for f in DEFAULT_FIELDS[obj]} for obj in DEFAULT_FIELDS}
         self._reverse = {obj: {target: f for f, target in names.items()} for obj, names in self._names.items()}
@@ -131,12 +134,6 @@ class FieldMap:
         """Whether added fields need the Lightspeed payloads as sent (not only the parsed models)."""
         return any(self.additions.values())
 
-    @property
-    def fingerprint(self) -> str:
-        """Changes when what is written changes, so that sales are written again after a mapping change."""
-        if self.identity:
-            return ""
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:12]
 
     # -- translation at the Salesforce boundary
     def outgoing(self, obj: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def test_demo_syncs_the_whole_boutique_and_reports_it(tmp_path, user_env):
     assert report["transaction_status"]["Refund"] == seeded["refunds"]
     assert report["transaction_status"]["Voided"] == seeded["voids"]
     assert report["salesforce"]["Account_linked"] > 0 and report["salesforce"]["Account_created"] > 0
+    # the demo runs with LSPOS_ROLLUPS=true: every account's roll-ups equal its transactions, recomputed apart
+    assert report["rollups"]["exact"] is True and report["rollups"]["purchases"] > 0
 
     assert "$ lspos-sync backfill --from " in done.stderr  # the narration goes to stderr under --json
     assert user_env.read_text() == before
