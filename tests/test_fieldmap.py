@@ -157,6 +157,16 @@ def test_mapping_check_passes_on_an_org_that_fits(cli, salesforce, mapping_file)
                                       "Sales_Line_Item__c": "POS_Sale_Line__c"}
 
 
+def test_a_server_that_does_not_describe_inside_composite_is_asked_object_by_object(cli, salesforce, mapping_file):
+    pos_org(salesforce)
+    salesforce.describe_in_composite = False
+
+    result = cli("mapping", "check", "--mapping", str(mapping_file), "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["salesforce_api_calls"] == 4  # the composite, then three describes
+
+
 def test_mapping_show_prints_the_effective_mapping_without_credentials(tmp_path, mapping_file):
     import subprocess
     import sys

@@ -271,6 +271,8 @@ class SalesforceEmulator:
         self.person_accounts = person_accounts
         self.api_calls = 0
         self.like_supported = True  # False: a server whose SOQL refuses LIKE (to test the fallback)
+        # False: a server that answers describe subrequests inside /composite with 404 (to test the fallback)
+        self.describe_in_composite = True
         self.requests: list[RequestRecord] = []
         ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
         self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
@@ -692,7 +694,7 @@ class SalesforceEmulator:
                     return error.response()
                 return Response(201, {"id": record_id, "success": True, "errors": []},
                                 {"Location": self._url(version, sobject, record_id)})
-            case ["sobjects", name, "describe"]:
+            case ["sobjects", name, "describe"] if top_level or self.describe_in_composite:
                 _allow(method, "GET")
                 return Response(200, self._describe(self._object(name, 404), version))
             case ["sobjects", name, record_id]:

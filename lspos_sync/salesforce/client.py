@@ -129,7 +129,9 @@ class SalesforceClient:
         return [self.field_map.incoming(sobject, record) for record in records]
 
     def describe(self, sobjects: list[str]) -> dict[str, dict[str, Any] | None]:
-        """The org's describe of each object (None where there is no such object), in one `/composite` call."""
+        """The org's describe of each object (None where there is no such object), in one `/composite` call.
+        `sobjects[0]` must exist (Account): if even it is not described inside the composite, the server
+        does not take describes there, and each is asked for on its own."""
         responses = {r.get("referenceId"): r for r in self.composite([
             {"method": "GET", "url": f"{self.data_path}/sobjects/{name}/describe", "referenceId": f"d{i}"}
             for i, name in enumerate(sobjects)])}
@@ -139,6 +141,11 @@ class SalesforceClient:
             status, body = response.get("httpStatusCode"), response.get("body")
             if status == 200 and isinstance(body, dict):
                 described[name] = body
+            elif i == 0:
+                log.info("Salesforce did not describe %s inside /composite (%s); describing one by one", name,
+                         _described(body))
+                return {name: self._call(f"sobjects/{name}/describe", "GET", None, missing_ok=True)
+                        for name in sobjects}
             elif status == 404:
                 described[name] = None
             else:
@@ -152,10 +159,11 @@ class SalesforceClient:
             records.extend(result.get("records", []))
         return records
 
-    def _call(self, path: str, method: str, body: Any) -> Any:
+    def _call(self, path: str, method: str, body: Any, missing_ok: bool = False) -> Any:
+        """One REST call, retried on a server error or a dropped connection; with `missing_ok`, a 404 is None."""
         import requests
         from simple_salesforce.exceptions import (SalesforceError, SalesforceExpiredSession,
-                                                  SalesforceRefusedRequest)
+                                                  SalesforceRefusedRequest, SalesforceResourceNotFound)
 
         if self._sf is None:
             self.connect()
@@ -188,6 +196,11 @@ class SalesforceClient:
                     raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
                                     "allowance is used up; the run stopped and will resume from its checkpoint") from None
                 raise RunFailed(f"Salesforce refused {method} {path.split('?')[0]}: {code or error.status}") from None
+            except SalesforceResourceNotFound as error:
+                if missing_ok:
+                    return None
+                raise RunFailed(f"Salesforce answered HTTP 404 to {method} {path.split('?')[0]}: "
+                                f"{_error_code(error.content) or str(error.content)[:200]}") from None
             except SalesforceError as error:
                 if error.status >= 500:
                     self._backoff(attempt, f"HTTP {error.status}")
