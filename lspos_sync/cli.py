@@ -340,10 +340,10 @@ def mapping(ctx: click.Context, **common: Any) -> None:
 @click.pass_context
 def mapping_show(ctx: click.Context, **common: Any) -> None:
     """The effective mapping: every object and field written, renamed, switched off or added. Offline."""
-    from lspos_sync.run import field_map
+    from lspos_sync import fieldmap
 
     def body(settings: Settings, output: Output) -> int:
-        names = field_map(settings)
+        names = fieldmap.for_settings(settings)
         data = names.describe()
         lines = [f"mapping: {data['source'] or 'none (the contract defaults)'}"]
         for obj, described in data["objects"].items():

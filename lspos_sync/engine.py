@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import closing
+from contextlib import closing, nullcontext
 import time
 from queue import Empty, Queue
 from dataclasses import dataclass, field, replace
@@ -114,8 +114,10 @@ class Engine:
         self._payloads: dict[int, dict[str, Any]] = {}
         self._raw_customers: dict[int, dict[str, Any]] = {}
         self._raw_shops: dict[int, dict[str, Any]] = {}
-        # LSPOS_ROLLUPS: the accounts whose transactions changed; in a dry-run also what it would write, by
-        # account Id or (for accounts it would create) customer key, and the sale keys to leave out.
+        # LSPOS_ROLLUPS: a real run keeps the accounts whose transactions changed in the state store, batch by
+        # batch, so that a run that stops before its roll-ups leaves them to the next one. A dry-run keeps
+        # them here, with what it would write (by account Id, or customer key for accounts it would create)
+        # and the sale keys to leave out of Salesforce's aggregates.
         self._touched: set[str] = set()
         self._planned: dict[str, list[rollups.Contribution]] = {}
         self._superseded: dict[str, list[str]] = {}
@@ -355,12 +357,12 @@ class Engine:
                       previous: dict[str, str | None], existing: dict[str, dict]) -> None:
         """The accounts whose roll-ups the batch changed: where each written sale is linked now and where it
         was. A dry-run also keeps what it would write, to add to Salesforce's aggregates at the end."""
+        touched: set[str] = set()
         for sale in sales:
             transaction = built[sale.sale_id][0]
             sale_key = transaction[mapping.SALE_KEY]
             plan = plans[sale_key]
-            if plan.action == "rejected":
-                continue
+            # a parked sale counts too: its transaction may have gone through without its lines
             before = previous.get(sale_key)
             customer_key = self._customer_key(sale)
             resolution = self._resolved.get(customer_key) if customer_key else None
@@ -371,53 +373,31 @@ class Engine:
                 after = before  # a hand link the sync keeps
             for account in (before, after):
                 if account and not (self.dry_run and account == customer_key):
-                    self._touched.add(account)
-            if self.dry_run:
+                    touched.add(account)
+            if self.dry_run and plan.action != "rejected":
                 if before and sale_key in existing:
                     self._superseded.setdefault(before, []).append(sale_key)
                 if after:
                     self._planned.setdefault(after, []).append(rollups.Contribution(
                         transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"]))
+        if self.dry_run:
+            self._touched |= touched
+        else:
+            self.store.add_pending_rollups(self.account_id, touched)
 
     def _roll_up(self, summary: RunSummary) -> None:
         """LSPOS_ROLLUPS: the four loyalty fields recomputed by Salesforce's aggregates for the accounts the
         run touched (and those a previous run could not update), written where they moved."""
         if not self.roll_up:
             return
-        if not self.dry_run:
-            self._touched.update(self.store.pending_rollups(self.account_id))
-        ids = sorted(self._touched)
+        ids = sorted(self._touched) if self.dry_run else self.store.pending_rollups(self.account_id)
         created = [ref for ref in self._planned if ref not in self._touched]  # dry-run: accounts not there yet
         report: dict[str, Any] = {"accounts": len(ids) + len(created), "updated": 0, "changes": [], "rejected": []}
         summary.rollups = report
-        groups: dict[str, list[dict]] = {}
-        current: dict[str, dict] = {}
-        if ids:
-            statements = rollups.aggregate_statements(ids, self._superseded if self.dry_run else None)
-            answers = self.salesforce.queries([statement for pair in statements for statement in pair])
-            for aggregate, accounts in zip(answers[::2], answers[1::2]):
-                for row in aggregate or ():
-                    groups.setdefault(row["Account__c"], []).append(row)
-                current.update({row["Id"]: row for row in accounts or ()})
-        writes = []
-        for ref in ids + created:
-            if ref in ids and ref not in current:
-                continue  # the account is gone from Salesforce
-            new = rollups.values(groups.get(ref, ()), self._planned.get(ref, ()))
-            moves = rollups.changed(current.get(ref), new)
-            if not moves:
-                continue
-            if self.dry_run:
-                report["changes"].append({"account_id": ref if ref in current else None,
-                                          "customer_key": None if ref in current else ref,
-                                          "fields": {f: {"from": a, "to": b} for f, (a, b) in moves.items()}})
-            if ref in current:
-                writes.append(Write(UPDATE_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": ref, **new},
-                                    (f"rollup:{ref}",)))
-        if writes:
-            self.sink.write(writes)
+        with self.store.rollup_lock() if not self.dry_run else nullcontext():
+            writes = self._roll_up_accounts(ids, created, report)
         refused = {w.record["id"]: w.error for w in writes if w.error}
-        report["updated"] = len(writes) - len(refused)
+        report["updated"] = 0 if self.dry_run else len(writes) - len(refused)
         report["rejected"] = [{"account_id": i, "reason": reason} for i, reason in refused.items()]
         if not self.dry_run:
             self.store.set_pending_rollups(self.account_id, refused)
@@ -465,7 +445,7 @@ class Engine:
                     resolution.status, resolution.account_id or write.id, resolution.reason)
                 if write.filled:
                     summary.enriched.append({"account_id": resolution.account_id, "customer_key": write.customer_key,
-                                             "fields": list(write.filled)})
+                                             "fields": [self.field_map.field(mapping.ACCOUNT, f) for f in write.filled]})
         written, rejected = {}, {}
         for sale in sales:
             transaction, lines, digest = built[sale.sale_id]
@@ -483,6 +463,39 @@ class Engine:
                 summary.plans.append(plan)
         if not self.dry_run:
             self.store.record_outcomes(self.account_id, written, rejected)
+
+    def _roll_up_accounts(self, ids: list[str], created: list[str], report: dict[str, Any]) -> list[Write]:
+        """Reads the aggregates and current values of `ids`, and writes (or, in a dry-run, lists) the changes."""
+        groups: dict[str, list[dict]] = {}
+        current: dict[str, dict] = {}
+        if ids:
+            statements = rollups.aggregate_statements(ids, self._superseded if self.dry_run else None)
+            answers = self.salesforce.queries([statement for pair in statements for statement in pair])
+            for aggregate, accounts in zip(answers[::2], answers[1::2]):
+                for row in aggregate or ():
+                    groups.setdefault(row["Account__c"], []).append(row)
+                current.update({row["Id"]: row for row in accounts or ()})
+        writes = []
+        existing = set(ids)
+        for ref in ids + created:
+            if ref in existing and ref not in current:
+                continue  # the account is gone from Salesforce
+            new = rollups.values(groups.get(ref, ()), self._planned.get(ref, ()))
+            moves = rollups.changed(current.get(ref), new)
+            if not moves:
+                continue
+            if self.dry_run:
+                names = self.field_map  # the admin reads the org's names
+                report["changes"].append({"account_id": ref if ref in current else None,
+                                          "customer_key": None if ref in current else ref,
+                                          "fields": {names.field(mapping.ACCOUNT, f): {"from": a, "to": b}
+                                                     for f, (a, b) in moves.items()}})
+            if ref in current:
+                writes.append(Write(UPDATE_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": ref, **new},
+                                    (f"rollup:{ref}",)))
+        if writes:
+            self.sink.write(writes)
+        return writes
 
     def _plan(self, sale: Sale, transaction: dict, lines: list, match: str, account_id: str | None,
               reason: str, action: str) -> SalePlan:

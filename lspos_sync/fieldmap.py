@@ -13,16 +13,17 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from lspos_sync.errors import ConfigError
-from lspos_sync.mapping import (ACCOUNT, CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, SALE_KEY, TRANSACTION,
-                                clean_text, money, salesforce_datetime)
 
-ROLLUP_FIELDS = ("Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c", "Last_Purchase_Date__c")
+if TYPE_CHECKING:
+    from lspos_sync.config import Settings
+from lspos_sync.mapping import (ACCOUNT, CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, ROLLUP_FIELDS, SALE_KEY,
+                                TRANSACTION, clean_text, money, salesforce_datetime)
 
 # Every field lspos-sync writes, by object, with its kind: the expected Salesforce type family.
 DEFAULT_FIELDS: dict[str, dict[str, str]] = {
@@ -31,8 +32,7 @@ DEFAULT_FIELDS: dict[str, dict[str, str]] = {
         "PersonMobilePhone": "text", "Phone": "text", CUSTOMER_KEY: "key",
         **{name: "text" for name in ENRICHABLE if name not in ("PersonEmail", "PersonMobilePhone", "Phone")},
         "PersonBirthdate": "date",
-        "Lifetime_Spend__c": "currency", "Purchase_Count__c": "number",
-        "First_Purchase_Date__c": "datetime", "Last_Purchase_Date__c": "datetime",
+        **dict(zip(ROLLUP_FIELDS, ("currency", "number", "datetime", "datetime"))),
     },
     TRANSACTION: {
         SALE_KEY: "key", "Account__c": "reference", "Match_Status__c": "text", "Ticket_Number__c": "text",
@@ -107,7 +107,7 @@ class FieldMap:
         self.identity = not (self.objects or self.renames or self.off or self.additions)
         # Changes when what is written changes, so that sales are written again after a mapping change.
         self.fingerprint = "" if self.identity else \
-            hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:12]
+            hashlib.sha256(json.dumps(self.describe()["objects"], sort_keys=True).encode()).hexdigest()[:12]
         self._reverse_objects = {target.lower(): default for default, target in self.objects.items()}
         self._names = {obj: {f: self.field(obj, f) for f in DEFAULT_FIELDS[obj]} for obj in DEFAULT_FIELDS}
         self._reverse = {obj: {target: f for f, target in names.items()} for obj, names in self._names.items()}
@@ -271,9 +271,53 @@ class FieldMap:
                 elif kind != "reference" and not found.get("updateable"):
                     # a master-detail link is set once; everything else is updated when a sale changes
                     lines.append(f"mapping: field {where} is not updateable; lspos-sync updates what it wrote")
-                if kind == "text" and found.get("length"):
-                    self.lengths[(obj, name)] = int(found["length"])
         return lines
+
+    def text_lengths(self, describes: dict[str, dict[str, Any] | None]) -> dict[tuple[str, str], int]:
+        """(default object, org field name) -> the length of each added text field, from the describe."""
+        lengths = {}
+        for obj, describe in describes.items():
+            org = {f["name"].lower(): f for f in (describe or {}).get("fields", [])}
+            for addition in self.additions.get(obj, ()):
+                found = org.get(addition.name.lower())
+                if addition.type == "text" and found and found.get("length"):
+                    lengths[(obj, addition.name)] = int(found["length"])
+        return lengths
+
+
+def for_settings(settings: Settings) -> FieldMap:
+    """The mapping file's names, with what LSPOS_ROLLUPS needs checked against it."""
+    names = load(settings.mapping_path)
+    if settings.rollups:
+        needed = [f for f in ("Total__c", "Status__c", "Transaction_Date__c") if not names.is_on(TRANSACTION, f)]
+        if needed:
+            raise ConfigError(f"LSPOS_ROLLUPS needs {', '.join(f'{TRANSACTION}.{f}' for f in needed)}, which the "
+                              "mapping file switches off")
+    return names
+
+
+def written_fields(settings: Settings, names: FieldMap) -> dict[str, list[str]]:
+    """The contract fields (default names) this configuration writes, by object."""
+    always = ("PersonEmail", "PersonMobilePhone", "Phone")
+    account = [f for f in names.written(ACCOUNT) if f not in ROLLUP_FIELDS and (
+        settings.enrich_profiles or f not in ENRICHABLE or f in always)]
+    if settings.rollups:
+        account += [f for f in ROLLUP_FIELDS if names.is_on(ACCOUNT, f)]
+    return {ACCOUNT: account, TRANSACTION: names.written(TRANSACTION), LINE: names.written(LINE)}
+
+
+def check_org(settings: Settings, names: FieldMap,
+              describe: Callable[[list[str]], dict[str, dict[str, Any] | None]]) -> None:
+    """The mapping (and the roll-up fields) against the org's describe (`SalesforceClient.describe`, one API
+    call): every problem is a line of one ConfigError (exit 2), raised before anything is written. The
+    lengths of added text fields are kept, to cut their values."""
+    objects = (ACCOUNT, TRANSACTION, LINE)
+    described = describe([names.obj(obj) for obj in objects])
+    by_default = {obj: described[names.obj(obj)] for obj in objects}
+    problems = names.problems(by_default, written_fields(settings, names))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    names.lengths.update(names.text_lengths(by_default))
 
 
 def load(path: Path | None) -> FieldMap:
@@ -399,12 +443,9 @@ def _dig(payload: Any, path: tuple[str, ...]) -> Any:
 
 
 def _moment(text: str) -> datetime:
-    from lspos_sync.lightspeed.models import _timestamp
-
-    moment = _timestamp(text)
-    if moment is None:
-        raise ValueError(text)
-    return moment
+    """Lightspeed's times (`2026-03-01T09:30:00+00:00`); one without an offset is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 DEFAULT = FieldMap()

@@ -143,6 +143,9 @@ def person_account_record(customer: Customer, account_id: str, record_type_id: s
     return {**record, **profile}
 
 
+# The loyalty fields LSPOS_ROLLUPS keeps on Account (rollups.py computes them).
+ROLLUP_FIELDS = ("Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c", "Last_Purchase_Date__c")
+
 # The profile fields enrichment may fill on a matched account (LSPOS_ENRICH_PROFILES), in this order.
 ENRICHABLE = ("PersonEmail", "PersonMobilePhone", "Phone", "PersonBirthdate", "PersonMailingStreet",
               "PersonMailingCity", "PersonMailingPostalCode", "PersonMailingCountry")

@@ -69,7 +69,7 @@ class DayFigures:
 def reconcile(settings: Settings, output: "Output", since: datetime, until: datetime,
               account: str | None = None) -> int:
     """Compares the window; 0 when both systems agree on every shop, day and sale, 3 when they differ."""
-    from lspos_sync.run import field_map
+    from lspos_sync import fieldmap
 
     settings.require_lightspeed()
     settings.require_salesforce()
@@ -77,7 +77,7 @@ def reconcile(settings: Settings, output: "Output", since: datetime, until: date
         raise ConfigError(f"reconcile compares one account at a time: add --account (one of "
                           f"{', '.join(settings.account_ids)})")
     settings = settings.for_account(account or settings.account_id)
-    names = field_map(settings)
+    names = fieldmap.for_settings(settings)
     switched_off = [f for f in _NEEDED if not names.is_on(mapping.TRANSACTION, f)]
     if switched_off:
         raise ConfigError(f"reconcile needs {', '.join(switched_off)} on {mapping.TRANSACTION}, which the mapping "

@@ -14,11 +14,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
 
-from lspos_sync.mapping import SALE_KEY, TRANSACTION, money, salesforce_datetime
+from lspos_sync.mapping import ROLLUP_FIELDS, SALE_KEY, TRANSACTION, money, salesforce_datetime
 from lspos_sync.salesforce.queries import MAX_SOQL, literal
 
-SPEND, COUNT, FIRST, LAST = "Lifetime_Spend__c", "Purchase_Count__c", "First_Purchase_Date__c", "Last_Purchase_Date__c"
-FIELDS = (SPEND, COUNT, FIRST, LAST)
+FIELDS = SPEND, COUNT, FIRST, LAST = ROLLUP_FIELDS
 # At most two groups (Completed, Refund) per account, and an aggregate query returns at most 2,000 rows
 # with no further pages.
 ACCOUNTS_PER_QUERY = 1000

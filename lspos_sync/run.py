@@ -15,8 +15,6 @@ from lspos_sync import fieldmap
 from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
 from lspos_sync.errors import ConfigError, LockHeld, SyncError
-from lspos_sync.fieldmap import FieldMap
-from lspos_sync.mapping import ACCOUNT, ENRICHABLE, LINE, TRANSACTION
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.output import RUN
@@ -170,46 +168,16 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
 def _require(settings: Settings) -> None:
     settings.require_lightspeed()
     settings.require_salesforce()
-    field_map(settings)  # a broken mapping file stops the run before anything is read
-
-
-def field_map(settings: Settings) -> FieldMap:
-    """The mapping file's names, with what LSPOS_ROLLUPS needs checked against it."""
-    names = fieldmap.load(settings.mapping_path)
-    if settings.rollups:
-        needed = [f for f in ("Total__c", "Status__c", "Transaction_Date__c") if not names.is_on(TRANSACTION, f)]
-        if needed:
-            raise ConfigError(f"LSPOS_ROLLUPS needs {', '.join(f'{TRANSACTION}.{f}' for f in needed)}, which the "
-                              "mapping file switches off")
-    return names
-
-
-def written_fields(settings: Settings, names: FieldMap) -> dict[str, list[str]]:
-    """The contract fields (default names) this configuration writes, by object."""
-    account = [f for f in names.written(ACCOUNT) if f not in fieldmap.ROLLUP_FIELDS and (
-        settings.enrich_profiles or f not in ENRICHABLE or f in ("PersonEmail", "PersonMobilePhone", "Phone"))]
-    if settings.rollups:
-        account += [f for f in fieldmap.ROLLUP_FIELDS if names.is_on(ACCOUNT, f)]
-    return {ACCOUNT: account, TRANSACTION: names.written(TRANSACTION), LINE: names.written(LINE)}
-
-
-def check_mapping(settings: Settings, names: FieldMap, salesforce: SalesforceClient) -> None:
-    """The mapping (and the roll-up fields) against the org's describe, in one API call: every problem is a
-    line of one ConfigError (exit 2), raised before anything is written."""
-    described = salesforce.describe([names.obj(obj) for obj in (ACCOUNT, TRANSACTION, LINE)])
-    problems = names.problems({obj: described[names.obj(obj)] for obj in (ACCOUNT, TRANSACTION, LINE)},
-                              written_fields(settings, names))
-    if problems:
-        raise ConfigError("\n".join(problems))
+    fieldmap.for_settings(settings)  # a broken mapping file stops the run before anything is read
 
 
 def check_org_mapping(settings: Settings, output: "Output") -> int:
     """`mapping check`: the effective mapping against the org, without reading Lightspeed."""
     settings.require_salesforce()
-    names = field_map(settings)
+    names = fieldmap.for_settings(settings)
     salesforce = SalesforceClient(settings.salesforce, field_map=names)
-    check_mapping(settings, names, salesforce)
-    checked = written_fields(settings, names)
+    fieldmap.check_org(settings, names, salesforce.describe)
+    checked = fieldmap.written_fields(settings, names)
     count = sum(len(fields) for fields in checked.values()) + sum(len(a) for a in names.additions.values())
     output.result({"mapping": str(names.source) if names.source else None, "ok": True, "fields_checked": count,
                    "objects": {obj: names.obj(obj) for obj in checked}, "salesforce_api_calls": salesforce.api_calls},
@@ -236,7 +204,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     # Everything imported so far lives for the whole run: out of the garbage collector's way.
     gc.freeze()
     dry_run = command == "dry-run"
-    names = field_map(settings)
+    names = fieldmap.for_settings(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
                                                   window and window.until)
     RUN["id"] = run_id
@@ -255,7 +223,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                         field_map=names, roll_up=settings.rollups, on_batch=spinner.advance)
         try:
             if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
-                check_mapping(settings, names, salesforce)
+                fieldmap.check_org(settings, names, salesforce.describe)
             if window is None:
                 summary = engine.retry(retry or [])
             else:

@@ -178,6 +178,18 @@ class StateStore:
             self._lock_file = None
 
     @contextmanager
+    def rollup_lock(self) -> Iterator[None]:
+        """Serialises roll-ups across processes: two Lightspeed accounts' runs may share a Person Account, and
+        each must read the aggregates after the other's write."""
+        fd = os.open(f"{self.path}.rollup-lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextmanager
     def token_lock(self) -> Iterator[None]:
         """Serialises token refreshes across processes: two refreshes of one token break the chain."""
         fd = os.open(f"{self.path}.token-lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -291,6 +303,12 @@ class StateStore:
         rows = self._query("SELECT salesforce_id FROM rollup_pending WHERE account_id = ? ORDER BY salesforce_id",
                            (account_id,))
         return [r["salesforce_id"] for r in rows]
+
+    def add_pending_rollups(self, account_id: str, salesforce_ids: set[str]) -> None:
+        """Accounts whose transactions a batch changed, kept until their roll-ups are written."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO rollup_pending (account_id, salesforce_id, reason) "
+                           "VALUES (?, ?, 'transactions changed')", [(account_id, i) for i in sorted(salesforce_ids)])
 
     def set_pending_rollups(self, account_id: str, refused: dict[str, str]) -> None:
         """Replaces the account's pending roll-ups with `refused` (Salesforce Id -> reason)."""

@@ -96,7 +96,8 @@ def person_accounts_by_phone(phones_e164: Iterable[str], select: str = ACCOUNT_F
 
 
 def transactions_by_key(keys: Iterable[str]) -> list[str]:
-    return _in_batches(f"SELECT Id, {SALE_KEY}, Account__c, Match_Status__c FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
+    # Only what the engine reads back: the mapping may switch Match_Status__c off.
+    return _in_batches(f"SELECT Id, {SALE_KEY}, Account__c FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
 
 
 def lines_by_transaction(transaction_ids: Iterable[str]) -> list[str]:
