@@ -118,10 +118,11 @@ def account_option(command: Callable) -> Callable:
                         help="Only this Lightspeed account (one of LIGHTSPEED_ACCOUNTS).")(command)
 
 
-def _accounts(settings: Settings, account: str | None) -> list[str]:
-    """The accounts a command acts on: the one given, else every configured one."""
+def _accounts(settings: Settings, account: str | None, configured_only: bool = True) -> list[str]:
+    """The accounts a command acts on: the one given, else every configured one. A command that only reads
+    the state file may name an account that is no longer (or not yet) configured."""
     if account:
-        return [settings.for_account(account).account_id]
+        return [account if not configured_only and not settings.account_ids else settings.for_account(account).account_id]
     return settings.account_ids
 
 
@@ -201,7 +202,7 @@ def rejects_list(ctx: click.Context, **common: Any) -> None:
 
     def body(settings: Settings, output: Output) -> int:
         with StateStore(settings.state_path) as store:
-            parked = store.rejects(settings.account_id or None)
+            parked = [r for r in store.rejects() if not settings.account_ids or r.account_id in settings.account_ids]
         output.result({"rejects": [reject.__dict__ for reject in parked]},
                       [f"{r.sale_key} (sale {r.sale_id}): {r.attempts} attempt(s), since {r.first_seen}: {r.reason}"
                        for r in parked] or ["no rejected sales"])
@@ -254,7 +255,7 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
     """The cursor(s), the last run's time and outcome."""
 
     def body(settings: Settings, output: Output) -> int:
-        accounts = _accounts(settings, account)
+        accounts = _accounts(settings, account, configured_only=False)
         with StateStore(settings.state_path) as store:
             cursors = store.checkpoints()
             if accounts:

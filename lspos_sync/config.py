@@ -92,6 +92,7 @@ class Settings:
     rollups: bool = False
     # LIGHTSPEED_ACCOUNTS: account id -> (client id, client secret, refresh token), in the order given
     accounts: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict, repr=False)
+    refresh_token_variable: str = "LIGHTSPEED_REFRESH_TOKEN"  # where this account's token is set
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -113,8 +114,10 @@ class Settings:
         if account_id not in self.accounts:
             raise ConfigError(f"--account {account_id}: not one of LIGHTSPEED_ACCOUNTS ({', '.join(self.accounts)})")
         client_id, client_secret, refresh_token = self.accounts[account_id]
+        variable = f"LIGHTSPEED_ACCOUNT_{account_id}_REFRESH_TOKEN"
         return replace(self, account_id=account_id, client_id=client_id, client_secret=client_secret,
-                       refresh_token=refresh_token, accounts={})
+                       refresh_token=refresh_token, accounts={},
+                       refresh_token_variable=f"{variable} (or LIGHTSPEED_REFRESH_TOKEN)")
 
     def require_lightspeed(self) -> None:
         if self.accounts:

@@ -23,7 +23,7 @@ from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolut
 from lspos_sync.errors import RunFailed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop, one_or_many
+from lspos_sync.lightspeed.models import Category, Customer, RawSale, Sale, Shop
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS,
@@ -265,24 +265,20 @@ class Engine:
 
     def _add_mapped_fields(self, sale: Sale, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         """The fields the mapping file adds, filled from the payloads as Lightspeed sent them."""
-        payload = self._payloads.get(sale.sale_id, {})
-        payments = [p for p in one_or_many(payload.get("SalePayments"), "SalePayment")
-                    if isinstance(p, dict) and str(p.get("archived", "")).strip().lower() != "true"]
-        sources = {"sale": payload, "customer": self._customer_payload(sale),
+        raw = RawSale.of(self._payloads.get(sale.sale_id, {}))
+        sources = {"sale": raw.sale, "customer": self._customer_payload(sale),
                    "shop": self._raw_shops.get(sale.shop_id) if sale.shop_id is not None else None,
-                   "payment": payments[0] if payments else None}
+                   "payment": raw.payment}
         transaction.update(self.field_map.added_values(mapping.TRANSACTION, sources))
         if self.field_map.additions.get(mapping.LINE):
-            raw_lines = {mapping.key(self.account_id, str(line.get("saleLineID", "")).strip()): line
-                         for line in one_or_many(payload.get("SaleLines"), "SaleLine") if isinstance(line, dict)}
-            for record in lines:
-                raw = raw_lines.get(record[mapping.LINE_KEY])
-                item = raw.get("Item") if raw else None
-                record.update(self.field_map.added_values(mapping.LINE, {**sources, "line": raw, "item": item}))
+            for line, record in zip(sale.lines, lines):  # line_records keeps the sale's line order
+                payload = raw.lines.get(line.sale_line_id) or {}
+                record.update(self.field_map.added_values(
+                    mapping.LINE, {**sources, "line": payload, "item": payload.get("Item")}))
 
     def _customer_payload(self, sale: Sale) -> dict[str, Any] | None:
-        loaded = self._payloads.get(sale.sale_id, {}).get("Customer")
-        if isinstance(loaded, dict):
+        loaded = RawSale.of(self._payloads.get(sale.sale_id, {})).customer
+        if loaded is not None:
             return loaded
         return self._raw_customers.get(sale.customer_id) if sale.customer_id is not None else None
 

@@ -431,7 +431,8 @@ def _relationship(field_name: str) -> str:
 
 
 def _dig(payload: Any, path: tuple[str, ...]) -> Any:
-    """`payload["PaymentType"]["name"]`; a lone child stands for its list, a list for its first element."""
+    """The value at an admin's dotted path into a payload, `payload["PaymentType"]["name"]`; where the path
+    meets a list (a relation with several children), its first element."""
     value = payload
     for step in path:
         if isinstance(value, list):

@@ -85,7 +85,8 @@ def reconcile(settings: Settings, output: "Output", since: datetime, until: date
     window = Window(_whole_second(since), _whole_second(until))
     with StateStore(settings.state_path) as store, httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)) as http:
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
-                              settings.client_id or "", settings.client_secret or "", settings.refresh_token)
+                              settings.client_id or "", settings.client_secret or "", settings.refresh_token,
+                              settings.refresh_token_variable)
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +15,7 @@ import httpx
 from lspos_sync import fieldmap
 from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
-from lspos_sync.errors import ConfigError, LockHeld, SyncError
+from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.output import RUN
@@ -88,6 +89,10 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
 
 def retry_parked(settings: Settings, output: "Output", sale_keys: tuple[str, ...]) -> int:
     """`rejects retry`: the parked sales given (all of them when none is), written again now."""
+    malformed = [key for key in sale_keys if not re.fullmatch(r"\d+-\d+", key)]
+    if malformed:
+        raise ConfigError(f"not a sale key: {', '.join(malformed)} (a key is <accountID>-<saleID>, e.g. 182255-1042; "
+                          "see `lspos-sync rejects list`)")
     unknown = [key for key in sale_keys if key.split("-", 1)[0] not in settings.account_ids]
     if unknown:
         raise ConfigError(f"not a parked sale of {', '.join(settings.account_ids) or 'a configured account'}: "
@@ -129,40 +134,45 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
     """Runs `one` for the account given, or for every configured account in turn, and prints the result.
 
     With one account (LIGHTSPEED_ACCOUNT_ID) the report is that account's, and a failure is the command's.
-    With LIGHTSPEED_ACCOUNTS, each account is run even when another failed or was locked, and the report
-    lists them: the exit code is 1 if any failed, else 3 if any had rejected records, else 4 if any was
-    locked by another run, else 0."""
+    With LIGHTSPEED_ACCOUNTS, a writing command first takes every chosen account's lock (another run holding
+    one: exit 4 at once, nothing done); then each account runs even when another failed, and the report
+    lists them: the exit code is 1 if any failed, else 2 if any was misconfigured, else 3 if any had
+    rejected records, else 0."""
     _require(settings)
     selected = [account] if account else settings.account_ids
     chosen = [settings.for_account(account_id) for account_id in selected]  # an unknown --account: exit 2 here
     if not settings.several_accounts:
         report = one(chosen[0])
-        assert report is not None
+        if report is None:
+            raise ConfigError(f"nothing to do for account {chosen[0].account_id}")
         output.result(report.data, report.lines)
         return report.exit_code
-    reports = []
-    for account_settings in chosen:
-        try:
-            report = one(account_settings)
-        except ConfigError:
-            raise
-        except SyncError as error:
-            message = output.mask(str(error))
-            output.note(f"account {account_settings.account_id}: Error: {message}")
-            report = Report({"command": command, "account_id": account_settings.account_id,
-                             "outcome": "locked" if isinstance(error, LockHeld) else "failed",
-                             "exit_code": error.exit_code, "error": message},
-                            [f"{command} account {account_settings.account_id}: "
-                             f"{'skipped' if isinstance(error, LockHeld) else 'failed'}: {message}"], error.exit_code)
-        if report is not None:
-            reports.append(report)
+    with StateStore(settings.state_path) as locks:
+        if command != "dry-run":
+            for account_settings in chosen:
+                locks.acquire_lock(account_settings.account_id)
+        reports = [report for account_settings in chosen
+                   if (report := _one_of_several(command, account_settings, output, one)) is not None]
     codes = {report.exit_code for report in reports}
-    code = next((c for c in (1, 3, 4) if c in codes), 0)
-    outcome = {0: "ok", 1: "failed", 3: "rejected", 4: "locked"}[code]
+    code = next((c for c in (1, 2, 3) if c in codes), 0)
+    outcome = {0: "ok", 1: "failed", 2: "failed", 3: "rejected"}[code]
     output.result({"command": command, "outcome": outcome, "exit_code": code,
                    "accounts": [report.data for report in reports]},
                   [line for report in reports for line in report.lines])
     return code
+
+
+def _one_of_several(command: str, settings: Settings, output: "Output",
+                    one: Callable[[Settings], Report | None]) -> Report | None:
+    """One account of LIGHTSPEED_ACCOUNTS: its report, or its failure as a report, so the others still run."""
+    try:
+        return one(settings)
+    except SyncError as error:
+        message = output.mask(str(error))
+        output.note(f"account {settings.account_id}: Error: {message}")
+        return Report({"command": command, "account_id": settings.account_id, "outcome": "failed",
+                       "exit_code": error.exit_code, "error": message},
+                      [f"{command} account {settings.account_id}: failed: {message}"], error.exit_code)
 
 
 def _require(settings: Settings) -> None:
@@ -194,8 +204,9 @@ def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) 
     if settings.sync_start is not None:
         return settings.sync_start
     raise ConfigError(
-        "no checkpoint yet: set LSPOS_SYNC_START to where the first sync starts (e.g. LSPOS_SYNC_START=2026-03-01), "
-        "or run `lspos-sync checkpoint reset --to WHEN --yes`")
+        f"no checkpoint yet for account {settings.account_id}: set LSPOS_SYNC_START to where the first sync starts "
+        "(e.g. LSPOS_SYNC_START=2026-03-01), or run "
+        f"`lspos-sync checkpoint reset --to WHEN --yes --account {settings.account_id}`")
 
 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
@@ -211,7 +222,8 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     with ExitStack() as stack:
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)))
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
-                              settings.client_id or "", settings.client_secret or "", settings.refresh_token)
+                              settings.client_id or "", settings.client_secret or "", settings.refresh_token,
+                              settings.refresh_token_variable)
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)

@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS run (
 """
 
 
+# The run locks this process holds: lock file -> [descriptor, holders]. flock locks belong to an open file, so
+# a second open of the same file in this process would find it locked by ourselves.
+_HELD: dict[str, list[int]] = {}
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -125,7 +130,7 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._lock_file: int | None = None
+        self._locks: list[str] = []  # the run locks this store took
 
     def close(self) -> None:
         self.release_lock()
@@ -158,24 +163,34 @@ class StateStore:
 
     # -- the run lock: an flock the kernel releases when the process dies, so a killed run leaves nothing behind
     def acquire_lock(self, account_id: str) -> None:
-        """One run at a time per Lightspeed account and state store; several accounts may run side by side."""
-        fd = os.open(self.lock_path(account_id), os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockHeld(f"another lspos-sync run holds the lock of account {account_id} on {self.path}; "
-                           "this one did nothing") from None
-        self._lock_file = fd
+        """One run at a time per Lightspeed account and state store; several accounts may run side by side.
+        A lock this process already holds (all of LIGHTSPEED_ACCOUNTS are taken up front) is taken again."""
+        path = self.lock_path(account_id)
+        if path in _HELD:
+            _HELD[path][1] += 1
+        else:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise LockHeld(f"another lspos-sync run holds the lock of account {account_id} on {self.path}; "
+                               "this one did nothing") from None
+            _HELD[path] = [fd, 1]
+        self._locks.append(path)
 
     def lock_path(self, account_id: str) -> str:
         return f"{self.path}.{account_id}.lock"
 
     def release_lock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            os.close(self._lock_file)
-            self._lock_file = None
+        for path in self._locks:
+            held = _HELD[path]
+            held[1] -= 1
+            if held[1] == 0:
+                fcntl.flock(held[0], fcntl.LOCK_UN)
+                os.close(held[0])
+                del _HELD[path]
+        self._locks = []
 
     @contextmanager
     def rollup_lock(self) -> Iterator[None]:
@@ -346,10 +361,16 @@ class StateStore:
         run["summary"] = json.loads(run["summary"]) if run["summary"] else None
         return run
 
-    def recent_runs(self, limit: int, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """The last `limit` runs (of these commands), newest first, each with its summary parsed."""
-        query, args = "SELECT * FROM run", ()
+    def recent_runs(self, limit: int, commands: tuple[str, ...] | None = None,
+                    account_id: str | None = None) -> list[dict[str, Any]]:
+        """The last `limit` runs (of these commands, of this account), newest first, each with its summary parsed."""
+        conditions, args = [], ()
         if commands:
-            query, args = query + f" WHERE command IN ({','.join('?' * len(commands))})", commands
-        rows = self._query(query + " ORDER BY id DESC LIMIT ?", (*args, limit))
+            conditions.append(f"command IN ({','.join('?' * len(commands))})")
+            args += tuple(commands)
+        if account_id is not None:
+            conditions.append("(account_id = ? OR account_id IS NULL)")  # older rows name no account
+            args += (account_id,)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._query(f"SELECT * FROM run{where} ORDER BY id DESC LIMIT ?", (*args, limit))
         return [{**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]

@@ -29,15 +29,15 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     """Prints the status; 1 when the last sync or backfill failed or the lag is over `max_lag_minutes`."""
     now = utcnow()
     runs: list[dict[str, Any]] = []
-    last_writing_run = None
+    last_runs: list[dict[str, Any]] = []  # the last sync or backfill of each account (of all, when none is set)
     checkpoints: dict[str, dict[str, str | None]] = {}
     parked = 0
     # A state file that does not exist yet means nothing has run; status does not create one.
     if settings.state_path.exists():
         with StateStore(settings.state_path) as store:
             runs = [_run(row) for row in store.recent_runs(RECENT_RUNS)]
-            last = store.recent_runs(1, WRITING_COMMANDS)
-            last_writing_run = _run(last[0]) if last else None
+            for account_id in settings.account_ids or [None]:
+                last_runs += [_run(row) for row in store.recent_runs(1, WRITING_COMMANDS, account_id)]
             checkpoints = store.checkpoints()
             parked = sum(len(store.rejects(i)) for i in settings.account_ids) if settings.account_ids else \
                 len(store.rejects())
@@ -47,13 +47,14 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now, parse_iso(cursor["cursor"]))}
                 for account_id, cursor in checkpoints.items()}
     problems = []
-    if last_writing_run is not None and last_writing_run["outcome"] == "failed":
-        problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) failed: "
-                        f"{last_writing_run['error'] or 'no reason recorded'}")
-    elif last_writing_run is not None and last_writing_run["outcome"] in ("interrupted", "running") \
-            and not _still_running(settings, last_writing_run["account_id"]):
-        problems.append(f"the last {last_writing_run['command']} (started {last_writing_run['started_at']}) "
-                        "was killed before it finished")
+    for last in last_runs:
+        whose = f" of account {last['account_id']}" if settings.several_accounts else ""
+        if last["outcome"] == "failed":
+            problems.append(f"the last {last['command']}{whose} (started {last['started_at']}) failed: "
+                            f"{last['error'] or 'no reason recorded'}")
+        elif last["outcome"] in ("interrupted", "running") and not _still_running(settings, last["account_id"]):
+            problems.append(f"the last {last['command']}{whose} (started {last['started_at']}) "
+                            "was killed before it finished")
     for account_id, account in accounts.items():
         if account["lag_minutes"] is not None and account["lag_minutes"] < 0:
             problems.append(f"account {account_id}: the checkpoint is in the future ({account['cursor']}); "
@@ -70,7 +71,9 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     exit_code = 1 if problems else 0
     data = {"command": "status", "outcome": "failed" if problems else "ok", "exit_code": exit_code,
             "problems": problems, "state_path": str(settings.state_path), "checkpoints": accounts,
-            "max_lag_minutes": max_lag_minutes, "rejected_parked": parked, "last_run": last_writing_run,
+            "max_lag_minutes": max_lag_minutes, "rejected_parked": parked,
+            "last_run": max(last_runs, key=lambda run: run["id"]) if last_runs else None,
+            "last_runs": {run["account_id"]: run for run in last_runs} if settings.several_accounts else None,
             "runs": runs}
     output.result(data, _lines(data, output))
     return exit_code
@@ -151,16 +154,17 @@ def _lines(data: dict[str, Any], output: "Output") -> list[str]:
         _table(data["runs"])
     else:
         lines.append("last runs, newest first:")
-        lines.extend(f"  {_run_line(run)}" for run in data["runs"])
+        lines.extend(f"  {_run_line(run, data['last_runs'] is not None)}" for run in data["runs"])
     lines.extend(f"problem: {problem}" for problem in data["problems"])
     lines.append(f"status: {'FAILING' if data['problems'] else 'OK'}")
     return lines
 
 
-def _run_line(run: dict[str, Any]) -> str:
+def _run_line(run: dict[str, Any], with_account: bool = False) -> str:
     duration = f" in {run['duration_seconds']} s" if run["duration_seconds"] is not None else ""
     exit_code = f" (exit {run['exit_code']})" if run["exit_code"] is not None else ""
-    line = f"{run['started_at']} {run['command']} {run['outcome']}{exit_code}{duration}"
+    line = f"{run['started_at']} {run['command']}" + (f" account {run['account_id']}" if with_account else "") \
+        + f" {run['outcome']}{exit_code}{duration}"
     sales = run["sales"]
     if sales["read"] is not None:
         line += f": {sales['read']} sale(s) read, {sales['written']} written, {sales['rejected']} rejected"

@@ -96,21 +96,38 @@ def test_one_account_failing_does_not_stop_the_other(cli, lightspeed, salesforce
     assert "account 182255: Error:" in result.stderr
 
 
-def test_a_locked_account_is_skipped_and_the_others_run(cli, lightspeed, salesforce, boutique, second, several,
-                                                        state_path):
+def test_a_run_holding_one_account_makes_a_full_sync_exit_4_at_once_but_the_other_account_may_run(
+        cli, lightspeed, salesforce, boutique, second, several, state_path):
     sell(lightspeed, boutique)
     sell(second, open_boutique(second))
     state_path.parent.mkdir(parents=True, exist_ok=True)
     holder = os.open(f"{state_path}.182255.lock", os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)  # a run of the first account is under way
     try:
-        result = cli("sync", "--json", env=several)
+        everything = cli("sync", "--json", env=several)
+        assert everything.code == 4 and "account 182255" in everything.json["error"]
+        assert salesforce.records("Sales_Transaction__c") == []  # it did nothing
+
+        other = cli("sync", "--account", SECOND, "--json", env=several)
     finally:
         os.close(holder)
 
-    assert result.code == 4
-    assert [a["outcome"] for a in result.json["accounts"]] == ["locked", "ok"]
+    assert other.code == 0, other.stderr
     assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == [f"{SECOND}-1"]
+
+
+def test_an_account_without_a_refresh_token_fails_alone_and_is_named(cli, lightspeed, salesforce, boutique, second,
+                                                                     several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+    env = {**several, f"LIGHTSPEED_ACCOUNT_{SECOND}_REFRESH_TOKEN": "", "LIGHTSPEED_REFRESH_TOKEN": ""}
+
+    result = cli("sync", "--json", env=env)
+
+    assert result.code == 2
+    first, other = result.json["accounts"]
+    assert first["outcome"] == "ok" and first["sales"]["written"] == 1
+    assert other["exit_code"] == 2 and f"LIGHTSPEED_ACCOUNT_{SECOND}_REFRESH_TOKEN" in other["error"]
 
 
 def test_an_account_may_have_its_own_client(cli, lightspeed, salesforce, boutique):
@@ -145,3 +162,9 @@ def test_checkpoint_reset_acts_on_every_account_or_the_one_given(cli, lightspeed
     assert [a["account_id"] for a in reset_one.json["accounts"]] == [SECOND]
     assert [a["checkpoint"] for a in reset_all.json["accounts"]] == ["2026-02-01T00:00:00+00:00"] * 2
     assert reset_all.json["accounts"][1]["previous"] == "2026-01-01T00:00:00+00:00"
+
+
+def test_rejects_retry_refuses_a_key_that_is_not_a_sale_key(cli):
+    result = cli("rejects", "retry", "182255")
+
+    assert result.code == 2 and "not a sale key" in result.stderr

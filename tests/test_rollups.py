@@ -161,3 +161,22 @@ def test_aggregate_statements_stay_under_the_group_limit():
 
     assert len(statements) == 3  # 1,000 accounts (at most 2,000 groups) each
     assert all("GROUP BY Account__c, Status__c" in aggregate for aggregate, _ in statements)
+
+
+def test_accounts_a_failed_run_touched_are_rolled_up_by_the_next_run(cli, lightspeed, salesforce, boutique):
+    from lspos_sync.emulators.salesforce import Field
+
+    salesforce.remove_field("Account", "Lifetime_Spend__c")  # not deployed yet
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"), lines=((1, "50.00"),))
+
+    failed = cli("sync", "--json", env=ROLLUPS)
+
+    assert failed.code == 1 and "Lifetime_Spend__c" in failed.json["error"]
+    assert len(salesforce.records("Sales_Transaction__c")) == 1  # the sale itself went through
+    salesforce.add_field("Account", Field("Lifetime_Spend__c", "currency", 14, 2))
+
+    fixed = cli("sync", "--json", env=ROLLUPS)
+
+    assert fixed.code == 0 and fixed.json["sales"]["written"] == 0  # nothing new: the store remembered
+    account = account_of(salesforce, "ana@example.com")
+    assert (account["Lifetime_Spend__c"], account["Purchase_Count__c"]) == (50.0, 1)

@@ -26,8 +26,10 @@ class LightspeedAuth:
     """
 
     def __init__(self, http: httpx.Client, store: StateStore, account_id: str, token_url: str,
-                 client_id: str, client_secret: str, initial_refresh_token: str | None) -> None:
+                 client_id: str, client_secret: str, initial_refresh_token: str | None,
+                 variable: str = "LIGHTSPEED_REFRESH_TOKEN") -> None:
         self._http = http
+        self._variable = variable  # where the user sets the refresh token, for the messages
         self._store = store
         self._account_id = account_id
         self._token_url = token_url
@@ -73,7 +75,8 @@ class LightspeedAuth:
             return stored
         if not self._initial:
             raise ConfigError(
-                "missing configuration: LIGHTSPEED_REFRESH_TOKEN (the refresh token from authorising the app)")
+                f"missing configuration: {self._variable} (the refresh token from authorising the app"
+                f"{' for account ' + self._account_id if self._variable != 'LIGHTSPEED_REFRESH_TOKEN' else ''})")
         return Tokens(self._initial, None, None, seed or "")
 
     def _grant(self, refresh_token: str) -> dict:
@@ -95,7 +98,7 @@ class LightspeedAuth:
             if response.status_code in (400, 401, 403):
                 raise LightspeedAuthError(
                     f"Lightspeed refused the refresh token (HTTP {response.status_code} {_oauth_error(response)}): "
-                    "re-authorise the app in Lightspeed and set LIGHTSPEED_REFRESH_TOKEN to the new token")
+                    f"re-authorise the app in Lightspeed and set {self._variable} to the new token")
             if response.status_code != 200:
                 raise RunFailed(f"Lightspeed token endpoint answered HTTP {response.status_code}")
             try:

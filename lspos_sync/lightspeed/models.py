@@ -7,6 +7,7 @@ past these models sees any of that.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
@@ -239,6 +240,28 @@ class Sale(LightspeedModel):
     def last_update(self) -> datetime | None:
         """The sale's last change: `updatetime`, else `timeStamp`."""
         return self.update_time or self.time_stamp
+
+
+@dataclass(frozen=True)
+class RawSale:
+    """A Sale payload's parts as Lightspeed sent them, for the fields a mapping file adds by attribute name:
+    the same quirks absorbed as in the models (a lone child, "" for none, the archived flag as a string)."""
+
+    sale: dict[str, Any]
+    customer: dict[str, Any] | None  # when loaded with the sale
+    payment: dict[str, Any] | None  # the first non-archived SalePayment
+    lines: dict[int, dict[str, Any]]  # SaleLine by saleLineID
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> "RawSale":
+        payments = [p for p in one_or_many(payload.get("SalePayments"), "SalePayment")
+                    if isinstance(p, dict) and not _boolean(p.get("archived", False))]
+        lines = {}
+        for line in one_or_many(payload.get("SaleLines"), "SaleLine"):
+            if isinstance(line, dict) and str(line.get("saleLineID", "")).strip().isdigit():
+                lines[int(str(line["saleLineID"]).strip())] = line
+        customer = payload.get("Customer")
+        return cls(payload, customer if isinstance(customer, dict) else None, payments[0] if payments else None, lines)
 
 
 def parse_sale(payload: dict[str, Any]) -> Sale:

@@ -114,7 +114,8 @@ class CompositeWriter:
             return {"method": "PATCH", "url": base, "referenceId": reference_id,
                     "body": {"allOrNone": False, "records": records}}
         sobject, external_id = _UPSERT_TARGET[kind]
-        return {"method": "PATCH", "url": f"{base}/{names.obj(sobject)}/{names.field(sobject, external_id)}", "referenceId": reference_id,
+        url = f"{base}/{names.obj(sobject)}/{names.field(sobject, external_id)}"
+        return {"method": "PATCH", "url": url, "referenceId": reference_id,
                 "body": {"allOrNone": False, "records": records}}
 
     @staticmethod
