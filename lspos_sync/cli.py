@@ -240,11 +240,13 @@ def rejects_drop(ctx: click.Context, key: str, **common: Any) -> None:
 
 
 @main.group()
+@account_option
 @common_options
 @click.pass_context
-def checkpoint(ctx: click.Context, **common: Any) -> None:
+def checkpoint(ctx: click.Context, account: str | None, **common: Any) -> None:
     """Show or reset the sync checkpoint."""
     ctx.obj = _options(ctx, **common)
+    ctx.meta["account"] = account  # `checkpoint --account ID show` as well as `checkpoint show --account ID`
 
 
 @checkpoint.command("show")
@@ -253,6 +255,8 @@ def checkpoint(ctx: click.Context, **common: Any) -> None:
 @click.pass_context
 def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> None:
     """The cursor(s), the last run's time and outcome."""
+
+    account = account or ctx.meta.get("account")
 
     def body(settings: Settings, output: Output) -> int:
         accounts = _accounts(settings, account, configured_only=False)
@@ -292,6 +296,8 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
 @click.pass_context
 def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, account: str | None, **common: Any) -> None:
     """Clear the checkpoint, or set it to WHEN (of every configured account, or of --account)."""
+
+    account = account or ctx.meta.get("account")
 
     def body(settings: Settings, output: Output) -> int:
         accounts = _accounts(settings, account)

@@ -168,3 +168,12 @@ def test_rejects_retry_refuses_a_key_that_is_not_a_sale_key(cli):
     result = cli("rejects", "retry", "182255")
 
     assert result.code == 2 and "not a sale key" in result.stderr
+
+
+def test_checkpoint_takes_the_account_before_or_after_its_subcommand(cli, several):
+    before = cli("checkpoint", "--account", SECOND, "reset", "--to", "2026-01-01", "--yes", "--json", env=several)
+    after = cli("checkpoint", "show", "--account", SECOND, "--json", env=several)
+
+    assert [a["account_id"] for a in before.json["accounts"]] == [SECOND]
+    assert list(after.json["checkpoints"]) == [SECOND]
+    assert after.json["checkpoints"][SECOND]["cursor"] == "2026-01-01T00:00:00+00:00"
