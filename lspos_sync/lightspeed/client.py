@@ -12,6 +12,7 @@ from typing import Any, Iterator, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
@@ -201,7 +202,7 @@ class LightspeedClient:
             status = response.status_code
             if status == 200:
                 try:
-                    body = response.json()
+                    body = _decoded(response)
                 except ValueError:
                     self._backoff(attempt, f"unreadable JSON from {_path(url)}")
                     continue
@@ -240,6 +241,15 @@ class LightspeedClient:
         delay = pause(attempt)
         log.info("Lightspeed: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
+
+
+def _decoded(response: httpx.Response) -> Any:
+    """A page's JSON. pydantic's parser is faster than the standard library's, and gives each repeated short
+    value ("0", "false", a timestamp) as one shared string: a page held in memory takes half the room."""
+    try:
+        return from_json(response.content, cache_strings="all")
+    except ValueError:  # what it refuses and the standard library takes (a BOM, a lone surrogate escape)
+        return response.json()
 
 
 def _valid(model: type[M], rows: list[dict[str, Any]]) -> list[M]:
