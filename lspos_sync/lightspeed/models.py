@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
 
 def one_or_many(value: Any, key: str) -> list[Any]:
@@ -29,7 +29,7 @@ def _decimal(value: Any) -> Decimal:
     if value is None or value == "":
         return Decimal(0)
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(value if value.__class__ is str else str(value))  # Decimal() trims whitespace itself
     except InvalidOperation:
         raise ValueError(f"not a number: {str(value)[:40]!r}") from None
     if not number.is_finite():
@@ -65,11 +65,11 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-Money = Annotated[Decimal, BeforeValidator(_decimal)]
-ForeignKey = Annotated[int | None, BeforeValidator(_foreign_key)]
-Flag = Annotated[bool, BeforeValidator(_boolean)]
-Timestamp = Annotated[datetime | None, BeforeValidator(_timestamp)]
-Text = Annotated[str, BeforeValidator(_text)]
+Money = Annotated[Decimal, PlainValidator(_decimal)]
+ForeignKey = Annotated[int | None, PlainValidator(_foreign_key)]
+Flag = Annotated[bool, PlainValidator(_boolean)]
+Timestamp = Annotated[datetime | None, PlainValidator(_timestamp)]
+Text = Annotated[str, PlainValidator(_text)]
 
 
 class LightspeedModel(BaseModel):
