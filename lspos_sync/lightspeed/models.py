@@ -75,6 +75,17 @@ Text = Annotated[str, PlainValidator(_text)]
 class LightspeedModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
+    def model_post_init(self, context: Any) -> None:
+        # pydantic gives every instance a set of the fields present in its row, as large as its values; rows of
+        # one kind nearly always have the same, so those instances share one (model_copy copies it to update it).
+        fields = self.__pydantic_fields_set__
+        shared = _FIELD_SETS.setdefault(type(self), fields)
+        if shared is not fields and shared == fields:
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
+
+
+_FIELD_SETS: dict[type, set[str]] = {}  # model -> the fields set of its first instance
+
 
 def _children(child: str) -> BeforeValidator:
     """A before-validator that turns a relation wrapper (`{"SaleLine": ...}`, "", absent) into a list."""
