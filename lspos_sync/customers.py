@@ -23,7 +23,7 @@ def normalise_email(address: str | None) -> str | None:
     return email if _EMAIL.match(email) and len(email) <= 80 else None
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=4096)
 def normalise_phone(number: str | None, region: str) -> str | None:
     """E.164 (`+14155550134`) of a phone number written in any format, or None when it does not parse."""
     if not number or not any(ch.isdigit() for ch in number):
