@@ -154,7 +154,7 @@ class SalesforceClient:
             status = response.status_code
             if status < 300:
                 self._usage = _usage(response.headers.get("Sforce-Limit-Info")) or self._usage
-                if status == 204 or not response.content:
+                if status == 204:
                     return None
                 try:
                     return orjson.loads(response.content) or None
@@ -167,8 +167,8 @@ class SalesforceClient:
                     if self._session and not self._session.renewable:
                         raise SalesforceAuthError(
                             "Salesforce rejected the session (INVALID_SESSION_ID): renew SALESFORCE_ACCESS_TOKEN, "
-                            "or configure JWT bearer or client credentials so the tool can renew it itself") from None
-                    raise SalesforceAuthError("Salesforce rejected a freshly renewed session") from None
+                            "or configure JWT bearer or client credentials so the tool can renew it itself")
+                    raise SalesforceAuthError("Salesforce rejected a freshly renewed session")
                 log.info("Salesforce session expired; logging in again")
                 self.connect()
                 renewed = True
@@ -179,13 +179,13 @@ class SalesforceClient:
                     continue
                 if code == "REQUEST_LIMIT_EXCEEDED":
                     raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
-                                    "allowance is used up; the run stopped and will resume from its checkpoint") from None
-                raise RunFailed(f"Salesforce refused {method} {path.split('?')[0]}: {code or status}") from None
+                                    "allowance is used up; the run stopped and will resume from its checkpoint")
+                raise RunFailed(f"Salesforce refused {method} {path.split('?')[0]}: {code or status}")
             elif status >= 500:
                 self._backoff(attempt, f"HTTP {status}")
             else:
                 raise RunFailed(f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: "
-                                f"{_error_code(content) or str(content)[:200]}") from None
+                                f"{_error_code(content) or str(content)[:200]}")
         raise RunFailed(f"Salesforce kept failing on {method} {path.split('?')[0]}")
 
     @staticmethod
