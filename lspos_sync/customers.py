@@ -23,7 +23,7 @@ def normalise_email(address: str | None) -> str | None:
     return email if _EMAIL.match(email) and len(email) <= 80 else None
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=4096)
 def normalise_phone(number: str | None, region: str) -> str | None:
     """E.164 (`+14155550134`) of a phone number written in any format, or None when it does not parse."""
     if not number or not any(ch.isdigit() for ch in number):
@@ -62,7 +62,7 @@ def other_phone(customer: Customer) -> str | None:
     return next((p.number.strip() for p in customer.phones if p.use_type.lower() in ("home", "work")), None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PersonAccount:
     """What the matching needs to know of a Person Account found in Salesforce."""
 
@@ -74,7 +74,7 @@ class PersonAccount:
     profile: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # fields as Salesforce has them
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a run keeps one per customer
 class Resolution:
     """The decision for one customer: how it matched, which account, and why."""
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+
+import orjson
 
 from lspos_sync.customers import mobile_phone, normalise_email, other_phone, primary_email
 from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
@@ -190,7 +193,34 @@ def _local_date(moment: datetime | None, time_zone: str | None) -> str | None:
 
 def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]], salt: str = "") -> str:
     """A fingerprint of what the sale writes, so that an unchanged sale re-read costs no write; `salt`
-    changes it when where it is written changes (a new mapping file)."""
-    payload = json.dumps([transaction, lines, salt] if salt else [transaction, lines], sort_keys=True,
-                         separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    changes it when where it is written changes (a new mapping file).
+
+    The digest is that of `json.dumps([transaction, lines], sort_keys=True, separators=(",", ":"))`, the
+    fingerprints the state store already holds, computed from orjson's six times faster output: the two
+    write the same bytes but for characters outside printable ASCII, which json escapes as \\uXXXX (done here
+    too), and floats under 1e-4, which orjson writes without an exponent (such a sale goes through json).
+    """
+    document = [transaction, lines, salt] if salt else [transaction, lines]
+    try:
+        payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # what only json takes (a lone surrogate)
+        payload = None
+    if payload is not None and (not payload.isascii() or b"\x7f" in payload):
+        payload = _UNPRINTABLE.sub(_json_escape, payload.decode()).encode()
+    if payload is None or ((b"e-" in payload or b"0.0000" in payload) and _TINY_FLOAT.search(payload)):
+        payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+# What orjson leaves as it is and json (ensure_ascii) escapes: DEL and everything past ASCII.
+_UNPRINTABLE = re.compile("[\x7f-\U0010ffff]")
+# A number in orjson's output under 1e-4 (0.00001, 1e-7): json writes those as 1e-05, 1e-07.
+_TINY_FLOAT = re.compile(rb"[:,\[]-?(?:0\.0000|[0-9.]+e-)")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a UTF-16 surrogate pair, as json writes it
+    return f"\\u{0xd800 | (code >> 10):04x}\\u{0xdc00 | (code & 0x3ff):04x}"

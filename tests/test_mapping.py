@@ -1,5 +1,6 @@
 """Mapping is pure: Lightspeed models in, Salesforce records out, exactly as contract §3 says."""
 
+import hashlib
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -117,6 +118,18 @@ def test_content_hash_changes_with_content_only():
     record, lines = mapping.transaction_record(sale, "1", SHOPS), mapping.line_records(sale, "1", {})
     assert mapping.content_hash(record, lines) == mapping.content_hash(dict(record), list(lines))
     assert mapping.content_hash(record, lines[:1]) != mapping.content_hash(record, lines)
+
+
+@pytest.mark.parametrize("value", [
+    "Rue Saint-Honoré", "€ 12", "line\u2028break", "\x7f", "😀 emoji", "quote \" and \\", "tab\there", "\ud800",
+    1e-05, -2.5e-07, 0.0001, 1e16, 123456789.01, -0.0, 0.1, None, True,
+], ids=repr)
+def test_content_hash_is_the_digest_the_state_store_already_holds(value):
+    # Fingerprints written by earlier versions (the standard json module's sorted, ASCII-escaped output) must
+    # still match, or every sale in the look-back would be written again once after an upgrade.
+    record = {"Product_Name__c": value, "LS_Sale_ID__c": "1-2", "Sales_Transaction__r": {"LS_Sale_ID__c": "1-2"}}
+    written = json.dumps([record, [record]], sort_keys=True, separators=(",", ":"))
+    assert mapping.content_hash(record, [record]) == hashlib.sha256(written.encode()).hexdigest()[:32]
 
 
 def test_profile_for_enrichment_has_birthdate_in_the_shop_zone_and_the_first_real_address():

@@ -84,3 +84,11 @@ def test_inconsistent_partial_refund_example_still_parses():
 def test_non_numeric_amount_is_a_validation_error(amount):
     with pytest.raises(ValueError):
         Sale.model_validate({"saleID": "1", "calcTotal": amount})
+
+
+def test_copying_a_sale_with_an_update_leaves_every_other_sale_as_it_was():
+    # Sales of one shape share their set of fields present (memory); an update must not reach the others.
+    first, second = sales_in("fixture_v1_sale_query_page2_load_relations_all.json")[:2]
+    fields = set(second.model_fields_set)
+    copied = first.model_copy(update={"customer": None})
+    assert second.model_fields_set == fields and copied.customer is None and "customer" in copied.model_fields_set

@@ -12,6 +12,7 @@ from typing import Any, Iterator, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
@@ -202,7 +203,7 @@ class LightspeedClient:
             status = response.status_code
             if status == 200:
                 try:
-                    body = response.json()
+                    body = _decoded(response)
                 except ValueError:
                     self._backoff(attempt, f"unreadable JSON from {_path(url)}")
                     continue
@@ -248,6 +249,15 @@ def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None
     if raw is not None:
         raw.update({int(row[id_field]): row for row in rows if str(row.get(id_field, "")).strip().isdigit()})
     return rows
+
+
+def _decoded(response: httpx.Response) -> Any:
+    """A page's JSON. pydantic's parser is faster than the standard library's, and gives each repeated short
+    value ("0", "false", a timestamp) as one shared string: a page held in memory takes half the room."""
+    try:
+        return from_json(response.content, cache_strings="all")
+    except ValueError:  # what it refuses and the standard library takes (a BOM, a lone surrogate escape)
+        return response.json()
 
 
 def _valid(model: type[M], rows: list[dict[str, Any]]) -> list[M]:

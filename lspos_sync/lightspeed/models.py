@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
 
 def one_or_many(value: Any, key: str) -> list[Any]:
@@ -28,14 +28,26 @@ def one_or_many(value: Any, key: str) -> list[Any]:
 
 def _decimal(value: Any) -> Decimal:
     if value is None or value == "":
-        return Decimal(0)
+        return _ZERO
+    text = value if value.__class__ is str else str(value)
+    number = _DECIMALS.get(text)
+    if number is not None:
+        return number
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(text)  # trims whitespace itself
     except InvalidOperation:
         raise ValueError(f"not a number: {str(value)[:40]!r}") from None
     if not number.is_finite():
         raise ValueError(f"not a finite number: {str(value)[:40]!r}")
+    if len(_DECIMALS) < 4096:
+        _DECIMALS[text] = number
     return number
+
+
+# Decimals cannot change, and a till's amounts repeat ("0", its prices, their taxes): one object per distinct
+# text, for the first 4,096 texts, instead of one per field (24 a sale).
+_ZERO = Decimal(0)
+_DECIMALS: dict[str, Decimal] = {}
 
 
 def _foreign_key(value: Any) -> int | None:
@@ -66,15 +78,26 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-Money = Annotated[Decimal, BeforeValidator(_decimal)]
-ForeignKey = Annotated[int | None, BeforeValidator(_foreign_key)]
-Flag = Annotated[bool, BeforeValidator(_boolean)]
-Timestamp = Annotated[datetime | None, BeforeValidator(_timestamp)]
-Text = Annotated[str, BeforeValidator(_text)]
+Money = Annotated[Decimal, PlainValidator(_decimal)]
+ForeignKey = Annotated[int | None, PlainValidator(_foreign_key)]
+Flag = Annotated[bool, PlainValidator(_boolean)]
+Timestamp = Annotated[datetime | None, PlainValidator(_timestamp)]
+Text = Annotated[str, PlainValidator(_text)]
 
 
 class LightspeedModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    def model_post_init(self, context: Any) -> None:
+        # pydantic gives every instance a set of the fields present in its row, as large as its values; rows of
+        # one kind nearly always have the same, so those instances share one (model_copy copies it to update it).
+        fields = self.__pydantic_fields_set__
+        shared = _FIELD_SETS.setdefault(type(self), fields)
+        if shared is not fields and shared == fields:
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
+
+
+_FIELD_SETS: dict[type, set[str]] = {}  # model -> the fields set of its first instance
 
 
 def _children(child: str) -> BeforeValidator:
