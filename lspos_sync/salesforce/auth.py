@@ -3,7 +3,7 @@
 The token endpoints are those of the org's My Domain (SALESFORCE_INSTANCE_URL) when it is set, else
 `https://{SALESFORCE_DOMAIN}.salesforce.com`. simple-salesforce's own login helpers only build the latter,
 so they cannot reach a My Domain given as a URL (nor an emulator on loopback); the requests are small
-enough to send here, and simple-salesforce is then handed the session.
+enough to send here, and the REST calls then go through the same requests session (salesforce/client.py).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _oauth_token(settings: SalesforceSettings, http: requests.Session, form: dic
 
 
 def _jwt_bearer(settings: SalesforceSettings, http: requests.Session) -> Session:
-    import jwt  # PyJWT, installed with simple-salesforce
+    import jwt  # PyJWT
 
     key_path = Path(settings.private_key_file or "")
     try:
