@@ -108,7 +108,8 @@ class Engine:
         self.on_batch = on_batch
         self._shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
         self._categories: dict[int, Category] = {}
-        self._record_type_id: str | None = None
+        self._record_type_id: str | None = None  # "" when the org has none
+        self._like = True  # until Salesforce refuses a phone LIKE
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
         # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
         self._payloads: dict[int, dict[str, Any]] = {}
@@ -491,27 +492,33 @@ class Engine:
                         transaction["Total__c"], len(lines), match, account_id, reason, action, added=added or None)
 
     # -- Salesforce reads
-    def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
-        """Candidate Person Accounts for the customers, and the transactions already there (by sale key),
-        in as few `/composite` requests as the five-query limit allows."""
-        emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
-        phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
+    def _look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+        """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
+        (once a run) the Person Account record type: one round of `/composite` requests."""
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
-        by_account = queries.accounts_by_key(customers, select) + queries.person_accounts_by_email(emails, select)
-        # Phones are stored in any format: a LIKE on their digits finds every spelling. A server that
-        # refuses LIKE gets an equality on the usual spellings instead, in one more request.
-        by_phone = queries.person_accounts_by_phone(phones, select)
+        people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
+                  for key, customer in customers.items()]
+        by_account = queries.person_accounts(people, select, like=self._like)
         by_sale = queries.transactions_by_key(sale_keys)
-        cut = len(by_account) + len(by_phone)
-        answers = self.salesforce.queries(by_account + by_phone + by_sale, frozenset(range(len(by_account), cut)))
-        account_answers, sale_answers = answers[:cut], answers[cut:]
-        if None in account_answers:  # LIKE refused
-            account_answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones, select))
+        record_type = [queries.person_record_type(self.person_record_type)] \
+            if customers and self._record_type_id is None else []
+        answers = self.salesforce.queries(by_account + by_sale + record_type,
+                                          frozenset(range(len(by_account))) if self._like else frozenset())
+        account_answers = answers[:len(by_account)]
+        if None in account_answers:
+            # A server that refuses LIKE: equality on the usual spellings of each number instead, this time and
+            # for the rest of the run.
+            self._like = False
+            account_answers = self.salesforce.queries(queries.person_accounts(people, select, like=False))
+        if record_type:
+            found = answers[-1] or []
+            self._record_type_id = found[0]["Id"] if found else ""
         candidates = Candidates()
         for records in account_answers:
             for record in records or ():
                 candidates.add(queries.person_account(record, self.region))
-        existing = {record[mapping.SALE_KEY]: record for records in sale_answers for record in records or ()}
+        existing = {record[mapping.SALE_KEY]: record
+                    for records in answers[len(by_account):len(by_account) + len(by_sale)] for record in records or ()}
         return candidates, existing
 
     def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple]) -> dict[str, list[str]]:
@@ -530,13 +537,10 @@ class Engine:
         return stale
 
     def _person_record_type_id(self) -> str:
-        if self._record_type_id is None:
-            found = self.salesforce.query(queries.person_record_type(self.person_record_type))
-            if not found:
-                raise RunFailed(
-                    f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
-                    "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
-            self._record_type_id = found[0]["Id"]
+        if not self._record_type_id:  # read with the batch's lookups
+            raise RunFailed(
+                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
+                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
         return self._record_type_id
 
 
