@@ -165,9 +165,10 @@ def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, sal
     sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=30 * i)) for i in range(2500)]
 
     def outage(record) -> None:
-        # Page 16 is asked for only once the first batch (pages 1-10) is written and the reader, four pages
-        # ahead, waits on the second: Salesforce goes down in the middle of the backfill.
-        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 16:
+        # Page 26 is asked for only once the second batch (pages 11-20) is written, and with it the end of
+        # the first, and the reader, four pages ahead, waits on the third: Salesforce goes down in the middle
+        # of the backfill, with one batch settled.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 26:
             salesforce.fail_next(1000, status=503)
 
     lightspeed.after_request = outage

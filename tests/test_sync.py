@@ -185,9 +185,38 @@ def test_many_sales_are_written_in_full_composite_requests(cli, lightspeed, sale
     writes = [s for r in composites for s in r.subrequests if s["method"] != "GET"]
     assert all(len(s["body"]["records"]) <= 200 for s in writes if "body" in s)
     # 450 sales + 900 lines + 60 accounts = 1,410 records in 9 collections: one batch, so one lookup request
-    # (the accounts of the 60 customers, the transactions, the record type) and two write requests (5 + 4)
+    # (the accounts of the 60 customers, the transactions, the record type), then two write requests (5 + 4)
+    assert [heavy(r) for r in composites] == [3, 5, 4]
     assert result.json["salesforce_api_calls"] == 3
     assert lightspeed.request_count("Sale.json") == 5  # 100 sales a page
+
+
+def test_requests_carry_five_collections_or_queries_from_batch_to_batch(cli, lightspeed, salesforce, boutique):
+    # Batches of 100 sales and collections of 10 records: the shape of a 10,000-sale sync, made small.
+    customers = [lightspeed.add_customer(f"D{i}", "Test", email=f"d{i}@example.com") for i in range(150)]
+    for i in range(420):
+        sell(lightspeed, boutique, customers[(i * 7) % 150], lines=((1, "10.00"), (2, "5.00"))[:1 + i % 2])
+
+    result = cli("sync", "--json", constants={"engine.BATCH_SALES": 100, "salesforce.writer.MAX_RECORDS": 10})
+
+    assert result.code == 0, result.stderr
+    assert len(transactions(salesforce)) == 420 and len(lines(salesforce)) == 630
+    assert len(person_accounts(salesforce)) == 150
+    composites = [r for r in salesforce.requests if r.path.endswith("/composite")]
+    loads = [heavy(r) for r in composites]
+    # Only the first request (the first batch's lookups: nothing is written yet) and the last are not full: the
+    # end of each batch travels with the next batch's lookups, which come after every account write before them.
+    assert loads[0] < 5 and all(load == 5 for load in loads[1:-1]) and 0 < loads[-1] <= 5
+    collections = sum(1 for r in composites for s in r.subrequests if "/query" not in s["url"])
+    assert collections == 15 + 42 + 63  # accounts, transactions, lines: per batch, 10 to a collection rounded up
+    # 120 collections, 8 queries (the accounts of batches 1 and 2, the transactions of each, the record type):
+    # 3 in the first request, then 25 full ones
+    assert result.json["salesforce_api_calls"] == len(composites) == 26
+
+
+def heavy(request) -> int:
+    """The subrequests of a /composite that count against its five: sObject Collections and queries."""
+    return sum(1 for s in request.subrequests if "/query" in s["url"] or "/composite/sobjects" in s["url"])
 
 
 def test_sync_keeps_to_the_leaky_bucket_without_meeting_a_429(tmp_path, salesforce, boutique, lightspeed, cli):
