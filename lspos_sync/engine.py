@@ -74,9 +74,12 @@ class _Batch:
     sales: list[tuple[str, int, str]] = field(default_factory=list)  # (sale key, sale id, content hash)
     writes: list[Write] = field(default_factory=list)
     plans: dict[str, SalePlan] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)  # sale keys whose transaction was looked up before writing
+    line_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # of the sales not checked
     # LSPOS_ROLLUPS: per sale (sale key, customer key, account linked before, whether it was in Salesforce,
     # what it adds to the account's roll-ups)
     rollups: list[tuple[str, str | None, str | None, bool, rollups.Contribution]] = field(default_factory=list)
+    followed_up: bool = False
 
 
 @dataclass
@@ -270,7 +273,7 @@ class Engine:
         batch = _Batch(progress)
         if todo:
             started = time.monotonic()
-            self._write(todo, built, summary, batch)
+            self._write(todo, built, known, summary, batch)
             log.info("batch of %d sale(s): %d to write, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
                      extra={"phase": "batch", "counts": {"sales": len(sales), "written": len(todo)},
                             "duration_ms": round((time.monotonic() - started) * 1000)})
@@ -314,13 +317,27 @@ class Engine:
         return [s.model_copy(update={"customer": found[s.customer_id]}) if s.customer is None and s.customer_id in found
                 else s for s in sales]
 
-    def _write(self, sales: list[Sale], built: dict[int, tuple], summary: RunSummary, batch: _Batch) -> None:
+    def _write(self, sales: list[Sale], built: dict[int, tuple], known: dict[str, tuple[str, str]],
+               summary: RunSummary, batch: _Batch) -> None:
         customers = {self._customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
         unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
         sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
-        candidates, existing = self._look_up(unresolved, sale_keys)
+        # The transactions already in Salesforce are read before writing only where what is written depends on
+        # them: sales written before (their stale lines), sales linked to no account (a hand link is kept), and
+        # every sale for a dry-run's preview or the roll-ups. Any other sale Salesforce turns out to have (its
+        # upsert says so) gets its stale lines deleted after the fact, in `_delete_unexpected_lines`.
+        if self.dry_run or self.roll_up:
+            checked = set(sale_keys)
+        else:
+            checked = {key for sale, key in zip(sales, sale_keys)
+                       if key in known or not self._links_account(sale, customers)}
+        candidates, existing = self._look_up(unresolved, [key for key in sale_keys if key in checked])
         self._resolved.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
                                               for key, customer in unresolved.items()}))
+        late = [key for sale, key in zip(sales, sale_keys) if key not in checked and not self._links_account(sale, customers)]
+        if late:  # found ambiguous just now
+            existing.update(self._existing(late))
+            checked.update(late)
         stale = self._stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
                                   {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
                                    for t, lines, _ in built.values()}) if existing else {}
@@ -366,11 +383,22 @@ class Engine:
             batch.plans[sale_key] = self._plan(sale, transaction, lines, resolution.status, resolution.account_id,
                                                resolution.reason, action)
             batch.sales.append((sale_key, sale.sale_id, digest))
+            if sale_key not in checked:
+                batch.line_keys[sale_key] = tuple(line[mapping.LINE_KEY] for line in lines)
             if self.roll_up:
                 batch.rollups.append((sale_key, customer_key, linked_by_hand, sale_key in existing, rollups.Contribution(
                     transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"])))
-        batch.writes = writes
+        batch.writes, batch.checked = writes, checked
         self.sink.write(writes)
+
+    def _links_account(self, sale: Sale, customers: dict[str, Customer]) -> bool:
+        """Whether the sale is to be linked to an account, as far as is known (a customer not decided yet
+        counts as linked)."""
+        customer_key = self._customer_key(sale)
+        if customer_key is None or customer_key not in customers:
+            return False  # a guest
+        resolution = self._resolved.get(customer_key)
+        return resolution is None or resolution.account_id is not None or resolution.status == CREATED
 
     def _customer_key(self, sale: Sale) -> str | None:
         return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
@@ -380,13 +408,44 @@ class Engine:
         """Settles the batches whose writes are all answered, oldest first: progress never passes a batch
         that is not settled."""
         while self._in_flight and all(write.answered for write in self._in_flight[0].writes):
-            self._settle(self._in_flight.popleft(), summary)
+            batch = self._in_flight[0]
+            if not batch.followed_up:
+                batch.followed_up = True
+                if self._delete_unexpected_lines(batch):
+                    continue  # settled once the deletes are answered too
+            self._in_flight.popleft()
+            self._settle(batch, summary)
 
     def _drain(self, summary: RunSummary) -> None:
         """Sends what the writer still holds and settles every batch."""
         while self._in_flight:
             self.sink.flush()
             self._settle_answered(summary)
+
+    def _delete_unexpected_lines(self, batch: _Batch) -> bool:
+        """Sales Salesforce already had though nothing said so before writing (a lost state file, a sale
+        parked after its transaction went in, another state store): their lines that Lightspeed no longer has
+        are deleted now. Whether there were any."""
+        unexpected = {write.sale_keys[0]: write for write in batch.writes
+                      if write.kind == TRANSACTIONS and not write.error and write.created is not True
+                      and write.sale_keys[0] not in batch.checked}
+        # A sale written again by a later batch is that batch's to check: its lines may be in Salesforce by now.
+        rewritten = {sale_key for later in self._in_flight if later is not batch for sale_key in later.plans}
+        unexpected = {sale_key: write for sale_key, write in unexpected.items() if sale_key not in rewritten}
+        if not unexpected:
+            return False
+        key_of = {write.id: sale_key for sale_key, write in unexpected.items() if write.id}
+        if len(key_of) < len(unexpected):  # an upsert answered without its Id: read it
+            missing = [sale_key for sale_key, write in unexpected.items() if not write.id]
+            key_of.update({record["Id"]: sale_key for sale_key, record in self._existing(missing).items()})
+        for sale_key in unexpected:
+            batch.plans[sale_key].action = "update"
+        current = {sale_key: set(batch.line_keys[sale_key]) for sale_key in unexpected}
+        deletes = [Write(DELETE_LINES, line_id, (sale_key,))
+                   for sale_key, line_ids in self._stale_lines(key_of, current).items() for line_id in line_ids]
+        batch.writes.extend(deletes)
+        self.sink.write(deletes)
+        return bool(deletes)
 
     def _note_rollups(self, batch: _Batch) -> None:
         """The accounts whose roll-ups the batch changed: where each written sale is linked now and where it

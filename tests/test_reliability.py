@@ -204,6 +204,23 @@ def test_rejects_can_be_listed_retried_and_dropped(cli, lightspeed, salesforce, 
     assert cli("rejects", "retry", "182255-999999").code == 2
 
 
+def test_parked_sale_whose_transaction_went_in_loses_the_lines_removed_since(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Eli", "Park", email="eli@example.com"),
+                lines=((1, "10.00"), (1, "20.00"), (1, "30.00")))
+    salesforce.add_validation_rule("Sales_Line_Item__c", lambda r: r.get("Unit_Price__c") == 30, "Not that one")
+    assert cli("sync").code == 3  # parked, with its transaction and two of its lines in Salesforce
+    assert len(salesforce.records("Sales_Line_Item__c")) == 2
+    relation = lightspeed.sale(sale)["SaleLines"]["SaleLine"]
+    lightspeed.remove_line(sale, int(relation[1]["saleLineID"]))
+    salesforce.clear_validation_rules()
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["sales"]["retried"] == 1 and result.json["rejected"] == []
+    assert_exactly_once(salesforce, lightspeed, [sale])  # the removed line is gone, the refused one is in
+
+
 def test_voids_are_written_before_the_pages_so_a_failed_run_cannot_skip_them(cli, lightspeed, salesforce, boutique):
     two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
     sale = sell(lightspeed, boutique, at=two_hours_ago)
