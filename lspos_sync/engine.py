@@ -388,8 +388,11 @@ class Engine:
             if self.roll_up:
                 batch.rollups.append((sale_key, customer_key, linked_by_hand, sale_key in existing, rollups.Contribution(
                     transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"])))
-        batch.writes, batch.checked = writes, checked
+        batch.checked = checked
         self.sink.write(writes)
+        # Most are answered by now; of those the batch keeps only what its settling reads.
+        batch.writes = [write for write in writes if not write.answered or write.error or write.customer_key
+                        or (write.kind == TRANSACTIONS and write.created is not True)]
 
     def _links_account(self, sale: Sale, customers: dict[str, Customer]) -> bool:
         """Whether the sale is to be linked to an account, as far as is known (a customer not decided yet
