@@ -147,7 +147,7 @@ class Stage:
 
 
 _QUERY_KINDS = (("FROM Sales_Line_Item__c", "lines"), ("FROM Sales_Transaction__c", "transactions"),
-                ("LIKE", "phone LIKE"), ("PersonMobilePhone IN", "phone spellings"), ("PersonEmail IN", "email"),
+                ("OR (IsPersonAccount = true", "account by key, email or phone"), ("LIKE", "phone LIKE"), ("PersonMobilePhone IN", "phone spellings"), ("PersonEmail IN", "email"),
                 ("LS_Customer_ID__c IN", "account key"), ("FROM RecordType", "record type"))
 
 

@@ -10,6 +10,8 @@ import logging
 import threading
 from contextlib import closing, nullcontext
 import time
+from collections import deque
+from contextlib import closing
 from queue import Empty, Queue
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,15 +27,15 @@ from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Category, Customer, RawSale, Sale, Shop
 from lspos_sync.salesforce import queries
-from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS,
                                           Sink, Write)
 from lspos_sync.state import StateStore, iso
 
 log = logging.getLogger(__name__)
 
-# Sales resolved and written together: one lookup request, then about 4,400 records in five full /composite
-# requests of five 200-record collections each (3 lines a sale on average, plus accounts to create or stamp).
+# Sales resolved and written together: their lookups, then about 4,400 records (3 lines a sale on average,
+# plus accounts to create or stamp) in 22 or so collections, which the writer packs five to a /composite
+# request, filling the last one with the next batch's lookups.
 BATCH_SALES = 1000
 
 
@@ -65,6 +67,23 @@ class SalePlan:
 
 
 @dataclass
+class _Batch:
+    """A batch whose writes are on their way. It is settled (outcomes stored, progress moved) once every
+    one is answered, and batches are settled in the order they were read."""
+
+    progress: datetime | None  # once it is settled, every sale changed up to here is written or parked
+    sales: list[tuple[str, int, str]] = field(default_factory=list)  # (sale key, sale id, content hash)
+    writes: list[Write] = field(default_factory=list)
+    plans: dict[str, SalePlan] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)  # sale keys whose transaction was looked up before writing
+    line_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # of the sales not checked
+    # LSPOS_ROLLUPS: per sale (sale key, customer key, account linked before, whether it was in Salesforce,
+    # what it adds to the account's roll-ups)
+    rollups: list[tuple[str, str | None, str | None, bool, rollups.Contribution]] = field(default_factory=list)
+    followed_up: bool = False
+
+
+@dataclass
 class RunSummary:
     command: str
     account_id: str
@@ -88,15 +107,13 @@ class RunSummary:
 
 
 class Engine:
-    def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
-                 salesforce: SalesforceClient, sink: Sink, *, dry_run: bool, phone_region: str,
-                 person_record_type: str, verify_unchanged: bool = False, enrich_profiles: bool = False,
-                 field_map: FieldMap = DEFAULT, roll_up: bool = False,
+    def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, sink: Sink, *,
+                 dry_run: bool, phone_region: str, person_record_type: str, verify_unchanged: bool = False,
+                 enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
-        self.salesforce = salesforce
         self.sink = sink
         self.dry_run = dry_run
         self.region = phone_region
@@ -108,8 +125,11 @@ class Engine:
         self.on_batch = on_batch
         self._shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
         self._categories: dict[int, Category] = {}
-        self._record_type_id: str | None = None
+        self._record_type_id: str | None = None  # "" when the org has none
+        self._like = True  # until Salesforce refuses a phone LIKE
         self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
+        self._in_flight: deque[_Batch] = deque()
+        self._progress: Callable[[datetime], None] | None = None
         # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
         self._payloads: dict[int, dict[str, Any]] = {}
         self._raw_customers: dict[int, dict[str, Any]] = {}
@@ -127,14 +147,18 @@ class Engine:
         """Runs the window. `progress(t)` is called whenever every sale changed up to `t` is written or
         parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
+        self._progress = progress
         if retry_rejects:
             self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         if limit is None:
             # Voids first: a void that moves no timestamp of its sale is seen only here, and the checkpoint
             # moves with the pages below, so a run that stops half-way must not have skipped this.
             self._process_ids(self.lightspeed.voided_sale_ids(window.since, window.until), summary)
+        # Parked sales and voids are written and settled before the pages: met again there, they are unchanged.
+        self._drain(summary)
         with closing(_prefetched(self.lightspeed.sales(window.since, window.until))) as pages:
             self._read_window(pages, window, summary, progress, limit)
+        self._drain(summary)
         self._roll_up(summary)
         if progress and limit is None:
             summary.progress = window.until
@@ -156,13 +180,11 @@ class Engine:
                     if moment is not None:
                         in_order = in_order and (latest is None or moment >= latest)
                         latest = max(latest, moment) if latest else moment
-                self._process(batch, summary)
+                # Pages come oldest change first, so once this batch is settled every sale changed up to
+                # here is written or parked; the look-back re-reads the boundary. Out of order, only the end counts.
+                moment = min(latest, window.until) if progress and in_order and latest is not None else None
+                self._process(batch, summary, moment)
                 done += len(batch)
-                if progress and in_order and latest is not None:
-                    # Pages come oldest change first, so every sale changed up to here is written or
-                    # parked; the look-back re-reads the boundary. Out of order, only the end counts.
-                    summary.progress = min(latest, window.until)
-                    progress(summary.progress)
             if limit is not None and done >= limit:
                 break
 
@@ -170,6 +192,7 @@ class Engine:
         """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
         summary = RunSummary("rejects retry", self.account_id, None)
         self._retry_parked(sale_ids, summary)
+        self._drain(summary)
         self._roll_up(summary)
         summary.records = dict(self.sink.stats.records)
         return summary
@@ -222,7 +245,7 @@ class Engine:
             self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
     # -- one batch
-    def _process(self, sales: list[Sale], summary: RunSummary) -> None:
+    def _process(self, sales: list[Sale], summary: RunSummary, progress: datetime | None = None) -> None:
         if self._shops is None:  # a run that reads no sale never asks
             raw_shops = self._raw_shops if self.field_map.needs_raw else None
             self._shops, self._categories = self.lightspeed.shops(raw_shops), self.lightspeed.categories()
@@ -238,8 +261,7 @@ class Engine:
         known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
         if self.verify_unchanged and known:
             # backfill repairs: a sale counts as unchanged only while Salesforce still has it
-            present = {r[mapping.SALE_KEY] for records in self.salesforce.queries(queries.transactions_by_key(known))
-                       for r in records or ()}
+            present = self._existing(list(known))
             known = {k: v for k, v in known.items() if k in present}
         todo = []
         for sale in sales:
@@ -251,15 +273,18 @@ class Engine:
                     summary.plans.append(self._plan(sale, transaction, lines, previous[1], None, "", "unchanged"))
             else:
                 todo.append(sale)
+        batch = _Batch(progress)
         if todo:
             started = time.monotonic()
-            self._write(todo, built, summary)
-            log.info("batch of %d sale(s): %d written, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
+            self._write(todo, built, known, summary, batch)
+            log.info("batch of %d sale(s): %d to write, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
                      extra={"phase": "batch", "counts": {"sales": len(sales), "written": len(todo)},
                             "duration_ms": round((time.monotonic() - started) * 1000)})
+        self._in_flight.append(batch)
         for sale in sales:
             self._payloads.pop(sale.sale_id, None)
         self._raw_customers.clear()
+        self._settle_answered(summary)
         if self.on_batch:
             self.on_batch(len(sales))
 
@@ -291,14 +316,30 @@ class Engine:
         return [s.model_copy(update={"customer": found[s.customer_id]}) if s.customer is None and s.customer_id in found
                 else s for s in sales]
 
-    def _write(self, sales: list[Sale], built: dict[int, tuple], summary: RunSummary) -> None:
+    def _write(self, sales: list[Sale], built: dict[int, tuple], known: dict[str, tuple[str, str]],
+               summary: RunSummary, batch: _Batch) -> None:
         customers = {self._customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
         unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
         sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
-        candidates, existing = self._look_up(unresolved, sale_keys)
+        # The transactions already in Salesforce are read before writing only where what is written depends on
+        # them: sales written before (their stale lines), sales linked to no account (a hand link is kept), and
+        # every sale for a dry-run's preview or the roll-ups. Any other sale Salesforce turns out to have (its
+        # upsert says so) gets its stale lines deleted after the fact, in `_delete_unexpected_lines`.
+        if self.dry_run or self.roll_up:
+            checked = set(sale_keys)
+        else:
+            checked = {key for sale, key in zip(sales, sale_keys)
+                       if key in known or not self._links_account(sale, customers)}
+        candidates, existing = self._look_up(unresolved, [key for key in sale_keys if key in checked])
         self._resolved.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
                                               for key, customer in unresolved.items()}))
-        stale = self._stale_lines(existing, built)
+        late = [key for sale, key in zip(sales, sale_keys) if key not in checked and not self._links_account(sale, customers)]
+        if late:  # found ambiguous just now
+            existing.update(self._existing(late))
+            checked.update(late)
+        stale = self._stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
+                                  {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
+                                   for t, lines, _ in built.values()}) if existing else {}
 
         writes: list[Write] = []
         dependants: dict[str, list[Sale]] = {}
@@ -307,12 +348,12 @@ class Engine:
                 dependants.setdefault(customer_key, []).append(sale)
         for customer_key, customer_sales in dependants.items():
             writes.extend(self._account_writes(customer_key, customers[customer_key], customer_sales, built))
-            # the run remembers the decision, not the account as found (memory stays flat over long windows)
-            self._resolved[customer_key] = replace(self._resolved[customer_key], account=None)
-        plans: dict[str, SalePlan] = {}
-        previous: dict[str, str | None] = {}  # sale key -> the account it is linked to in Salesforce now
+            # The run remembers the decision, not the account as found (memory stays flat over long windows),
+            # and that its account write is on its way: a later batch links to it and writes it no more.
+            self._resolved[customer_key] = replace(self._resolved[customer_key], account=None, create=False,
+                                                   stamp_key=False)
         for sale in sales:
-            transaction, lines, _ = built[sale.sale_id]
+            transaction, lines, digest = built[sale.sale_id]
             sale_key = transaction[mapping.SALE_KEY]
             customer_key = self._customer_key(sale)
             if customer_key in customers:
@@ -323,7 +364,7 @@ class Engine:
                 resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
             record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
                       "Match_Status__c": resolution.status}
-            linked_by_hand = previous[sale_key] = (existing.get(sale_key) or {}).get("Account__c")
+            linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
             if resolution.status == CREATED and resolution.account_id is None:
                 record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
             elif resolution.account_id is None and linked_by_hand:
@@ -338,29 +379,83 @@ class Engine:
             writes.extend(Write(LINES, {"attributes": {"type": mapping.LINE}, **line}, (sale_key,)) for line in lines)
             writes.extend(Write(DELETE_LINES, line_id, (sale_key,)) for line_id in stale.get(sale_key, ()))
             action = "update" if sale_key in existing else "create"
-            plans[sale_key] = self._plan(sale, transaction, lines, resolution.status, resolution.account_id,
-                                         resolution.reason, action)
-
+            batch.plans[sale_key] = self._plan(sale, transaction, lines, resolution.status, resolution.account_id,
+                                               resolution.reason, action)
+            batch.sales.append((sale_key, sale.sale_id, digest))
+            if sale_key not in checked:
+                batch.line_keys[sale_key] = tuple(line[mapping.LINE_KEY] for line in lines)
+            if self.roll_up:
+                batch.rollups.append((sale_key, customer_key, linked_by_hand, sale_key in existing, rollups.Contribution(
+                    transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"])))
+        batch.checked = checked
         self.sink.write(writes)
-        self._settle(writes, sales, built, plans, summary)
-        if self.roll_up:
-            self._note_rollups(sales, built, plans, previous, existing)
+        # Most are answered by now; of those the batch keeps only what its settling reads.
+        batch.writes = [write for write in writes if not write.answered or write.error or write.customer_key
+                        or (write.kind == TRANSACTIONS and write.created is not True)]
+
+    def _links_account(self, sale: Sale, customers: dict[str, Customer]) -> bool:
+        """Whether the sale is to be linked to an account, as far as is known (a customer not decided yet
+        counts as linked)."""
+        customer_key = self._customer_key(sale)
+        if customer_key is None or customer_key not in customers:
+            return False  # a guest
+        resolution = self._resolved.get(customer_key)
+        return resolution is None or resolution.account_id is not None or resolution.status == CREATED
 
     def _customer_key(self, sale: Sale) -> str | None:
         return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
 
-    def _note_rollups(self, sales: list[Sale], built: dict[int, tuple], plans: dict[str, SalePlan],
-                      previous: dict[str, str | None], existing: dict[str, dict]) -> None:
+    # -- batches on their way
+    def _settle_answered(self, summary: RunSummary) -> None:
+        """Settles the batches whose writes are all answered, oldest first: progress never passes a batch
+        that is not settled."""
+        while self._in_flight and all(write.answered for write in self._in_flight[0].writes):
+            batch = self._in_flight[0]
+            if not batch.followed_up:
+                batch.followed_up = True
+                if self._delete_unexpected_lines(batch):
+                    continue  # settled once the deletes are answered too
+            self._in_flight.popleft()
+            self._settle(batch, summary)
+
+    def _drain(self, summary: RunSummary) -> None:
+        """Sends what the writer still holds and settles every batch."""
+        while self._in_flight:
+            self.sink.flush()
+            self._settle_answered(summary)
+
+    def _delete_unexpected_lines(self, batch: _Batch) -> bool:
+        """Sales Salesforce already had though nothing said so before writing (a lost state file, a sale
+        parked after its transaction went in, another state store): their lines that Lightspeed no longer has
+        are deleted now. Whether there were any."""
+        unexpected = {write.sale_keys[0]: write for write in batch.writes
+                      if write.kind == TRANSACTIONS and not write.error and write.created is not True
+                      and write.sale_keys[0] not in batch.checked}
+        # A sale written again by a later batch is that batch's to check: its lines may be in Salesforce by now.
+        rewritten = {sale_key for later in self._in_flight if later is not batch for sale_key in later.plans}
+        unexpected = {sale_key: write for sale_key, write in unexpected.items() if sale_key not in rewritten}
+        if not unexpected:
+            return False
+        key_of = {write.id: sale_key for sale_key, write in unexpected.items() if write.id}
+        if len(key_of) < len(unexpected):  # an upsert answered without its Id: read it
+            missing = [sale_key for sale_key, write in unexpected.items() if not write.id]
+            key_of.update({record["Id"]: sale_key for sale_key, record in self._existing(missing).items()})
+        for sale_key in unexpected:
+            batch.plans[sale_key].action = "update"
+        current = {sale_key: set(batch.line_keys[sale_key]) for sale_key in unexpected}
+        deletes = [Write(DELETE_LINES, line_id, (sale_key,))
+                   for sale_key, line_ids in self._stale_lines(key_of, current).items() for line_id in line_ids]
+        batch.writes.extend(deletes)
+        self.sink.write(deletes)
+        return bool(deletes)
+
+    def _note_rollups(self, batch: _Batch) -> None:
         """The accounts whose roll-ups the batch changed: where each written sale is linked now and where it
         was. A dry-run also keeps what it would write, to add to Salesforce's aggregates at the end."""
         touched: set[str] = set()
-        for sale in sales:
-            transaction = built[sale.sale_id][0]
-            sale_key = transaction[mapping.SALE_KEY]
-            plan = plans[sale_key]
+        for sale_key, customer_key, before, was_there, contribution in batch.rollups:
+            plan = batch.plans[sale_key]
             # a parked sale counts too: its transaction may have gone through without its lines
-            before = previous.get(sale_key)
-            customer_key = self._customer_key(sale)
             resolution = self._resolved.get(customer_key) if customer_key else None
             after = resolution.account_id if resolution and plan.match != AMBIGUOUS else None
             if after is None and plan.match == CREATED and self.dry_run:
@@ -371,11 +466,10 @@ class Engine:
                 if account and not (self.dry_run and account == customer_key):
                     touched.add(account)
             if self.dry_run and plan.action != "rejected":
-                if before and sale_key in existing:
+                if before and was_there:
                     self._superseded.setdefault(before, []).append(sale_key)
                 if after:
-                    self._planned.setdefault(after, []).append(rollups.Contribution(
-                        transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"]))
+                    self._planned.setdefault(after, []).append(contribution)
         if self.dry_run:
             self._touched |= touched
         else:
@@ -424,18 +518,17 @@ class Engine:
             record[mapping.CUSTOMER_KEY] = customer_key
         return [Write(UPDATE_ACCOUNTS, record, sale_keys, customer_key, tuple(fill))]
 
-    def _settle(self, writes: list[Write], sales: list[Sale], built: dict[int, tuple],
-                plans: dict[str, SalePlan], summary: RunSummary) -> None:
-        """Per sale: written when every record it depends on went through, else parked with the reasons."""
+    def _settle(self, batch: _Batch, summary: RunSummary) -> None:
+        """Per sale: written when every record it depends on went through, else parked with the reasons; then
+        the progress the batch carries."""
         errors: dict[str, list[str]] = {}
-        for write in writes:
+        for write in batch.writes:
             if write.error:
                 for sale_key in write.sale_keys:
                     errors.setdefault(sale_key, []).append(f"{write.kind}: {write.error}")
-            if write.customer_key is not None:
-                resolution = self._resolved[write.customer_key]
+            if write.customer_key is not None and (resolution := self._resolved.get(write.customer_key)):
                 if write.error:
-                    del self._resolved[write.customer_key]  # decided afresh by the next batch or run
+                    del self._resolved[write.customer_key]  # decided afresh by a later batch or run
                     continue
                 self._resolved[write.customer_key] = Resolution(
                     resolution.status, resolution.account_id or write.id, resolution.reason)
@@ -443,22 +536,25 @@ class Engine:
                     summary.enriched.append({"account_id": resolution.account_id, "customer_key": write.customer_key,
                                              "fields": [self.field_map.field(mapping.ACCOUNT, f) for f in write.filled]})
         written, rejected = {}, {}
-        for sale in sales:
-            transaction, lines, digest = built[sale.sale_id]
-            sale_key = transaction[mapping.SALE_KEY]
-            plan = plans[sale_key]
+        for sale_key, sale_id, digest in batch.sales:
+            plan = batch.plans[sale_key]
             if sale_key in errors:
                 reason = _dedupe(errors[sale_key])
                 plan.action, plan.error = "rejected", reason
-                rejected[sale_key] = (sale.sale_id, reason)
-                summary.rejected.append({"sale_key": sale_key, "sale_id": sale.sale_id, "reason": reason})
+                rejected[sale_key] = (sale_id, reason)
+                summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
             else:
                 written[sale_key] = (digest, plan.match)
                 summary.written += 1
             if self.dry_run:
                 summary.plans.append(plan)
-        if not self.dry_run:
+        if not self.dry_run and batch.sales:
             self.store.record_outcomes(self.account_id, written, rejected)
+        if self.roll_up:
+            self._note_rollups(batch)
+        if batch.progress is not None and self._progress is not None:
+            summary.progress = batch.progress
+            self._progress(batch.progress)
 
     def _roll_up_accounts(self, ids: list[str], created: list[str], report: dict[str, Any]) -> list[Write]:
         """Reads the aggregates and current values of `ids`, and writes (or, in a dry-run, lists) the changes."""
@@ -466,7 +562,7 @@ class Engine:
         current: dict[str, dict] = {}
         if ids:
             statements = rollups.aggregate_statements(ids, self._superseded if self.dry_run else None)
-            answers = self.salesforce.queries([statement for pair in statements for statement in pair])
+            answers = self.sink.queries([statement for pair in statements for statement in pair])
             for aggregate, accounts in zip(answers[::2], answers[1::2]):
                 for row in aggregate or ():
                     groups.setdefault(row["Account__c"], []).append(row)
@@ -491,6 +587,7 @@ class Engine:
                                     (f"rollup:{ref}",)))
         if writes:
             self.sink.write(writes)
+            self.sink.flush()
         return writes
 
     def _plan(self, sale: Sale, transaction: dict, lines: list, match: str, account_id: str | None,
@@ -500,38 +597,45 @@ class Engine:
                         transaction["Total__c"], len(lines), match, account_id, reason, action, added=added or None)
 
     # -- Salesforce reads
-    def _look_up(self, customers: dict[str, Any], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
-        """Candidate Person Accounts for the customers, and the transactions already there (by sale key),
-        in as few `/composite` requests as the five-query limit allows."""
-        emails = [e for c in customers.values() if (e := normalise_email(primary_email(c)))]
-        phones = [p for c in customers.values() for p in customer_phones(c, self.region)]
+    def _look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+        """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
+        (once a run) the Person Account record type: one round of `/composite` requests."""
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
-        by_account = queries.accounts_by_key(customers, select) + queries.person_accounts_by_email(emails, select)
-        # Phones are stored in any format: a LIKE on their digits finds every spelling. A server that
-        # refuses LIKE gets an equality on the usual spellings instead, in one more request.
-        by_phone = queries.person_accounts_by_phone(phones, select)
+        people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
+                  for key, customer in customers.items()]
+        by_account = queries.person_accounts(people, select, like=self._like)
         by_sale = queries.transactions_by_key(sale_keys)
-        cut = len(by_account) + len(by_phone)
-        answers = self.salesforce.queries(by_account + by_phone + by_sale, frozenset(range(len(by_account), cut)))
-        account_answers, sale_answers = answers[:cut], answers[cut:]
-        if None in account_answers:  # LIKE refused
-            account_answers += self.salesforce.queries(queries.person_accounts_by_phone_spelling(phones, select))
+        record_type = [queries.person_record_type(self.person_record_type)] \
+            if customers and self._record_type_id is None else []
+        answers = self.sink.queries(by_account + by_sale + record_type,
+                                    frozenset(range(len(by_account))) if self._like else frozenset())
+        account_answers = answers[:len(by_account)]
+        if None in account_answers:
+            # A server that refuses LIKE: equality on the usual spellings of each number instead, this time and
+            # for the rest of the run.
+            self._like = False
+            account_answers = self.sink.queries(queries.person_accounts(people, select, like=False))
+        if record_type:
+            found = answers[-1] or []
+            self._record_type_id = found[0]["Id"] if found else ""
         candidates = Candidates()
         for records in account_answers:
             for record in records or ():
                 candidates.add(queries.person_account(record, self.region))
-        existing = {record[mapping.SALE_KEY]: record for records in sale_answers for record in records or ()}
+        existing = {record[mapping.SALE_KEY]: record
+                    for records in answers[len(by_account):len(by_account) + len(by_sale)] for record in records or ()}
         return candidates, existing
 
-    def _stale_lines(self, existing: dict[str, dict], built: dict[int, tuple]) -> dict[str, list[str]]:
-        """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key."""
-        if not existing:
-            return {}
-        current = {transaction[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
-                   for transaction, lines, _ in built.values()}
-        key_of = {record["Id"]: sale_key for sale_key, record in existing.items()}
+    def _existing(self, sale_keys: list[str]) -> dict[str, dict]:
+        """The transactions Salesforce has for these sale keys, by sale key."""
+        return {record[mapping.SALE_KEY]: record for records in self.sink.queries(queries.transactions_by_key(sale_keys))
+                for record in records or ()}
+
+    def _stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]]) -> dict[str, list[str]]:
+        """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
+        transactions (Id -> sale key) and the line keys each has now."""
         stale: dict[str, list[str]] = {}
-        for records in self.salesforce.queries(queries.lines_by_transaction(key_of)):
+        for records in self.sink.queries(queries.lines_by_transaction(key_of), after_lines=True):
             for record in records or ():
                 sale_key = key_of.get(record["Sales_Transaction__c"])
                 if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
@@ -539,13 +643,10 @@ class Engine:
         return stale
 
     def _person_record_type_id(self) -> str:
-        if self._record_type_id is None:
-            found = self.salesforce.query(queries.person_record_type(self.person_record_type))
-            if not found:
-                raise RunFailed(
-                    f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
-                    "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
-            self._record_type_id = found[0]["Id"]
+        if not self._record_type_id:  # read with the batch's lookups
+            raise RunFailed(
+                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
+                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
         return self._record_type_id
 
 

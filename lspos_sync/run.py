@@ -227,9 +227,9 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)
-        sink = RecordingSink() if dry_run else CompositeWriter(salesforce)
+        sink = RecordingSink(salesforce) if dry_run else CompositeWriter(salesforce)
         spinner = stack.enter_context(_Progress(output, command))
-        engine = Engine(settings.account_id, store, lightspeed, salesforce, sink, dry_run=dry_run,
+        engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
                         field_map=names, roll_up=settings.rollups, on_batch=spinner.advance)

@@ -51,8 +51,15 @@ class Cli:
         return {**env, **self.env, **(extra or {})}
 
     def __call__(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
-                 timeout: float = 120) -> Result:
-        done = subprocess.run([sys.executable, "-m", "lspos_sync", *args], env=self._environment(env), cwd=self.cwd,
+                 timeout: float = 120, constants: dict[str, int] | None = None) -> Result:
+        """`constants` ("module.NAME": value) are set in the program's modules before it runs, e.g. smaller
+        batches, so that a test shows with a few hundred sales what happens with many thousands."""
+        program = ["-m", "lspos_sync"]
+        if constants:
+            program = ["-c", "import importlib, sys\n" + "".join(
+                f"setattr(importlib.import_module('lspos_sync.{name.rsplit('.', 1)[0]}'), '{name.rsplit('.', 1)[1]}', "
+                f"{value!r})\n" for name, value in constants.items()) + "from lspos_sync.cli import run\nrun()"]
+        done = subprocess.run([sys.executable, *program, *args], env=self._environment(env), cwd=self.cwd,
                               capture_output=True, text=True, input=input, timeout=timeout)
         return Result(done.returncode, done.stdout, done.stderr)
 

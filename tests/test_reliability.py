@@ -165,9 +165,10 @@ def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, sal
     sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=30 * i)) for i in range(2500)]
 
     def outage(record) -> None:
-        # Page 16 is asked for only once the first batch (pages 1-10) is written and the reader, four pages
-        # ahead, waits on the second: Salesforce goes down in the middle of the backfill.
-        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 16:
+        # Page 26 is asked for only once the second batch (pages 11-20) is written, and with it the end of
+        # the first, and the reader, four pages ahead, waits on the third: Salesforce goes down in the middle
+        # of the backfill, with one batch settled.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 26:
             salesforce.fail_next(1000, status=503)
 
     lightspeed.after_request = outage
@@ -201,6 +202,23 @@ def test_rejects_can_be_listed_retried_and_dropped(cli, lightspeed, salesforce, 
     assert cli("rejects", "list", "--json").json["rejects"] == []
     assert cli("rejects", "drop", f"182255-{second}").code == 2
     assert cli("rejects", "retry", "182255-999999").code == 2
+
+
+def test_parked_sale_whose_transaction_went_in_loses_the_lines_removed_since(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Eli", "Park", email="eli@example.com"),
+                lines=((1, "10.00"), (1, "20.00"), (1, "30.00")))
+    salesforce.add_validation_rule("Sales_Line_Item__c", lambda r: r.get("Unit_Price__c") == 30, "Not that one")
+    assert cli("sync").code == 3  # parked, with its transaction and two of its lines in Salesforce
+    assert len(salesforce.records("Sales_Line_Item__c")) == 2
+    relation = lightspeed.sale(sale)["SaleLines"]["SaleLine"]
+    lightspeed.remove_line(sale, int(relation[1]["saleLineID"]))
+    salesforce.clear_validation_rules()
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["sales"]["retried"] == 1 and result.json["rejected"] == []
+    assert_exactly_once(salesforce, lightspeed, [sale])  # the removed line is gone, the refused one is in
 
 
 def test_voids_are_written_before_the_pages_so_a_failed_run_cannot_skip_them(cli, lightspeed, salesforce, boutique):

@@ -184,10 +184,38 @@ def test_many_sales_are_written_in_full_composite_requests(cli, lightspeed, sale
     assert all(len(r.subrequests) <= 25 for r in composites)
     writes = [s for r in composites for s in r.subrequests if s["method"] != "GET"]
     assert all(len(s["body"]["records"]) <= 200 for s in writes if "body" in s)
-    # 450 sales + 900 lines + 60 accounts = 1,410 records in 9 collections: one batch, so one lookup
-    # request, two write requests (5 + 4 collections) and the record type query
-    assert result.json["salesforce_api_calls"] == 4
+    # 450 sales + 900 lines + 60 accounts = 1,410 records in 9 collections: one batch, so one lookup request
+    # (the accounts of the 60 customers, and the record type), then two write requests (5 + 4 collections)
+    assert [heavy(r) for r in composites] == [2, 5, 4]
+    assert result.json["salesforce_api_calls"] == 3
     assert lightspeed.request_count("Sale.json") == 5  # 100 sales a page
+
+
+def test_requests_carry_five_collections_or_queries_from_batch_to_batch(cli, lightspeed, salesforce, boutique):
+    # Batches of 100 sales and collections of 10 records: the shape of a 10,000-sale sync, made small.
+    customers = [lightspeed.add_customer(f"D{i}", "Test", email=f"d{i}@example.com") for i in range(150)]
+    for i in range(420):
+        sell(lightspeed, boutique, customers[(i * 7) % 150], lines=((1, "10.00"), (2, "5.00"))[:1 + i % 2])
+
+    result = cli("sync", "--json", constants={"engine.BATCH_SALES": 100, "salesforce.writer.MAX_RECORDS": 10})
+
+    assert result.code == 0, result.stderr
+    assert len(transactions(salesforce)) == 420 and len(lines(salesforce)) == 630
+    assert len(person_accounts(salesforce)) == 150
+    composites = [r for r in salesforce.requests if r.path.endswith("/composite")]
+    loads = [heavy(r) for r in composites]
+    # Only the first request (the first batch's lookups: nothing is written yet) and the last are not full: the
+    # end of each batch travels with the next batch's lookups, which come after every account write before them.
+    assert loads[0] < 5 and all(load == 5 for load in loads[1:-1]) and 0 < loads[-1] <= 5
+    collections = sum(1 for r in composites for s in r.subrequests if "/query" not in s["url"])
+    assert collections == 15 + 42 + 63  # accounts, transactions, lines: per batch, 10 to a collection rounded up
+    # 120 collections, 3 queries (accounts of batches 1 and 2, the record type): 2 in the first request, then 25
+    assert result.json["salesforce_api_calls"] == len(composites) == 26
+
+
+def heavy(request) -> int:
+    """The subrequests of a /composite that count against its five: sObject Collections and queries."""
+    return sum(1 for s in request.subrequests if "/query" in s["url"] or "/composite/sobjects" in s["url"])
 
 
 def test_sync_keeps_to_the_leaky_bucket_without_meeting_a_429(tmp_path, salesforce, boutique, lightspeed, cli):
@@ -284,6 +312,32 @@ def test_ambiguous_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce,
     assert cli("sync").code == 0  # the look-back re-reads the sale, still ambiguous by the rules
 
     assert transactions(salesforce)[f"182255-{sale}"]["Account__c"] == accounts[1]
+
+
+def test_lost_state_file_still_deletes_removed_lines_and_keeps_a_hand_link(cli, lightspeed, salesforce, boutique,
+                                                                             state_path):
+    rt = salesforce.person_account_record_type_id
+    accounts = [salesforce.insert("Account", {"RecordTypeId": rt, "LastName": n, "PersonEmail": "twins@example.com"})
+                for n in ("Ada", "Bea")]
+    ambiguous = sell(lightspeed, boutique, lightspeed.add_customer("Ada", "Twin", email="twins@example.com"))
+    edited = sell(lightspeed, boutique, lightspeed.add_customer("Cy", "Solo", email="cy@example.com"),
+                  lines=((1, "10.00"), (1, "20.00")))
+    assert cli("sync").code == 0
+    _patch(salesforce, "Sales_Transaction__c", transactions(salesforce)[f"182255-{ambiguous}"]["Id"],
+           {"Account__c": accounts[1]})
+    kept, removed = [line["saleLineID"] for line in _sale_lines(lightspeed, edited)]
+    lightspeed.remove_line(edited, int(removed))
+    for leftover in state_path.parent.glob(state_path.name + "*"):
+        leftover.unlink()  # the state store is lost: the sync starts again from LSPOS_SYNC_START
+
+    result = cli("sync", "--json", env={"LIGHTSPEED_REFRESH_TOKEN": lightspeed.current_refresh_token})
+
+    assert result.code == 0, result.stderr
+    after = transactions(salesforce)
+    assert after[f"182255-{ambiguous}"]["Account__c"] == accounts[1]
+    assert [line["LS_Sale_Line_ID__c"] for line in lines(salesforce).values()
+            if line["Sales_Transaction__c"] == after[f"182255-{edited}"]["Id"]] == [f"182255-{kept}"]
+    assert len(after) == 2 and len(lines(salesforce)) == 2 and len(person_accounts(salesforce)) == 3
 
 
 def _patch(salesforce, sobject: str, record_id: str, fields: dict) -> None:

@@ -102,23 +102,29 @@ class SalesforceClient:
         each followed to its last page. A refused statement fails the run, unless its index is `optional`:
         then its answer is None."""
         answers: list[list[dict[str, Any]] | None] = []
-        translated = [self.field_map.soql(soql) for soql in statements]
         for start in range(0, len(statements), MAX_COLLECTIONS):
-            group = translated[start:start + MAX_COLLECTIONS]
-            responses = {r.get("referenceId"): r for r in self.composite([
-                {"method": "GET", "url": f"{self.data_path}/query?q={quote(soql)}", "referenceId": f"q{start + i}"}
-                for i, (soql, _) in enumerate(group)])}
-            for i in range(start, start + len(group)):
-                response = responses.get(f"q{i}") or {}
-                body = response.get("body")
-                if response.get("httpStatusCode") == 200 and isinstance(body, dict):
-                    answers.append(self._rows(translated[i][1], self.rest_of_query(body)))
-                elif i in optional:
-                    log.info("Salesforce refused an optional query (%s); going on without it", _described(body))
-                    answers.append(None)
-                else:
-                    raise RunFailed(f"Salesforce refused a query: {_described(body)}")
+            group = [self.query_request(soql, f"q{i}") for i, soql in enumerate(statements[start:start + MAX_COLLECTIONS], start)]
+            responses = {r.get("referenceId"): r for r in self.composite([request for request, _ in group])}
+            answers += [self.query_answer(responses.get(request["referenceId"]), sobject, start + i in optional)
+                        for i, (request, sobject) in enumerate(group)]
         return answers
+
+    def query_request(self, soql: str, reference_id: str) -> tuple[dict[str, Any], str | None]:
+        """A query subrequest for a `/composite` request, in the org's names, and the object its rows are of."""
+        statement, sobject = self.field_map.soql(soql)
+        return {"method": "GET", "url": f"{self.data_path}/query?q={quote(statement)}", "referenceId": reference_id}, sobject
+
+    def query_answer(self, response: dict[str, Any] | None, sobject: str | None,
+                     optional: bool = False) -> list[dict[str, Any]] | None:
+        """The rows a query subrequest found, every page, in the contract's names. A refusal fails the run,
+        or gives None when the query was `optional`."""
+        body = (response or {}).get("body")
+        if (response or {}).get("httpStatusCode") == 200 and isinstance(body, dict):
+            return self._rows(sobject, self.rest_of_query(body))
+        if not optional:
+            raise RunFailed(f"Salesforce refused a query: {_described(body)}")
+        log.info("Salesforce refused an optional query (%s); going on without it", _described(body))
+        return None
 
     def get(self, path: str) -> Any:
         """A GET on a path under /services/data/vXX.X/ (e.g. a query's nextRecordsUrl)."""

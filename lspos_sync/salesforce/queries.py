@@ -36,15 +36,6 @@ def _in_batches(prefix: str, values: Iterable[str], limit: int = MAX_SOQL) -> li
     return statements
 
 
-def accounts_by_key(keys: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
-    return _in_batches(f"SELECT {select} FROM Account WHERE {CUSTOMER_KEY}", keys)
-
-
-def person_accounts_by_email(emails: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
-    # SOQL compares strings case-insensitively, so lower-cased addresses find any spelling.
-    return _in_batches(f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND PersonEmail", emails)
-
-
 def phone_spellings(e164: str) -> list[str]:
     """The usual ways of writing one number: E.164, international, national, and the national digit
     groups joined by nothing, dashes, dots or spaces, with and without the country code."""
@@ -64,35 +55,54 @@ def phone_spellings(e164: str) -> list[str]:
     return list(dict.fromkeys(spellings))
 
 
-def person_accounts_by_phone_spelling(phones_e164: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
-    """Equality on the usual spellings: any SOQL parser takes it, and it finds most stored formats."""
-    prefix = f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND ("
-    spellings = [spelling for phone in dict.fromkeys(phones_e164) for spelling in phone_spellings(phone)]
-    statements = []
-    for batch in _in_batches("X", spellings, limit=MAX_SOQL // 3):  # the list goes in three times
-        values = batch[batch.index("IN ("):]
-        statements.append(prefix + " OR ".join(f"{field} {values}" for field in PHONE_FIELDS) + ")")
+def person_accounts(customers: Iterable[tuple[str, str | None, list[str]]], select: str = ACCOUNT_FIELDS,
+                    like: bool = True) -> list[str]:
+    """The accounts that customers (key, email, phones as E.164) may match, in as few statements as the length
+    limit allows: `LS_Customer_ID__c IN (...) OR (IsPersonAccount = true AND (PersonEmail IN (...) OR <phones>))`.
+
+    Phones are stored in whatever format people typed, so equality cannot find them all. With `like`, each
+    number is a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
+    matches every way of writing it; the E.164 comparison afterwards drops the rare false positive. Without
+    (a server that refuses LIKE), equality on the usual spellings, which any SOQL parser takes."""
+    statements: list[str] = []
+    keys: dict[str, None] = {}  # literals, in order, without repeats
+    emails: dict[str, None] = {}
+    phones: dict[str, None] = {}  # LIKE clauses, or spellings (each goes in three lists)
+    size = 0
+    for key, email, numbers in customers:
+        parts = [literal(key)] + ([literal(email)] if email else [])
+        phone_parts = [_like_clause(phone) for phone in numbers] if like else \
+            [literal(spelling) for phone in numbers for spelling in phone_spellings(phone)]
+        grow = sum(len(part) + 1 for part in parts) + sum(len(part) + 4 if like else 3 * (len(part) + 1)
+                                                          for part in phone_parts)
+        if keys and size + grow > MAX_SOQL - len(select) - 250:  # 250: the statement around the lists
+            statements.append(_person_accounts_statement(select, keys, emails, phones, like))
+            keys, emails, phones, size = {}, {}, {}, 0
+        keys[parts[0]] = None
+        emails.update(dict.fromkeys(parts[1:]))
+        phones.update(dict.fromkeys(phone_parts))
+        size += grow
+    if keys:
+        statements.append(_person_accounts_statement(select, keys, emails, phones, like))
     return statements
 
 
-def person_accounts_by_phone(phones_e164: Iterable[str], select: str = ACCOUNT_FIELDS) -> list[str]:
-    """Phones are stored in whatever format people typed, so equality cannot find them all. Each number
-    becomes a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
-    matches every way of writing it; the E.164 comparison afterwards drops the rare false positive."""
-    prefix = f"SELECT {select} FROM Account WHERE IsPersonAccount = true AND ("
-    statements, clauses = [], []
-    size = len(prefix) + 1
-    for phone in dict.fromkeys(phones_e164):
-        pattern = literal("%" + "%".join(national_digits(phone)))
-        clause = " OR ".join(f"{field} LIKE {pattern}" for field in PHONE_FIELDS)
-        if clauses and size + len(clause) + 4 > MAX_SOQL:
-            statements.append(prefix + " OR ".join(clauses) + ")")
-            clauses, size = [], len(prefix) + 1
-        clauses.append(clause)
-        size += len(clause) + 4
-    if clauses:
-        statements.append(prefix + " OR ".join(clauses) + ")")
-    return statements
+def _like_clause(e164: str) -> str:
+    pattern = literal("%" + "%".join(national_digits(e164)))
+    return " OR ".join(f"{field} LIKE {pattern}" for field in PHONE_FIELDS)
+
+
+def _person_accounts_statement(select: str, keys: dict[str, None], emails: dict[str, None], phones: dict[str, None],
+                               like: bool) -> str:
+    person = [f"PersonEmail IN ({','.join(emails)})"] if emails else []
+    if phones and like:
+        person.append("(" + " OR ".join(phones) + ")")
+    elif phones:
+        person += [f"{field} IN ({','.join(phones)})" for field in PHONE_FIELDS]
+    where = f"{CUSTOMER_KEY} IN ({','.join(keys)})"
+    if person:
+        where += f" OR (IsPersonAccount = true AND ({' OR '.join(person)}))"
+    return f"SELECT {select} FROM Account WHERE {where}"
 
 
 def transactions_by_key(keys: Iterable[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Writes records with sObject Collections inside `/composite` requests, and reads every per-record result."""
+"""Writes records with sObject Collections inside `/composite` requests, full ones, and reads every per-record
+result; queries travel in the same requests, behind the writes they must see."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
     "create_accounts", "update_accounts", "transactions", "lines", "delete_lines")
 ORDER = (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
+# What the lookups of accounts and transactions do not read: these may still wait when one is sent.
+_UNREAD_BY_LOOKUPS = frozenset({LINES, DELETE_LINES})
+# Collections `write` keeps back: enough to fill a request whose queries leave four slots free.
+HOLD = MAX_COLLECTIONS - 1
 # Codes that mean "not now" rather than "no" (fact sheet §4).
 TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
                              "QUERY_TIMEOUT", "INSERT_UPDATE_DELETE_NOT_ALLOWED_DURING_MAINTENANCE"})
@@ -31,14 +36,15 @@ class Write:
     """One record to write (or, for deletes, one Id) and the sales that depend on it."""
 
     kind: str
-    record: dict[str, Any] | str
-    sale_keys: tuple[str, ...]
+    record: dict[str, Any] | str | None  # None once Salesforce has accepted it: a batch waiting to be settled
+    sale_keys: tuple[str, ...]           # holds outcomes only
     customer_key: str | None = None  # for account writes: whose account
     filled: tuple[str, ...] = ()  # for account updates: the empty fields enrichment fills
     error: str | None = None
     transient: bool = False  # the error says "try again" (a lock, a busy server), not "no"
     created: bool | None = None
     id: str | None = None
+    answered: bool = False  # Salesforce's last word on it is in
 
 
 @dataclass
@@ -47,9 +53,16 @@ class WriteStats:
 
 
 class Sink(Protocol):
+    """Where the engine's writes go, and its queries, which must see the writes queued before them."""
+
     stats: WriteStats
 
     def write(self, writes: list[Write]) -> None: ...
+
+    def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
+                *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]: ...
+
+    def flush(self) -> None: ...
 
 
 def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
@@ -63,45 +76,95 @@ def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
 
 
 class CompositeWriter:
-    """Packs collections five to a `/composite` request (the most one may carry) and records each result.
+    """Packs collections and queries five to a `/composite` request (the most one may carry) and records
+    each result.
+
+    Requests go out full. `write` sends five collections at a time and keeps the last few back, to travel
+    with what comes next: the next batch's lookup queries, or its writes. Subrequests run in order, so a
+    query is sent behind every queued write it may read: all account and transaction collections; lines
+    and stale-line deletes, which the lookups of accounts and transactions do not read, only `after_lines`,
+    and otherwise only as many as it takes to fill the request. A write is `answered` once its result is in.
 
     Records refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same
-    accounts, a busy server) are sent again, with what depends on them, after a growing pause; every
-    write is an upsert, update or delete by key, so sending it twice is harmless.
+    accounts, a busy server) are sent again, with what depends on them, after a growing pause and before
+    anything else; every write is an upsert, update or delete by key, so sending it twice is harmless.
     """
 
     def __init__(self, client: SalesforceClient, retries: int = 4, pause: float = 1.0) -> None:
         self._client = client
         self._retries = retries
         self._pause = pause
+        self._queued: list[tuple[str, list[Write]]] = []  # collections not sent yet, in order
         self.stats = WriteStats()
 
     def write(self, writes: list[Write]) -> None:
-        pending = writes
-        for attempt in range(self._retries + 1):
-            self._send(pending)
-            retry_sales = {key for w in pending if w.transient for key in w.sale_keys}
-            if not retry_sales or attempt == self._retries:
-                return
+        self._queued.extend(chunks(writes))
+        while len(self._queued) >= MAX_COLLECTIONS + HOLD:
+            self._send(self._take(MAX_COLLECTIONS), [])
+
+    def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
+                *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
+        """The answers, each statement followed to its last page. A refused statement fails the run, unless its
+        index is `optional`: then its answer is None."""
+        if not statements:
+            return []
+        if after_lines:
+            needed = len(self._queued)
+        else:
+            needed = max((i + 1 for i, (kind, _) in enumerate(self._queued) if kind not in _UNREAD_BY_LOOKUPS),
+                         default=0)
+        fill = -(needed + len(statements)) % MAX_COLLECTIONS
+        collections = self._take(needed + fill)
+        asked = [(i, soql, i in optional) for i, soql in enumerate(statements)]
+        answers: list[list[dict[str, Any]] | None] = []
+        while collections or asked:  # in each request the writes first, then the queries
+            group, collections = collections[:MAX_COLLECTIONS], collections[MAX_COLLECTIONS:]
+            room = MAX_COLLECTIONS - len(group)
+            answers += self._send(group, asked[:room])
+            asked = asked[room:]
+        return answers
+
+    def flush(self) -> None:
+        while self._queued:
+            self._send(self._take(MAX_COLLECTIONS), [])
+
+    def _take(self, count: int) -> list[tuple[str, list[Write]]]:
+        taken, self._queued = self._queued[:count], self._queued[count:]
+        return taken
+
+    def _send(self, collections: list[tuple[str, list[Write]]],
+              asked: list[tuple[int, str, bool]]) -> list[list[dict[str, Any]] | None]:
+        """One request; then what Salesforce refused for a passing reason, again, with the queries behind it
+        again so that they see it too."""
+        answers = self._exchange(collections, asked)
+        for attempt in range(self._retries):
+            retry_sales = {key for _, batch in collections for w in batch if w.transient for key in w.sale_keys}
+            if not retry_sales:
+                break
             # What failed among those sales goes again (lines refused for want of their transaction too).
-            pending = [w for w in pending if w.error and retry_sales.intersection(w.sale_keys)]
-            for write in pending:
+            again = [w for _, batch in collections for w in batch if w.error and retry_sales.intersection(w.sale_keys)]
+            for write in again:
                 write.error, write.transient = None, False
             delay = pause(attempt, base=self._pause)
-            log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(pending), delay)
+            log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(again), delay)
             time.sleep(delay)
+            collections = chunks(again)
+            answers = self._exchange(collections, asked)
+        return answers
 
-    def _send(self, writes: list[Write]) -> None:
-        pending = chunks(writes)
-        for start in range(0, len(pending), MAX_COLLECTIONS):
-            group = pending[start:start + MAX_COLLECTIONS]
+    def _exchange(self, collections: list[tuple[str, list[Write]]],
+                  asked: list[tuple[int, str, bool]]) -> list[list[dict[str, Any]] | None]:
+        if collections:
             self._client.ensure_allowance()
-            subrequests = [self._subrequest(kind, batch, f"{kind}_{start + i}") for i, (kind, batch) in enumerate(group)]
-            responses = {r.get("referenceId"): r for r in self._client.composite(subrequests)}
-            for i, (kind, batch) in enumerate(group):
-                self._read(responses.get(f"{kind}_{start + i}"), batch)
-                accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
-                self.stats.records[kind] = self.stats.records.get(kind, 0) + accepted
+        subrequests = [self._subrequest(kind, batch, f"{kind}_{i}") for i, (kind, batch) in enumerate(collections)]
+        reading = [self._client.query_request(soql, f"q{i}") for i, soql, _ in asked]
+        responses = {r.get("referenceId"): r for r in self._client.composite(subrequests + [r for r, _ in reading])}
+        for i, (kind, batch) in enumerate(collections):
+            self._read(responses.get(f"{kind}_{i}"), batch)
+            accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
+            self.stats.records[kind] = self.stats.records.get(kind, 0) + accepted
+        return [self._client.query_answer(responses.get(request["referenceId"]), sobject, optional)
+                for (request, sobject), (_, _, optional) in zip(reading, asked)]
 
     def _subrequest(self, kind: str, batch: list[Write], reference_id: str) -> dict[str, Any]:
         base = f"{self._client.data_path}/composite/sobjects"
@@ -120,6 +183,8 @@ class CompositeWriter:
 
     @staticmethod
     def _read(response: dict[str, Any] | None, batch: list[Write]) -> None:
+        for write in batch:
+            write.answered = True
         if response is None:
             for write in batch:
                 write.error = "NO_RESULT: Salesforce returned no result for this subrequest"
@@ -137,20 +202,32 @@ class CompositeWriter:
             if result.get("success"):
                 write.id = result.get("id")
                 write.created = result.get("created")
+                write.record = None
             else:
                 write.error = _errors(result.get("errors")) or "rejected without a reason"
                 write.transient = _transient(result.get("errors"))
 
 
 class RecordingSink:
-    """dry-run: the same writes, counted instead of sent; every one 'succeeds' (no error, no Id)."""
+    """dry-run: the same writes, counted instead of sent; every one 'succeeds' (no error, no Id). Queries go
+    straight to Salesforce: nothing was written before them."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: SalesforceClient) -> None:
+        self._client = client
         self.stats = WriteStats()
 
     def write(self, writes: list[Write]) -> None:
         for kind, batch in chunks(writes):
             self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+        for write in writes:
+            write.answered = True
+
+    def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
+                *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
+        return self._client.queries(statements, optional)
+
+    def flush(self) -> None:
+        pass
 
 
 def _codes(errors: Any) -> set[str]:
