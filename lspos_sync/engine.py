@@ -10,7 +10,7 @@ import logging
 import threading
 from contextlib import closing, nullcontext
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import closing
 from queue import Empty, Queue
 from dataclasses import dataclass, field, replace
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # plus accounts to create or stamp) in 22 or so collections, which the writer packs five to a /composite
 # request, filling the last one with the next batch's lookups.
 BATCH_SALES = 1000
+# Customer decisions kept for later batches: ten batches' worth of distinct customers.
+RESOLVED_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,10 @@ class Engine:
         self._categories: dict[int, Category] = {}
         self._record_type_id: str | None = None  # "" when the org has none
         self._like = True  # until Salesforce refuses a phone LIKE
-        self._resolved: dict[str, Resolution] = {}  # customer key -> decision, for the whole run
+        # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
+        # again if it comes back (by then it has its key), so memory stays flat over long windows.
+        # (never fewer than three batches' worth: the batch written and the one on its way use theirs)
+        self._resolved: _Recent[str, Resolution] = _Recent(max(RESOLVED_KEPT, 3 * BATCH_SALES))
         self._in_flight: deque[_Batch] = deque()
         self._progress: Callable[[datetime], None] | None = None
         # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
@@ -648,6 +653,24 @@ class Engine:
                 f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
                 "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
         return self._record_type_id
+
+
+class _Recent(OrderedDict):
+    """A dict that keeps the `size` entries set last; setting an entry makes it the newest."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
 
 
 def _prefetched(pages: Iterator[list[dict[str, Any]]], depth: int = 4) -> Iterator[list[dict[str, Any]]]:
