@@ -325,6 +325,8 @@ class Engine:
                summary: RunSummary, batch: _Batch) -> None:
         customers = {self._customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
         unresolved = {k: c for k, c in customers.items() if k not in self._resolved}
+        for key in customers.keys() - unresolved.keys():
+            self._resolved.move_to_end(key)  # this batch's decisions are the newest: the last to be forgotten
         sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
         # The transactions already in Salesforce are read before writing only where what is written depends on
         # them: sales written before (their stale lines), sales linked to no account (a hand link is kept), and

@@ -400,13 +400,19 @@ def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed,
 
 
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):
-    # Batches of 10 sales, and the run keeps only the last 30 customers' decisions (three batches' worth, the
-    # least it keeps): customers come back after theirs were dropped, and are found again, never created twice.
+    # Batches of 10 sales; the run keeps the last 30 customers' decisions (three batches' worth, the least it
+    # keeps). Each batch from the fourth brings back five customers of three batches before (kept, but the
+    # oldest) with five new ones, and later ones customers long forgotten: found again, never created twice.
     customers = [lightspeed.add_customer(f"R{i}", "Test", email=f"r{i}@example.com") for i in range(60)]
     salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Test",
                                   "PersonEmail": "r3@example.com"})  # one exists, unkeyed: matched by email
-    for i in range(180):
-        sell(lightspeed, boutique, customers[(i * 7) % 60])
+    blocks = [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    for new in range(30, 60, 5):
+        blocks.append(blocks[-3][:5] + list(range(new, new + 5)))
+    blocks += [list(range(0, 10)), list(range(25, 35))]  # long forgotten
+    order = [customer for block in blocks for customer in block]
+    for index in order:
+        sell(lightspeed, boutique, customers[index])
 
     result = cli("sync", "--json", constants={"engine.BATCH_SALES": 10, "engine.RESOLVED_KEPT": 5})
 
@@ -415,7 +421,7 @@ def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, ligh
     assert len(accounts) == 60 and len({a["LS_Customer_ID__c"] for a in accounts}) == 60
     by_customer = {a["LS_Customer_ID__c"]: a["Id"] for a in accounts}
     written = transactions(salesforce)
-    assert len(written) == 180
+    assert len(written) == len(order)
     assert {t["Match_Status__c"] for t in written.values()} == {"Created", "Email", "Linked"}  # Linked: found again
-    for i in range(180):
-        assert written[f"182255-{i + 1}"]["Account__c"] == by_customer[f"182255-{customers[(i * 7) % 60]}"]
+    for sale_id, index in enumerate(order, start=1):
+        assert written[f"182255-{sale_id}"]["Account__c"] == by_customer[f"182255-{customers[index]}"]
