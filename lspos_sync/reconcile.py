@@ -31,6 +31,7 @@ from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.state import StateStore, iso
 
 if TYPE_CHECKING:
+    from lspos_sync.run import Report
     from lspos_sync.output import Output
 
 MAX_GROUPS = 2000  # rows one aggregate query may answer: GROUP BY results cannot be paged
@@ -68,21 +69,24 @@ class DayFigures:
 
 def reconcile(settings: Settings, output: "Output", since: datetime, until: datetime,
               account: str | None = None) -> int:
-    """Compares the window; 0 when both systems agree on every shop, day and sale, 3 when they differ."""
-    from lspos_sync import fieldmap
+    """Compares the window, for the account given or each configured one; 0 when both systems agree on every
+    shop, day and sale, 3 when they differ."""
+    from lspos_sync.run import each_account
 
-    settings.require_lightspeed()
-    settings.require_salesforce()
-    if settings.several_accounts and not account:
-        raise ConfigError(f"reconcile compares one account at a time: add --account (one of "
-                          f"{', '.join(settings.account_ids)})")
-    settings = settings.for_account(account or settings.account_id)
+    window = Window(_whole_second(since), _whole_second(until))
+    return each_account("reconcile", settings, output, account, lambda one: _reconcile(one, output, window),
+                        locking=False)
+
+
+def _reconcile(settings: Settings, output: "Output", window: Window) -> "Report":
+    from lspos_sync import fieldmap
+    from lspos_sync.run import Report
+
     names = fieldmap.for_settings(settings)
     switched_off = [f for f in _NEEDED if not names.is_on(mapping.TRANSACTION, f)]
     if switched_off:
         raise ConfigError(f"reconcile needs {', '.join(switched_off)} on {mapping.TRANSACTION}, which the mapping "
                           "file switches off")
-    window = Window(_whole_second(since), _whole_second(until))
     with StateStore(settings.state_path) as store, httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)) as http:
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token,
@@ -95,8 +99,7 @@ def reconcile(settings: Settings, output: "Output", since: datetime, until: date
         held, salesforce_days = salesforce_sales(salesforce, settings.account_id, window, len(shops))
     data = compare(settings.account_id, window, expected, unreadable, held, salesforce_days)
     data.update({"salesforce_api_calls": salesforce.api_calls, "lightspeed_requests": lightspeed.requests})
-    output.result(data, _report(data, output))
-    return data["exit_code"]
+    return Report(data, _report(data, output), data["exit_code"])
 
 
 # -- Lightspeed: what the sync would have written

@@ -130,11 +130,11 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
 
 def each_account(command: str, settings: Settings, output: "Output", account: str | None,
-                 one: Callable[[Settings], Report | None]) -> int:
+                 one: Callable[[Settings], Report | None], locking: bool = True) -> int:
     """Runs `one` for the account given, or for every configured account in turn, and prints the result.
 
     With one account (LIGHTSPEED_ACCOUNT_ID) the report is that account's, and a failure is the command's.
-    With LIGHTSPEED_ACCOUNTS, a writing command first takes every chosen account's lock (another run holding
+    With LIGHTSPEED_ACCOUNTS, a writing command (`locking`) first takes every chosen account's lock (another run holding
     one: exit 4 at once, nothing done); then each account runs even when another failed, and the report
     lists them: the exit code is 1 if any failed, else 2 if any was misconfigured, else 3 if any had
     rejected records, else 0."""
@@ -148,7 +148,7 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
         output.result(report.data, report.lines)
         return report.exit_code
     with StateStore(settings.state_path) as locks:
-        if command != "dry-run":
+        if locking and command != "dry-run":
             for account_settings in chosen:
                 locks.acquire_lock(account_settings.account_id)
         reports = [report for account_settings in chosen

@@ -177,3 +177,16 @@ def test_checkpoint_takes_the_account_before_or_after_its_subcommand(cli, severa
     assert [a["account_id"] for a in before.json["accounts"]] == [SECOND]
     assert list(after.json["checkpoints"]) == [SECOND]
     assert after.json["checkpoints"][SECOND]["cursor"] == "2026-01-01T00:00:00+00:00"
+
+
+def test_reconcile_reports_each_account(cli, lightspeed, salesforce, boutique, second, several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+    assert cli("sync", "--account", "182255", env=several).code == 0  # the second account not synced yet
+
+    result = cli("reconcile", "--from", "2026-01-01", "--to", "2027-01-01", "--json", env=several)
+
+    assert result.code == 3
+    first, other = result.json["accounts"]
+    assert (first["account_id"], first["exit_code"]) == ("182255", 0)
+    assert (other["account_id"], other["exit_code"]) == (SECOND, 3) and [s["sale_key"] for s in other["missing"]] == [f"{SECOND}-1"]
