@@ -380,7 +380,8 @@ class Engine:
             else:
                 record["Account__c"] = resolution.account_id
             if resolution.status == AMBIGUOUS:
-                summary.ambiguous.append({"sale_key": sale_key, "sale_id": sale.sale_id, "reason": resolution.reason,
+                summary.ambiguous.append({"sale_key": sale_key, "sale_id": sale.sale_id,
+                                          "reason": self.field_map.in_org_names(resolution.reason),
                                           "candidates": list(resolution.candidates)})
             writes.append(Write(TRANSACTIONS, record, (sale_key,)))
             writes.extend(Write(LINES, {"attributes": {"type": mapping.LINE}, **line}, (sale_key,)) for line in lines)
@@ -601,7 +602,8 @@ class Engine:
               reason: str, action: str) -> SalePlan:
         added = {a.name: transaction.get(a.name) for a in self.field_map.additions.get(mapping.TRANSACTION, ())}
         return SalePlan(sale.sale_id, transaction[mapping.SALE_KEY], sale.ticket_number, transaction["Status__c"],
-                        transaction["Total__c"], len(lines), match, account_id, reason, action, added=added or None)
+                        transaction["Total__c"], len(lines), match, account_id, self.field_map.in_org_names(reason),
+                        action, added=added or None)
 
     # -- Salesforce reads
     def _look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:

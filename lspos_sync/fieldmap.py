@@ -178,6 +178,13 @@ class FieldMap:
             parts[i] = _IDENTIFIER.sub(lambda m: names.get(m.group(0), m.group(0)), parts[i])
         return "".join(parts), obj
 
+    def in_org_names(self, text: str) -> str:
+        """A sentence of ours naming Account fields (a match reason), with the org's names for renamed ones."""
+        if self.identity:
+            return text
+        names = self._names[ACCOUNT]
+        return _IDENTIFIER.sub(lambda m: names.get(m.group(0), m.group(0)), text)
+
     def object_of(self, target: str) -> str:
         return self._reverse_objects.get(target.lower(), target)
 

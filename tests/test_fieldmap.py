@@ -260,3 +260,12 @@ def test_outgoing_records_rename_relationship_references_and_drop_switched_off_f
 
     assert line == {"attributes": {"type": "Sales_Line_Item__c"}, "LS_Sale_Line_ID__c": "1-2",
                     "POS_Sale__r": {"POS_Sale_ID__c": "1-1"}, "Quantity__c": 1.0}
+
+
+def test_match_reasons_name_the_org_fields():
+    names = fieldmap.FieldMap(renames={("Account", "PersonEmail"): "Client_Email__c",
+                                       ("Account", "LS_Customer_ID__c"): "POS_Client_ID__c"})
+
+    assert names.in_org_names("2 accounts have PersonEmail ana@example.com") == \
+        "2 accounts have Client_Email__c ana@example.com"
+    assert names.in_org_names("LS_Customer_ID__c = 182255-7") == "POS_Client_ID__c = 182255-7"
