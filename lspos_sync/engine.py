@@ -307,7 +307,7 @@ class Engine:
                     mapping.LINE, {**sources, "line": payload, "item": payload.get("Item")}))
 
     def _customer_payload(self, sale: Sale) -> dict[str, Any] | None:
-        loaded = RawSale.of(self._payloads.get(sale.sale_id, {})).customer
+        loaded = RawSale.customer_of(self._payloads.get(sale.sale_id, {}))
         if loaded is not None:
             return loaded
         return self._raw_customers.get(sale.customer_id) if sale.customer_id is not None else None

@@ -175,15 +175,14 @@ class FieldMap:
         names = {**self._names[obj], obj: self.obj(obj)}
         parts = _LITERAL.split(statement)
         for i in range(0, len(parts), 2):  # even parts are outside literals
-            parts[i] = _IDENTIFIER.sub(lambda m: names.get(m.group(0), m.group(0)), parts[i])
+            parts[i] = _renamed(parts[i], names)
         return "".join(parts), obj
 
     def in_org_names(self, text: str) -> str:
         """A sentence of ours naming Account fields (a match reason), with the org's names for renamed ones."""
         if self.identity:
             return text
-        names = self._names[ACCOUNT]
-        return _IDENTIFIER.sub(lambda m: names.get(m.group(0), m.group(0)), text)
+        return _renamed(text, self._names[ACCOUNT])
 
     def object_of(self, target: str) -> str:
         return self._reverse_objects.get(target.lower(), target)
@@ -431,6 +430,11 @@ def _addition(obj: str, name: str, value: dict, where: str, problems: list[str])
     else:
         return Addition(name, source, kind)
     return None
+
+
+def _renamed(text: str, names: dict[str, str]) -> str:
+    """`text` with each identifier that `names` knows replaced by its value."""
+    return _IDENTIFIER.sub(lambda m: names.get(m.group(0), m.group(0)), text)
 
 
 def _relationship(field_name: str) -> str:

@@ -126,7 +126,7 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
                             min(until or now, now))
             return _execute("dry-run", settings, output, store, window, limit=limit)
 
-    return each_account("dry-run", settings, output, account, one)
+    return each_account("dry-run", settings, output, account, one, locking=False)
 
 
 def each_account(command: str, settings: Settings, output: "Output", account: str | None,
@@ -148,7 +148,7 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
         output.result(report.data, report.lines)
         return report.exit_code
     with StateStore(settings.state_path) as locks:
-        if locking and command != "dry-run":
+        if locking:
             for account_settings in chosen:
                 locks.acquire_lock(account_settings.account_id)
         reports = [report for account_settings in chosen

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -192,22 +192,19 @@ class StateStore:
                 del _HELD[path]
         self._locks = []
 
-    @contextmanager
-    def rollup_lock(self) -> Iterator[None]:
+    def rollup_lock(self) -> AbstractContextManager[None]:
         """Serialises roll-ups across processes: two Lightspeed accounts' runs may share a Person Account, and
         each must read the aggregates after the other's write."""
-        fd = os.open(f"{self.path}.rollup-lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        return self._waiting_lock("rollup-lock")
+
+    def token_lock(self) -> AbstractContextManager[None]:
+        """Serialises token refreshes across processes: two refreshes of one token break the chain."""
+        return self._waiting_lock("token-lock")
 
     @contextmanager
-    def token_lock(self) -> Iterator[None]:
-        """Serialises token refreshes across processes: two refreshes of one token break the chain."""
-        fd = os.open(f"{self.path}.token-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    def _waiting_lock(self, suffix: str) -> Iterator[None]:
+        """An flock on `<state>.<suffix>`, waited for (unlike the run lock, which is refused at once)."""
+        fd = os.open(f"{self.path}.{suffix}", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

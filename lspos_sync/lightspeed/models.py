@@ -283,8 +283,13 @@ class RawSale:
         for line in one_or_many(payload.get("SaleLines"), "SaleLine"):
             if isinstance(line, dict) and str(line.get("saleLineID", "")).strip().isdigit():
                 lines[int(str(line["saleLineID"]).strip())] = line
+        return cls(payload, cls.customer_of(payload), payments[0] if payments else None, lines)
+
+    @staticmethod
+    def customer_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The Customer loaded with the sale ("" or absent when there is none)."""
         customer = payload.get("Customer")
-        return cls(payload, customer if isinstance(customer, dict) else None, payments[0] if payments else None, lines)
+        return customer if isinstance(customer, dict) else None
 
 
 def parse_sale(payload: dict[str, Any]) -> Sale:
