@@ -36,11 +36,23 @@ def normalise_phone(number: str | None, region: str) -> str | None:
         return None
     if not phonenumbers.is_possible_number(parsed):
         return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if len(_NATIONAL) >= 4096:
+        _NATIONAL.clear()
+    _NATIONAL[e164] = str(parsed.national_number)
+    return e164
+
+
+# E.164 -> its national significant number, as `normalise_phone` parsed it lately (the lookups built right after
+# ask for it: no second parse). Emptied when it reaches the size of that function's cache.
+_NATIONAL: dict[str, str] = {}
 
 
 def national_digits(e164: str) -> str:
     """The national significant number of an E.164 number: the digits any stored format must contain."""
+    known = _NATIONAL.get(e164)
+    if known is not None:
+        return known
     import phonenumbers
 
     return str(phonenumbers.parse(e164).national_number)

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict, deque
 from contextlib import closing
 from queue import Empty, Queue
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
@@ -47,7 +47,7 @@ class Window:
     until: datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class SalePlan:
     """What happened (or, in dry-run, would happen) to one sale: the line an admin reads."""
 
@@ -65,7 +65,7 @@ class SalePlan:
     added: dict[str, Any] | None = None  # the transaction's fields added by the mapping file, by org name
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass
@@ -357,8 +357,9 @@ class Engine:
             writes.extend(self._account_writes(customer_key, customers[customer_key], customer_sales, built))
             # The run remembers the decision, not the account as found (memory stays flat over long windows),
             # and that its account write is on its way: a later batch links to it and writes it no more.
-            self._resolved[customer_key] = replace(self._resolved[customer_key], account=None, create=False,
-                                                   stamp_key=False)
+            decided = self._resolved[customer_key]
+            self._resolved[customer_key] = Resolution(decided.status, decided.account_id, decided.reason,
+                                                      candidates=decided.candidates)
         for sale in sales:
             transaction, lines, digest = built[sale.sale_id]
             sale_key = transaction[mapping.SALE_KEY]
@@ -369,8 +370,7 @@ class Engine:
                 resolution = resolve(None, None, candidates, self.region)
             else:
                 resolution = Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
-            record = {"attributes": {"type": mapping.TRANSACTION}, **transaction,
-                      "Match_Status__c": resolution.status}
+            record = {"attributes": _TRANSACTION_TYPE, **transaction, "Match_Status__c": resolution.status}
             linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
             if resolution.status == CREATED and resolution.account_id is None:
                 record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
@@ -383,9 +383,12 @@ class Engine:
                 summary.ambiguous.append({"sale_key": sale_key, "sale_id": sale.sale_id,
                                           "reason": self.field_map.in_org_names(resolution.reason),
                                           "candidates": list(resolution.candidates)})
-            writes.append(Write(TRANSACTIONS, record, (sale_key,)))
-            writes.extend(Write(LINES, {"attributes": {"type": mapping.LINE}, **line}, (sale_key,)) for line in lines)
-            writes.extend(Write(DELETE_LINES, line_id, (sale_key,)) for line_id in stale.get(sale_key, ()))
+            keys = (sale_key,)
+            writes.append(Write(TRANSACTIONS, record, keys))
+            for line in lines:  # hashed already: the record itself goes, typed
+                line["attributes"] = _LINE_TYPE
+                writes.append(Write(LINES, line, keys))
+            writes.extend(Write(DELETE_LINES, line_id, keys) for line_id in stale.get(sale_key, ()))
             action = "update" if sale_key in existing else "create"
             batch.plans[sale_key] = self._plan(sale, transaction, lines, resolution.status, resolution.account_id,
                                                resolution.reason, action)
@@ -675,6 +678,11 @@ class _Recent(OrderedDict):
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
+
+
+# The `attributes` of every transaction and line record (the writer copies them where a mapping renames the object).
+_TRANSACTION_TYPE = {"type": mapping.TRANSACTION}
+_LINE_TYPE = {"type": mapping.LINE}
 
 
 def _prefetched(pages: Iterator[list[dict[str, Any]]], depth: int = 4) -> Iterator[list[dict[str, Any]]]:

@@ -44,13 +44,26 @@ def key(account_id: str, record_id: int | str) -> str:
 
 def money(value: Decimal) -> float:
     """Round half-up (ties away from zero) to 2 decimals, at the Salesforce boundary only."""
-    return float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
+    rounded = _MONEY.get(value)
+    if rounded is None:
+        rounded = float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
+        if len(_MONEY) >= 4096:
+            _MONEY.clear()
+        _MONEY[value] = rounded
+    return rounded
+
+
+# A till's amounts repeat (its prices, their taxes, "0"): each rounded once, the last 4,096 or so remembered.
+_MONEY: dict[Decimal, float] = {}
 
 
 def salesforce_datetime(moment: datetime | None) -> str | None:
+    """`2026-03-01T14:05:09Z`: UTC, whole seconds."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def clean_text(value: str | None, field: str) -> str | None:
@@ -104,12 +117,13 @@ def transaction_record(sale: Sale, account_id: str, shops: dict[int, Shop]) -> d
 def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -> list[dict[str, Any]]:
     """One Sales_Line_Item__c per SaleLine, each pointing at its transaction by external ID."""
     records = []
+    sale_key = key(account_id, sale.sale_id)
     for line in sale.lines:
         item = line.item
         category = categories.get(item.category_id) if item and item.category_id is not None else None
         records.append({
             LINE_KEY: key(account_id, line.sale_line_id),
-            "Sales_Transaction__r": {SALE_KEY: key(account_id, sale.sale_id)},
+            "Sales_Transaction__r": {SALE_KEY: sale_key},
             "SKU__c": clean_text((item.custom_sku.strip() or item.system_sku) if item else None, "SKU__c"),
             "Product_Name__c": clean_text(item.description if item else None, "Product_Name__c"),
             "Category__c": clean_text(category.name if category else None, "Category__c"),

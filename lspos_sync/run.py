@@ -212,8 +212,6 @@ def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
              progress: Callable[[datetime], None] | None = None, limit: int | None = None,
              retry: list[int] | None = None) -> Report:
-    # Everything imported so far lives for the whole run: out of the garbage collector's way.
-    gc.freeze()
     dry_run = command == "dry-run"
     names = fieldmap.for_settings(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
@@ -229,10 +227,16 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                                       field_map=names)
         sink = RecordingSink(salesforce) if dry_run else CompositeWriter(salesforce)
         spinner = stack.enter_context(_Progress(output, command))
+        collector = stack.enter_context(_Collector())
+
+        def batch_done(sales: int) -> None:
+            spinner.advance(sales)
+            collector.after_batch()
+
         engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
-                        field_map=names, roll_up=settings.rollups, on_batch=spinner.advance)
+                        field_map=names, roll_up=settings.rollups, on_batch=batch_done)
         try:
             if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
                 fieldmap.check_org(settings, names, salesforce.describe)
@@ -256,6 +260,34 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     if run_id is not None:
         store.finish_run(run_id, data["outcome"], summary.exit_code, data)
     return Report(data, _report(summary, data, output), summary.exit_code)
+
+
+class _Collector:
+    """The cyclic garbage collector, run every `EVERY` batches instead of whenever allocations trigger it.
+
+    A batch's sales, records and writes are hundreds of thousands of objects that live until the batch is
+    written, and a collector triggered by allocations walked them again and again: 0.4 of the 2.6 CPU seconds
+    of a 10,000-sale sync. Almost nothing a run makes is cyclic: httpx's request and response objects, about
+    60 small ones a Lightspeed request (the client keeps the 600 KB pages out of them), so one collection every
+    ten batches, about 100 requests, keeps that garbage under a megabyte. Everything imported before the run
+    lives as long as it does: frozen, out of every collection's way."""
+
+    EVERY = 10
+
+    def __enter__(self) -> "_Collector":
+        gc.freeze()
+        self._was_enabled, self._batches = gc.isenabled(), 0
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+    def after_batch(self) -> None:
+        self._batches += 1
+        if self._batches % self.EVERY == 0:
+            gc.collect()
 
 
 def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:

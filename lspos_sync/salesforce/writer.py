@@ -31,7 +31,7 @@ _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANS
 _OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
 
 
-@dataclass
+@dataclass(slots=True)  # a run holds one per record of a batch on its way
 class Write:
     """One record to write (or, for deletes, one Id) and the sales that depend on it."""
 
