@@ -71,7 +71,7 @@ def main() -> int:
         shops, categories = lightspeed.shops(), lightspeed.categories()
         for page in lightspeed.sales(settings.sync_start, until):
             for payload in page:
-                sale = Sale.model_validate(payload)
+                sale = payload if isinstance(payload, Sale) else Sale.of(payload)
                 if not sale.completed:
                     continue
                 transaction = {"attributes": {"type": mapping.TRANSACTION},

@@ -16,7 +16,7 @@ from collections import Counter
 # an import, and the engine's own lines are what is left).
 PHASES = (
     ("imports", re.compile(r"^_find_and_load ")),
-    ("Lightspeed: pydantic validation", re.compile(r"model_validate |lightspeed/models\.py")),
+    ("Lightspeed: validation", re.compile(r"model_validate |lightspeed/models\.py|sale_page ")),
     ("customer matching", re.compile(r"lspos_sync/customers\.py")),
     ("Salesforce lookups: build SOQL", re.compile(r"salesforce/queries\.py")),
     ("Salesforce writes: HTTP + JSON encode", re.compile(r"^CompositeWriter\.")),

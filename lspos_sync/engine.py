@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
-from pydantic import ValidationError
 
 from lspos_sync import mapping, rollups
 from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, claim_accounts,
@@ -25,7 +24,7 @@ from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolut
 from lspos_sync.errors import RunFailed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Category, Customer, RawSale, Sale, Shop
+from lspos_sync.lightspeed.models import Category, Customer, InvalidPayload, RawSale, Sale, Shop
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.writer import (CREATE_ACCOUNTS, DELETE_LINES, LINES, UPDATE_ACCOUNTS, TRANSACTIONS,
                                           Sink, Write)
@@ -163,7 +162,7 @@ class Engine:
             self._process_ids(self.lightspeed.voided_sale_ids(window.since, window.until), summary)
         # Parked sales and voids are written and settled before the pages: met again there, they are unchanged.
         self._drain(summary)
-        with closing(_prefetched(self.lightspeed.sales(window.since, window.until))) as pages:
+        with closing(_prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw))) as pages:
             self._read_window(pages, window, summary, progress, limit)
         self._drain(summary)
         self._roll_up(summary)
@@ -212,21 +211,24 @@ class Engine:
 
     def _process_ids(self, sale_ids: list[int], summary: RunSummary) -> None:
         """Given sales, read afresh from Lightspeed whatever their time, and written like any other."""
-        for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids), summary, None)):
+        for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids, raw=self.field_map.needs_raw), summary, None)):
             self._process(batch, summary)
 
     # -- reading
-    def _parse(self, pages: Iterable[list[dict[str, Any]]], summary: RunSummary,
+    def _parse(self, pages: Iterable[list[Sale | dict[str, Any]]], summary: RunSummary,
                window: Window | None) -> Iterator[Sale]:
         """Validated, completed sales in the window; a sale Lightspeed sent malformed is parked, not fatal."""
         for page in pages:
             for payload in page:
                 summary.sales_read += 1
-                try:
-                    sale = Sale.model_validate(payload)
-                except ValidationError as error:
-                    self._park_unreadable(payload, error, summary)
-                    continue
+                if payload.__class__ is Sale:
+                    sale = payload
+                else:  # a page with a sale that does not read, or a mapping that reads the payloads
+                    try:
+                        sale = Sale.of(payload)
+                    except InvalidPayload as error:
+                        self._park_unreadable(payload, error, summary)
+                        continue
                 if not sale.completed:
                     summary.skipped_open += 1  # written once it completes: completion moves its update time
                     continue
@@ -237,12 +239,10 @@ class Engine:
                     self._payloads[sale.sale_id] = payload
                 yield sale
 
-    def _park_unreadable(self, payload: dict[str, Any], error: ValidationError, summary: RunSummary) -> None:
-        problem = error.errors()[0]
-        where = ".".join(str(p) for p in problem.get("loc", ()))
-        reason = f"INVALID_LIGHTSPEED_DATA: {where}: {problem.get('msg', 'invalid')}"
+    def _park_unreadable(self, payload: dict[str, Any], error: InvalidPayload, summary: RunSummary) -> None:
+        reason = f"INVALID_LIGHTSPEED_DATA: {error.where or 'sale'}: {error.problem}"
         try:
-            sale_id = int(str(payload.get("saleID")))
+            sale_id = int(str(payload.get("saleID") if isinstance(payload, dict) else None))
         except ValueError:
             log.warning("skipped a Lightspeed sale without a usable saleID: %s", reason)
             return
@@ -320,7 +320,7 @@ class Engine:
         if not missing:
             return sales
         found = self.lightspeed.customers_by_id(missing, self._raw_customers if self.field_map.needs_raw else None)
-        return [s.model_copy(update={"customer": found[s.customer_id]}) if s.customer is None and s.customer_id in found
+        return [s.with_customer(found[s.customer_id]) if s.customer is None and s.customer_id in found
                 else s for s in sales]
 
     def _write(self, sales: list[Sale], built: dict[int, tuple], known: dict[str, tuple[str, str]],

@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import ValidationError
 
 from lspos_sync import mapping
 from lspos_sync.config import Settings
@@ -25,7 +24,7 @@ from lspos_sync.engine import Window
 from lspos_sync.errors import ConfigError
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Sale, Shop
+from lspos_sync.lightspeed.models import InvalidPayload, Sale, Shop
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.state import StateStore, iso
@@ -113,11 +112,9 @@ def lightspeed_sales(lightspeed: LightspeedClient, account_id: str, window: Wind
     for page in lightspeed.sales_completed_between(window.since, window.until):
         for payload in page:
             try:
-                sale = Sale.model_validate(payload)
-            except ValidationError as error:
-                problem = error.errors()[0]
-                where = ".".join(str(p) for p in problem.get("loc", ()))
-                unreadable.append({"sale_id": payload.get("saleID"), "reason": f"{where}: {problem.get('msg')}"})
+                sale = Sale.of(payload)
+            except InvalidPayload as error:
+                unreadable.append({"sale_id": payload.get("saleID"), "reason": str(error)})
                 continue
             moment = sale.complete_time
             if not sale.completed or moment is None or not window.since <= moment < window.until:

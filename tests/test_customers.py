@@ -9,7 +9,7 @@ from lspos_sync.lightspeed.models import Customer
 def customer(email=None, phones=()):
     contact = {"Emails": {"ContactEmail": {"address": email, "useType": "Primary"}} if email else "",
                "Phones": {"ContactPhone": [{"number": n, "useType": t} for t, n in phones]} if phones else ""}
-    return Customer.model_validate({"customerID": "7", "firstName": "Ana", "lastName": "Lima", "Contact": contact})
+    return Customer.of({"customerID": "7", "firstName": "Ana", "lastName": "Lima", "Contact": contact})
 
 
 def account(id_, key=None, email=None, phones=()):
@@ -38,7 +38,7 @@ def decide(cust, *accounts):
     (customer("ana@x.com"), [account("A7", key="182255-99", email="ana@x.com"),
                              account("A8", email="ana@x.com")], "Ambiguous", None),
     # only the Primary address counts
-    (Customer.model_validate({"customerID": "7", "lastName": "L", "Contact": {"Emails": {"ContactEmail": {
+    (Customer.of({"customerID": "7", "lastName": "L", "Contact": {"Emails": {"ContactEmail": {
         "address": "ana@x.com", "useType": "Secondary"}}}}), [account("A2", email="ana@x.com")], "Created", None),
 ])
 def test_matching_order_and_ambiguity(cust, accounts, status, account_id):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import one_or_many
+from lspos_sync.lightspeed.models import Sale, one_or_many
 
 
 class _Auth:
@@ -35,7 +35,10 @@ def _client(body: bytes) -> LightspeedClient:
 ], ids=["utf-8", "byte order mark", "lone surrogate escape"])
 def test_pages_read_as_the_standard_library_reads_them(body):
     since = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert list(_client(body).sales(since, since)) == [one_or_many(json.loads(body), "Sale")]
+    rows = one_or_many(json.loads(body), "Sale")
+    assert list(_client(body).sales(since, since, raw=True)) == [rows]
+    assert [[row if isinstance(row, Sale) else Sale.of(row) for row in page]
+            for page in _client(body).sales(since, since)] == [[Sale.of(row) for row in rows]]
 
 
 def test_a_page_read_leaves_no_reference_cycle_holding_its_body():

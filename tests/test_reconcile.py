@@ -158,7 +158,7 @@ def test_sale_lightspeed_sends_unreadable_is_listed_and_exits_3(cli, lightspeed,
     data = _reconcile(cli, DAY1, TODAY, "--json").json
 
     assert data["exit_code"] == 3
-    assert data["unreadable"] == [{"sale_id": str(week["c"]), "reason": "calcTotal: Value error, not a number: '12,50'"}]
+    assert data["unreadable"] == [{"sale_id": str(week["c"]), "reason": "calcTotal: Invalid decimal string: '12,50'"}]
     assert data["extra"] == [{"sale_key": f"{ACCOUNT}-{week['c']}", "shop": "Rue Saint-Honoré", "day": _day(DAY2),
                               "total": 120.0, "status": "Completed"}]
 

@@ -8,19 +8,22 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, TypeVar
+from functools import partial
+from typing import Any, Callable, Iterator, TypeVar, Union
 
 import httpx
-from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.models import Category, Customer, Shop, one_or_many
+from lspos_sync.lightspeed.models import (Category, Customer, InvalidPayload, LightspeedModel, Sale, Shop, one_or_many,
+                                          sale_page)
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=LightspeedModel)
+R = TypeVar("R")
+Row = Union[Sale, dict[str, Any]]  # a sale read straight from the page, or its payload for the engine to read
 
 SALE_RELATIONS = ["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType",
                   "Customer", "Customer.Contact"]
@@ -95,8 +98,9 @@ class LightspeedClient:
         self._one_at_a_time = threading.Lock()
 
     # -- reading
-    def sales(self, since: datetime, until: datetime) -> Iterator[list[dict[str, Any]]]:
-        """Pages of completed sales whose last update lies in [since, until], oldest change first.
+    def sales(self, since: datetime, until: datetime, raw: bool = False) -> Iterator[list[Row]]:
+        """Pages of completed sales whose last update lies in [since, until], oldest change first: each sale
+        read as a `Sale`, or, in a page where one does not read, and with `raw`, as its payload.
 
         Filtering and sorting on `updatetime` is what sees edits and voids after completion (fact sheet §9).
         Should the API refuse that filter, `timeStamp` is the documented fallback, with a warning.
@@ -105,19 +109,19 @@ class LightspeedClient:
         params = {self.time_field: window, "sort": self.time_field, "completed": "true",
                   "limit": str(PAGE_SIZE), "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
         try:
-            yield from self._pages("Sale.json", params, "Sale")
+            yield from self._pages("Sale.json", params, "Sale", typed=not raw)
         except _Refused as refused:
             if self.time_field != "updatetime":
                 raise RunFailed(f"Lightspeed refused the Sale query: {refused}") from None
             log.warning("Lightspeed refused filtering on updatetime (%s); falling back to timeStamp, "
                         "which may not move when a completed sale is edited", refused)
             self.time_field = "timeStamp"
-            yield from self.sales(since, until)
+            yield from self.sales(since, until, raw)
 
-    def sales_by_id(self, sale_ids: list[int]) -> Iterator[list[dict[str, Any]]]:
-        """The given sales, whatever their time (parked sales, voided ones)."""
+    def sales_by_id(self, sale_ids: list[int], raw: bool = False) -> Iterator[list[Row]]:
+        """The given sales, whatever their time (parked sales, voided ones), as `sales` gives them."""
         relations = json.dumps(SALE_RELATIONS, separators=(",", ":"))
-        return self._by_id("Sale", "saleID", sale_ids, {"load_relations": relations})
+        return self._by_id("Sale", "saleID", sale_ids, {"load_relations": relations}, typed=not raw)
 
     def voided_sale_ids(self, since: datetime, until: datetime) -> list[int]:
         """Sales voided in the window, from the SaleVoid feed: the authoritative record of voids (§9), in case
@@ -139,11 +143,12 @@ class LightspeedClient:
                             {"archived": "true", "load_relations": json.dumps(["Contact"])})
         return {c.customer_id: c for page in pages for c in _valid(Customer, _kept(page, "customerID", raw))}
 
-    def _by_id(self, resource: str, id_field: str, ids: list[int], params: dict[str, str]) -> Iterator[list[dict]]:
+    def _by_id(self, resource: str, id_field: str, ids: list[int], params: dict[str, str],
+               typed: bool = False) -> Iterator[list[Any]]:
         for start in range(0, len(ids), 100):  # IN takes at most 100 values (fact sheet §2)
             chunk = ",".join(str(i) for i in ids[start:start + 100])
             yield from self._pages(f"{resource}.json", {id_field: f"IN,[{chunk}]", "limit": str(PAGE_SIZE), **params},
-                                   resource)
+                                   resource, typed)
 
     # Archived shops and categories still name the sales made in them: `archived=true` returns both (§2).
     def shops(self, raw: dict[int, dict] | None = None) -> dict[int, Shop]:
@@ -164,28 +169,29 @@ class LightspeedClient:
                   "limit": str(PAGE_SIZE)}
         yield from self._pages("Sale.json", params, "Sale")
 
-    def _pages(self, resource: str, params: dict[str, str], key: str) -> Iterator[list[dict[str, Any]]]:
-        """Follows `@attributes.next` exactly as given until it is empty (fact sheet §3)."""
+    def _pages(self, resource: str, params: dict[str, str], key: str, typed: bool = False) -> Iterator[list[Any]]:
+        """Follows `@attributes.next` exactly as given until it is empty (fact sheet §3). The rows of each page as
+        dicts; with `typed` (Sale pages), as Sales, unless one of them does not read."""
         url: str | None = f"{self._base}/{resource}"
         query: dict[str, str] | None = params
         seen: set[str] = set()
         while url:
-            body = self._get(url, query)
-            yield one_or_many(body, key)
-            next_url = (body.get("@attributes") or {}).get("next") or ""
+            rows, next_url = self._get(url, query, partial(_page, key=key, typed=typed, path=_path(url)))
+            yield rows
             if next_url in seen:
                 raise RunFailed(f"Lightspeed returned the same next page twice for {resource}; stopping")
             seen.add(next_url)
             url, query = next_url or None, None
 
     # -- one request, paced and retried
-    def _get(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+    def _get(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
         # One request at a time, whichever thread asks (the page reader, or the engine fetching customers),
         # so the bucket is paced from one view of it.
         with self._one_at_a_time:
-            return self._get_paced(url, params)
+            return self._get_paced(url, params, read)
 
-    def _get_paced(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+    def _get_paced(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
+        """`read(body)` of the first good answer; a body it cannot read (ValueError) is asked for again."""
         refreshed = False
         for attempt in range(_ATTEMPTS):
             wait = self.bucket.wait_before_next(time.monotonic())
@@ -207,13 +213,10 @@ class LightspeedClient:
             status = response.status_code
             if status == 200:
                 try:
-                    body = _decoded(content)
+                    return read(content)
                 except ValueError:
                     self._backoff(attempt, f"unreadable JSON from {_path(url)}")
                     continue
-                if not isinstance(body, dict):
-                    raise RunFailed(f"Lightspeed answered {_path(url)} with something other than an object")
-                return body
             if status == 401 and not refreshed:
                 self._auth.refresh(rejected=token)
                 refreshed = True
@@ -255,6 +258,17 @@ def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None
     return rows
 
 
+def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], str]:
+    """A list page's rows and its `next` link: Sales read straight from the JSON when `typed` and every one of them
+    reads, else the rows as dicts (ValueError when the body is not JSON)."""
+    if typed and (page := sale_page(content)) is not None:
+        return page
+    body = _decoded(content)
+    if not isinstance(body, dict):
+        raise RunFailed(f"Lightspeed answered {path} with something other than an object")
+    return one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
+
+
 def _decoded(content: bytes) -> Any:
     """A page's JSON. pydantic's parser is faster than the standard library's, and gives each repeated short
     value ("0", "false", a timestamp) as one shared string: a page held in memory takes half the room."""
@@ -269,9 +283,9 @@ def _valid(model: type[M], rows: list[dict[str, Any]]) -> list[M]:
     valid = []
     for row in rows:
         try:
-            valid.append(model.model_validate(row))
-        except ValidationError as error:
-            log.warning("skipped a malformed Lightspeed %s: %s", model.__name__, error.errors()[0].get("msg"))
+            valid.append(model.of(row))
+        except InvalidPayload as error:
+            log.warning("skipped a malformed Lightspeed %s: %s", model.__name__, error)
     return valid
 
 
