@@ -61,9 +61,18 @@ def salesforce_datetime(moment: datetime | None) -> str | None:
     """`2026-03-01T14:05:09Z`: UTC, whole seconds."""
     if moment is None:
         return None
-    if moment.utcoffset():
-        moment = moment.astimezone(timezone.utc)
-    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    text = _SF_TIMES.get(moment)
+    if text is None:
+        utc = moment.astimezone(timezone.utc) if moment.utcoffset() else moment
+        text = utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+        if len(_SF_TIMES) >= 4096:
+            _SF_TIMES.clear()
+        _SF_TIMES[moment] = text
+    return text
+
+
+# A sale's completion and last update are most often one moment, and the models give one object per timestamp.
+_SF_TIMES: dict[datetime, str] = {}
 
 
 def clean_text(value: str | None, field: str) -> str | None:
