@@ -80,6 +80,24 @@ def clean_text(value: str | None, field: str) -> str | None:
     length; None when empty."""
     if value is None:
         return None
+    if field in _CATALOG_FIELDS:
+        cleaned = _CLEANED.get((value, field), _UNSEEN)
+        if cleaned is _UNSEEN:
+            cleaned = _clean_text(value, field)
+            if len(_CLEANED) >= 4096:
+                _CLEANED.clear()
+            _CLEANED[(value, field)] = cleaned
+        return cleaned  # type: ignore[return-value]
+    return _clean_text(value, field)
+
+
+# Texts that come from the catalogue and repeat from sale to sale: each cleaned once (the last 4,096 or so).
+_CATALOG_FIELDS = frozenset({"SKU__c", "Product_Name__c", "Category__c", "Shop_Name__c", "Payment_Methods__c"})
+_CLEANED: dict[tuple[str, str], str | None] = {}
+_UNSEEN = object()
+
+
+def _clean_text(value: str, field: str) -> str | None:
     text = value
     if not text.isprintable():  # the common case skips the character loop
         text = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in text)
