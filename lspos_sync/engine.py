@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import closing, nullcontext
 import time
 from collections import OrderedDict, deque
-from contextlib import closing
-from queue import Empty, Queue
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from queue import Empty, Queue
 from typing import Any, Callable, Iterable, Iterator
-
 
 from lspos_sync import mapping, rollups
 from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, claim_accounts,
@@ -162,7 +160,8 @@ class Engine:
             self._process_ids(self.lightspeed.voided_sale_ids(window.since, window.until), summary)
         # Parked sales and voids are written and settled before the pages: met again there, they are unchanged.
         self._drain(summary)
-        with closing(_prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw))) as pages:
+        pages = self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw)
+        with closing(_prefetched(pages)) as pages:
             self._read_window(pages, window, summary, progress, limit)
         self._drain(summary)
         self._roll_up(summary)
@@ -211,7 +210,8 @@ class Engine:
 
     def _process_ids(self, sale_ids: list[int], summary: RunSummary) -> None:
         """Given sales, read afresh from Lightspeed whatever their time, and written like any other."""
-        for batch in _batches(self._parse(self.lightspeed.sales_by_id(sale_ids, raw=self.field_map.needs_raw), summary, None)):
+        pages = self.lightspeed.sales_by_id(sale_ids, raw=self.field_map.needs_raw)
+        for batch in _batches(self._parse(pages, summary, None)):
             self._process(batch, summary)
 
     # -- reading

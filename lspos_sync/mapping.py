@@ -11,6 +11,7 @@ import json
 import re
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -44,35 +45,22 @@ def key(account_id: str, record_id: int | str) -> str:
 
 def money(value: Decimal) -> float:
     """Round half-up (ties away from zero) to 2 decimals, at the Salesforce boundary only."""
-    rounded = _MONEY.get(value)
-    if rounded is None:
-        rounded = float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
-        if len(_MONEY) >= 4096:
-            _MONEY.clear()
-        _MONEY[value] = rounded
-    return rounded
+    # A zero is not looked up: -0 equals 0, and would come back as whichever of the two was rounded first.
+    return _rounded(value) if value else _rounded.__wrapped__(value)
 
 
-# A till's amounts repeat (its prices, their taxes, "0"): each rounded once, the last 4,096 or so remembered.
-_MONEY: dict[Decimal, float] = {}
+@lru_cache(maxsize=4096)  # a till's amounts repeat (its prices, their taxes): each rounded once
+def _rounded(value: Decimal) -> float:
+    return float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
 
 
+@lru_cache(maxsize=1024)  # a sale's completion and last update are most often one moment
 def salesforce_datetime(moment: datetime | None) -> str | None:
     """`2026-03-01T14:05:09Z`: UTC, whole seconds."""
     if moment is None:
         return None
-    text = _SF_TIMES.get(moment)
-    if text is None:
-        utc = moment.astimezone(timezone.utc) if moment.utcoffset() else moment
-        text = utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
-        if len(_SF_TIMES) >= 4096:
-            _SF_TIMES.clear()
-        _SF_TIMES[moment] = text
-    return text
-
-
-# A sale's completion and last update are most often one moment, and the models give one object per timestamp.
-_SF_TIMES: dict[datetime, str] = {}
+    utc = moment.astimezone(timezone.utc) if moment.utcoffset() else moment
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def clean_text(value: str | None, field: str) -> str | None:
@@ -81,20 +69,12 @@ def clean_text(value: str | None, field: str) -> str | None:
     if value is None:
         return None
     if field in _CATALOG_FIELDS:
-        cleaned = _CLEANED.get((value, field), _UNSEEN)
-        if cleaned is _UNSEEN:
-            cleaned = _clean_text(value, field)
-            if len(_CLEANED) >= 4096:
-                _CLEANED.clear()
-            _CLEANED[(value, field)] = cleaned
-        return cleaned  # type: ignore[return-value]
+        return _clean_catalog_text(value, field)
     return _clean_text(value, field)
 
 
-# Texts that come from the catalogue and repeat from sale to sale: each cleaned once (the last 4,096 or so).
+# Texts that come from the catalogue and repeat from sale to sale: each cleaned once.
 _CATALOG_FIELDS = frozenset({"SKU__c", "Product_Name__c", "Category__c", "Shop_Name__c", "Payment_Methods__c"})
-_CLEANED: dict[tuple[str, str], str | None] = {}
-_UNSEEN = object()
 
 
 def _clean_text(value: str, field: str) -> str | None:
@@ -106,6 +86,9 @@ def _clean_text(value: str, field: str) -> str | None:
     if limit is not None:
         text = text[:limit].rstrip()
     return text or None
+
+
+_clean_catalog_text = lru_cache(maxsize=4096)(_clean_text)
 
 
 def sale_status(sale: Sale) -> str:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def test_line_tax_is_summed_before_rounding_half_up():
     ("0.005", 0.01), ("-0.005", -0.01), ("2.675", 2.68), ("1.004999", 1.0), ("-34.485", -34.49)])
 def test_money_rounds_half_up_away_from_zero(value, rounded):
     assert mapping.money(Decimal(value)) == rounded
+
+
+def test_a_negative_zero_amount_rounds_the_same_whatever_was_rounded_before():
+    # Rounded amounts are remembered; -0 equals 0, so the sign must not depend on which came first
+    # (it is in the sale's content hash).
+    signs = []
+    for order in (("0", "-0"), ("-0", "0")):
+        signs.append([math.copysign(1, mapping.money(Decimal(text))) for text in order])
+    assert signs == [[1, -1], [-1, 1]]
 
 
 def test_line_takes_custom_sku_then_system_sku_and_category_name():

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, TypeVar, Union
 
 import msgspec
@@ -78,24 +79,16 @@ def _boolean(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1")
 
 
+@lru_cache(maxsize=1024)  # one object per distinct text: a sale's timestamps are read several times
 def _moment(text: str) -> datetime | None:
-    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime; one object per distinct text."""
+    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime."""
     if not text:
         return None
-    moment = _MOMENTS.get(text)
-    if moment is None:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise ValueError(f"not a timestamp: {text[:40]!r}") from None
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-        if len(_MOMENTS) >= 4096:
-            _MOMENTS.clear()
-        _MOMENTS[text] = moment
-    return moment
-
-
-_MOMENTS: dict[str, datetime] = {}
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a timestamp: {text[:40]!r}") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 _ZERO = Decimal(0)
 
 
