@@ -296,6 +296,9 @@ class SalesforceEmulator:
         self._unique: dict[tuple[str, str], dict[str, str]] = {}
         self._reindex()
         self._undo: list[tuple[str, str, dict | None, dict | None]] = []
+        from .bulk import BulkIngest  # it builds on this module's record rules
+
+        self.bulk = BulkIngest(self)
         self.person_account_record_type_id: str | None = None
         self._business_record_type_id: str | None = None
         if person_accounts:
@@ -579,8 +582,11 @@ class SalesforceEmulator:
             else:
                 self.api_calls += 1
                 try:
-                    response = self._dispatch(request.method, version, rest, request.query,
-                                              _json_body(request.body), top_level=True)
+                    if rest.startswith("/jobs/"):  # Bulk API 2.0: CSV bodies, its own module
+                        response = self.bulk.handle(request, version, rest)
+                    else:
+                        response = self._dispatch(request.method, version, rest, request.query,
+                                                  _json_body(request.body), top_level=True)
                 except ApiError as error:
                     response = error.response()
                 finally:
