@@ -14,14 +14,11 @@ import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from .http import Request, Response
-from .salesforce import (USER_ID, ApiError, Field, RecordError, _coerce, _label, _normalize_id, _now,
-                         _with_checksum)
-
-if TYPE_CHECKING:
-    from .salesforce import SalesforceEmulator
+from .salesforce import (USER_ID, ApiError, Field, RecordError, SalesforceEmulator, _coerce, _label, _normalize_id,
+                         _now, _with_checksum)
 
 OLDEST_VERSION = 41.0  # Bulk API 2.0 ingest exists from API v41.0
 OPERATIONS = ("insert", "update", "upsert", "delete")
@@ -69,7 +66,7 @@ class _JobFailure:
 class BulkIngest:
     """The org's Bulk API 2.0 ingest resource. Test hooks: `in_progress_polls`, `fail_next_job()`, `job()`."""
 
-    def __init__(self, org: "SalesforceEmulator") -> None:
+    def __init__(self, org: SalesforceEmulator) -> None:
         self.org = org
         # Job info reads InProgress on this many GETs after UploadComplete, then JobComplete (or Failed).
         self.in_progress_polls = 1
@@ -91,11 +88,16 @@ class BulkIngest:
             job = self._jobs[_normalize_id(job_id) or job_id]
             return self._info(job, job.final_state if job.state == "UploadComplete" else job.state)
 
+    def jobs(self) -> list[dict]:
+        """Every job's info, in the order they were created, as `job()` gives it."""
+        with self.org._lock:
+            return [self.job(job_id) for job_id in self._jobs]
+
     # ---- routing -----------------------------------------------------------------------------------
 
     def handle(self, request: Request, version: str, rest: str) -> Response:
         """Answer one request under `/jobs/...`; the caller has authenticated and counted it."""
-        segments = [s for s in rest.strip("/").split("/")]
+        segments = rest.strip("/").split("/")
         try:
             if not OLDEST_VERSION <= float(version) <= float(self.org.api_version) or segments[:2] != [
                     "jobs", "ingest"]:
