@@ -136,6 +136,19 @@ def test_in_progress_polls_are_configurable(sf: SalesforceEmulator, bulk: Bulk) 
     assert bulk.run("Sales_Transaction__c", SALES_CSV, external_id="LS_Sale_ID__c")["state"] == "JobComplete"
 
 
+def test_an_upload_streamed_in_chunks_is_read_whole(sf: SalesforceEmulator, bulk: Bulk) -> None:
+    job_id = bulk.open("Sales_Transaction__c", external_id="LS_Sale_ID__c")
+    lines = SALES_CSV.encode().splitlines(keepends=True)
+    # a generator body goes out with Transfer-Encoding: chunked, as a streaming writer sends it
+    response = bulk.session.put(f"{bulk.base}{INGEST}/{job_id}/batches", data=(line for line in lines),
+                                headers={"Content-Type": "text/csv"})
+    assert response.status_code == 201
+    assert sf.requests[-1].body == SALES_CSV
+    bulk.set_state(job_id, "UploadComplete")
+    bulk.info(job_id)
+    assert bulk.info(job_id)["numberRecordsProcessed"] == 2
+
+
 def test_all_jobs_are_listed(bulk: Bulk) -> None:
     first = bulk.open("Sales_Transaction__c", external_id="LS_Sale_ID__c")
     second = bulk.open("Account", "insert")
@@ -532,3 +545,4 @@ def _as_csv(records: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(flat)
     return out.getvalue()
+

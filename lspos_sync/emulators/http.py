@@ -91,9 +91,22 @@ class EmulatorServer:
                 # client's delayed ACK (Nagle), which no real API makes its clients do.
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+            def _read_chunked(self) -> bytes:
+                """A body sent with Transfer-Encoding: chunked (what requests does for a generator)."""
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, then the blank line
+                    pass
+                return b"".join(parts)
+
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = self._read_chunked()
+                else:
+                    body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
                 request = Request(
                     method=self.command,
