@@ -77,7 +77,7 @@ class BulkIngest:
 
     def fail_next_job(self, message: str = "InvalidBatch : Failed to process query: UNABLE_TO_LOCK_ROW",
                       after_rows: int = 0) -> None:
-        """The next job to be closed with UploadComplete fails as a whole, as when a batch still fails after
+        """The next job closed with a readable header fails as a whole, as when a batch still fails after
         Salesforce's retries: its first `after_rows` rows are processed (and written), the rest are left
         unprocessed, and its job info reads Failed with `message` as errorMessage."""
         self._failures.append(_JobFailure(message, after_rows))
@@ -219,13 +219,13 @@ class BulkIngest:
     def _run(self, job: Job) -> None:
         """Process the upload as Salesforce does after UploadComplete: the header first (a bad one fails the
         whole job, no row processed), then each row on its own."""
-        failure = self._failures.pop(0) if self._failures else None
         data = job.uploads[0] if job.uploads else b""
         try:
             header = self._check_header(job, data)
         except _WholeJobFailure as failed:
             job.final_state, job.error_message = "Failed", failed.message
             return
+        failure = self._failures.pop(0) if self._failures else None
         limit = failure.after_rows if failure else None
         keys = self._key_counts(job, header, data) if job.operation == "upsert" else Counter()
         for row in itertools.islice(self._rows(job, data), limit):
