@@ -513,8 +513,7 @@ class Engine:
         """The account write a customer's resolution calls for: create it, or stamp the key on it and (with
         LSPOS_ENRICH_PROFILES) fill its empty profile fields; or nothing."""
         resolution = self._resolved[customer_key]
-        shop = self._shops.get(sales[0].shop_id) if sales[0].shop_id is not None else None
-        profile = mapping.profile_fields(customer, shop.time_zone if shop else None, self.enrich_profiles)
+        profile = mapping.profile_fields(customer, self.enrich_profiles)
         sale_keys = tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales)
         if resolution.create:
             if self.field_map.additions.get(mapping.ACCOUNT):

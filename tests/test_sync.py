@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from conftest import by_key, sell
 
@@ -387,6 +388,26 @@ def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightsp
         ("1981-04-09", "12 Rue Cler", "415-555-0134")
     assert account["LS_Customer_ID__c"] == f"182255-{ana}"
     assert "filled empty fields of account" in result.stderr
+
+
+def test_a_birthday_is_the_day_entered_whatever_the_shop(cli, lightspeed, salesforce, boutique):
+    # entered as the midnight of zones west and east of UTC, bought in shops west and east of UTC
+    entered = [("America/New_York", "1981-07-09"), ("America/New_York", "1990-01-15"), ("Pacific/Honolulu", "1985-03-02"),
+               ("Europe/Paris", "1990-01-15"), ("Asia/Tokyo", "1979-11-30"), ("Pacific/Auckland", "1981-07-09")]
+    expected = {}
+    for zone in ("Pacific/Honolulu", "US/Pacific", "Europe/Paris", "Asia/Tokyo"):
+        shop = lightspeed.add_shop(f"Shop in {zone}", zone)
+        for born_in, day in entered:
+            midnight = datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(born_in)).astimezone(timezone.utc)
+            customer = lightspeed.add_customer("Client", f"{born_in} {zone}", dob=midnight)
+            lightspeed.add_sale(shop, [{"item_id": boutique.scarf, "quantity": 1, "unit_price": "10"}],
+                                customer_id=customer)
+            expected[f"182255-{customer}"] = day
+
+    result = cli("sync", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    assert {a["LS_Customer_ID__c"]: a["PersonBirthdate"] for a in person_accounts(salesforce)} == expected
 
 
 def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed, salesforce, boutique):
