@@ -146,6 +146,31 @@ def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -
     return records
 
 
+def gaps(sale: Sale, account_id: str, shops: dict[int, Shop], categories: dict[int, Category]) -> list[dict[str, Any]]:
+    """What the sale refers to and Lightspeed did not send (deleted, or otherwise absent), with the fields left
+    empty for it: the sale is written with what is known, and the run names it (contract §4, "Data Lightspeed
+    could not explain"). `line` is the line's key, or None for the sale itself."""
+    found = []
+
+    def gap(line: str | None, record: str, *left_empty: str) -> None:
+        found.append({"line": line, "record": record, "left_empty": list(left_empty)})
+
+    if sale.shop_id is not None and sale.shop_id not in shops:
+        gap(None, f"Shop {sale.shop_id}", "Shop_Name__c")
+    if sale.customer_id is not None and sale.customer is None:
+        gap(None, f"Customer {sale.customer_id}", "Account__c")
+    for payment in sale.payments:
+        if not payment.archived and payment.payment_type is None:
+            gap(None, f"PaymentType of SalePayment {payment.sale_payment_id}", "Payment_Methods__c")
+    for line in sale.lines:
+        item = line.item
+        if item is None and line.item_id is not None:
+            gap(key(account_id, line.sale_line_id), f"Item {line.item_id}", "SKU__c", "Product_Name__c", "Category__c")
+        elif item is not None and item.category_id is not None and item.category_id not in categories:
+            gap(key(account_id, line.sale_line_id), f"Category {item.category_id}", "Category__c")
+    return found
+
+
 def person_account_record(customer: Customer, account_id: str, record_type_id: str | None,
                           profile: dict[str, Any]) -> dict[str, Any]:
     """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c), with the

@@ -319,8 +319,9 @@ class _Collector:
 
 
 def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
-    """The plain report: for dry-run one line per sale, then one summary line; rejects and ambiguous sales
-    listed so the operator sees exactly which sales need attention."""
+    """The plain report: for dry-run one line per sale, then one summary line; rejects, ambiguous sales and
+    sales with data Lightspeed did not send listed, each sale once, so the operator sees exactly which need
+    attention."""
     lines = []
     preview = summary.command == "dry-run"
     if preview:
@@ -335,11 +336,16 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
                 lines.append(f"sale {plan.sale_id} ({plan.sale_key}) {plan.action}: {plan.status} total {plan.total:.2f}, "
                              f"{plan.lines} line(s), customer {plan.match}{account}"
                              + (f" ({plan.reason})" if plan.reason else "") + (f"; adds {added}" if added else ""))
-    for reject in summary.rejected:
+    for reject in data["rejected"]:
         output.note(f"rejected {reject['sale_key']}: {reject['reason']}")
-    for sale in summary.ambiguous:
+    for sale in summary.ambiguous.values():
         output.note(f"ambiguous {sale['sale_key']}: {sale['reason']} (candidates {', '.join(sale['candidates'])}); "
                     "written without an account")
+    for sale in summary.gaps.values():
+        missing = "; ".join((f"line {gap['line']}: " if gap["line"] else "") + f"{gap['record']} not sent by "
+                            f"Lightspeed ({', '.join(gap['left_empty'])} left empty)" for gap in sale["missing"])
+        output.note(f"incomplete {sale['sale_key']}: {missing}; {'would be ' if preview else ''}written with what "
+                    "is known")
     for account in summary.enriched:
         output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
                     f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
@@ -354,8 +360,10 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     window = f"{iso(summary.window.since)} .. {iso(summary.window.until)}" if summary.window else ""
     lines.append(
         f"{summary.command} account {summary.account_id} [{window}]: {summary.sales_read} sale(s) read, "
-        f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(summary.rejected)} rejected, "
-        f"{len(summary.ambiguous)} ambiguous; {data['salesforce_api_calls']} Salesforce call(s), "
+        f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(data['rejected'])} rejected, "
+        f"{len(summary.ambiguous)} ambiguous"
+        + (f", {len(summary.gaps)} incomplete" if summary.gaps else "")
+        + f"; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
         + (f"; roll-ups {'would change on' if preview else 'updated on'} "
            f"{len(rolled['changes']) if preview else rolled['updated']} of {rolled['accounts']} account(s)"

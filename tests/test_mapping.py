@@ -175,3 +175,22 @@ def test_a_date_only_field_is_the_day_of_the_nearest_utc_midnight(entered_in, da
 
 def entered_midnight(zone: str, day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(zone)).astimezone(timezone.utc)
+
+
+def test_what_lightspeed_did_not_send_is_named_with_the_fields_left_empty():
+    sale = Sale.of({"saleID": "5", "shopID": "9", "customerID": "42", "completed": "true",
+                    "SaleLines": {"SaleLine": [
+                        {"saleLineID": "51", "itemID": "77"},  # the Item relation did not come
+                        {"saleLineID": "52", "itemID": "0"},  # a line with no item: nothing missing
+                        {"saleLineID": "53", "itemID": "3", "Item": {"itemID": "3", "categoryID": "8"}},
+                        {"saleLineID": "54", "itemID": "4", "Item": {"itemID": "4", "categoryID": "1"}}]},
+                    "SalePayments": {"SalePayment": [{"salePaymentID": "61", "amount": "10"},
+                                                     {"salePaymentID": "62", "amount": "5", "archived": "true"}]}})
+    categories = {1: Category(category_id=1, name="Rings")}
+    assert mapping.gaps(sale, "1", SHOPS, categories) == [
+        {"line": None, "record": "Shop 9", "left_empty": ["Shop_Name__c"]},
+        {"line": None, "record": "Customer 42", "left_empty": ["Account__c"]},
+        {"line": None, "record": "PaymentType of SalePayment 61", "left_empty": ["Payment_Methods__c"]},
+        {"line": "1-51", "record": "Item 77", "left_empty": ["SKU__c", "Product_Name__c", "Category__c"]},
+        {"line": "1-53", "record": "Category 8", "left_empty": ["Category__c"]}]
+    assert mapping.gaps(Sale.of({"saleID": "6", "shopID": "1", "customerID": "0"}), "1", SHOPS, {}) == []

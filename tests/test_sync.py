@@ -420,6 +420,44 @@ def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed,
     assert account["PersonMobilePhone"] is None and account["LS_Customer_ID__c"]
 
 
+def test_a_sale_read_twice_in_a_run_is_named_once(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    for last in ("Lima", "Lima-Souza"):
+        salesforce.insert("Account", {"RecordTypeId": rt, "LastName": last, "PersonEmail": "family@example.com"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="family@example.com"))
+    lightspeed.void_sale(sale)  # read from the SaleVoid feed, then again in the pages
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert [a["sale_key"] for a in result.json["ambiguous"]] == [f"182255-{sale}"]
+    assert result.stderr.count(f"ambiguous 182255-{sale}") == 1
+
+
+def test_a_line_whose_item_lightspeed_did_not_send_is_written_and_named(cli, lightspeed, salesforce, boutique):
+    without_category = lightspeed.add_item("Gift wrap", custom_sku="WRAP", category_id=404)  # no such Category
+    sale = lightspeed.add_sale(boutique.shop, [{"item_id": 777, "quantity": 1, "unit_price": "30"},  # no such Item
+                                               {"item_id": without_category, "quantity": 1, "unit_price": "5"},
+                                               {"item_id": boutique.scarf, "quantity": 1, "unit_price": "120"}])
+    lightspeed.void_sale(sale)  # read twice in the run: named once
+    ghost, wrap, scarf = (f"182255-{line['saleLineID']}" for line in lightspeed.sale(sale)["SaleLines"]["SaleLine"])
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = lines(salesforce)
+    assert (written[ghost]["SKU__c"], written[ghost]["Product_Name__c"], written[ghost]["Line_Total__c"]) == \
+        (None, None, 30.0)
+    assert (written[wrap]["SKU__c"], written[wrap]["Category__c"]) == ("WRAP", None)
+    assert written[scarf]["Category__c"] == "Accessories"
+    assert result.json["gaps"] == [{"sale_key": f"182255-{sale}", "sale_id": sale, "missing": [
+        {"line": ghost, "record": "Item 777", "left_empty": ["SKU__c", "Product_Name__c", "Category__c"]},
+        {"line": wrap, "record": "Category 404", "left_empty": ["Category__c"]}]}]
+    assert result.stderr.count(f"incomplete 182255-{sale}:") == 1
+    assert f"line {ghost}: Item 777 not sent by Lightspeed (SKU__c, Product_Name__c, Category__c left empty)" \
+        in result.stderr
+
+
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):
     # Batches of 10 sales; the run keeps the last 30 customers' decisions (three batches' worth, the least it
     # keeps). Each batch from the fourth brings back five customers of three batches before (kept, but the
