@@ -159,7 +159,7 @@ def backfill(ctx: click.Context, from_: str, to: str | None, account: str | None
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to)
-        return bounded(settings, output, since, _when(to, "--to"), account)
+        return bounded(settings, output, since, until, account)
 
     run_command("backfill", _options(ctx, **common), body)
 
@@ -183,10 +183,11 @@ def dry_run(ctx: click.Context, from_: str | None, to: str | None, limit: int | 
     run_command("dry-run", _options(ctx, **common), body)
 
 
-def _window(from_: str, to: str | None) -> tuple[datetime, datetime]:
+def _window(from_: str, to: str | None) -> tuple[datetime, datetime | None]:
+    """--from and --to; without --to the window ends at Lightspeed's now, known once the run reads its clock."""
     since = parse_when(from_, "--from")
-    until = _when(to, "--to") or utcnow()
-    if since > until:
+    until = _when(to, "--to")
+    if until is not None and since > until:
         raise ConfigError(f"--from ({iso(since)}) is after --to ({iso(until)})")
     return since, until
 
@@ -270,17 +271,19 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
             if accounts:
                 cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
             last = store.last_run()
+            ahead = {account_id: store.host_clock_ahead(account_id) for account_id in cursors}
         now = datetime.now(timezone.utc)
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
         lines = []
         for account_id, cursor in cursors.items():
             lag = None
             if cursor["cursor"]:
-                lag = int((now - datetime.fromisoformat(cursor["cursor"])).total_seconds() // 60)
+                # on Lightspeed's clock, as the checkpoint: the host's now less how far it ran ahead at the last run
+                lag = int((now - ahead[account_id] - datetime.fromisoformat(cursor["cursor"])).total_seconds() // 60)
             data["checkpoints"][account_id] = {**cursor, "lag_minutes": lag}
             lines.append(f"account {account_id}: checkpoint {cursor['cursor'] or 'not set'}"
                          + (f" ({lag} min ago)" if lag is not None and lag >= 0 else
-                            " (in the future: check the host clock)" if lag is not None else ""))
+                            " (later than Lightspeed's clock)" if lag is not None else ""))
         if last:
             data["last_run"] = {k: last[k] for k in ("command", "started_at", "ended_at", "outcome", "exit_code")}
             lines.append(f"last run: {last['command']} started {last['started_at']}, {last['outcome']}"

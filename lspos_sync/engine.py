@@ -95,7 +95,9 @@ class RunSummary:
     skipped_open: int = 0
     records: dict[str, int] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    ambiguous: list[dict[str, Any]] = field(default_factory=list)
+    # by sale key, so that a sale read twice in a run (look-back, void feed, re-read page) is named once, as last read
+    ambiguous: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: dict[str, dict[str, Any]] = field(default_factory=dict)  # sales written with data Lightspeed did not send
     enriched: list[dict[str, Any]] = field(default_factory=list)  # accounts whose empty fields were filled
     rollups: dict[str, Any] | None = None  # LSPOS_ROLLUPS: accounts recomputed, updated, their changes
     plans: list[SalePlan] = field(default_factory=list)
@@ -381,10 +383,17 @@ class Engine:
                 del record["Match_Status__c"]
             else:
                 record["Account__c"] = resolution.account_id
+            summary.ambiguous.pop(sale_key, None)
             if resolution.status == AMBIGUOUS:
-                summary.ambiguous.append({"sale_key": sale_key, "sale_id": sale.sale_id,
-                                          "reason": self.field_map.in_org_names(resolution.reason),
-                                          "candidates": list(resolution.candidates)})
+                summary.ambiguous[sale_key] = {"sale_key": sale_key, "sale_id": sale.sale_id,
+                                               "reason": self.field_map.in_org_names(resolution.reason),
+                                               "candidates": list(resolution.candidates)}
+            summary.gaps.pop(sale_key, None)
+            if missing := mapping.gaps(sale, self.account_id, self._shops, self._categories):
+                for gap in missing:  # named as the org names them
+                    obj = mapping.LINE if gap["line"] else mapping.TRANSACTION
+                    gap["left_empty"] = [self.field_map.field(obj, name) for name in gap["left_empty"]]
+                summary.gaps[sale_key] = {"sale_key": sale_key, "sale_id": sale.sale_id, "missing": missing}
             keys = (sale_key,)
             writes.append(Write(TRANSACTIONS, record, keys))
             for line in lines:  # hashed already: the record itself goes, typed
@@ -513,8 +522,7 @@ class Engine:
         """The account write a customer's resolution calls for: create it, or stamp the key on it and (with
         LSPOS_ENRICH_PROFILES) fill its empty profile fields; or nothing."""
         resolution = self._resolved[customer_key]
-        shop = self._shops.get(sales[0].shop_id) if sales[0].shop_id is not None else None
-        profile = mapping.profile_fields(customer, shop.time_zone if shop else None, self.enrich_profiles)
+        profile = mapping.profile_fields(customer, self.enrich_profiles)
         sale_keys = tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales)
         if resolution.create:
             if self.field_map.additions.get(mapping.ACCOUNT):
@@ -736,18 +744,20 @@ def _dedupe(reasons: list[str]) -> str:
 
 
 def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
+    rejected = list({reject["sale_key"]: reject for reject in summary.rejected}.values())  # each sale once, as last tried
     result: dict[str, Any] = {
         "command": summary.command,
         "account_id": summary.account_id,
         "window": {"from": iso(summary.window.since), "to": iso(summary.window.until)} if summary.window else None,
         "sales": {"read": summary.sales_read, "written": summary.written, "unchanged": summary.unchanged,
-                  "rejected": len(summary.rejected), "skipped_open": summary.skipped_open,
+                  "rejected": len(rejected), "skipped_open": summary.skipped_open,
                   "retried": summary.retried},
         "records": summary.records,
-        "ambiguous": summary.ambiguous,
+        "ambiguous": list(summary.ambiguous.values()),
+        "gaps": list(summary.gaps.values()),
         "enriched": summary.enriched,
         "rollups": summary.rollups,
-        "rejected": summary.rejected,
+        "rejected": rejected,
         # only sync moves the checkpoint; a backfill's progress is its own resume point
         "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,
     }

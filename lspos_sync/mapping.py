@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from typing import Any
@@ -146,6 +146,31 @@ def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -
     return records
 
 
+def gaps(sale: Sale, account_id: str, shops: dict[int, Shop], categories: dict[int, Category]) -> list[dict[str, Any]]:
+    """What the sale refers to and Lightspeed did not send (deleted, or otherwise absent), with the fields left
+    empty for it: the sale is written with what is known, and the run names it (contract §4, "Data Lightspeed
+    could not explain"). `line` is the line's key, or None for the sale itself."""
+    found = []
+
+    def gap(line: str | None, record: str, *left_empty: str) -> None:
+        found.append({"line": line, "record": record, "left_empty": list(left_empty)})
+
+    if sale.shop_id is not None and sale.shop_id not in shops:
+        gap(None, f"Shop {sale.shop_id}", "Shop_Name__c")
+    if sale.customer_id is not None and sale.customer is None:
+        gap(None, f"Customer {sale.customer_id}", "Account__c")
+    for payment in sale.payments:
+        if not payment.archived and payment.payment_type is None:
+            gap(None, f"PaymentType of SalePayment {payment.sale_payment_id}", "Payment_Methods__c")
+    for line in sale.lines:
+        item = line.item
+        if item is None and line.item_id is not None:
+            gap(key(account_id, line.sale_line_id), f"Item {line.item_id}", "SKU__c", "Product_Name__c", "Category__c")
+        elif item is not None and item.category_id is not None and item.category_id not in categories:
+            gap(key(account_id, line.sale_line_id), f"Category {item.category_id}", "Category__c")
+    return found
+
+
 def person_account_record(customer: Customer, account_id: str, record_type_id: str | None,
                           profile: dict[str, Any]) -> dict[str, Any]:
     """A new Person Account for a customer that matched nobody (upserted on LS_Customer_ID__c), with the
@@ -178,12 +203,11 @@ ENRICHABLE = ("PersonEmail", "PersonMobilePhone", "Phone", "PersonBirthdate", "P
               "PersonMailingCity", "PersonMailingPostalCode", "PersonMailingCountry")
 
 
-def profile_fields(customer: Customer, time_zone: str | None, enrich: bool) -> dict[str, Any]:
+def profile_fields(customer: Customer, enrich: bool) -> dict[str, Any]:
     """What the till knows of the client, as Person Account fields, leaving out what it does not know.
 
     Email and phones always (as typed; an invalid email is left out); with `enrich`, also the birthdate
-    (Lightspeed stores local midnight in UTC, so the date is taken in the shop's time zone) and the
-    first address that has something in it.
+    (`calendar_day`) and the first address that has something in it.
     """
     address = primary_email(customer)
     fields: dict[str, Any] = {
@@ -195,7 +219,7 @@ def profile_fields(customer: Customer, time_zone: str | None, enrich: bool) -> d
         postal = customer.address
         street = ", ".join(part.strip() for part in (postal.address1, postal.address2) if part.strip()) if postal else ""
         fields.update({
-            "PersonBirthdate": _local_date(customer.dob, time_zone),
+            "PersonBirthdate": calendar_day(customer.dob),
             "PersonMailingStreet": clean_text(street, "PersonMailingStreet"),
             "PersonMailingCity": clean_text(postal.city, "PersonMailingCity") if postal else None,
             "PersonMailingPostalCode": clean_text(postal.zip, "PersonMailingPostalCode") if postal else None,
@@ -204,15 +228,17 @@ def profile_fields(customer: Customer, time_zone: str | None, enrich: bool) -> d
     return {name: value for name, value in fields.items() if value}
 
 
-def _local_date(moment: datetime | None, time_zone: str | None) -> str | None:
+def calendar_day(moment: datetime | None) -> str | None:
+    """The day of a date-only field (a `dob`), which Lightspeed sends as the local midnight of a zone it does
+    not name, in UTC: the day of the nearest UTC midnight, the instant plus 12 hours (contract §4, "Dates
+    without a time"). Exact for a day entered anywhere from UTC-12 to UTC+12, whatever shop the sale was in;
+    the shop's zone says nothing of where the day was typed."""
     if moment is None:
         return None
-    try:
-        from zoneinfo import ZoneInfo
+    return (moment.astimezone(timezone.utc) + _HALF_A_DAY).date().isoformat()
 
-        return moment.astimezone(ZoneInfo(time_zone or "UTC")).date().isoformat()
-    except (KeyError, ValueError, OSError):  # an unknown zone name: the UTC date
-        return moment.date().isoformat()
+
+_HALF_A_DAY = timedelta(hours=12)
 
 
 def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]], salt: str = "") -> str:

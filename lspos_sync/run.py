@@ -21,7 +21,7 @@ from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.output import RUN
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter, RecordingSink
-from lspos_sync.state import StateStore, iso, utcnow
+from lspos_sync.state import StateStore, iso
 
 if TYPE_CHECKING:
     from lspos_sync.output import Output
@@ -39,16 +39,21 @@ class Report:
 
 
 def incremental(settings: Settings, output: "Output", account: str | None = None) -> int:
-    """`sync`: from the checkpoint minus the look-back (or LSPOS_SYNC_START) up to the run's start."""
+    """`sync`: from the checkpoint minus the look-back (or LSPOS_SYNC_START) up to the run's start, on
+    Lightspeed's clock."""
 
     def one(settings: Settings) -> Report:
         with StateStore(settings.state_path) as store:
             store.acquire_lock(settings.account_id)
-            started = utcnow()
             checkpoint = store.checkpoint(settings.account_id)
-            window = Window(_sync_start(settings, checkpoint, started), started)
-            # A checkpoint later than now (the host clock went back) is not a floor: this run may set it back.
-            floor = min(checkpoint, started) if checkpoint else None
+            start = _sync_start(settings, checkpoint)
+            floor = checkpoint
+
+            def window(now: datetime) -> Window:
+                nonlocal floor
+                # A checkpoint later than Lightspeed's now is not a floor: this run may set it back.
+                floor = min(checkpoint, now) if checkpoint else None
+                return Window(start(now), now)
 
             def advance(moment: datetime) -> None:
                 nonlocal floor
@@ -74,10 +79,15 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
             if resume is not None:
                 log.warning("backfill %s of account %s resumes from %s, where it stopped", name,
                             settings.account_id, iso(resume))
-            window = Window(max(since, resume or since), min(until or utcnow(), utcnow()))
+            end = until  # the window's end, once Lightspeed's clock is read
+
+            def window(now: datetime) -> Window:
+                nonlocal end
+                end = min(until or now, now)
+                return Window(max(since, resume or since), end)
 
             def advance(moment: datetime) -> None:
-                if moment >= window.until:
+                if end is not None and moment >= end:
                     store.clear_backfill_progress(settings.account_id, name)
                 else:
                     store.set_backfill_progress(settings.account_id, name, moment)
@@ -121,9 +131,11 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
     def one(settings: Settings) -> Report:
         with StateStore(settings.state_path) as store:
-            now = utcnow()
-            window = Window(since or _sync_start(settings, store.checkpoint(settings.account_id), now),
-                            min(until or now, now))
+            start = _sync_start(settings, store.checkpoint(settings.account_id)) if since is None else lambda now: since
+
+            def window(now: datetime) -> Window:
+                return Window(start(now), min(until or now, now))
+
             return _execute("dry-run", settings, output, store, window, limit=limit)
 
     return each_account("dry-run", settings, output, account, one, locking=False)
@@ -196,26 +208,31 @@ def check_org_mapping(settings: Settings, output: "Output") -> int:
     return 0
 
 
-def _sync_start(settings: Settings, checkpoint: datetime | None, now: datetime) -> datetime:
+def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[datetime], datetime]:
+    """Where a sync starts, given Lightspeed's now: the checkpoint minus the look-back, else LSPOS_SYNC_START;
+    without either, a configuration error before anything is read."""
     if checkpoint is not None:
-        if checkpoint > now:
-            log.warning("the checkpoint %s is later than now: is the host clock right? reading from now", iso(checkpoint))
-        return min(checkpoint, now) - settings.lookback
+        def start(now: datetime) -> datetime:
+            if checkpoint > now:  # set by hand, or by a version that trusted a host clock running ahead
+                log.warning("the checkpoint %s is later than Lightspeed's clock (%s): reading from Lightspeed's now",
+                            iso(checkpoint), iso(now))
+            return min(checkpoint, now) - settings.lookback
+        return start
     if settings.sync_start is not None:
-        return settings.sync_start
+        return lambda now: settings.sync_start
     raise ConfigError(
         f"no checkpoint yet for account {settings.account_id}: set LSPOS_SYNC_START to where the first sync starts "
         "(e.g. LSPOS_SYNC_START=2026-03-01), or run "
         f"`lspos-sync checkpoint reset --to WHEN --yes --account {settings.account_id}`")
 
 
-def _execute(command: str, settings: Settings, output: "Output", store: StateStore, window: Window | None, *,
-             progress: Callable[[datetime], None] | None = None, limit: int | None = None,
-             retry: list[int] | None = None) -> Report:
+def _execute(command: str, settings: Settings, output: "Output", store: StateStore,
+             window: Callable[[datetime], Window] | None, *, progress: Callable[[datetime], None] | None = None,
+             limit: int | None = None, retry: list[int] | None = None) -> Report:
+    """Runs the engine over `window(Lightspeed's now)`, or over the parked sales `retry`."""
     dry_run = command == "dry-run"
     names = fieldmap.for_settings(settings)
-    run_id = None if dry_run else store.start_run(command, settings.account_id, window and window.since,
-                                                  window and window.until)
+    run_id = None if dry_run else store.start_run(command, settings.account_id)
     RUN["id"] = run_id
     with ExitStack() as stack:
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)))
@@ -243,23 +260,34 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
             if window is None:
                 summary = engine.retry(retry or [])
             else:
-                summary = engine.run(command, window, progress=progress, limit=limit)
+                # The window ends at Lightspeed's now, never the host's (contract §4, "Whose clock").
+                bounds = window(lightspeed.now())
+                if run_id is not None:
+                    store.set_run_window(run_id, bounds.since, bounds.until)
+                summary = engine.run(command, bounds, progress=progress, limit=limit)
         except Exception as error:
             if run_id is not None:
                 code = error.exit_code if isinstance(error, SyncError) else 1
                 store.finish_run(run_id, "failed", code, {
                     "error": output.mask(str(error)), "salesforce_api_calls": salesforce.api_calls,
-                    "lightspeed_requests": lightspeed.requests})
+                    "lightspeed_requests": lightspeed.requests, **_clock(lightspeed)})
             raise
     data = summary_dict(summary, include_plans=dry_run)
     if not names.identity:
         data["mapping"] = {"source": str(names.source), "changes": names.changes()}
     data.update({"outcome": "rejected" if summary.exit_code == 3 else "ok", "exit_code": summary.exit_code,
                  "salesforce_api_calls": salesforce.api_calls, "lightspeed_requests": lightspeed.requests,
-                 "lightspeed_throttled": lightspeed.throttled, "dry_run": dry_run})
+                 "lightspeed_throttled": lightspeed.throttled, "dry_run": dry_run, **_clock(lightspeed)})
     if run_id is not None:
         store.finish_run(run_id, data["outcome"], summary.exit_code, data)
     return Report(data, _report(summary, data, output), summary.exit_code)
+
+
+def _clock(lightspeed: LightspeedClient) -> dict[str, int]:
+    """How far the host's clock ran ahead of Lightspeed's (negative: behind), for `status` to measure lag on
+    Lightspeed's clock; nothing when no response said."""
+    ahead = lightspeed.host_ahead
+    return {"host_clock_ahead_seconds": round(ahead.total_seconds())} if ahead is not None else {}
 
 
 class _Collector:
@@ -291,8 +319,9 @@ class _Collector:
 
 
 def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
-    """The plain report: for dry-run one line per sale, then one summary line; rejects and ambiguous sales
-    listed so the operator sees exactly which sales need attention."""
+    """The plain report: for dry-run one line per sale, then one summary line; rejects, ambiguous sales and
+    sales with data Lightspeed did not send listed, each sale once, so the operator sees exactly which need
+    attention."""
     lines = []
     preview = summary.command == "dry-run"
     if preview:
@@ -307,11 +336,16 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
                 lines.append(f"sale {plan.sale_id} ({plan.sale_key}) {plan.action}: {plan.status} total {plan.total:.2f}, "
                              f"{plan.lines} line(s), customer {plan.match}{account}"
                              + (f" ({plan.reason})" if plan.reason else "") + (f"; adds {added}" if added else ""))
-    for reject in summary.rejected:
+    for reject in data["rejected"]:
         output.note(f"rejected {reject['sale_key']}: {reject['reason']}")
-    for sale in summary.ambiguous:
+    for sale in summary.ambiguous.values():
         output.note(f"ambiguous {sale['sale_key']}: {sale['reason']} (candidates {', '.join(sale['candidates'])}); "
                     "written without an account")
+    for sale in summary.gaps.values():
+        missing = "; ".join((f"line {gap['line']}: " if gap["line"] else "") + f"{gap['record']} not sent by "
+                            f"Lightspeed ({', '.join(gap['left_empty'])} left empty)" for gap in sale["missing"])
+        output.note(f"incomplete {sale['sale_key']}: {missing}; {'would be ' if preview else ''}written with what "
+                    "is known")
     for account in summary.enriched:
         output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
                     f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
@@ -326,8 +360,10 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     window = f"{iso(summary.window.since)} .. {iso(summary.window.until)}" if summary.window else ""
     lines.append(
         f"{summary.command} account {summary.account_id} [{window}]: {summary.sales_read} sale(s) read, "
-        f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(summary.rejected)} rejected, "
-        f"{len(summary.ambiguous)} ambiguous; {data['salesforce_api_calls']} Salesforce call(s), "
+        f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(data['rejected'])} rejected, "
+        f"{len(summary.ambiguous)} ambiguous"
+        + (f", {len(summary.gaps)} incomplete" if summary.gaps else "")
+        + f"; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
         + (f"; roll-ups {'would change on' if preview else 'updated on'} "
            f"{len(rolled['changes']) if preview else rolled['updated']} of {rolled['accounts']} account(s)"

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -333,17 +333,29 @@ class StateStore:
                            [(account_id, sf_id, reason) for sf_id, reason in refused.items()])
 
     # -- run history
-    def start_run(self, command: str, account_id: str | None, window_from: datetime | None,
-                  window_to: datetime | None) -> int:
+    def start_run(self, command: str, account_id: str | None) -> int:
+        """A run row; its window is set once known (`set_run_window`)."""
         with self.transaction() as db:
             # Called with the run lock held: a run still marked running was killed before it could finish.
             db.execute("UPDATE run SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running' "
                        "AND (account_id IS ? OR account_id IS NULL)", (iso(utcnow()), account_id))
-            cursor = db.execute(
-                "INSERT INTO run (command, account_id, started_at, window_from, window_to) VALUES (?, ?, ?, ?, ?)",
-                (command, account_id, iso(utcnow()), iso(window_from) if window_from else None,
-                 iso(window_to) if window_to else None))
+            cursor = db.execute("INSERT INTO run (command, account_id, started_at) VALUES (?, ?, ?)",
+                                (command, account_id, iso(utcnow())))
             return int(cursor.lastrowid)
+
+    def set_run_window(self, run_id: int, window_from: datetime, window_to: datetime) -> None:
+        """The run's window, known once Lightspeed's clock is read (after the run started)."""
+        with self.transaction() as db:
+            db.execute("UPDATE run SET window_from = ?, window_to = ? WHERE id = ?",
+                       (iso(window_from), iso(window_to), run_id))
+
+    def host_clock_ahead(self, account_id: str) -> timedelta:
+        """How far the host's clock ran ahead of Lightspeed's (negative: behind) at the account's last run that
+        read it; zero before any did."""
+        row = self._one("SELECT json_extract(summary, '$.host_clock_ahead_seconds') AS ahead FROM run "
+                        "WHERE account_id = ? AND json_extract(summary, '$.host_clock_ahead_seconds') IS NOT NULL "
+                        "ORDER BY id DESC LIMIT 1", (account_id,))
+        return timedelta(seconds=row["ahead"] if row else 0)
 
     def finish_run(self, run_id: int, outcome: str, exit_code: int, summary: dict[str, Any]) -> None:
         with self.transaction() as db:

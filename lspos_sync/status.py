@@ -3,7 +3,7 @@ with an exit code a monitoring check can act on."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from lspos_sync.config import Settings
@@ -31,6 +31,7 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     runs: list[dict[str, Any]] = []
     last_runs: list[dict[str, Any]] = []  # the last sync or backfill of each account (of all, when none is set)
     checkpoints: dict[str, dict[str, str | None]] = {}
+    ahead: dict[str, timedelta] = {}  # the host's clock minus Lightspeed's, as each account's last run found it
     parked = 0
     # A state file that does not exist yet means nothing has run; status does not create one.
     if settings.state_path.exists():
@@ -39,12 +40,15 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
             for account_id in settings.account_ids or [None]:
                 last_runs += [_run(row) for row in store.recent_runs(1, WRITING_COMMANDS, account_id)]
             checkpoints = store.checkpoints()
+            ahead = {account_id: store.host_clock_ahead(account_id) for account_id in checkpoints}
             parked = sum(len(store.rejects(i)) for i in settings.account_ids) if settings.account_ids else \
                 len(store.rejects())
     if settings.account_ids:
         checkpoints = {i: checkpoints.get(i) or {"cursor": None, "updated_at": None} for i in settings.account_ids}
 
-    accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now, parse_iso(cursor["cursor"]))}
+    # The checkpoint is on Lightspeed's clock, so the lag is too: the host's now, less how far it runs ahead.
+    accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now - ahead.get(account_id, timedelta(0)),
+                                                                   parse_iso(cursor["cursor"]))}
                 for account_id, cursor in checkpoints.items()}
     problems = []
     for last in last_runs:
@@ -57,8 +61,9 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
                             "was killed before it finished")
     for account_id, account in accounts.items():
         if account["lag_minutes"] is not None and account["lag_minutes"] < 0:
-            problems.append(f"account {account_id}: the checkpoint is in the future ({account['cursor']}); "
-                            "check the host clock, or set it with `lspos-sync checkpoint reset --to WHEN`")
+            problems.append(f"account {account_id}: the checkpoint is in the future ({account['cursor']}) on "
+                            "Lightspeed's clock; the next sync reads from Lightspeed's now and sets it back, or set "
+                            "it with `lspos-sync checkpoint reset --to WHEN`")
     if max_lag_minutes is not None:
         if not accounts:
             problems.append("no checkpoint yet: no sync has completed")
@@ -108,7 +113,8 @@ def _run(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
-    """Minutes since the checkpoint; negative when it lies in the future (a clock gone wrong)."""
+    """Minutes since the checkpoint; negative when it lies in the future (set by hand, or by a version that
+    trusted a host clock running ahead)."""
     return None if cursor is None else int((now - cursor).total_seconds() // 60)
 
 

@@ -3,8 +3,10 @@
 import hashlib
 import json
 import math
+from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -113,7 +115,7 @@ def test_person_account_never_has_an_empty_last_name(first, last, expected):
         "Phones": {"ContactPhone": [{"number": "(415) 555-0134", "useType": "Mobile"},
                                     {"number": "415 555 0199", "useType": "Home"}]}}})
     record = mapping.person_account_record(customer, "182255", "012000000000001",
-                                           mapping.profile_fields(customer, "US/Eastern", enrich=False))
+                                           mapping.profile_fields(customer, enrich=False))
     assert (record["FirstName"], record["LastName"]) == expected
     assert record["LS_Customer_ID__c"] == "182255-7" and record["PersonEmail"] == "Ana@Example.com"
     assert record["PersonMobilePhone"] == "(415) 555-0134" and record["Phone"] == "415 555 0199"
@@ -143,14 +145,52 @@ def test_content_hash_is_the_digest_the_state_store_already_holds(value):
     assert mapping.content_hash(record, [record]) == hashlib.sha256(written.encode()).hexdigest()[:32]
 
 
-def test_profile_for_enrichment_has_birthdate_in_the_shop_zone_and_the_first_real_address():
+def test_profile_for_enrichment_has_the_birthdate_and_the_first_real_address():
     # local midnight in Tokyo stored in UTC (the 8th at 15:00): the birthdate is the 9th, not the UTC day
     customer = Customer.of({"customerID": "7", "lastName": "Lima", "dob": "1981-04-08T15:00:00+00:00",
                                         "Contact": {"Addresses": {"ContactAddress": [
                                             {"address1": "", "city": "", "zip": "", "country": ""},
                                             {"address1": "700 St-Antoine E", "address2": "Apt 4", "city": "Montreal",
                                              "zip": "H2Y 1A6", "country": "Canada"}]}, "Emails": "", "Phones": ""}})
-    assert mapping.profile_fields(customer, "Asia/Tokyo", enrich=False) == {}
-    assert mapping.profile_fields(customer, "Asia/Tokyo", enrich=True) == {
+    assert mapping.profile_fields(customer, enrich=False) == {}
+    assert mapping.profile_fields(customer, enrich=True) == {
         "PersonBirthdate": "1981-04-09", "PersonMailingStreet": "700 St-Antoine E, Apt 4",
         "PersonMailingCity": "Montreal", "PersonMailingPostalCode": "H2Y 1A6", "PersonMailingCountry": "Canada"}
+
+
+# Days entered in zones west and east of UTC, in winter and in summer time. A day entered at UTC+13 or +14
+# (New Zealand's summer, Tonga, Kiribati) is stored before 11:00 UTC of the day before and cannot be told from
+# one entered at UTC-11 or -10: the contract's rule reads it a day early (docs/sync-rules.md).
+ENTERED = [("America/New_York", "1990-01-15"), ("America/New_York", "1981-07-09"), ("Pacific/Honolulu", "1990-01-15"),
+           ("US/Pacific", "1990-01-15"), ("US/Pacific", "1981-07-09"), ("UTC", "2001-10-28"),
+           ("Europe/Paris", "1990-01-15"), ("Europe/Paris", "1981-07-09"), ("Asia/Tokyo", "2001-10-28"),
+           ("Pacific/Auckland", "1981-07-09")]
+
+
+@pytest.mark.parametrize(("entered_in", "day"), ENTERED)
+def test_a_date_only_field_is_the_day_of_the_nearest_utc_midnight(entered_in, day):
+    # Lightspeed sends the local midnight of the zone the day was entered in, in UTC, and names no zone
+    assert mapping.calendar_day(entered_midnight(entered_in, day)) == day
+
+
+def entered_midnight(zone: str, day: str) -> datetime:
+    return datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(zone)).astimezone(timezone.utc)
+
+
+def test_what_lightspeed_did_not_send_is_named_with_the_fields_left_empty():
+    sale = Sale.of({"saleID": "5", "shopID": "9", "customerID": "42", "completed": "true",
+                    "SaleLines": {"SaleLine": [
+                        {"saleLineID": "51", "itemID": "77"},  # the Item relation did not come
+                        {"saleLineID": "52", "itemID": "0"},  # a line with no item: nothing missing
+                        {"saleLineID": "53", "itemID": "3", "Item": {"itemID": "3", "categoryID": "8"}},
+                        {"saleLineID": "54", "itemID": "4", "Item": {"itemID": "4", "categoryID": "1"}}]},
+                    "SalePayments": {"SalePayment": [{"salePaymentID": "61", "amount": "10"},
+                                                     {"salePaymentID": "62", "amount": "5", "archived": "true"}]}})
+    categories = {1: Category(category_id=1, name="Rings")}
+    assert mapping.gaps(sale, "1", SHOPS, categories) == [
+        {"line": None, "record": "Shop 9", "left_empty": ["Shop_Name__c"]},
+        {"line": None, "record": "Customer 42", "left_empty": ["Account__c"]},
+        {"line": None, "record": "PaymentType of SalePayment 61", "left_empty": ["Payment_Methods__c"]},
+        {"line": "1-51", "record": "Item 77", "left_empty": ["SKU__c", "Product_Name__c", "Category__c"]},
+        {"line": "1-53", "record": "Category 8", "left_empty": ["Category__c"]}]
+    assert mapping.gaps(Sale.of({"saleID": "6", "shopID": "1", "customerID": "0"}), "1", SHOPS, {}) == []

@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from conftest import Cli, sell
 from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
@@ -124,20 +126,52 @@ def test_sale_edited_while_the_run_pages_is_caught_by_the_next_run(cli, lightspe
     assert_exactly_once(salesforce, lightspeed, sales)
 
 
-def test_host_clock_ahead_of_lightspeed_misses_nothing(tmp_path, salesforce, state_path):
-    behind = lambda: datetime.now(timezone.utc) - timedelta(minutes=15)  # noqa: E731 - Lightspeed's clock
-    with LightspeedEmulator(clock=behind) as lightspeed:
+@pytest.mark.parametrize("lightspeed_behind", [timedelta(minutes=15), timedelta(minutes=-15)],
+                         ids=["host-ahead", "host-behind"])
+def test_host_clock_off_by_more_than_the_look_back_misses_nothing(tmp_path, salesforce, state_path, lightspeed_behind):
+    lightspeed_clock = lambda: datetime.now(timezone.utc) - lightspeed_behind  # noqa: E731 - the host's is the real one
+    with LightspeedEmulator(clock=lightspeed_clock) as lightspeed:
         shop = lightspeed.add_shop("Shop")
         item = lightspeed.add_item("Ring")
         cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
-                   "LSPOS_SYNC_START": "2026-01-01"}, tmp_path)
-        first = lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "100"}])
-        assert cli("sync").code == 0
+                   "LSPOS_SYNC_START": "2026-01-01", "LSPOS_LOOKBACK_MINUTES": "5"}, tmp_path)
+        an_hour_ago = lightspeed_clock() - timedelta(hours=1)
+        voided, edited = (lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "100"}],
+                                              at=an_hour_ago) for _ in range(2))
+        parked = lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "50"}], completed=False,
+                                     at=an_hour_ago)
+        first = cli("sync", "--json")
+        assert first.code == 0, first.stderr
+        assert abs(datetime.fromisoformat(first.json["window"]["to"]) - lightspeed_clock()) < timedelta(minutes=1)
+        assert first.json["checkpoint"] == first.json["window"]["to"]  # Lightspeed's clock, not the host's
+        assert first.stderr.count("host clock") == 1  # said once, as a warning
+        # the lag is measured on Lightspeed's clock too
+        assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["lag_minutes"] == 0
+        assert cli("status", "--max-lag-minutes", "5").code == 0
+
+        lightspeed.void_sale(voided)
+        lightspeed.set_line_quantity(int(lightspeed.sale(edited)["SaleLines"]["SaleLine"]["saleLineID"]), 3)
+        lightspeed.complete_sale(parked)
         second = lightspeed.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "200"}])
-        lightspeed.void_sale(first)
         assert cli("sync").code == 0
-        written = {r["LS_Sale_ID__c"]: r["Status__c"] for r in salesforce.records("Sales_Transaction__c")}
-        assert written == {f"182255-{first}": "Voided", f"182255-{second}": "Completed"}
+
+        written = {r["LS_Sale_ID__c"]: (r["Status__c"], r["Total__c"])
+                   for r in salesforce.records("Sales_Transaction__c")}
+        assert written == {f"182255-{voided}": ("Voided", 100.0), f"182255-{edited}": ("Completed", 300.0),
+                           f"182255-{parked}": ("Completed", 50.0), f"182255-{second}": ("Completed", 200.0)}
+
+
+def test_backfill_and_dry_run_end_at_lightspeeds_now(tmp_path, salesforce, state_path):
+    lightspeed_clock = lambda: datetime.now(timezone.utc) + timedelta(minutes=15)  # noqa: E731 - host behind
+    with LightspeedEmulator(clock=lightspeed_clock) as lightspeed:
+        sale = lightspeed.add_sale(lightspeed.add_shop("Shop"),
+                                   [{"item_id": lightspeed.add_item("Ring"), "quantity": 1, "unit_price": "10"}])
+        cli = Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path)}, tmp_path)
+        since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+        preview = cli("dry-run", "--from", since, "--json")
+        assert [plan["sale_id"] for plan in preview.json["plans"]] == [sale]
+        assert cli("backfill", "--from", since).code == 0
+        assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
 
 
 def test_api_reserve_stops_the_run_before_writing(cli, lightspeed, salesforce, boutique):

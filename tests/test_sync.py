@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from conftest import by_key, sell
 
@@ -389,6 +390,26 @@ def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightsp
     assert "filled empty fields of account" in result.stderr
 
 
+def test_a_birthday_is_the_day_entered_whatever_the_shop(cli, lightspeed, salesforce, boutique):
+    # entered as the midnight of zones west and east of UTC, bought in shops west and east of UTC
+    entered = [("America/New_York", "1981-07-09"), ("America/New_York", "1990-01-15"), ("Pacific/Honolulu", "1985-03-02"),
+               ("Europe/Paris", "1990-01-15"), ("Asia/Tokyo", "1979-11-30"), ("Pacific/Auckland", "1981-07-09")]
+    expected = {}
+    for zone in ("Pacific/Honolulu", "US/Pacific", "Europe/Paris", "Asia/Tokyo"):
+        shop = lightspeed.add_shop(f"Shop in {zone}", zone)
+        for born_in, day in entered:
+            midnight = datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(born_in)).astimezone(timezone.utc)
+            customer = lightspeed.add_customer("Client", f"{born_in} {zone}", dob=midnight)
+            lightspeed.add_sale(shop, [{"item_id": boutique.scarf, "quantity": 1, "unit_price": "10"}],
+                                customer_id=customer)
+            expected[f"182255-{customer}"] = day
+
+    result = cli("sync", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    assert {a["LS_Customer_ID__c"]: a["PersonBirthdate"] for a in person_accounts(salesforce)} == expected
+
+
 def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     known = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com"})
@@ -397,6 +418,44 @@ def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed,
     assert cli("sync").code == 0
     account = salesforce.get("Account", known)
     assert account["PersonMobilePhone"] is None and account["LS_Customer_ID__c"]
+
+
+def test_a_sale_read_twice_in_a_run_is_named_once(cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    for last in ("Lima", "Lima-Souza"):
+        salesforce.insert("Account", {"RecordTypeId": rt, "LastName": last, "PersonEmail": "family@example.com"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="family@example.com"))
+    lightspeed.void_sale(sale)  # read from the SaleVoid feed, then again in the pages
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert [a["sale_key"] for a in result.json["ambiguous"]] == [f"182255-{sale}"]
+    assert result.stderr.count(f"ambiguous 182255-{sale}") == 1
+
+
+def test_a_line_whose_item_lightspeed_did_not_send_is_written_and_named(cli, lightspeed, salesforce, boutique):
+    without_category = lightspeed.add_item("Gift wrap", custom_sku="WRAP", category_id=404)  # no such Category
+    sale = lightspeed.add_sale(boutique.shop, [{"item_id": 777, "quantity": 1, "unit_price": "30"},  # no such Item
+                                               {"item_id": without_category, "quantity": 1, "unit_price": "5"},
+                                               {"item_id": boutique.scarf, "quantity": 1, "unit_price": "120"}])
+    lightspeed.void_sale(sale)  # read twice in the run: named once
+    ghost, wrap, scarf = (f"182255-{line['saleLineID']}" for line in lightspeed.sale(sale)["SaleLines"]["SaleLine"])
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = lines(salesforce)
+    assert (written[ghost]["SKU__c"], written[ghost]["Product_Name__c"], written[ghost]["Line_Total__c"]) == \
+        (None, None, 30.0)
+    assert (written[wrap]["SKU__c"], written[wrap]["Category__c"]) == ("WRAP", None)
+    assert written[scarf]["Category__c"] == "Accessories"
+    assert result.json["gaps"] == [{"sale_key": f"182255-{sale}", "sale_id": sale, "missing": [
+        {"line": ghost, "record": "Item 777", "left_empty": ["SKU__c", "Product_Name__c", "Category__c"]},
+        {"line": wrap, "record": "Category 404", "left_empty": ["Category__c"]}]}]
+    assert result.stderr.count(f"incomplete 182255-{sale}:") == 1
+    assert f"line {ghost}: Item 777 not sent by Lightspeed (SKU__c, Product_Name__c, Category__c left empty)" \
+        in result.stderr
 
 
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):

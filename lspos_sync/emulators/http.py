@@ -128,7 +128,10 @@ class EmulatorServer:
                         pass
                     return
                 payload = response.encode()
-                self.send_response(response.status)
+                self.send_response_only(response.status)
+                self.send_header("Server", self.version_string())
+                if not any(name.lower() == "date" for name in response.headers):  # an emulator's own clock wins
+                    self.send_header("Date", self.date_time_string())
                 if payload or response.status not in (204, 304):
                     self.send_header("Content-Type", response.content_type)
                 for name, value in response.headers.items():

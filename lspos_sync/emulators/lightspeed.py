@@ -11,7 +11,9 @@ takes the PESSIMISTIC reading, so clients are tested against the worst case:
 * an unknown query parameter (e.g. `updateTime` in the tutorial's casing, §4.6) is a 400, not ignored;
 * a `+` in a timestamp filter not sent as `%2B` decodes as a space and is a 400 (§2);
 * a full last page still carries a `next` URL, whose page is empty and has no `Sale` key (§3);
-* `drop_next` drops the response AFTER the request took effect, as when a response is lost on the wire.
+* `drop_next` drops the response AFTER the request took effect, as when a response is lost on the wire;
+* every response carries an HTTP `Date` from the emulator's own clock (`clock=`), which may differ from the
+  host's, as Lightspeed's may.
 
 One server serves several accounts, as the real cloud does (one API base URL, one token URL): the emulator is
 its first account, and `add_account` registers more. Each `LightspeedAccount` has its own data, ids, OAuth
@@ -35,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode
@@ -991,6 +994,8 @@ class LightspeedEmulator(LightspeedAccount):
         with self._lock:
             account = self._recipient(request)
             response, record, drop = account._answer(request)
+            # Every HTTP server dates its responses; Lightspeed's clock is the one the sync must follow.
+            response.headers["Date"] = formatdate(self._clock().timestamp(), usegmt=True)
         if account.after_request is not None:
             account.after_request(record)  # outside the lock: the hook changes data as the merchant would
         if drop:

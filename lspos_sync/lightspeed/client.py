@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, Callable, Iterator, TypeVar, Union
 
@@ -30,6 +31,8 @@ SALE_RELATIONS = ["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.P
 PAGE_SIZE = 100  # the maximum (fact sheet §2)
 MIN_PAGE_SIZE = 10
 _ATTEMPTS = 6
+# A host clock further than this from Lightspeed's is worth a warning (what is read does not depend on it).
+CLOCK_TOLERANCE = timedelta(minutes=1)
 
 
 def lightspeed_time(moment: datetime) -> str:
@@ -96,6 +99,39 @@ class LightspeedClient:
         self.throttled = 0  # 429 responses met
         self.time_field = "updatetime"
         self._one_at_a_time = threading.Lock()
+        self._dated: tuple[datetime, float] | None = None  # the Date of the latest response, and when it came
+        self.host_ahead: timedelta | None = None  # the host's clock minus Lightspeed's, at the first dated response
+
+    # -- Lightspeed's clock
+    def now(self) -> datetime:
+        """Lightspeed's clock: the `Date` header of its latest response, moved on by the time since it came.
+        Before any response, the cheapest request there is (the account itself, one drip) is made for it.
+
+        Date has whole seconds and is stamped before the response travels, so this is never later than
+        Lightspeed's true time: a window ending here never ends after a sale Lightspeed has not written yet."""
+        if self._dated is None:
+            self._get(f"{self._base}.json", None, lambda content: None)
+        if self._dated is None:  # a proxy that strips Date; real Lightspeed sends one, as any HTTP server
+            log.warning("Lightspeed's responses carry no Date header: the window ends at the host's clock")
+            return datetime.now(timezone.utc)
+        date, seen_at = self._dated
+        return date + timedelta(seconds=time.monotonic() - seen_at)
+
+    def _note_date(self, header: str | None, seen_at: float) -> None:
+        try:
+            date = parsedate_to_datetime(header) if header else None
+        except (TypeError, ValueError):
+            date = None
+        if date is None or date.tzinfo is None:
+            return
+        self._dated = (date, seen_at)
+        if self.host_ahead is None:
+            self.host_ahead = datetime.now(timezone.utc) - date
+            if abs(self.host_ahead) > CLOCK_TOLERANCE:
+                minutes = abs(self.host_ahead.total_seconds()) / 60
+                log.warning("the host clock is %.0f minute(s) %s Lightspeed's: windows and the checkpoint follow "
+                            "Lightspeed's clock, so nothing is missed, but keep the host on NTP", minutes,
+                            "ahead of" if self.host_ahead > timedelta(0) else "behind")
 
     # -- reading
     def sales(self, since: datetime, until: datetime, raw: bool = False) -> Iterator[list[Row]]:
@@ -210,6 +246,7 @@ class LightspeedClient:
                 continue
             self.requests += 1
             self.bucket.update(response.headers, time.monotonic())
+            self._note_date(response.headers.get("date"), time.monotonic())
             status = response.status_code
             if status == 200:
                 try:
