@@ -26,6 +26,10 @@ KINDS = {
 STANDARD_FIELDS = {"Id", "Name", "CreatedDate", "LastModifiedDate"}
 # Standard report types the reports may use, with their object, and the standard columns of theirs they use
 STANDARD_REPORT_TYPES = {"AccountList": ("Account", {"ACCOUNT.NAME", "CREATED_DATE"})}
+# Lengths Salesforce refuses to deploy beyond, per file kind and element
+LIMITS = {".reportType-meta.xml": {"description": 255, "label": 50},
+          ".report-meta.xml": {"description": 255, "name": 40},
+          ".dashboard-meta.xml": {"description": 255, "title": 80}}
 # Elements of a report whose text is a column reference
 COLUMN_TAGS = {"field", "column", "dateColumn", "sortColumn", "groupingColumn", "sortByName"}
 
@@ -61,10 +65,36 @@ class _Org:
 def problems(metadata: Path) -> list[str]:
     """Everything in `metadata` (a force-app/main/default folder) that would not deploy or not resolve."""
     found: list[str] = []
-    documents: dict[Path, ET.Element] = {}
-    for path in sorted(metadata.rglob("*.xml")):
+    documents = _documents(metadata, found)
+    org = _Org(documents)
+    for path, root in documents.items():
         where = path.relative_to(metadata)
-        kind = _kind(path)
+        for tag, limit in LIMITS.get(_kind(path) or "", {}).items():
+            if len(_text(root, f"md:{tag}")) > limit:
+                found.append(f"{where}: {tag} is longer than {limit} characters")
+        if _kind(path) == ".field-meta.xml" and _text(root, "md:fullName") != path.name.split(".")[0]:
+            found.append(f"{where}: fullName {_text(root, 'md:fullName')} is not the file's name")
+    report_types = {path.name.split(".")[0]: _report_type_columns(root, org, path.relative_to(metadata), found)
+                    for path, root in documents.items() if _kind(path) == ".reportType-meta.xml"}
+    reports = {f"{path.parent.name}/{path.name.split('.')[0]}": root
+               for path, root in documents.items() if _kind(path) == ".report-meta.xml"}
+    for path, root in documents.items():
+        if _kind(path) in (".report-meta.xml", ".dashboard-meta.xml"):
+            folder, kind = path.parent.name, "report" if _kind(path) == ".report-meta.xml" else "dashboard"
+            if not (path.parent.parent / f"{folder}.{kind}Folder-meta.xml").exists():
+                found.append(f"{path.relative_to(metadata)}: no {kind}s/{folder}.{kind}Folder-meta.xml for its folder")
+        if _kind(path) == ".report-meta.xml":
+            _check_report(root, org, report_types, path.relative_to(metadata), found)
+        if _kind(path) == ".dashboard-meta.xml":
+            _check_dashboard(root, set(reports), path.relative_to(metadata), found)
+    return found
+
+
+def _documents(metadata: Path, found: list[str]) -> dict[Path, ET.Element]:
+    """Every file, parsed, if it is well-formed metadata of the kind its name says."""
+    documents = {}
+    for path in sorted(metadata.rglob("*.xml")):
+        where, kind = path.relative_to(metadata), _kind(path)
         if kind is None:
             found.append(f"{where}: not a metadata file kind this project ships")
             continue
@@ -77,92 +107,83 @@ def problems(metadata: Path) -> list[str]:
             found.append(f"{where}: root is {root.tag}, expected {KINDS[kind]} in {NS}")
             continue
         documents[path] = root
-    org = _Org(documents)
-    for path, root in documents.items():
-        if _kind(path) == ".field-meta.xml" and _text(root, "md:fullName") != path.name.split(".")[0]:
-            found.append(f"{path.relative_to(metadata)}: fullName {_text(root, 'md:fullName')} is not the file's name")
+    return documents
 
-    # report types: name -> {"Table$Field": (object, field)}
-    report_types: dict[str, dict[str, tuple[str, str]]] = {}
-    for path in (p for p in documents if _kind(p) == ".reportType-meta.xml"):
-        root, where = documents[path], path.relative_to(metadata)
-        base = _text(root, "md:baseObject")
-        if base not in org.custom_objects and base != "Account":
-            found.append(f"{where}: base object {base} is not a shipped object")
-        tables = {base: base}
-        parent, join = base, root.find("md:join", MD)
-        while join is not None:
-            relationship = _text(join, "md:relationship")
-            child = org.children.get((tables[parent], relationship))
-            if child is None:
-                found.append(f"{where}: {tables[parent]} has no child relationship {relationship}")
-                break
-            parent = f"{parent}.{relationship}"
-            tables[parent] = child
-            join = join.find("md:join", MD)
-        columns = report_types.setdefault(path.name.split(".")[0], {})
-        for column in root.iterfind("md:sections/md:columns", MD):
-            table, field = _text(column, "md:table"), _text(column, "md:field")
-            if table not in tables:
-                found.append(f"{where}: column {field} is on table {table}, not one of {', '.join(tables)}")
-            elif not org.has_field(tables[table], field):
-                found.append(f"{where}: {tables[table]} has no field {field}")
-            else:
-                columns[f"{table}${field}"] = (tables[table], field)
 
-    reports = set()
-    for path in (p for p in documents if _kind(p) == ".report-meta.xml"):
-        root, where = documents[path], path.relative_to(metadata)
-        folder = path.parent.name
-        reports.add(f"{folder}/{path.name.split('.')[0]}")
-        if not (path.parent.parent / f"{folder}.reportFolder-meta.xml").exists():
-            found.append(f"{where}: no reports/{folder}.reportFolder-meta.xml for its folder")
-        report_type = _text(root, "md:reportType")
-        if report_type.endswith("__c"):
-            columns = report_types.get(report_type[:-3])
-            if columns is None:
-                found.append(f"{where}: report type {report_type[:-3]} is not shipped in reportTypes/")
-                continue
-            resolve: Callable[[str], tuple[str, str] | None] = columns.get
-        elif report_type in STANDARD_REPORT_TYPES:
-            obj, standard = STANDARD_REPORT_TYPES[report_type]
-
-            def resolve(reference: str, obj: str = obj, standard: set[str] = standard) -> tuple[str, str] | None:
-                if reference in standard:
-                    return obj, "Name"
-                prefix, _, name = reference.partition(".")
-                return (obj, name) if prefix == obj and name.endswith("__c") and org.has_field(obj, name) else None
+def _report_type_columns(root: ET.Element, org: _Org, where: Path, found: list[str]) -> dict[str, tuple[str, str]]:
+    """The columns a custom report type offers, as reports name them ("Table$Field"), with object and field."""
+    base = _text(root, "md:baseObject")
+    if base not in org.custom_objects and base != "Account":
+        found.append(f"{where}: base object {base} is not a shipped object")
+    tables = {base: base}
+    parent, join = base, root.find("md:join", MD)
+    while join is not None:
+        relationship = _text(join, "md:relationship")
+        child = org.children.get((tables[parent], relationship))
+        if child is None:
+            found.append(f"{where}: {tables[parent]} has no child relationship {relationship}")
+            break
+        parent = f"{parent}.{relationship}"
+        tables[parent] = child
+        join = join.find("md:join", MD)
+    columns = {}
+    for column in root.iterfind("md:sections/md:columns", MD):
+        table, field = _text(column, "md:table"), _text(column, "md:field")
+        if table not in tables:
+            found.append(f"{where}: column {field} is on table {table}, not one of {', '.join(tables)}")
+        elif not org.has_field(tables[table], field):
+            found.append(f"{where}: {tables[table]} has no field {field}")
         else:
-            found.append(f"{where}: report type {report_type} is neither shipped nor a known standard one")
-            continue
-        for element in root.iter():
-            tag = element.tag.rpartition("}")[2]
-            reference = re.sub(r"^\w+!", "", (element.text or "").strip())  # sortByName: "s!Field" is its sum
-            if tag in COLUMN_TAGS and reference != "RowCount" and resolve(reference) is None:
-                found.append(f"{where}: {tag} {reference} is not a column of report type {report_type}")
-        for item in root.iterfind("md:filter/md:criteriaItems", MD):
-            resolved = resolve(_text(item, "md:column"))
-            allowed = org.fields.get(resolved[0], {}).get(resolved[1]) if resolved else None
-            if allowed is not None and _text(item, "md:operator") in ("equals", "notEqual"):
-                for value in _text(item, "md:value").split(","):
-                    if value not in allowed:
-                        found.append(f"{where}: {value!r} is not a value of picklist {resolved[0]}.{resolved[1]}")
+            columns[f"{table}${field}"] = (tables[table], field)
+    return columns
 
-    for path in (p for p in documents if _kind(p) == ".dashboard-meta.xml"):
-        root, where = documents[path], path.relative_to(metadata)
-        if not (path.parent.parent / f"{path.parent.name}.dashboardFolder-meta.xml").exists():
-            found.append(f"{where}: no dashboards/{path.parent.name}.dashboardFolder-meta.xml for its folder")
-        if _text(root, "md:dashboardType") != "LoggedInUser":
-            found.append(f"{where}: dashboardType must be LoggedInUser (a running user's name differs per org)")
-        components = [c for section in ("leftSection", "middleSection", "rightSection")
-                      for c in root.iterfind(f"md:{section}/md:components", MD)]
-        if not components:
-            found.append(f"{where}: no components")
-        for component in components:
-            if _text(component, "md:report") not in reports:
-                found.append(f"{where}: component {_text(component, 'md:header')!r} shows report "
-                             f"{_text(component, 'md:report')!r}, which is not shipped")
-    return found
+
+def _check_report(root: ET.Element, org: _Org, report_types: dict[str, dict[str, tuple[str, str]]], where: Path,
+                  found: list[str]) -> None:
+    """Every column the report names is one of its report type's, and every picklist value it filters on exists."""
+    report_type = _text(root, "md:reportType")
+    if report_type.endswith("__c"):  # a custom report type: its developer name and __c
+        if report_type[:-3] not in report_types:
+            found.append(f"{where}: report type {report_type[:-3]} is not shipped in reportTypes/")
+            return
+        resolve: Callable[[str], tuple[str, str] | None] = report_types[report_type[:-3]].get
+    elif report_type in STANDARD_REPORT_TYPES:
+        obj, standard = STANDARD_REPORT_TYPES[report_type]
+
+        def resolve(reference: str) -> tuple[str, str] | None:  # ACCOUNT.NAME, or Account.Custom__c
+            if reference in standard:
+                return obj, "Name"
+            prefix, _, name = reference.partition(".")
+            return (obj, name) if prefix == obj and name.endswith("__c") and org.has_field(obj, name) else None
+    else:
+        found.append(f"{where}: report type {report_type} is neither shipped nor a known standard one")
+        return
+    for element in root.iter():
+        tag = element.tag.rpartition("}")[2]
+        reference = re.sub(r"^\w+!", "", (element.text or "").strip())  # sortByName: "s!Field" is its sum
+        if tag in COLUMN_TAGS and reference != "RowCount" and resolve(reference) is None:
+            found.append(f"{where}: {tag} {reference} is not a column of report type {report_type}")
+    for item in root.iterfind("md:filter/md:criteriaItems", MD):
+        resolved = resolve(_text(item, "md:column"))
+        allowed = org.fields.get(resolved[0], {}).get(resolved[1]) if resolved else None
+        if resolved and allowed is not None and _text(item, "md:operator") in ("equals", "notEqual"):
+            for value in _text(item, "md:value").split(","):
+                if value not in allowed:
+                    found.append(f"{where}: {value!r} is not a value of picklist {resolved[0]}.{resolved[1]}")
+
+
+def _check_dashboard(root: ET.Element, reports: set[str], where: Path, found: list[str]) -> None:
+    """The dashboard deploys into any org and every component shows a shipped report."""
+    if _text(root, "md:dashboardType") != "LoggedInUser":
+        found.append(f"{where}: dashboardType must be LoggedInUser (a running user's name differs per org)")
+    components = [component for section in ("leftSection", "middleSection", "rightSection")
+                  for component in root.iterfind(f"md:{section}/md:components", MD)]
+    if not components:
+        found.append(f"{where}: no components")
+    for component in components:
+        if _text(component, "md:report") not in reports:
+            found.append(f"{where}: component {_text(component, 'md:header')!r} shows report "
+                         f"{_text(component, 'md:report')!r}, which is not shipped")
 
 
 def test_shipped_metadata_resolves() -> None:
@@ -218,10 +239,13 @@ JOINED = "reportTypes/LSPOS_Sales_Transactions_with_Line_Items.reportType-meta.x
     (_replace(DASHBOARD, "LSPOS_Sync_Reports/Refunds_and_Voids", "LSPOS_Sync_Reports/Refunds"),
      "'LSPOS_Sync_Reports/Refunds', which is not shipped"),
     (_replace(DASHBOARD, "<dashboardType>LoggedInUser", "<dashboardType>SpecifiedUser"), "dashboardType"),
+    (_replace(REPORT, "<name>Sales per Shop per Day", "<name>Net sales per shop and per day, refunds included"),
+     "name is longer than 40 characters"),
     (lambda metadata: (metadata / "reports" / "LSPOS_Sync_Reports.reportFolder-meta.xml").unlink(),
      "no reports/LSPOS_Sync_Reports.reportFolder-meta.xml"),
 ], ids=["malformed", "namespace", "unknown-field", "dot-instead-of-dollar", "picklist-value", "report-type",
-        "relationship", "report-type-column", "account-field", "dashboard-report", "running-user", "folder"])
+        "relationship", "report-type-column", "account-field", "dashboard-report", "running-user", "name-length",
+        "folder"])
 def test_a_broken_copy_is_caught(tmp_path: Path, breakage: Callable[[Path], None], expected: str) -> None:
     copy = tmp_path / "default"
     shutil.copytree(METADATA, copy)
