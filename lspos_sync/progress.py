@@ -30,7 +30,8 @@ class WindowBar:
             TextColumn("{task.percentage:>3.0f}% of the window"), _Counts(self),
             TimeElapsedColumn(), TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
             console=Console(stderr=True), redirect_stdout=False, redirect_stderr=True)
-        self._task = self._progress.add_task(command, total=max((window.until - window.since).total_seconds(), 1.0))
+        self._length = max((window.until - window.since).total_seconds(), 1.0)  # a window of no time is one second
+        self._task = self._progress.add_task(command, total=self._length)
         self._streams: list[tuple[logging.StreamHandler, object]] = []
 
     def __enter__(self) -> "WindowBar":
@@ -58,8 +59,8 @@ class WindowBar:
 
         def moved(moment: datetime) -> None:
             progress(moment)
-            covered = (min(max(moment, self.window.since), self.window.until) - self.window.since).total_seconds()
-            self._progress.update(self._task, completed=covered)
+            covered = (max(moment, self.window.since) - self.window.since).total_seconds()
+            self._progress.update(self._task, completed=self._length if moment >= self.window.until else covered)
 
         return moved
 
