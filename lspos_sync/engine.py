@@ -113,7 +113,7 @@ class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, sink: Sink, *,
                  dry_run: bool, phone_region: str, person_record_type: str, verify_unchanged: bool = False,
                  enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int, RunSummary], None] | None = None) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -295,7 +295,7 @@ class Engine:
         self._raw_customers.clear()
         self._settle_answered(summary)
         if self.on_batch:
-            self.on_batch(len(sales))
+            self.on_batch(len(sales), summary)
 
     def _add_mapped_fields(self, sale: Sale, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         """The fields the mapping file adds, filled from the payloads as Lightspeed sent them."""

@@ -25,6 +25,7 @@ from lspos_sync.state import StateStore, iso
 
 if TYPE_CHECKING:
     from lspos_sync.output import Output
+    from lspos_sync.progress import Spinner, WindowBar
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +244,11 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)
         sink = RecordingSink(salesforce) if dry_run else CompositeWriter(salesforce)
-        spinner = stack.enter_context(_Progress(output, command))
         collector = stack.enter_context(_Collector())
+        display: _Quiet | WindowBar | Spinner = _Quiet()  # what the run shows once its window is known
 
-        def batch_done(sales: int) -> None:
-            spinner.advance(sales)
+        def batch_done(sales: int, summary: RunSummary) -> None:
+            display.advance(sales, summary)
             collector.after_batch()
 
         engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
@@ -258,12 +259,15 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
             if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
                 fieldmap.check_org(settings, names, salesforce.describe)
             if window is None:
+                display = stack.enter_context(_display(output, command, settings.account_id, None, salesforce))
                 summary = engine.retry(retry or [])
             else:
                 # The window ends at Lightspeed's now, never the host's (contract §4, "Whose clock").
                 bounds = window(lightspeed.now())
                 if run_id is not None:
                     store.set_run_window(run_id, bounds.since, bounds.until)
+                display = stack.enter_context(_display(output, command, settings.account_id, bounds, salesforce))
+                progress = display.tracking(progress)  # on a terminal, the bar moves with it
                 summary = engine.run(command, bounds, progress=progress, limit=limit)
         except Exception as error:
             if run_id is not None:
@@ -385,28 +389,31 @@ def _table(summary: RunSummary) -> None:
     Console(stderr=True).print(table)
 
 
-class _Progress:
-    """A rich progress line on a terminal; nothing at all under cron."""
+def _display(output: "Output", command: str, account_id: str, window: Window | None,
+             salesforce: SalesforceClient) -> "_Quiet | WindowBar | Spinner":
+    """What the run shows on stderr as it goes (contract §1): on a terminal, a bar over the window for `sync` and
+    `backfill`, a spinner for the other commands and under --json (whose stdout is one JSON object either way);
+    nothing at all under cron."""
+    if not output.fancy:
+        return _Quiet()
+    from lspos_sync.progress import Spinner, WindowBar  # rich: only ever imported on a terminal
 
-    def __init__(self, output: "Output", command: str) -> None:
-        self._enabled = output.fancy
-        self._command = command
-        self._status = None
-        self._count = 0
+    if command in ("sync", "backfill") and window is not None and not output.as_json:
+        return WindowBar(command, account_id, window, salesforce)
+    return Spinner(command)
 
-    def __enter__(self) -> "_Progress":
-        if self._enabled:
-            from rich.console import Console
 
-            self._status = Console(stderr=True).status(f"{self._command}: reading Lightspeed…")
-            self._status.__enter__()
+class _Quiet:
+    """Under cron: nothing while the run goes; the summary line says how it went."""
+
+    def __enter__(self) -> "_Quiet":
         return self
 
-    def advance(self, sales: int) -> None:
-        self._count += sales
-        if self._status is not None:
-            self._status.update(f"{self._command}: {self._count} sale(s) processed…")
-
     def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(None, None, None)
+        pass
+
+    def advance(self, sales: int, summary: RunSummary) -> None:
+        pass
+
+    def tracking(self, progress: Callable[[datetime], None] | None) -> Callable[[datetime], None] | None:
+        return progress
