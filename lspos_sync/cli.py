@@ -262,6 +262,8 @@ def checkpoint(ctx: click.Context, account: str | None, **common: Any) -> None:
 def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> None:
     """The cursor(s), the last run's time and outcome."""
 
+    from lspos_sync.status import lag_minutes
+
     account = account or ctx.meta.get("account")
 
     def body(settings: Settings, output: Output) -> int:
@@ -276,10 +278,9 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
         lines = []
         for account_id, cursor in cursors.items():
-            lag = None
-            if cursor["cursor"]:
-                # on Lightspeed's clock, as the checkpoint: the host's now less how far it ran ahead at the last run
-                lag = int((now - ahead[account_id] - datetime.fromisoformat(cursor["cursor"])).total_seconds() // 60)
+            # on Lightspeed's clock, as the checkpoint: the host's now less how far it ran ahead at the last run
+            lag = lag_minutes(now, ahead[account_id],
+                              datetime.fromisoformat(cursor["cursor"]) if cursor["cursor"] else None)
             data["checkpoints"][account_id] = {**cursor, "lag_minutes": lag}
             lines.append(f"account {account_id}: checkpoint {cursor['cursor'] or 'not set'}"
                          + (f" ({lag} min ago)" if lag is not None and lag >= 0 else

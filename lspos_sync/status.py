@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lspos_sync.config import Settings
 from lspos_sync.errors import LockHeld
+from lspos_sync.lightspeed.client import CLOCK_TOLERANCE
 from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
 from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
 from lspos_sync.state import StateStore, parse_iso, utcnow
@@ -47,8 +48,8 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
         checkpoints = {i: checkpoints.get(i) or {"cursor": None, "updated_at": None} for i in settings.account_ids}
 
     # The checkpoint is on Lightspeed's clock, so the lag is too: the host's now, less how far it runs ahead.
-    accounts = {account_id: {**cursor, "lag_minutes": _lag_minutes(now - ahead.get(account_id, timedelta(0)),
-                                                                   parse_iso(cursor["cursor"]))}
+    accounts = {account_id: {**cursor, "lag_minutes": lag_minutes(now, ahead.get(account_id, timedelta(0)),
+                                                                  parse_iso(cursor["cursor"]))}
                 for account_id, cursor in checkpoints.items()}
     problems = []
     for last in last_runs:
@@ -112,10 +113,17 @@ def _run(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lag_minutes(now: datetime, cursor: datetime | None) -> int | None:
-    """Minutes since the checkpoint; negative when it lies in the future (set by hand, or by a version that
-    trusted a host clock running ahead)."""
-    return None if cursor is None else int((now - cursor).total_seconds() // 60)
+def lag_minutes(now: datetime, host_ahead: timedelta, cursor: datetime | None) -> int | None:
+    """Minutes since the checkpoint, on Lightspeed's clock (the host's `now` less how far it ran ahead);
+    negative when the checkpoint lies in the future (set by hand, or by a version that trusted a host clock
+    running ahead). The host's lead is known only to the whole second of Lightspeed's `Date` header, plus the
+    response's travel, so a checkpoint less than `CLOCK_TOLERANCE` ahead is a lag of 0, not a future one."""
+    if cursor is None:
+        return None
+    lag = now - host_ahead - cursor
+    if -CLOCK_TOLERANCE <= lag < timedelta(0):
+        return 0
+    return int(lag.total_seconds() // 60)
 
 
 def _still_running(settings: Settings, account_id: str | None) -> bool:

@@ -6,6 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 from conftest import sell
 
+from lspos_sync.status import lag_minutes
+
 
 def test_status_reports_the_last_run_with_its_figures(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"),
@@ -132,3 +134,14 @@ def test_status_flags_a_run_that_was_killed(cli, lightspeed, salesforce, boutiqu
     result = cli("status", "--json")
     assert result.code == 1
     assert any("killed" in problem for problem in result.json["problems"])
+
+
+def test_a_checkpoint_within_the_date_headers_second_is_no_lag_not_a_future_one():
+    # The host's lead on Lightspeed is measured against Date's whole second, so it runs up to a second (plus the
+    # response's travel) over; a checkpoint taken at Lightspeed's now reads as just past the host's now less it.
+    now = datetime(2026, 12, 2, 23, 47, 22, 600_000, tzinfo=timezone.utc)
+    ahead = timedelta(seconds=0.6)
+    assert lag_minutes(now, ahead, now - ahead + timedelta(milliseconds=400)) == 0
+    assert lag_minutes(now, ahead, now - ahead - timedelta(minutes=3, seconds=10)) == 3
+    assert lag_minutes(now, ahead, now - ahead + timedelta(minutes=5)) < 0  # set by hand: still in the future
+    assert lag_minutes(now, ahead, None) is None
