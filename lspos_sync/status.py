@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lspos_sync.config import Settings
 from lspos_sync.errors import LockHeld
 from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
-from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
+from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
 from lspos_sync.state import StateStore, parse_iso, utcnow
 
 if TYPE_CHECKING:
