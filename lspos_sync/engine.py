@@ -17,6 +17,7 @@ from queue import Empty, Queue
 from typing import Any, Callable, Iterable, Iterator
 
 from lspos_sync import mapping, rollups
+from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.customers import (AMBIGUOUS, CREATED, GUEST, Candidates, Resolution, claim_accounts,
                                   customer_phones, normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
@@ -103,17 +104,19 @@ class RunSummary:
     plans: list[SalePlan] = field(default_factory=list)
     progress: datetime | None = None  # every sale changed up to here is written or parked
     retried: int = 0
+    customers: dict[str, Any] | None = None  # LSPOS_SYNC_CUSTOMERS: the customer feed's report (customer_feed.py)
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) else 0
+        return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) or (
+            self.customers and self.customers["rejected_customers"]) else 0
 
 
 class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, sink: Sink, *,
                  dry_run: bool, phone_region: str, person_record_type: str, verify_unchanged: bool = False,
                  enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
-                 on_batch: Callable[[int, RunSummary], None] | None = None) -> None:
+                 on_batch: Callable[[int, RunSummary], None] | None = None, sync_customers: bool = False) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -147,6 +150,10 @@ class Engine:
         self._touched: set[str] = set()
         self._planned: dict[str, list[rollups.Contribution]] = {}
         self._superseded: dict[str, list[str]] = {}
+        self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
+            account_id, store, lightspeed, sink, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
+            look_up=lambda customers: self._look_up(customers, [])[0], record_type_id=self._person_record_type_id,
+            field_map=field_map) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -154,6 +161,8 @@ class Engine:
         parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
         self._progress = progress
+        if self.customer_feed is not None:
+            summary.customers = self.customer_feed.run(window.since, window.until, limit)
         if retry_rejects:
             self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         if limit is None:
@@ -757,6 +766,7 @@ def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
         "gaps": list(summary.gaps.values()),
         "enriched": summary.enriched,
         "rollups": summary.rollups,
+        "customers": summary.customers,
         "rejected": rejected,
         # only sync moves the checkpoint; a backfill's progress is its own resume point
         "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,
