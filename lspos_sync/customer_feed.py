@@ -255,6 +255,12 @@ def _batches(customers: Iterable[Customer], seen: set[int], limit: int | None,
         yield batch
 
 
+# How the summary line counts each action: (done, previewed).
+_LABELS = {CREATE: ("created", "to create"), STAMP: ("keyed", "to key"), FILL: ("filled", "to fill"),
+           NOTHING: ("nothing to write",) * 2, AMBIGUOUS_ACTION: ("ambiguous",) * 2, ARCHIVED: ("archived",) * 2,
+           UNCHANGED: ("unchanged",) * 2, REJECTED: ("rejected",) * 2}
+
+
 def report_lines(customers: dict[str, Any] | None, preview: bool) -> tuple[list[str], list[str], str]:
     """For the plain report: the dry-run's line per customer, the notes for stderr (ambiguous and rejected
     customers, fields filled), and what the summary line adds; nothing when the feed is off."""
@@ -273,6 +279,5 @@ def report_lines(customers: dict[str, Any] | None, preview: bool) -> tuple[list[
               "nothing written" for c in customers["ambiguous_customers"]]
     notes += [f"{'would fill' if preview else 'filled'} empty fields of account {c['account_id'] or 'to create'} "
               f"({c['customer_key']}): {', '.join(c['fields'])}" for c in customers["enriched"]]
-    done = ", ".join(f"{customers[action]} {'would ' + action if preview and action in (CREATE, STAMP, FILL) else action}"
-                     for action in ACTIONS if customers[action])
+    done = ", ".join(f"{customers[action]} {_LABELS[action][preview]}" for action in ACTIONS if customers[action])
     return lines, notes, f"; {customers['read']} customer(s) read" + (f" ({done})" if done else "")

@@ -199,7 +199,7 @@ def test_dry_run_names_each_customer_decision_and_writes_nothing(cli, lightspeed
     assert f"customer {ana} (182255-{ana}) create: Ana Lima, customer Created" in plain.stdout
     assert f"customer {bo} (182255-{bo}) stamp: Bo Chen, customer Email" in plain.stdout
     assert f"customer {old} (182255-{old}) archived: Old Client" in plain.stdout
-    assert "3 customer(s) read (1 would create, 1 would stamp, 1 archived)" in plain.stdout
+    assert "3 customer(s) read (1 to create, 1 to key, 1 archived)" in plain.stdout
 
 
 def test_a_customer_salesforce_refuses_is_parked_and_retried(cli, lightspeed, salesforce):

@@ -53,6 +53,10 @@ def test_demo_syncs_the_whole_boutique_and_reports_it(tmp_path, user_env):
     assert first_sync["sales"]["written"] == 0 and first_sync["salesforce_api_calls"] == 0
     assert second_sync["sales"]["written"] == 7  # five new sales, a void, an edit
     assert second_sync["records"]["delete_lines"] == 1
+    # the second sync runs with LSPOS_SYNC_CUSTOMERS=true: the clients who never bought get their Person Account
+    fed = second_sync["customers"]
+    assert fed["read"] >= seeded["clients"] and fed["create"] > 0 and fed["ambiguous"] > 0 and fed["rejected"] == 0
+    assert "customers" not in first_sync
 
     # every completed sale and line landed exactly once
     assert report["salesforce"]["Sales_Transaction__c"] == report["lightspeed"]["completed_sales"] == seeded["sales"]
