@@ -90,8 +90,9 @@ class CustomerFeed:
     """
 
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, sink: Sink, *,
-                 dry_run: bool, region: str, enrich_profiles: bool, look_up: Callable[[dict[str, Customer]], Candidates],
-                 record_type_id: Callable[[], str], field_map: FieldMap = DEFAULT) -> None:
+                 dry_run: bool, region: str, enrich_profiles: bool,
+                 look_up: Callable[[dict[str, Customer]], Candidates], record_type_id: Callable[[], str],
+                 field_map: FieldMap = DEFAULT) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -104,7 +105,8 @@ class CustomerFeed:
         self._record_type_id = record_type_id
         # Fingerprints change when what is written for an unchanged customer would: another mapping, enrichment.
         self._salt = f"customer:{field_map.fingerprint}:{'enrich' if enrich_profiles else 'plain'}"
-        self._raw: dict[int, dict[str, Any]] = {}  # payloads as sent, kept for the batch only when the mapping adds fields
+        # payloads as sent, kept for the batch at hand only when the mapping adds fields
+        self._raw: dict[int, dict[str, Any]] = {}
 
     def run(self, since: datetime, until: datetime, limit: int | None = None) -> dict[str, Any]:
         """The parked customers first, then every customer created or changed in [since, until], each once."""
@@ -203,7 +205,8 @@ class CustomerFeed:
             record = mapping.person_account_record(customer, self.account_id, self._record_type_id(), profile)
             return Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, keys, key)
         known = resolution.account.profile if resolution.account else None
-        fill = {f: v for f, v in profile.items() if not known.get(f)} if self.enrich_profiles and known is not None else {}
+        enrich = self.enrich_profiles and known is not None
+        fill = {f: v for f, v in profile.items() if not known.get(f)} if enrich else {}  # type: ignore[union-attr]
         if not (resolution.stamp_key or fill):
             return None
         record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
@@ -216,7 +219,8 @@ class CustomerFeed:
         record = mapping.person_account_record(customer, self.account_id, None,
                                                mapping.profile_fields(customer, self.enrich_profiles))
         if self.field_map.additions.get(mapping.ACCOUNT):
-            record.update(self.field_map.added_values(mapping.ACCOUNT, {"customer": self._raw.get(customer.customer_id)}))
+            raw = self._raw.get(customer.customer_id)
+            record.update(self.field_map.added_values(mapping.ACCOUNT, {"customer": raw}))
         return mapping.content_hash(record, [], self._salt)
 
     @staticmethod

@@ -43,7 +43,8 @@ def test_the_feed_is_off_by_default(cli, lightspeed, salesforce):
 
 def test_a_matched_account_gets_its_key_and_nothing_else(cli, lightspeed, salesforce):
     rt = salesforce.person_account_record_type_id
-    typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "Ana.Lima@Example.com"})
+    typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima",
+                                          "PersonEmail": "Ana.Lima@Example.com"})
     ana = lightspeed.add_customer("Ana", "Lima-Souza", email="ana.lima@example.com", phones={"Mobile": "415-555-0134"})
 
     result = cli("sync", "--json", env=FEED)
