@@ -240,3 +240,32 @@ def test_a_relation_is_searched_only_once_loaded(lightspeed):
     assert httpx.get(url, params={"Contact.timeStamp": window}, headers=headers).status_code == 400
     loaded = httpx.get(url, params={"Contact.timeStamp": window, "load_relations": '["Contact"]'}, headers=headers)
     assert loaded.status_code == 200 and loaded.json()["Customer"]["firstName"] == "Ana"
+
+
+def test_backfill_reads_the_customers_of_its_window_only(cli, lightspeed, salesforce):
+    march = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                    at=datetime(2026, 3, 10, tzinfo=timezone.utc))
+    lightspeed.add_customer("Bo", "Chen", email="bo@example.com", at=datetime(2026, 5, 10, tzinfo=timezone.utc))
+
+    result = cli("backfill", "--from", "2026-03-01", "--to", "2026-04-01", "--json", env=FEED)
+
+    assert result.code == 0, result.stderr
+    assert result.json["customers"]["read"] == 1
+    assert [a["LS_Customer_ID__c"] for a in person_accounts(salesforce)] == [f"182255-{march}"]
+
+
+def test_a_run_that_fails_in_the_feed_holds_the_checkpoint(cli, lightspeed, salesforce, boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sale = sell(lightspeed, boutique, ana)
+    assert cli("checkpoint", "reset", "--to", "2026-01-01T00:00:00Z", "--yes").code == 0
+    salesforce.fail_next(50, status=503, path_contains="/composite")
+
+    failed = cli("sync", "--json", env=FEED)
+
+    assert failed.code == 1 and "503" in failed.json["error"]
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] == "2026-01-01T00:00:00+00:00"
+    salesforce.clear_faults()
+    assert cli("sync", env=FEED).code == 0
+    [account] = person_accounts(salesforce)
+    written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]
+    assert (account["LS_Customer_ID__c"], written["Account__c"]) == (f"182255-{ana}", account["Id"])
