@@ -133,7 +133,8 @@ class CustomerFeed:
     def _read(self, customers: Iterable[Customer], report: CustomerReport, seen: set[int], limit: int | None) -> None:
         for batch in _batches(customers, seen, limit, report):
             self._settle_batch(batch, report)
-            self._raw.clear()
+            for customer in batch:  # (not all: the page read last may hold the next batch's first customers)
+                self._raw.pop(customer.customer_id, None)
 
     # -- one batch
     def _settle_batch(self, customers: list[Customer], report: CustomerReport) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from conftest import by_key, sell
+from lspos_sync.emulators.salesforce import Field
 
 FEED = {"LSPOS_SYNC_CUSTOMERS": "true"}
 ENRICH = {**FEED, "LSPOS_ENRICH_PROFILES": "true"}
@@ -269,3 +270,22 @@ def test_a_run_that_fails_in_the_feed_holds_the_checkpoint(cli, lightspeed, sale
     [account] = person_accounts(salesforce)
     written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]
     assert (account["LS_Customer_ID__c"], written["Account__c"]) == (f"182255-{ana}", account["Id"])
+
+
+def test_a_mapping_file_renames_and_adds_account_fields_for_the_feed_too(cli, lightspeed, salesforce, tmp_path):
+    salesforce.add_field("Account", Field("LS_Title__c", "text", 40))
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[fields.Account]\nLS_Title__c = { from = "customer.title", type = "text" }\n')
+    titles = {}
+    for first, title in (("Ana", "Dr"), ("Bo", "Mr"), ("Cleo", "Ms")):
+        customer_id = lightspeed.add_customer(first, "Lima", email=f"{first.lower()}@example.com",
+                                              at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+        lightspeed.edit_customer(customer_id, title=title)  # only the Customer search finds them
+        titles[f"182255-{customer_id}"] = title
+
+    # batches of two: a batch ends in the middle of a Lightspeed page, whose payloads the next batch still needs
+    result = cli("sync", "--mapping", str(mapping), "--json", env=FEED, constants={"customer_feed.CUSTOMER_BATCH": 2})
+
+    assert result.code == 0, result.stderr
+    assert {a["LS_Customer_ID__c"]: a["LS_Title__c"] for a in person_accounts(salesforce)} == titles
+    assert cli("sync", "--mapping", str(mapping), "--json", env=FEED).json["customers"]["unchanged"] == 3
