@@ -227,22 +227,6 @@ def test_a_customer_salesforce_refuses_is_parked_and_retried(cli, lightspeed, sa
     assert cli("sync", "--json", env=FEED).json["customers"]["retried"] == 0
 
 
-def test_a_relation_is_searched_only_once_loaded(lightspeed):
-    import httpx
-
-    lightspeed.add_customer("Ana", "Lima")
-    token = httpx.post(lightspeed.token_url, data={
-        "grant_type": "refresh_token", "refresh_token": lightspeed.initial_refresh_token,
-        "client_id": lightspeed.client_id, "client_secret": lightspeed.client_secret}).json()["access_token"]
-    url = f"{lightspeed.api_url}/Account/{lightspeed.account_id}/Customer.json"
-    headers = {"Authorization": f"Bearer {token}"}
-    window = "><,2000-01-01T00:00:00+00:00,2100-01-01T00:00:00+00:00"
-
-    assert httpx.get(url, params={"Contact.timeStamp": window}, headers=headers).status_code == 400
-    loaded = httpx.get(url, params={"Contact.timeStamp": window, "load_relations": '["Contact"]'}, headers=headers)
-    assert loaded.status_code == 200 and loaded.json()["Customer"]["firstName"] == "Ana"
-
-
 def test_backfill_reads_the_customers_of_its_window_only(cli, lightspeed, salesforce):
     march = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
                                     at=datetime(2026, 3, 10, tzinfo=timezone.utc))
