@@ -45,7 +45,7 @@ class ToEmulator(HTTPAdapter):
 def settings(**values: str) -> SalesforceSettings:
     fields = dict.fromkeys(("instance_url", "access_token", "username", "consumer_key", "private_key_file",
                             "client_id", "client_secret", "password", "security_token"))
-    return SalesforceSettings(**{**fields, "domain": "login", "api_version": "62.0", **values})  # type: ignore[arg-type]
+    return SalesforceSettings(**{**fields, "domain": "login", "api_version": "62.0", **values})  # type: ignore
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ class SalesforceSession(requests.Session):
         super().__init__()
         self.timeout = timeout
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        if kwargs.get("timeout") is None and len(args) < 8:  # the timeout given by position is args[7]
+    # requests' own get/post and simple-salesforce pass everything after the URL by name
+    def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
+                **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        return super().request(method, url, *args, **kwargs)
+        return super().request(method, url, **kwargs)
