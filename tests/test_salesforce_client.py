@@ -181,3 +181,17 @@ def test_simple_salesforce_is_imported_only_by_a_run_that_writes(cli, lightspeed
     writing = cli("sync", env=importtime)
     assert writing.code == 0, writing.stderr
     assert " simple_salesforce" in writing.stderr
+
+
+def test_an_unapproved_jwt_user_gets_one_line_and_no_warning(tmp_path, monkeypatch, recwarn):
+    key_file, public_key = _key_pair(tmp_path)
+    with SalesforceEmulator(tmp_path / "tls", jwt_public_key_pem=public_key) as salesforce:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(salesforce.ca_bundle))
+        http = SalesforceSession()
+        http.mount(MY_DOMAIN, ToEmulator(salesforce))
+        client = SalesforceClient(settings(instance_url=MY_DOMAIN, username="someone.else@example.com",
+                                           consumer_key=salesforce.consumer_key, private_key_file=str(key_file)),
+                                  http=http)
+        with pytest.raises(SalesforceAuthError, match="JWT bearer login \\(user hasn't approved this consumer\\)"):
+            upsert(client, "8-1")
+        assert [str(w.message) for w in recwarn] == []

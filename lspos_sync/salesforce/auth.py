@@ -11,6 +11,7 @@ Every login goes through the run's requests session, the one the REST calls then
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ def _login(settings: SalesforceSettings, send: Callable[[], tuple[str, str]], wh
     for attempt in range(_ATTEMPTS):
         last = attempt + 1 == _ATTEMPTS
         try:
-            token, instance = send()
+            with warnings.catch_warnings():  # its multi-line hint on an unapproved user: our one line says it
+                warnings.simplefilter("ignore")
+                token, instance = send()
         except requests.RequestException as error:
             if last:
                 raise SalesforceAuthError(f"Salesforce login ({what}) failed: {type(error).__name__} reaching "
