@@ -85,12 +85,11 @@ class SalesforceClient:
         Only idempotent subrequests are sent (queries, upserts by external ID, updates and deletes by Id),
         so the whole request may be replayed after a lost response or a server error.
         """
-        if len(subrequests) > MAX_SUBREQUESTS:
-            raise ValueError("a composite request holds at most 25 subrequests")
-        body = {"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests}
         from pydantic_core import to_json
 
-        data = to_json(body)
+        if len(subrequests) > MAX_SUBREQUESTS:
+            raise ValueError("a composite request holds at most 25 subrequests")
+        data = to_json({"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests})
         response = self._call("POST composite", lambda sf: sf.restful("composite", method="POST", data=data))
         return list(response.get("compositeResponse", []))
 
