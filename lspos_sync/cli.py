@@ -20,12 +20,6 @@ from lspos_sync.state import StateStore, iso, utcnow
 
 log = logging.getLogger("lspos_sync")
 
-# httpx imports its own command-line client (with rich and pygments: 4 to 5 MB and 20 ms of every run) whenever
-# rich and click are installed, as they are for ours. Marked absent, it is skipped, as httpx does when they are not
-# (its `httpx` command then prints how to install it); nothing of ours uses it.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-
-
 def common_options(command: Callable) -> Callable:
     """--json, --env-file, --state, -v and --log-format, accepted by every command."""
     command = click.option("--json", "as_json", is_flag=True, default=None,

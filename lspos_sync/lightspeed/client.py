@@ -237,7 +237,7 @@ class LightspeedClient:
             try:
                 # The body is read out of a streamed response, so that only this client holds it: an httpx
                 # response and its stream refer to each other, and a response holding a page (600 KB) would
-                # wait for the cyclic garbage collector, which a run keeps for the end of each batch.
+                # wait for the cyclic garbage collector instead of going as soon as the page is read.
                 with self._http.stream("GET", url, params=params, headers={
                         "Authorization": f"Bearer {token}", "Accept": "application/json"}) as response:
                     content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
