@@ -77,7 +77,7 @@ class Measured:
                   (self.per_thousand(self.ls_requests) <= 10.5,
                    f"Lightspeed {self.per_thousand(self.ls_requests):.1f} requests /1k (≤ 10.5)"),
                   (self.throttled == 0, f"{self.throttled} 429s (0)"),
-                  (self.per_thousand(self.cpu) <= 0.15, f"CPU {self.per_thousand(self.cpu):.3f} s /1k (≤ 0.15)"),
+                  (self.per_thousand(self.cpu) <= 0.30, f"CPU {self.per_thousand(self.cpu):.3f} s /1k (≤ 0.30)"),
                   (self.max_rss_mb < 100, f"peak RSS {self.max_rss_mb:.0f} MB (< 100)"),
                   (ratio <= 1.25, f"wall {ratio:.2f}x the floor (≤ 1.25)"))
         return [text for ok, text in checks if not ok]

@@ -126,3 +126,15 @@ def test_a_sale_that_does_not_read_names_the_field_and_the_value(payload, where,
     with pytest.raises(InvalidPayload) as refused:
         Sale.of(payload)
     assert (refused.value.where, refused.value.problem) == (where, problem)
+
+
+@pytest.mark.parametrize(("sent", "archived"), [("true", True), ("false", False), (None, False)])
+def test_a_customer_reads_its_archived_flag(sent, archived):
+    payload = {"customerID": "4", "archived": sent} if sent is not None else {"customerID": "4"}
+    assert Customer.of(payload).archived is archived
+
+
+@pytest.mark.parametrize(("sent", "signed"), [("-0", False), ("-0.00", True), ("0", False)])
+def test_a_zero_amount_keeps_the_sign_it_always_had(sent, signed):
+    # "-0" has always read as 0 and "-0.00" as -0.00: the sign reaches the content hash through the records.
+    assert Sale.of({"saleID": "1", "calcTotal": sent}).calc_total.is_signed() is signed
