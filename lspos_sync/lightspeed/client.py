@@ -296,14 +296,13 @@ def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None
 
 
 def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], str]:
-    """A list page's rows and its `next` link: Sales read straight from the JSON when `typed` and every one of them
-    reads, else the rows as dicts (ValueError when the body is not JSON)."""
-    if typed and (page := sale_page(content)) is not None:
-        return page
+    """A list page's rows and its `next` link: Sales when `typed` and every one of them reads, else the rows as
+    dicts (ValueError when the body is not JSON)."""
     body = _decoded(content)
     if not isinstance(body, dict):
         raise RunFailed(f"Lightspeed answered {path} with something other than an object")
-    return one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
+    rows = sale_page(body) if typed else None
+    return rows if rows is not None else one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
 
 
 def _decoded(content: bytes) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import (AfterValidator, AliasChoices, AliasPath, BaseModel, BeforeValidator, ConfigDict, Field,
                       PlainValidator, TypeAdapter, ValidationError)
@@ -246,28 +246,16 @@ class Sale(LightspeedModel):
         return self.model_copy(update={"customer": customer})
 
 
-class _Links(BaseModel):
-    next: str = ""
+_SALES = TypeAdapter(list[Sale])
 
 
-class _SalePage(BaseModel):
-    links: _Links = Field(default_factory=_Links, alias="@attributes")
-    # Tried in this order: a page of sales is a list, and is read once.
-    sales: Union[list[Sale], Sale, Literal[""], None] = Field(default=None, alias="Sale", union_mode="left_to_right")
-
-
-_SALE_PAGE = TypeAdapter(_SalePage)
-
-
-def sale_page(content: bytes) -> tuple[list[Sale], str] | None:
-    """A Sale list page read straight from its JSON into Sales, and its `next` link; None when any sale in it does
-    not read (the page is then read as dicts, each sale on its own, so that only the bad one is parked)."""
+def sale_page(page: dict[str, Any]) -> list[Sale] | None:
+    """The Sales of a Sale list page (as decoded from its JSON), read in one pass; None when any of them does not
+    read (the page's payloads are then read each on its own, so that only the bad one is parked)."""
     try:
-        page = _SALE_PAGE.validate_json(content)
-    except ValueError:  # a ValidationError, or JSON it cannot read
+        return _SALES.validate_python(one_or_many(page, "Sale"))
+    except ValidationError:
         return None
-    sales = page.sales
-    return (sales if isinstance(sales, list) else [sales] if isinstance(sales, Sale) else []), page.links.next
 
 
 @dataclass(frozen=True)
