@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import (AfterValidator, AliasChoices, AliasPath, BaseModel, BeforeValidator, ConfigDict, Field,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       PlainValidator, TypeAdapter, ValidationError)
 from pydantic_core import PydanticCustomError
 
@@ -44,12 +44,18 @@ _PROBLEMS = {"decimal_parsing": "Invalid decimal string", "finite_number": "not 
 
 
 def _where(payload: Any, loc: tuple[int | str, ...]) -> str:
-    """`("SaleLines", "SaleLine", 1, "unitPrice")` as `SaleLines.SaleLine[1].unitPrice`; a lone child, which the
-    models read as a one-element list, is named without an index, as it was sent."""
+    """pydantic's `("SaleLines", 1, "unitPrice")` named as Lightspeed sent it, `SaleLines.SaleLine[1].unitPrice`:
+    a relation's wrapper named with its child, a lone child (read as a one-element list) without an index."""
     parts: list[str] = []
     for step in loc:
         if isinstance(step, int):
-            if isinstance(payload, list) and parts:
+            if isinstance(payload, dict):  # a relation's wrapper: {"SaleLine": {...} or [...]}
+                child = next((key for key, value in payload.items() if isinstance(value, (dict, list))), None)
+                if child is None:
+                    break
+                parts.append(child)
+                payload = payload[child]
+            if isinstance(payload, list):
                 parts[-1] += f"[{step}]"
                 payload = payload[step] if step < len(payload) else None
         else:
@@ -78,14 +84,11 @@ def _boolean(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1")
 
 
-def _moment(value: Any) -> datetime | None:
-    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime."""
-    if value is None or value == "":
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except (AttributeError, ValueError):
-        raise PydanticCustomError("timestamp", "not a timestamp") from None
+def _moment(text: str) -> datetime:
+    """A Lightspeed timestamp (ISO 8601) as an aware UTC datetime (ValueError when it is not one)."""
+    if not isinstance(text, str):
+        raise ValueError(f"not a timestamp: {text!r}")
+    moment = datetime.fromisoformat(text.strip())
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
@@ -96,18 +99,49 @@ def _amount(value: Decimal) -> Decimal:
 
 _ZERO = Decimal(0)
 
+def _flag(value: Any) -> bool:
+    """`true`/`false` in any case, `1`/`0`, or a JSON boolean; nothing else is guessed at."""
+    if value is True or value is False:
+        return value
+    text = value.lower() if isinstance(value, str) else value
+    if text in ("true", "1", 1):
+        return True
+    if text in ("false", "0", 0):
+        return False
+    raise PydanticCustomError("flag", "Expected `bool`, got `{kind}`", {"kind": type(value).__name__})
+
+
+def _no_key(key: int) -> int | None:
+    return key or None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value == "":
+        return None
+    try:
+        return _moment(value)
+    except ValueError:
+        raise PydanticCustomError("timestamp", "not a timestamp") from None
+
+
+def _relation(child: str) -> BeforeValidator:
+    """A relation's children, sent as `{"Child": {...} or [...]}`, or "" (or nothing) for none."""
+    def children(value: Any) -> list[Any]:
+        if value is None or value == "":
+            return []
+        if not isinstance(value, dict):
+            raise PydanticCustomError("relation", 'Expected an object or "", got `{kind}`', {"kind": type(value).__name__})
+        return _listed(value.get(child))
+    return BeforeValidator(children)
+
+
 # The field types of the wire format.
+Flag = Annotated[bool, PlainValidator(_flag)]
 Amount = Annotated[Decimal, AfterValidator(_amount)]
-Moment = Annotated[Union[datetime, None], PlainValidator(_moment)]
-Key = Annotated[Union[int, None], AfterValidator(lambda key: key or None)]  # "0": no key
+Moment = Annotated[Union[datetime, None], PlainValidator(_timestamp)]  # "": none
+Key = Annotated[int, AfterValidator(_no_key)]  # an ID, None for "0" (no key)
 M = TypeVar("M")
-Children = Annotated[list[M], BeforeValidator(_listed)]
-Relation = Annotated[Union[M, None], BeforeValidator(lambda value: value or None)]  # "": not loaded, or none
-
-
-def _children(relation: str, child: str) -> Any:
-    """A relation's children, sent as `"Relation": {"Child": {...} or [...]}`, "" or not at all."""
-    return Field(default_factory=list, validation_alias=AliasPath(relation, child))
+Relation = Annotated[Union[M, None], BeforeValidator(lambda value: None if value == "" else value)]  # "": none
 
 
 class LightspeedModel(BaseModel):
@@ -151,7 +185,7 @@ class PaymentType(LightspeedModel):
 class SalePayment(LightspeedModel):
     sale_payment_id: int = Field(alias="salePaymentID")
     amount: Amount = _ZERO
-    archived: bool = False
+    archived: Flag = False
     payment_type: Relation[PaymentType] = Field(default=None, alias="PaymentType")
 
 
@@ -188,9 +222,10 @@ class ContactAddress(LightspeedModel):
 
 
 class Contact(LightspeedModel):
-    emails: Children[ContactEmail] = _children("Emails", "ContactEmail")
-    phones: Children[ContactPhone] = _children("Phones", "ContactPhone")
-    addresses: Children[ContactAddress] = _children("Addresses", "ContactAddress")
+    emails: Annotated[list[ContactEmail], _relation("ContactEmail")] = Field(default_factory=list, alias="Emails")
+    phones: Annotated[list[ContactPhone], _relation("ContactPhone")] = Field(default_factory=list, alias="Phones")
+    addresses: Annotated[list[ContactAddress], _relation("ContactAddress")] = Field(default_factory=list,
+                                                                                   alias="Addresses")
 
 
 class Customer(LightspeedModel):
@@ -198,7 +233,7 @@ class Customer(LightspeedModel):
     first_name: str = Field(default="", alias="firstName")
     last_name: str = Field(default="", alias="lastName")
     dob: Moment = None
-    archived: bool = False  # an archived customer is still read: its sales stay linked to it
+    archived: Flag = False  # an archived customer is still read: its sales stay linked to it
     contact: Relation[Contact] = Field(default=None, alias="Contact")
 
     @property
@@ -219,13 +254,14 @@ class Customer(LightspeedModel):
 class Sale(LightspeedModel):
     sale_id: int = Field(alias="saleID")
     ticket_number: str = Field(default="", alias="ticketNumber")
-    completed: bool = False
-    voided: bool = False
-    archived: bool = False
+    completed: Flag = False
+    voided: Flag = False
+    archived: Flag = False
     time_stamp: Moment = Field(default=None, alias="timeStamp")
     complete_time: Moment = Field(default=None, alias="completeTime")
-    # The docs spell the last-update field `updatetime`, older responses `updateTime` (§4.6).
-    update_time: Moment = Field(default=None, validation_alias=AliasChoices("updatetime", "updateTime"))
+    # The docs spell the last-update field `updatetime`, older responses `updateTime` (§4.6): see update_time.
+    updatetime: Moment = None
+    update_time_older: Moment = Field(default=None, alias="updateTime")
     calc_subtotal: Amount = Field(default=_ZERO, alias="calcSubtotal")
     calc_discount: Amount = Field(default=_ZERO, alias="calcDiscount")
     calc_tax1: Amount = Field(default=_ZERO, alias="calcTax1")
@@ -234,13 +270,18 @@ class Sale(LightspeedModel):
     customer_id: Key = Field(default=None, alias="customerID")
     shop_id: Key = Field(default=None, alias="shopID")
     customer: Relation[Customer] = Field(default=None, alias="Customer")
-    lines: Children[SaleLine] = _children("SaleLines", "SaleLine")
-    payments: Children[SalePayment] = _children("SalePayments", "SalePayment")
+    lines: Annotated[list[SaleLine], _relation("SaleLine")] = Field(default_factory=list, alias="SaleLines")
+    payments: Annotated[list[SalePayment], _relation("SalePayment")] = Field(default_factory=list,
+                                                                            alias="SalePayments")
+
+    @property
+    def update_time(self) -> datetime | None:
+        return self.updatetime or self.update_time_older
 
     @property
     def last_update(self) -> datetime | None:
         """The sale's last change: `updatetime`, else `timeStamp`."""
-        return self.update_time or self.time_stamp
+        return self.updatetime or self.update_time_older or self.time_stamp
 
     def with_customer(self, customer: Customer | None) -> "Sale":
         return self.model_copy(update={"customer": customer})
