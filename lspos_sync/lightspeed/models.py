@@ -145,9 +145,10 @@ Relation = Annotated[Union[M, None], BeforeValidator(lambda value: None if value
 
 
 class LightspeedModel(BaseModel):
-    """Read-only; built from a payload by its Lightspeed names, or in code by the Python ones."""
+    """Read-only; built from a payload by its Lightspeed names, or in code by the Python ones. Each model's
+    validator is built when it first reads something: a run that reads no sale does not pay for it."""
 
-    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, defer_build=True)
 
     @classmethod
     def of(cls: type[W], payload: Any) -> W:
@@ -287,14 +288,17 @@ class Sale(LightspeedModel):
         return self.model_copy(update={"customer": customer})
 
 
-_SALES = TypeAdapter(list[Sale])
+_SALES = TypeAdapter(list[Sale], config=ConfigDict(defer_build=True))
 
 
 def sale_page(page: dict[str, Any]) -> list[Sale] | None:
     """The Sales of a Sale list page (as decoded from its JSON), read in one pass; None when any of them does not
     read (the page's payloads are then read each on its own, so that only the bad one is parked)."""
+    payloads = one_or_many(page, "Sale")
+    if not payloads:
+        return []
     try:
-        return _SALES.validate_python(one_or_many(page, "Sale"))
+        return _SALES.validate_python(payloads)
     except ValidationError:
         return None
 
