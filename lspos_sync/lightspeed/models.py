@@ -84,20 +84,13 @@ def _boolean(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1")
 
 
-def _moment(text: str) -> datetime:
-    """A Lightspeed timestamp (ISO 8601) as an aware UTC datetime (ValueError when it is not one)."""
-    if not isinstance(text, str):
-        raise ValueError(f"not a timestamp: {text!r}")
-    moment = datetime.fromisoformat(text.strip())
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+_ZERO = Decimal(0)
 
 
 def _amount(value: Decimal) -> Decimal:
     # "-0" reads as 0 (as it always has: the content hash sees a zero's sign); "-0.00" keeps its sign.
     return _ZERO if not value and value.is_signed() and value.as_tuple().exponent == 0 else value
 
-
-_ZERO = Decimal(0)
 
 def _flag(value: Any) -> bool:
     """`true`/`false` in any case, `1`/`0`, or a JSON boolean; nothing else is guessed at."""
@@ -116,12 +109,14 @@ def _no_key(key: int) -> int | None:
 
 
 def _timestamp(value: Any) -> datetime | None:
+    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime."""
     if value == "":
         return None
     try:
-        return _moment(value)
-    except ValueError:
+        moment = datetime.fromisoformat(value.strip())
+    except (AttributeError, ValueError):
         raise PydanticCustomError("timestamp", "not a timestamp") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def _relation(child: str) -> BeforeValidator:
@@ -130,7 +125,8 @@ def _relation(child: str) -> BeforeValidator:
         if value is None or value == "":
             return []
         if not isinstance(value, dict):
-            raise PydanticCustomError("relation", 'Expected an object or "", got `{kind}`', {"kind": type(value).__name__})
+            raise PydanticCustomError("relation", 'Expected an object or "", got `{kind}`',
+                                      {"kind": type(value).__name__})
         return _listed(value.get(child))
     return BeforeValidator(children)
 
