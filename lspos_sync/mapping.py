@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from lspos_sync.customers import mobile_phone, normalise_email, other_phone, primary_email
 from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
@@ -45,16 +41,9 @@ def key(account_id: str, record_id: int | str) -> str:
 
 def money(value: Decimal) -> float:
     """Round half-up (ties away from zero) to 2 decimals, at the Salesforce boundary only."""
-    # A zero is not looked up: -0 equals 0, and would come back as whichever of the two was rounded first.
-    return _rounded(value) if value else _rounded.__wrapped__(value)
-
-
-@lru_cache(maxsize=4096)  # a till's amounts repeat (its prices, their taxes): each rounded once
-def _rounded(value: Decimal) -> float:
     return float(value.quantize(_CENT, rounding=ROUND_HALF_UP))
 
 
-@lru_cache(maxsize=1024)  # a sale's completion and last update are most often one moment
 def salesforce_datetime(moment: datetime | None) -> str | None:
     """`2026-03-01T14:05:09Z`: UTC, whole seconds."""
     if moment is None:
@@ -68,16 +57,6 @@ def clean_text(value: str | None, field: str) -> str | None:
     length; None when empty."""
     if value is None:
         return None
-    if field in _CATALOG_FIELDS:
-        return _clean_catalog_text(value, field)
-    return _clean_text(value, field)
-
-
-# Texts that come from the catalogue and repeat from sale to sale: each cleaned once.
-_CATALOG_FIELDS = frozenset({"SKU__c", "Product_Name__c", "Category__c", "Shop_Name__c", "Payment_Methods__c"})
-
-
-def _clean_text(value: str, field: str) -> str | None:
     text = value
     if not text.isprintable():  # the common case skips the character loop
         text = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in text)
@@ -86,9 +65,6 @@ def _clean_text(value: str, field: str) -> str | None:
     if limit is not None:
         text = text[:limit].rstrip()
     return text or None
-
-
-_clean_catalog_text = lru_cache(maxsize=4096)(_clean_text)
 
 
 def sale_status(sale: Sale) -> str:
@@ -243,34 +219,8 @@ _HALF_A_DAY = timedelta(hours=12)
 
 def content_hash(transaction: dict[str, Any], lines: list[dict[str, Any]], salt: str = "") -> str:
     """A fingerprint of what the sale writes, so that an unchanged sale re-read costs no write; `salt`
-    changes it when where it is written changes (a new mapping file).
-
-    The digest is that of `json.dumps([transaction, lines], sort_keys=True, separators=(",", ":"))`, the
-    fingerprints the state store already holds, computed from orjson's six times faster output: the two
-    write the same bytes but for characters outside printable ASCII, which json escapes as \\uXXXX (done here
-    too), and floats under 1e-4, which orjson writes without an exponent (such a sale goes through json).
-    """
+    changes it when where it is written changes (a new mapping file). The JSON is written as it always has
+    been (sorted keys, no spaces, non-ASCII escaped): the fingerprints in the state store stay valid."""
     document = [transaction, lines, salt] if salt else [transaction, lines]
-    try:
-        payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:  # what only json takes (a lone surrogate)
-        payload = None
-    if payload is not None and (not payload.isascii() or b"\x7f" in payload):
-        payload = _UNPRINTABLE.sub(_json_escape, payload.decode()).encode()
-    if payload is None or ((b"e-" in payload or b"0.0000" in payload) and _TINY_FLOAT.search(payload)):
-        payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(payload).hexdigest()[:32]
-
-
-# What orjson leaves as it is and json (ensure_ascii) escapes: DEL and everything past ASCII.
-_UNPRINTABLE = re.compile("[\x7f-\U0010ffff]")
-# A number in orjson's output under 1e-4 (0.00001, 1e-7): json writes those as 1e-05, 1e-07.
-_TINY_FLOAT = re.compile(rb"[:,\[]-?(?:0\.0000|[0-9.]+e-)")
-
-
-def _json_escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # beyond the BMP: a UTF-16 surrogate pair, as json writes it
-    return f"\\u{0xd800 | (code >> 10):04x}\\u{0xdc00 | (code & 0x3ff):04x}"

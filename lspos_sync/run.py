@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 from contextlib import ExitStack
@@ -244,12 +243,10 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)
         sink = RecordingSink(salesforce) if dry_run else CompositeWriter(salesforce)
-        collector = stack.enter_context(_Collector())
         display: _Quiet | WindowBar | Spinner = _Quiet()  # what the run shows once its window is known
 
         def batch_done(sales: int, summary: RunSummary) -> None:
             display.advance(sales, summary)
-            collector.after_batch()
 
         engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
@@ -293,34 +290,6 @@ def _clock(lightspeed: LightspeedClient) -> dict[str, int]:
     Lightspeed's clock; nothing when no response said."""
     ahead = lightspeed.host_ahead
     return {"host_clock_ahead_seconds": round(ahead.total_seconds())} if ahead is not None else {}
-
-
-class _Collector:
-    """The cyclic garbage collector, run every `EVERY` batches instead of whenever allocations trigger it.
-
-    A batch's sales, records and writes are hundreds of thousands of objects that live until the batch is
-    written, and a collector triggered by allocations walked them again and again: 0.4 of the 2.6 CPU seconds
-    of a 10,000-sale sync. Almost nothing a run makes is cyclic: httpx's request and response objects, about
-    60 small ones a Lightspeed request (the client keeps the 600 KB pages out of them), so one collection every
-    ten batches, about 100 requests, keeps that garbage under a megabyte. Everything imported before the run
-    lives as long as it does: frozen, out of every collection's way."""
-
-    EVERY = 10
-
-    def __enter__(self) -> "_Collector":
-        gc.freeze()
-        self._was_enabled, self._batches = gc.isenabled(), 0
-        gc.disable()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._was_enabled:
-            gc.enable()
-
-    def after_batch(self) -> None:
-        self._batches += 1
-        if self._batches % self.EVERY == 0:
-            gc.collect()
 
 
 def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:

@@ -42,8 +42,8 @@ def test_pages_read_as_the_standard_library_reads_them(body):
 
 
 def test_a_page_read_leaves_no_reference_cycle_holding_its_body():
-    """A run collects cyclic garbage only every tenth batch (run._Collector). httpx's response and its stream refer
-    to each other, so a body kept on the response (600 KB a page) would wait for that; the client keeps it out."""
+    """httpx's response and its stream refer to each other, so a body kept on the response (600 KB a page) would
+    wait for the cyclic garbage collector; the client keeps it out, and a page goes as soon as it is read."""
     rows = [{"saleID": str(i), "ticketNumber": "x" * 300} for i in range(1, 101)]
     body = json.dumps({"@attributes": {"next": "", "previous": ""}, "Sale": rows}).encode()
 
@@ -81,5 +81,5 @@ def test_a_page_read_leaves_no_reference_cycle_holding_its_body():
         server.shutdown()
         server.server_close()
     assert [len(page) for page in pages] == [100]
-    assert cycles, "httpx no longer makes the cycle: run._Collector's reasoning needs a new look"
+    assert cycles, "httpx no longer makes the cycle: the streamed read may no longer be needed"
     assert held == []

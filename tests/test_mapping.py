@@ -8,11 +8,10 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import msgspec
 import pytest
 
 from lspos_sync import mapping
-from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, SaleLines, Shop, one_or_many
+from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, Shop, one_or_many
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SHOPS = {1: Shop(shop_id=1, name="West Bolduc")}
@@ -39,7 +38,7 @@ def test_refund_sale_has_refund_status_and_negative_quantities():
 
 
 def test_voided_wins_over_refund_and_keeps_lines():
-    sale = msgspec.structs.replace(sample_sale("docs_v3_sale_277_completed_with_relations.json"), voided=True)
+    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json").model_copy(update={"voided": True})
     assert mapping.transaction_record(sale, "1", SHOPS)["Status__c"] == "Voided"
     assert len(mapping.line_records(sale, "1", {})) == 2
 
@@ -60,8 +59,7 @@ def test_money_rounds_half_up_away_from_zero(value, rounded):
 
 
 def test_a_negative_zero_amount_rounds_the_same_whatever_was_rounded_before():
-    # Rounded amounts are remembered; -0 equals 0, so the sign must not depend on which came first
-    # (it is in the sale's content hash).
+    # -0 equals 0, yet its sign is in the sale's content hash: it must not depend on what was rounded before.
     signs = []
     for order in (("0", "-0"), ("-0", "0")):
         signs.append([math.copysign(1, mapping.money(Decimal(text))) for text in order])
@@ -69,10 +67,10 @@ def test_a_negative_zero_amount_rounds_the_same_whatever_was_rounded_before():
 
 
 def test_line_takes_custom_sku_then_system_sku_and_category_name():
-    item = Item(item_id=5, description="Silk scarf", custom_sku="", system_sku="210000000005", category_id_=3)
+    item = Item(item_id=5, description="Silk scarf", custom_sku="", system_sku="210000000005", category_id=3)
     sale = Sale.of({"saleID": "9", "SaleLines": {"SaleLine": {
         "saleLineID": "90", "unitQuantity": "2", "unitPrice": "10", "calcTotal": "20", "itemID": "5"}}})
-    sale = msgspec.structs.replace(sale, lines_=SaleLines(children=[msgspec.structs.replace(sale.lines[0], item_=item)]))
+    sale = sale.model_copy(update={"lines": [sale.lines[0].model_copy(update={"item": item})]})
     line = mapping.line_records(sale, "1", {3: Category(category_id=3, name="Accessories")})[0]
     assert (line["SKU__c"], line["Product_Name__c"], line["Category__c"]) == ("210000000005", "Silk scarf", "Accessories")
 

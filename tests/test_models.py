@@ -93,19 +93,18 @@ def test_a_sale_given_its_customer_leaves_the_sale_it_came_from_as_it_was():
     assert copied.customer == customer and copied.sale_id == first.sale_id and first.customer != customer
 
 
-def test_a_page_reads_straight_into_sales_with_its_next_link():
-    body = json.dumps({"@attributes": {"next": "https://x/Sale.json?after=abc", "previous": ""},
-                       "Sale": sample("docs_v3_sale_277_completed_with_relations.json")["Sale"]}).encode()
-    sales, next_link = sale_page(body)
-    assert next_link == "https://x/Sale.json?after=abc"
-    assert sales == sales_in("docs_v3_sale_277_completed_with_relations.json")
+def test_a_page_reads_into_sales_whether_it_holds_one_or_many():
+    many = sample("fixture_v1_sale_query_page2_load_relations_all.json")
+    assert sale_page(many) == sales_in("fixture_v1_sale_query_page2_load_relations_all.json")
+    lone = sample("docs_v3_sale_query_single_result_as_object.json")
+    assert [sale.sale_id for sale in sale_page(lone)] == [248]
+    assert sale_page({"@attributes": {"next": ""}, "Sale": ""}) == sale_page({"@attributes": {"next": ""}}) == []
 
 
 def test_a_page_with_one_sale_that_does_not_read_is_left_to_be_read_sale_by_sale():
     good = {"saleID": "1", "completed": "true"}
-    body = json.dumps({"@attributes": {"next": ""}, "Sale": [good, {"saleID": "2", "calcTotal": "12,50"}]}).encode()
-    assert sale_page(body) is None  # the engine then reads each payload and parks only sale 2
-    assert Sale.of(good).sale_id == 1
+    assert sale_page({"@attributes": {"next": ""}, "Sale": [good, {"saleID": "2", "calcTotal": "12,50"}]}) is None
+    assert Sale.of(good).sale_id == 1  # the engine then reads each payload and parks only sale 2
 
 
 def test_an_open_sale_without_a_completion_time_reads_with_none():
@@ -126,3 +125,15 @@ def test_a_sale_that_does_not_read_names_the_field_and_the_value(payload, where,
     with pytest.raises(InvalidPayload) as refused:
         Sale.of(payload)
     assert (refused.value.where, refused.value.problem) == (where, problem)
+
+
+@pytest.mark.parametrize(("sent", "archived"), [("true", True), ("false", False), (None, False)])
+def test_a_customer_reads_its_archived_flag(sent, archived):
+    payload = {"customerID": "4", "archived": sent} if sent is not None else {"customerID": "4"}
+    assert Customer.of(payload).archived is archived
+
+
+@pytest.mark.parametrize(("sent", "signed"), [("-0", False), ("-0.00", True), ("0", False)])
+def test_a_zero_amount_keeps_the_sign_it_always_had(sent, signed):
+    # "-0" has always read as 0 and "-0.00" as -0.00: the sign reaches the content hash through the records.
+    assert Sale.of({"saleID": "1", "calcTotal": sent}).calc_total.is_signed() is signed

@@ -260,7 +260,7 @@ class LightspeedClient:
             try:
                 # The body is read out of a streamed response, so that only this client holds it: an httpx
                 # response and its stream refer to each other, and a response holding a page (600 KB) would
-                # wait for the cyclic garbage collector, which a run keeps for the end of each batch.
+                # wait for the cyclic garbage collector instead of going as soon as the page is read.
                 with self._http.stream("GET", url, params=params, headers={
                         "Authorization": f"Bearer {token}", "Accept": "application/json"}) as response:
                     content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
@@ -319,14 +319,13 @@ def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None
 
 
 def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], str]:
-    """A list page's rows and its `next` link: Sales read straight from the JSON when `typed` and every one of them
-    reads, else the rows as dicts (ValueError when the body is not JSON)."""
-    if typed and (page := sale_page(content)) is not None:
-        return page
+    """A list page's rows and its `next` link: Sales when `typed` and every one of them reads, else the rows as
+    dicts (ValueError when the body is not JSON)."""
     body = _decoded(content)
     if not isinstance(body, dict):
         raise RunFailed(f"Lightspeed answered {path} with something other than an object")
-    return one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
+    rows = sale_page(body) if typed else None
+    return rows if rows is not None else one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
 
 
 def _decoded(content: bytes) -> Any:

@@ -1,29 +1,21 @@
 """Models of the Lightspeed R-Series payloads; every quirk of the wire format is absorbed here.
 
 Lightspeed sends every value as a string, "0" for a missing foreign key, a lone child as an object
-instead of a one-element list, and an empty relation as "" or not at all (fact sheet §4). Nothing
-past these models sees any of that.
-
-They are msgspec Structs: a page of 100 sales decodes from its JSON straight into them in under a
-millisecond, where decoding it to dicts and validating those with pydantic took four to five
-(docs/performance.md). What msgspec reads itself, it reads: numbers, flags and IDs from their strings,
-a lone child or a list, "" for an empty relation, unknown keys ignored. What it cannot is kept as sent,
-in a field whose name ends in `_`, and read through the property of the same name without it: a "0"
-foreign key (None), a timestamp ("" when there is none), a relation's wrapper (`{"SaleLine": ...}`),
-`updatetime` spelled the two ways the docs spell it.
+instead of a one-element list, and an empty relation as "" or not at all (fact sheet §4). These pydantic
+models read all of that into what a sale means: numbers, flags, None for no key, lists of children, aware
+UTC datetimes, None for a relation not sent. Nothing past them sees the wire format.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from functools import lru_cache
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
-import msgspec
-from msgspec import Struct, field
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      PlainValidator, TypeAdapter, ValidationError)
+from pydantic_core import PydanticCustomError
 
 W = TypeVar("W", bound="LightspeedModel")
 
@@ -36,41 +28,54 @@ class InvalidPayload(ValueError):
         self.where, self.problem = where, problem
 
     @classmethod
-    def of(cls, error: msgspec.MsgspecError, payload: Any = None) -> "InvalidPayload":
-        """From msgspec's "Invalid decimal string - at `$.SaleLines.SaleLine[0].calcTotal`", with the value sent."""
-        problem, _, where = str(error).partition(" - at `$")
-        where = where.rstrip("`").lstrip(".")
-        if named := re.fullmatch(r"([\w.\[\]]+): (.*)", problem):  # "field: problem, value", from a __post_init__
-            return cls(".".join(part for part in (where, named[1]) if part), named[2])
-        value = _value_at(payload, where)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    def of(cls, error: ValidationError, payload: Any) -> "InvalidPayload":
+        """The first problem pydantic found, at the path of the payload as sent, with the value sent."""
+        first = error.errors(include_url=False)[0]
+        problem = _PROBLEMS.get(first["type"], first["msg"])
+        value = first.get("input")
+        if first["type"] != "missing" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             problem += f": {str(value)[:40]!r}"
-        return cls(where, problem)
+        return cls(_where(payload, first["loc"]), problem)
 
 
-def _value_at(payload: Any, where: str) -> Any:
-    """The value at a path such as `SaleLines.SaleLine[0].calcTotal` in a decoded payload, or None."""
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", where):
-        if name and isinstance(payload, dict):
-            payload = payload.get(name)
-        elif index and isinstance(payload, list) and int(index) < len(payload):
-            payload = payload[int(index)]
-        elif index and isinstance(payload, dict) and index == "0":
-            continue  # a lone child read as a one-element list
+# Worded as the reasons already parked in state stores and quoted in the docs.
+_PROBLEMS = {"decimal_parsing": "Invalid decimal string", "finite_number": "not a finite number",
+             "int_parsing": "Expected `int`, got `str`"}
+
+
+def _where(payload: Any, loc: tuple[int | str, ...]) -> str:
+    """pydantic's `("SaleLines", 1, "unitPrice")` named as Lightspeed sent it, `SaleLines.SaleLine[1].unitPrice`:
+    a relation's wrapper named with its child, a lone child (read as a one-element list) without an index."""
+    parts: list[str] = []
+    for step in loc:
+        if isinstance(step, int):
+            if isinstance(payload, dict):  # a relation's wrapper: {"SaleLine": {...} or [...]}
+                child = next((key for key, value in payload.items() if isinstance(value, (dict, list))), None)
+                if child is None:
+                    break
+                parts.append(child)
+                payload = payload[child]
+            if isinstance(payload, list):
+                parts[-1] += f"[{step}]"
+                payload = payload[step] if step < len(payload) else None
         else:
-            return None
-    return payload
+            parts.append(step)
+            payload = payload.get(step) if isinstance(payload, dict) else None
+    return ".".join(parts)
 
 
 def one_or_many(value: Any, key: str) -> list[Any]:
     """`{"SaleLine": {...}}`, `{"SaleLine": [...]}`, `""`, None or absent -> a list of children."""
     if isinstance(value, dict):
         value = value.get(key)
+    return _listed(value)
+
+
+def _listed(value: Any) -> list[Any]:
+    """A lone child or a list of them ("" or None: none) as a list."""
     if value is None or value == "":
         return []
-    if isinstance(value, list):
-        return value
-    return [value]
+    return value if isinstance(value, list) else [value]
 
 
 def _boolean(value: Any) -> bool:
@@ -79,117 +84,129 @@ def _boolean(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1")
 
 
-@lru_cache(maxsize=1024)  # one object per distinct text: a sale's timestamps are read several times
-def _moment(text: str) -> datetime | None:
-    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not a timestamp: {text[:40]!r}") from None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 _ZERO = Decimal(0)
 
 
-def _finite(where: str, model: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        amount = getattr(model, name)
-        if not amount.is_finite():
-            field_name = msgspec.structs.fields(model)[model.__struct_fields__.index(name)].encode_name
-            raise ValueError(f"{where}{field_name}: not a finite number: {str(amount)!r}")
+def _amount(value: Decimal) -> Decimal:
+    # "-0" reads as 0 (as it always has: the content hash sees a zero's sign); "-0.00" keeps its sign.
+    return _ZERO if not value and value.is_signed() and value.as_tuple().exponent == 0 else value
 
 
-class LightspeedModel(Struct, kw_only=True, frozen=True, gc=False):
-    """Read-only, untracked by the garbage collector (nothing here refers back to itself)."""
+def _flag(value: Any) -> bool:
+    """`true`/`false` in any case, `1`/`0`, or a JSON boolean; nothing else is guessed at."""
+    if value is True or value is False:
+        return value
+    text = value.lower() if isinstance(value, str) else value
+    if text in ("true", "1", 1):
+        return True
+    if text in ("false", "0", 0):
+        return False
+    raise PydanticCustomError("flag", "Expected `bool`, got `{kind}`", {"kind": type(value).__name__})
+
+
+def _no_key(key: int) -> int | None:
+    return key or None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A Lightspeed timestamp (ISO 8601; "" for none) as an aware UTC datetime."""
+    if value == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except (AttributeError, ValueError):
+        raise PydanticCustomError("timestamp", "not a timestamp") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _relation(child: str) -> BeforeValidator:
+    """A relation's children, sent as `{"Child": {...} or [...]}`, or "" (or nothing) for none."""
+    def children(value: Any) -> list[Any]:
+        if value is None or value == "":
+            return []
+        if not isinstance(value, dict):
+            raise PydanticCustomError("relation", 'Expected an object or "", got `{kind}`',
+                                      {"kind": type(value).__name__})
+        return _listed(value.get(child))
+    return BeforeValidator(children)
+
+
+# The field types of the wire format.
+Flag = Annotated[bool, PlainValidator(_flag)]
+Amount = Annotated[Decimal, AfterValidator(_amount)]
+Moment = Annotated[Union[datetime, None], PlainValidator(_timestamp)]  # "": none
+Key = Annotated[int, AfterValidator(_no_key)]  # an ID, None for "0" (no key)
+M = TypeVar("M")
+Relation = Annotated[Union[M, None], BeforeValidator(lambda value: None if value == "" else value)]  # "": none
+
+
+class LightspeedModel(BaseModel):
+    """Read-only; built from a payload by its Lightspeed names, or in code by the Python ones. Each model's
+    validator is built when it first reads something: a run that reads no sale does not pay for it."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, defer_build=True)
 
     @classmethod
     def of(cls: type[W], payload: Any) -> W:
         """A payload as decoded from JSON (a dict), or InvalidPayload."""
         try:
-            return msgspec.convert(payload, cls, strict=False)
-        except msgspec.ValidationError as error:
+            return cls.model_validate(payload)
+        except ValidationError as error:
             raise InvalidPayload.of(error, payload) from None
 
 
 class Category(LightspeedModel):
-    category_id: int = field(name="categoryID")
+    category_id: int = Field(alias="categoryID")
     name: str = ""
 
 
 class Shop(LightspeedModel):
-    shop_id: int = field(name="shopID")
+    shop_id: int = Field(alias="shopID")
     name: str = ""
-    time_zone: str = field(name="timeZone", default="")
+    time_zone: str = Field(default="", alias="timeZone")
 
 
 class Item(LightspeedModel):
-    item_id: int = field(name="itemID")
+    item_id: int = Field(alias="itemID")
     description: str = ""
-    custom_sku: str = field(name="customSku", default="")
-    system_sku: str = field(name="systemSku", default="")
-    category_id_: int = field(name="categoryID", default=0)
-
-    @property
-    def category_id(self) -> int | None:
-        return self.category_id_ or None
+    custom_sku: str = Field(default="", alias="customSku")
+    system_sku: str = Field(default="", alias="systemSku")
+    category_id: Key = Field(default=None, alias="categoryID")
 
 
 class PaymentType(LightspeedModel):
-    payment_type_id_: int = field(name="paymentTypeID", default=0)
+    payment_type_id: Key = Field(default=None, alias="paymentTypeID")
     name: str = ""
-
-    @property
-    def payment_type_id(self) -> int | None:
-        return self.payment_type_id_ or None
 
 
 class SalePayment(LightspeedModel):
-    sale_payment_id: int = field(name="salePaymentID")
-    amount: Decimal = _ZERO
-    archived: bool = False
-    payment_type_: Union[PaymentType, Literal[""], None] = field(name="PaymentType", default=None)
-
-    @property
-    def payment_type(self) -> PaymentType | None:
-        kind = self.payment_type_
-        return kind if isinstance(kind, PaymentType) else None
+    sale_payment_id: int = Field(alias="salePaymentID")
+    amount: Amount = _ZERO
+    archived: Flag = False
+    payment_type: Relation[PaymentType] = Field(default=None, alias="PaymentType")
 
 
 class SaleLine(LightspeedModel):
-    sale_line_id: int = field(name="saleLineID")
-    unit_quantity: Decimal = field(name="unitQuantity", default=_ZERO)
-    unit_price: Decimal = field(name="unitPrice", default=_ZERO)
-    calc_line_discount: Decimal = field(name="calcLineDiscount", default=_ZERO)
-    calc_tax1: Decimal = field(name="calcTax1", default=_ZERO)
-    calc_tax2: Decimal = field(name="calcTax2", default=_ZERO)
-    calc_total: Decimal = field(name="calcTotal", default=_ZERO)
-    item_id_: int = field(name="itemID", default=0)
-    parent_sale_line_id_: int = field(name="parentSaleLineID", default=0)
-    item_: Union[Item, Literal[""], None] = field(name="Item", default=None)
-
-    @property
-    def item_id(self) -> int | None:
-        return self.item_id_ or None
-
-    @property
-    def parent_sale_line_id(self) -> int | None:
-        return self.parent_sale_line_id_ or None
-
-    @property
-    def item(self) -> Item | None:
-        item = self.item_
-        return item if isinstance(item, Item) else None
+    sale_line_id: int = Field(alias="saleLineID")
+    unit_quantity: Amount = Field(default=_ZERO, alias="unitQuantity")
+    unit_price: Amount = Field(default=_ZERO, alias="unitPrice")
+    calc_line_discount: Amount = Field(default=_ZERO, alias="calcLineDiscount")
+    calc_tax1: Amount = Field(default=_ZERO, alias="calcTax1")
+    calc_tax2: Amount = Field(default=_ZERO, alias="calcTax2")
+    calc_total: Amount = Field(default=_ZERO, alias="calcTotal")
+    item_id: Key = Field(default=None, alias="itemID")
+    parent_sale_line_id: Key = Field(default=None, alias="parentSaleLineID")
+    item: Relation[Item] = Field(default=None, alias="Item")
 
 
 class ContactEmail(LightspeedModel):
     address: str = ""
-    use_type: str = field(name="useType", default="")
+    use_type: str = Field(default="", alias="useType")
 
 
 class ContactPhone(LightspeedModel):
     number: str = ""
-    use_type: str = field(name="useType", default="")
+    use_type: str = Field(default="", alias="useType")
 
 
 class ContactAddress(LightspeedModel):
@@ -201,202 +218,85 @@ class ContactAddress(LightspeedModel):
     country: str = ""
 
 
-# The wrappers of a relation: `"Emails": {"ContactEmail": {...} or [...]}`.
-class Emails(LightspeedModel):
-    children: Union[list[ContactEmail], ContactEmail] = field(name="ContactEmail", default_factory=list)
-
-
-class Phones(LightspeedModel):
-    children: Union[list[ContactPhone], ContactPhone] = field(name="ContactPhone", default_factory=list)
-
-
-class Addresses(LightspeedModel):
-    children: Union[list[ContactAddress], ContactAddress] = field(name="ContactAddress", default_factory=list)
-
-
-class SaleLines(LightspeedModel):
-    children: Union[list[SaleLine], SaleLine] = field(name="SaleLine", default_factory=list)
-
-
-class SalePayments(LightspeedModel):
-    children: Union[list[SalePayment], SalePayment] = field(name="SalePayment", default_factory=list)
-
-
-def _children(wrapper: Any) -> list[Any]:
-    """A wrapper's children as a list ("" or None: none)."""
-    if wrapper is None or wrapper.__class__ is str:
-        return []
-    children = wrapper.children
-    return children if children.__class__ is list else [children]
-
-
 class Contact(LightspeedModel):
-    emails_: Union[Emails, Literal[""], None] = field(name="Emails", default=None)
-    phones_: Union[Phones, Literal[""], None] = field(name="Phones", default=None)
-    addresses_: Union[Addresses, Literal[""], None] = field(name="Addresses", default=None)
-
-    @property
-    def emails(self) -> list[ContactEmail]:
-        return _children(self.emails_)
-
-    @property
-    def phones(self) -> list[ContactPhone]:
-        return _children(self.phones_)
-
-    @property
-    def addresses(self) -> list[ContactAddress]:
-        return _children(self.addresses_)
+    emails: Annotated[list[ContactEmail], _relation("ContactEmail")] = Field(default_factory=list, alias="Emails")
+    phones: Annotated[list[ContactPhone], _relation("ContactPhone")] = Field(default_factory=list, alias="Phones")
+    addresses: Annotated[list[ContactAddress], _relation("ContactAddress")] = Field(default_factory=list,
+                                                                                   alias="Addresses")
 
 
 class Customer(LightspeedModel):
-    customer_id: int = field(name="customerID")
-    first_name: str = field(name="firstName", default="")
-    last_name: str = field(name="lastName", default="")
-    archived: bool = False
-    dob_: str = field(name="dob", default="")
-    contact_: Union[Contact, Literal[""], None] = field(name="Contact", default=None)
-
-    def __post_init__(self) -> None:
-        try:
-            _moment(self.dob_)  # a malformed one fails the customer here, not where it is read
-        except ValueError as error:
-            raise ValueError(f"dob: {error}") from None
-
-    @property
-    def dob(self) -> datetime | None:
-        return _moment(self.dob_)
-
-    @property
-    def contact(self) -> Contact | None:
-        contact = self.contact_
-        return contact if isinstance(contact, Contact) else None
+    customer_id: int = Field(alias="customerID")
+    first_name: str = Field(default="", alias="firstName")
+    last_name: str = Field(default="", alias="lastName")
+    dob: Moment = None
+    archived: Flag = False  # an archived customer is still read: its sales stay linked to it
+    contact: Relation[Contact] = Field(default=None, alias="Contact")
 
     @property
     def emails(self) -> list[ContactEmail]:
-        contact = self.contact
-        return contact.emails if contact else []
+        return self.contact.emails if self.contact else []
 
     @property
     def phones(self) -> list[ContactPhone]:
-        contact = self.contact
-        return contact.phones if contact else []
+        return self.contact.phones if self.contact else []
 
     @property
     def address(self) -> ContactAddress | None:
         """The first address with something in it (Lightspeed sends blank ones too, fact sheet §4.5)."""
-        contact = self.contact
-        return next((a for a in (contact.addresses if contact else [])
+        return next((a for a in (self.contact.addresses if self.contact else [])
                      if any((a.address1, a.address2, a.city, a.zip, a.country))), None)
 
 
 class Sale(LightspeedModel):
-    sale_id: int = field(name="saleID")
-    ticket_number: str = field(name="ticketNumber", default="")
-    completed: bool = False
-    voided: bool = False
-    archived: bool = False
-    time_stamp_: str = field(name="timeStamp", default="")
-    complete_time_: str = field(name="completeTime", default="")
-    # The docs spell the last-update field `updatetime`, older responses `updateTime` (§4.6).
-    update_time_: str = field(name="updatetime", default="")
-    update_time_older_: str = field(name="updateTime", default="")
-    calc_subtotal: Decimal = field(name="calcSubtotal", default=_ZERO)
-    calc_discount: Decimal = field(name="calcDiscount", default=_ZERO)
-    calc_tax1: Decimal = field(name="calcTax1", default=_ZERO)
-    calc_tax2: Decimal = field(name="calcTax2", default=_ZERO)
-    calc_total: Decimal = field(name="calcTotal", default=_ZERO)
-    customer_id_: int = field(name="customerID", default=0)
-    shop_id_: int = field(name="shopID", default=0)
-    customer_: Union[Customer, Literal[""], None] = field(name="Customer", default=None)
-    lines_: Union[SaleLines, Literal[""], None] = field(name="SaleLines", default=None)
-    payments_: Union[SalePayments, Literal[""], None] = field(name="SalePayments", default=None)
-
-    def __post_init__(self) -> None:
-        # What msgspec lets through and the sale cannot be written with fails it here, where it is read.
-        for name, text in (("timeStamp", self.time_stamp_), ("completeTime", self.complete_time_),
-                           ("updatetime", self.update_time_), ("updateTime", self.update_time_older_)):
-            try:
-                _moment(text)
-            except ValueError as error:
-                raise ValueError(f"{name}: {error}") from None
-        _finite("", self, _SALE_AMOUNTS)
-        for index, line in enumerate(self.lines):
-            _finite(f"SaleLines.SaleLine[{index}].", line, _LINE_AMOUNTS)
-        for index, payment in enumerate(self.payments):
-            _finite(f"SalePayments.SalePayment[{index}].", payment, ("amount",))
-
-    @property
-    def time_stamp(self) -> datetime | None:
-        return _moment(self.time_stamp_)
-
-    @property
-    def complete_time(self) -> datetime | None:
-        return _moment(self.complete_time_)
+    sale_id: int = Field(alias="saleID")
+    ticket_number: str = Field(default="", alias="ticketNumber")
+    completed: Flag = False
+    voided: Flag = False
+    archived: Flag = False
+    time_stamp: Moment = Field(default=None, alias="timeStamp")
+    complete_time: Moment = Field(default=None, alias="completeTime")
+    # The docs spell the last-update field `updatetime`, older responses `updateTime` (§4.6): see update_time.
+    updatetime: Moment = None
+    update_time_older: Moment = Field(default=None, alias="updateTime")
+    calc_subtotal: Amount = Field(default=_ZERO, alias="calcSubtotal")
+    calc_discount: Amount = Field(default=_ZERO, alias="calcDiscount")
+    calc_tax1: Amount = Field(default=_ZERO, alias="calcTax1")
+    calc_tax2: Amount = Field(default=_ZERO, alias="calcTax2")
+    calc_total: Amount = Field(default=_ZERO, alias="calcTotal")
+    customer_id: Key = Field(default=None, alias="customerID")
+    shop_id: Key = Field(default=None, alias="shopID")
+    customer: Relation[Customer] = Field(default=None, alias="Customer")
+    lines: Annotated[list[SaleLine], _relation("SaleLine")] = Field(default_factory=list, alias="SaleLines")
+    payments: Annotated[list[SalePayment], _relation("SalePayment")] = Field(default_factory=list,
+                                                                            alias="SalePayments")
 
     @property
     def update_time(self) -> datetime | None:
-        return _moment(self.update_time_ or self.update_time_older_)
+        return self.updatetime or self.update_time_older
 
     @property
     def last_update(self) -> datetime | None:
         """The sale's last change: `updatetime`, else `timeStamp`."""
-        return _moment(self.update_time_ or self.update_time_older_ or self.time_stamp_)
-
-    @property
-    def customer_id(self) -> int | None:
-        return self.customer_id_ or None
-
-    @property
-    def shop_id(self) -> int | None:
-        return self.shop_id_ or None
-
-    @property
-    def customer(self) -> Customer | None:
-        customer = self.customer_
-        return customer if isinstance(customer, Customer) else None
-
-    @property
-    def lines(self) -> list[SaleLine]:
-        return _children(self.lines_)
-
-    @property
-    def payments(self) -> list[SalePayment]:
-        return _children(self.payments_)
+        return self.updatetime or self.update_time_older or self.time_stamp
 
     def with_customer(self, customer: Customer | None) -> "Sale":
-        return msgspec.structs.replace(self, customer_=customer)
+        return self.model_copy(update={"customer": customer})
 
 
-_SALE_AMOUNTS = ("calc_subtotal", "calc_discount", "calc_tax1", "calc_tax2", "calc_total")
-_LINE_AMOUNTS = ("unit_quantity", "unit_price", "calc_line_discount", "calc_tax1", "calc_tax2", "calc_total")
+_SALES = TypeAdapter(list[Sale], config=ConfigDict(defer_build=True))
 
 
-class _Links(Struct, gc=False):
-    next: str = ""
-
-
-class _SalePage(Struct, gc=False):
-    links: _Links = field(name="@attributes", default_factory=_Links)
-    sales: Union[list[Sale], Sale, Literal[""], None] = field(name="Sale", default=None)
-
-
-_SALE_PAGE = msgspec.json.Decoder(_SalePage, strict=False)
-
-
-def sale_page(content: bytes) -> tuple[list[Sale], str] | None:
-    """A Sale list page read straight into Sales, and its `next` link; None when any sale in it does not read
-    (the page is then read as dicts, each sale on its own, so that only the bad one is parked)."""
+def sale_page(page: dict[str, Any]) -> list[Sale] | None:
+    """The Sales of a Sale list page (as decoded from its JSON), read in one pass; None when any of them does not
+    read (the page's payloads are then read each on its own, so that only the bad one is parked)."""
+    payloads = one_or_many(page, "Sale")
+    if not payloads:
+        return []
     try:
-        page = _SALE_PAGE.decode(content)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+        return _SALES.validate_python(payloads)
+    except ValidationError:
         return None
-    sales = page.sales
-    if sales is None or sales.__class__ is str:
-        sales = []
-    elif sales.__class__ is not list:
-        sales = [sales]
-    return sales, page.links.next
-
 
 
 @dataclass(frozen=True)
@@ -424,7 +324,3 @@ class RawSale:
         """The Customer loaded with the sale ("" or absent when there is none)."""
         customer = payload.get("Customer")
         return customer if isinstance(customer, dict) else None
-
-
-def parse_sale(payload: dict[str, Any]) -> Sale:
-    return Sale.of(payload)
