@@ -118,7 +118,35 @@ class BenchLightspeed(_Timed, LightspeedEmulator):
 
 
 class BenchSalesforce(_Timed, SalesforceEmulator):
-    """The Salesforce emulator, timed."""
+    """The Salesforce emulator, timed, and (`record_work` seconds a record) as slow as a real org's own work on
+    the records of a `/composite` request: its triggers, rules and indexes, on top of the request's latency."""
+
+    def __init__(self, *args: Any, record_work: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record_work = record_work
+        self.work = 0.0  # seconds of record work waited, which the API-bound floor includes
+
+    def _handle(self, request: Request) -> Response:
+        response = super()._handle(request)
+        if self.record_work and request.path.rstrip("/").endswith("/composite"):
+            records = written_records(self.requests[-1].body)
+            if records:
+                self.work += records * self.record_work
+                time.sleep(records * self.record_work)
+        return response
+
+
+def written_records(body: Any) -> int:
+    """The records a `/composite` request writes or deletes (its queries write none)."""
+    count = 0
+    for sub in (body or {}).get("compositeRequest", []) if isinstance(body, dict) else ():
+        if "/query" in sub.get("url", ""):
+            continue
+        if sub.get("method") == "DELETE":
+            count += sub["url"].split("ids=", 1)[-1].split("&")[0].count(",") + 1
+        elif isinstance(sub.get("body"), dict):
+            count += len(sub["body"].get("records", []))
+    return count
 
 
 # ---------------------------------------------------------------------------------------------- SOQL

@@ -82,7 +82,8 @@ class Engine:
             self._process_ids(self.reader.voided(window), summary)
         # Parked sales and voids are written and settled before the pages: met again there, they are unchanged.
         self.settler.drain(summary)
-        with closing(self.reader.window_pages(window)) as pages:
+        # A batch's worth of sales read ahead: while one batch is written, the next one comes in.
+        with closing(self.reader.window_pages(window, ahead=min(BATCH_SALES, limit or BATCH_SALES))) as pages:
             self._read_window(pages, window, summary, progress, limit)
         self.settler.drain(summary)
         if self.rollups:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from queue import Empty, Queue
+from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from lspos_sync.fieldmap import FieldMap
@@ -30,9 +30,10 @@ class Reader:
         self._raw_customers: dict[int, dict[str, Any]] = {}
         self.raw_shops: dict[int, dict[str, Any]] = {}
 
-    def window_pages(self, window: Window) -> Iterator[list[dict[str, Any]]]:
-        """The window's pages, oldest change first, read ahead by a thread (close it when done)."""
-        return _prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw))
+    def window_pages(self, window: Window, ahead: int) -> Iterator[list[Sale | dict[str, Any]]]:
+        """The window's pages, oldest change first, read ahead by a thread up to `ahead` sales (close it when
+        done)."""
+        return _prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw), ahead)
 
     def voided(self, window: Window) -> list[int]:
         return self.lightspeed.voided_sale_ids(window.since, window.until)
@@ -105,37 +106,60 @@ class Reader:
         self._raw_customers.clear()
 
 
-def _prefetched(pages: Iterator[list[dict[str, Any]]], depth: int = 4) -> Iterator[list[dict[str, Any]]]:
-    """The same pages, in the same order, read ahead by a thread: while Salesforce writes one batch, the
-    next Lightspeed pages are already on their way. An error in the reader surfaces here, in order."""
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
+def _prefetched(pages: Iterator[list[Sale]], ahead: int) -> Iterator[list[Sale]]:
+    """The same pages, in the same order, read ahead by a thread: while Salesforce writes one batch, the next
+    one's pages come in. The thread asks for a page only while fewer than `ahead` sales wait, so a run holds at
+    most that and one page more, whichever API is slower. An error in the reader surfaces here, in order."""
+    waiting: deque[Any] = deque()  # pages, then `done` or the reader's error
+    room = threading.Condition()
+    held = 0  # sales waiting
+    stop = False
     done = object()
 
     def read() -> None:
+        nonlocal held
+        item: Any = done
         try:
-            for page in pages:
-                queue.put(page)
-                if stop.is_set():
-                    return
-            queue.put(done)
+            iterator = iter(pages)
+            while True:
+                with room:
+                    while held >= ahead and not stop:
+                        room.wait()
+                    if stop:
+                        return
+                page = next(iterator, done)  # the request, outside the lock
+                if page is done:
+                    break
+                with room:
+                    waiting.append(page)
+                    held += len(page)
+                    room.notify_all()
         except BaseException as error:  # handed to the consumer, raised there
-            queue.put(error)
+            item = error
+        with room:
+            waiting.append(item)
+            room.notify_all()
 
     reader = threading.Thread(target=read, name="lightspeed-reader", daemon=True)
     reader.start()
     try:
-        while (item := queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
+        while True:
+            with room:
+                while not waiting:
+                    room.wait()
+                item = waiting.popleft()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                held -= len(item)
+                room.notify_all()
             yield item
     finally:
-        stop.set()
-        while reader.is_alive():  # let a reader blocked on a full queue finish its put
-            try:
-                queue.get(timeout=0.1)
-            except Empty:
-                pass
+        with room:
+            stop = True
+            room.notify_all()
+        reader.join()  # it finishes the request it is in
 
 
 def batches(sales: Iterable[Sale], size: int) -> Iterator[list[Sale]]:
