@@ -68,9 +68,10 @@ def incremental(settings: Settings, output: "Output", account: str | None = None
 
 
 def bounded(settings: Settings, output: "Output", since: datetime, until: datetime | None,
-            account: str | None = None) -> int:
+            account: str | None = None, bulk: bool | None = None) -> int:
     """`backfill`: an explicit window, written like any other; the live checkpoint is left alone. A window
-    that stopped part-way (an outage, the API reserve) resumes where it stopped when run again."""
+    that stopped part-way (an outage, the API reserve) resumes where it stopped when run again. `bulk`:
+    through Bulk API 2.0 ingest jobs, or not; None lets the window's sale count decide (LSPOS_BULK_THRESHOLD)."""
 
     def one(settings: Settings) -> Report:
         with StateStore(settings.state_path) as store:

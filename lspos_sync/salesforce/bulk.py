@@ -1,0 +1,248 @@
+"""Bulk API 2.0 ingest jobs on simple-salesforce's `bulk2` client: rows spooled to CSV files, one streamed
+upload per job, results read back as CSV row by row.
+
+simple-salesforce's own `upsert(csv_file=...)` holds a job's data in memory several times over and sleeps
+5 s before its first poll (fact sheet §5.6), so the job calls of its `_Bulk2Client` are used one by one:
+create, PUT of an open file (requests streams it), UploadComplete, polls that start short, results streamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from lspos_sync.errors import RunFailed
+from lspos_sync.retry import pause
+
+if TYPE_CHECKING:
+    from simple_salesforce.bulk2 import _Bulk2Client
+
+    from lspos_sync.salesforce.client import SalesforceClient
+
+log = logging.getLogger(__name__)
+
+# One upload per job, at most 100 MB of CSV (fact sheet §6: 150 MB once base64-encoded); simple-salesforce refuses
+# more than 100 MiB. A spool starts a new file (a new job) before a row would pass this.
+MAX_UPLOAD = 100_000_000
+NULL = "#N/A"  # a cell that empties its field; an empty cell leaves the field as it is (fact sheet §5.6)
+_FINAL = ("JobComplete", "Failed", "Aborted")
+_ATTEMPTS = 5
+_FIRST_POLL = 0.1  # seconds before the first poll, doubled after each up to _LONGEST_POLL
+_LONGEST_POLL = 10.0
+
+
+def cell(value: Any) -> str:
+    """A record value as a Bulk API 2.0 CSV cell: None empties the field (`#N/A`); booleans in lower case."""
+    if value is None:
+        return NULL
+    if value is True or value is False:
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def flattened(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as CSV columns: a reference `{"Parent__r": {"Key__c": v}}` becomes the column `Parent__r.Key__c`;
+    `attributes` is left out."""
+    columns: dict[str, Any] = {}
+    for name, value in record.items():
+        if name == "attributes":
+            continue
+        if isinstance(value, dict):
+            columns.update({f"{name}.{field}": inner for field, inner in value.items()})
+        else:
+            columns[name] = value
+    return columns
+
+
+class CsvSpool:
+    """Rows of one object, written to CSV files in `directory` as they come, a new file before one would pass
+    `limit` bytes: each file is one job's upload. A column a row does not have is an empty cell (the field
+    is left as it is); a value None is `#N/A` (the field is emptied)."""
+
+    def __init__(self, directory: Path, name: str, header: list[str], limit: int = MAX_UPLOAD) -> None:
+        self.directory, self.name, self.header, self.limit = directory, name, list(header), limit
+        self._index = {column: i for i, column in enumerate(self.header)}
+        self._header_line = self._line(self.header)
+        self.paths: list[Path] = []
+        self.rows = 0
+        self._file: io.BufferedWriter | None = None
+        self._size = 0
+
+    def add(self, columns: dict[str, Any]) -> None:
+        cells = [""] * len(self.header)
+        for column, value in columns.items():
+            index = self._index.get(column)
+            if index is None:
+                raise ValueError(f"{self.name}: column {column} is not in the job's header")
+            cells[index] = cell(value)
+        line = self._line(cells)
+        if self._file is None or self._size + len(line) > self.limit:
+            self._start()
+        assert self._file is not None
+        self._file.write(line)
+        self._size += len(line)
+        self.rows += 1
+
+    def close(self) -> list[Path]:
+        """The files written, closed."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return self.paths
+
+    def _start(self) -> None:
+        self.close()
+        path = self.directory / f"{self.name}-{len(self.paths) + 1}.csv"
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close(), the spool's directory is temporary
+        self._file.write(self._header_line)
+        self._size = len(self._header_line)
+        if self._size >= self.limit:
+            raise ValueError(f"{self.name}: the header alone is larger than an upload may be")
+        self.paths.append(path)
+
+    @staticmethod
+    def _line(cells: list[str]) -> bytes:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerow(cells)
+        return out.getvalue().encode()
+
+
+@dataclass
+class Job:
+    """A finished ingest job: its Id, object, and what Salesforce says it processed and failed."""
+
+    id: str
+    sobject: str
+    processed: int
+    failed: int
+
+
+class BulkJobs:
+    """Ingest jobs through `bulk2`. Each HTTP request is one API call, counted on the Salesforce client."""
+
+    def __init__(self, client: SalesforceClient, first_poll: float = _FIRST_POLL) -> None:
+        self._client = client
+        self._first_poll = first_poll
+        self._bulk2: tuple[str, Any] | None = None  # (the session token it was built with, the handler)
+
+    def upsert(self, sobject: str, external_id: str, path: Path) -> Job:
+        """One upsert job of the CSV file at `path` (at most MAX_UPLOAD bytes) by `external_id`, run to its end.
+        A job that fails as a whole (a bad column, a limit) fails the run with Salesforce's one-line reason:
+        what it wrote is written again by the next run, upserts by key being harmless to repeat."""
+        if path.stat().st_size > MAX_UPLOAD:
+            raise ValueError(f"{path.name}: an upload is at most {MAX_UPLOAD} bytes")
+        jobs = self._jobs(sobject)
+        info = self._request(lambda: jobs.create_job("upsert", external_id_field=external_id), "create a job")
+        job_id = info["id"]
+        log.info("Bulk API 2.0 job %s: upsert of %s by %s (%.1f MB)", job_id, sobject, external_id,
+                 path.stat().st_size / 1e6, extra={"phase": "bulk", "job": job_id})
+        self._upload(jobs, job_id, info.get("contentUrl"), path)
+        self._request(lambda: jobs.close_job(job_id), f"close job {job_id}")
+        info = self._wait(jobs, job_id)
+        if info["state"] != "JobComplete":
+            reason = str(info.get("errorMessage") or info["state"]).replace("\n", " ").strip()
+            raise RunFailed(f"Salesforce Bulk API 2.0 job {job_id} ({sobject} upsert) {info['state'].lower()}: "
+                            f"{reason}; nothing after it was written, and the backfill resumes where it stopped")
+        return Job(job_id, sobject, int(info.get("numberRecordsProcessed") or 0),
+                   int(info.get("numberRecordsFailed") or 0))
+
+    def failed_rows(self, job: Job) -> Iterator[dict[str, str]]:
+        """The rows the job failed, each with `sf__Error` and the columns as uploaded, read as they arrive."""
+        if job.failed:
+            yield from self._results(job, "failedResults")
+
+    def successful_rows(self, job: Job) -> Iterator[dict[str, str]]:
+        """The rows the job wrote, each with `sf__Id`, `sf__Created` and the columns as uploaded."""
+        if job.processed > job.failed:
+            yield from self._results(job, "successfulResults")
+
+    # -- the calls
+    def _jobs(self, sobject: str) -> _Bulk2Client:
+        """The job calls for `sobject`. The bulk2 handler keeps the token it was built with (fact sheet §5.6):
+        after the REST client renewed its session, a new one is built."""
+        from simple_salesforce import Salesforce
+
+        client = self._client
+        if client._session is None:
+            client.connect()
+        session = client._session
+        assert session is not None
+        if self._bulk2 is None or self._bulk2[0] != session.access_token:
+            salesforce = Salesforce(instance_url=session.instance_url, session_id=session.access_token,
+                                    session=client._http, version=client._settings.api_version)
+            self._bulk2 = (session.access_token, salesforce.bulk2)
+        return getattr(self._bulk2[1], sobject)._client
+
+    def _upload(self, jobs: _Bulk2Client, job_id: str, content_url: str | None, path: Path) -> None:
+        """The file as the job's one upload, streamed from disk (requests sends an open file with its length)."""
+        url = f"{jobs.bulk2_url}ingest/{job_id}/batches"
+        headers = jobs._get_headers(jobs.CSV_CONTENT_TYPE, jobs.JSON_CONTENT_TYPE)
+
+        def put() -> Any:
+            with open(path, "rb") as upload:
+                return self._send(jobs, "PUT", url, headers=headers, data=upload)
+
+        # Not retried: a second PUT on a job makes its close fail ("Found multiple contents", fact sheet §5.6).
+        self._request(put, f"upload to job {job_id}", attempts=1)
+
+    def _wait(self, jobs: _Bulk2Client, job_id: str) -> dict[str, Any]:
+        delay = self._first_poll
+        while True:
+            time.sleep(delay)
+            info = self._request(lambda: jobs.get_job(job_id, False), f"read job {job_id}")
+            if info.get("state") in _FINAL:
+                return info
+            delay = min(delay * 2, _LONGEST_POLL)
+
+    def _results(self, job: Job, kind: str) -> Iterator[dict[str, str]]:
+        jobs = self._jobs(job.sobject)
+        url = f"{jobs.bulk2_url}ingest/{job.id}/{kind}"
+        headers = jobs._get_headers(jobs.JSON_CONTENT_TYPE, jobs.CSV_CONTENT_TYPE)
+        response = self._request(lambda: self._send(jobs, "GET", url, headers=headers, stream=True),
+                                 f"read the {kind} of job {job.id}")
+        with response:
+            response.raw.decode_content = True
+            response.raw.auto_close = False  # io.TextIOWrapper reads past the end once; urllib3 would have closed it
+            text = io.TextIOWrapper(response.raw, encoding="utf-8-sig", newline="")
+            yield from csv.DictReader(text)
+
+    def _send(self, jobs: _Bulk2Client, method: str, url: str, **kwargs: Any) -> Any:
+        from simple_salesforce.util import call_salesforce
+
+        return call_salesforce(url=url, method=method, session=jobs.session, **kwargs)
+
+    def _request(self, call: Callable[[], Any], what: str, attempts: int = _ATTEMPTS) -> Any:
+        """One call (one API call), tried again on a dropped connection or a server error; a refusal fails the
+        run in one line."""
+        import requests
+        from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceGeneralError
+
+        for attempt in range(attempts):
+            self._client.api_calls += 1
+            try:
+                return call()
+            except (requests.RequestException, SalesforceGeneralError) as error:
+                status = getattr(error, "status", None)
+                if (status is not None and status < 500) or attempt + 1 >= attempts:
+                    raise RunFailed(f"Salesforce Bulk API 2.0: could not {what}: {_described(error)}") from None
+                delay = pause(attempt)
+                log.info("Salesforce Bulk API 2.0: %s on %s; retrying in %.1f s", _described(error), what, delay)
+                time.sleep(delay)
+            except SalesforceExpiredSession:
+                raise RunFailed("Salesforce rejected the session during a Bulk API 2.0 job (INVALID_SESSION_ID): "
+                                "run the backfill again; it resumes where it stopped") from None
+            except SalesforceError as error:
+                raise RunFailed(f"Salesforce Bulk API 2.0 refused to {what}: {_described(error)}") from None
+        raise AssertionError("unreachable")
+
+
+def _described(error: Exception) -> str:
+    content = getattr(error, "content", None)
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return f"{content[0].get('errorCode')}: {content[0].get('message')}"
+    return f"{type(error).__name__}: {str(error)[:200]}".replace("\n", " ")
