@@ -134,19 +134,28 @@ class BulkJobs:
         """One upsert job of the CSV file at `path` (at most MAX_UPLOAD bytes) by `external_id`, run to its end.
         A job that fails as a whole (a bad column, a limit) fails the run with Salesforce's one-line reason:
         what it wrote is written again by the next run, upserts by key being harmless to repeat."""
+        return self.run("upsert", sobject, path, external_id)
+
+    def update(self, sobject: str, path: Path) -> Job:
+        """One update job (records by their `Id` column), as `upsert`."""
+        return self.run("update", sobject, path)
+
+    def run(self, operation: str, sobject: str, path: Path, external_id: str | None = None) -> Job:
         if path.stat().st_size > MAX_UPLOAD:
             raise ValueError(f"{path.name}: an upload is at most {MAX_UPLOAD} bytes")
+        self._client.ensure_allowance()
         jobs = self._jobs(sobject)
-        info = self._request(lambda: jobs.create_job("upsert", external_id_field=external_id), "create a job")
+        info = self._request(lambda: jobs.create_job(operation, external_id_field=external_id), "create a job")
         job_id = info["id"]
-        log.info("Bulk API 2.0 job %s: upsert of %s by %s (%.1f MB)", job_id, sobject, external_id,
-                 path.stat().st_size / 1e6, extra={"phase": "bulk", "job": job_id})
+        log.info("Bulk API 2.0 job %s: %s of %s%s (%.1f MB)", job_id, operation, sobject,
+                 f" by {external_id}" if external_id else "", path.stat().st_size / 1e6,
+                 extra={"phase": "bulk", "job": job_id})
         self._upload(jobs, job_id, info.get("contentUrl"), path)
         self._request(lambda: jobs.close_job(job_id), f"close job {job_id}")
         info = self._wait(jobs, job_id)
         if info["state"] != "JobComplete":
             reason = str(info.get("errorMessage") or info["state"]).replace("\n", " ").strip()
-            raise RunFailed(f"Salesforce Bulk API 2.0 job {job_id} ({sobject} upsert) {info['state'].lower()}: "
+            raise RunFailed(f"Salesforce Bulk API 2.0 job {job_id} ({sobject} {operation}) {info['state'].lower()}: "
                             f"{reason}; nothing after it was written, and the backfill resumes where it stopped")
         return Job(job_id, sobject, int(info.get("numberRecordsProcessed") or 0),
                    int(info.get("numberRecordsFailed") or 0))
@@ -246,3 +255,147 @@ def _described(error: Exception) -> str:
     if isinstance(content, list) and content and isinstance(content[0], dict):
         return f"{content[0].get('errorCode')}: {content[0].get('message')}"
     return f"{type(error).__name__}: {str(error)[:200]}".replace("\n", " ")
+
+
+class RowSpool:
+    """Records of one kind, kept on disk as JSON lines while a round gathers them (their columns are known only
+    at the end: a record leaves out what it does not set), then written out as the CSV uploads of its jobs."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory, self.name = directory, name
+        self.path = directory / f"{name}.jsonl"
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by uploads(); the directory is temporary
+        self._columns: dict[str, None] = {}
+        self.rows = 0
+
+    def add(self, columns: dict[str, Any]) -> None:
+        import orjson
+
+        self._columns.update(dict.fromkeys(columns))
+        self._file.write(orjson.dumps(columns) + b"\n")
+        self.rows += 1
+
+    def uploads(self, limit: int = MAX_UPLOAD) -> list[Path]:
+        """The rows as CSV files of at most `limit` bytes, each under the header of every column a row set."""
+        import orjson
+
+        self._file.close()
+        csv_spool = CsvSpool(self.directory, self.name, list(self._columns), limit)
+        with open(self.path, "rb") as rows:
+            for line in rows:
+                csv_spool.add(orjson.loads(line))
+        self.path.unlink()
+        return csv_spool.close()
+
+
+class BulkWriter:
+    """The Writer of a bulk backfill: a round's writes, spooled to disk as they are handed over, go to Salesforce
+    in `flush` as Bulk API 2.0 ingest jobs, accounts first (new ones upserted by LS_Customer_ID__c, matched ones
+    updated by Id), then transactions, then lines (upserts by external ID; a line names its transaction by a
+    `Sales_Transaction__r.LS_Sale_ID__c` column); stale lines are deleted by Id through the Composite API, as the
+    composite path deletes them.
+
+    The writes themselves are not kept (a round holds a hundred thousand sales): their outcomes come back by row.
+    `on_failed(kind, key, reason)` is told each refused row, by the key that names it (the customer key of a new
+    account, the Id of an updated one, the sale key of a transaction, of a line, of a deleted line);
+    `on_updated(sale_key, transaction_id)` each transaction Salesforce already had. Queries go straight to the
+    REST API: nothing a round holds is read before it is flushed."""
+
+    def __init__(self, client: SalesforceClient, directory: Path, composite: Any,
+                 on_failed: Callable[[str, str, str], None],
+                 on_updated: Callable[[str, str], None] | None = None, jobs: BulkJobs | None = None) -> None:
+        from lspos_sync.writing import WriteStats
+
+        self._client = client
+        self._directory = directory
+        self._composite = composite  # the REST writer: queries, and the deletes of stale lines
+        self._on_failed = on_failed
+        self._on_updated = on_updated
+        self._jobs = jobs or BulkJobs(client)
+        self._spools: dict[str, RowSpool] = {}
+        self._deletes: list[Any] = []
+        self.stats = WriteStats()
+
+    def write(self, writes: list[Any]) -> None:
+        from lspos_sync.writing import DELETE_LINES
+
+        names = self._client.field_map
+        for write in writes:
+            if write.kind == DELETE_LINES:
+                self._deletes.append(write)
+                continue
+            spool = self._spools.get(write.kind)
+            if spool is None:
+                spool = self._spools[write.kind] = RowSpool(self._directory, write.kind)
+            record = dict(write.record)
+            if "id" in record:  # an update by Id: the column is `Id`
+                record["Id"] = record.pop("id")
+            spool.add(flattened(names.outgoing(_OBJECTS[write.kind], record)))
+
+    def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
+                *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
+        return self._composite.queries(statements, optional, after_lines=after_lines)
+
+    def flush(self) -> None:
+        """Every held write to Salesforce, kind after kind; each refused row told to `on_failed`."""
+        from lspos_sync.mapping import CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
+        from lspos_sync.writing import CREATE_ACCOUNTS, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
+
+        names = self._client.field_map
+        sale_key = names.field(TRANSACTION, SALE_KEY)
+        [parent] = flattened(names.outgoing(LINE, {"Sales_Transaction__r": {SALE_KEY: ""}}))
+        keyed_by = {CREATE_ACCOUNTS: names.field("Account", CUSTOMER_KEY), UPDATE_ACCOUNTS: "Id",
+                    TRANSACTIONS: sale_key, LINES: parent}
+        external = {CREATE_ACCOUNTS: names.field("Account", CUSTOMER_KEY), TRANSACTIONS: sale_key,
+                    LINES: names.field(LINE, LINE_KEY)}
+        for kind in (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES):
+            spool = self._spools.pop(kind, None)
+            if spool is None:
+                continue
+            sobject = names.obj(_OBJECTS[kind])
+            for path in spool.uploads():
+                job = self._jobs.upsert(sobject, external[kind], path) if kind in external \
+                    else self._jobs.update(sobject, path)
+                path.unlink()
+                self.stats.records[kind] = self.stats.records.get(kind, 0) + job.processed - job.failed
+                for row in self._jobs.failed_rows(job):
+                    self._on_failed(kind, row.get(keyed_by[kind], ""), _sf_error(row.get("sf__Error", "")))
+                if kind == TRANSACTIONS and self._on_updated is not None:
+                    for row in self._jobs.successful_rows(job):
+                        if row.get("sf__Created") == "false":
+                            self._on_updated(row[sale_key], row["sf__Id"])
+        if self._deletes:
+            deletes, self._deletes = self._deletes, []
+            self.delete(deletes)
+
+    def delete(self, deletes: list[Any]) -> None:
+        """Stale lines, by Id, through the Composite API; each refusal told to `on_failed` by sale key."""
+        from lspos_sync.writing import DELETE_LINES
+
+        self._composite.write(deletes)
+        self._composite.flush()
+        for write in deletes:
+            if write.error:
+                for key in write.sale_keys:
+                    self._on_failed(DELETE_LINES, key, write.error)
+        self.stats.records[DELETE_LINES] = self._composite.stats.records.get(DELETE_LINES, 0)
+
+
+def _sf_error(text: str) -> str:
+    """`STATUS_CODE:message:Fields --` as the composite path words a refusal: `STATUS_CODE: message (Fields)`."""
+    parts = []
+    for error in text.split(" --"):
+        error = error.strip()
+        if not error:
+            continue
+        code, _, rest = error.partition(":")
+        message, _, fields = rest.rpartition(":")
+        if not _:
+            message, fields = rest, ""
+        parts.append(f"{code}: {message}" + (f" ({fields.strip()})" if fields.strip() else ""))
+    return "; ".join(parts) or text
+
+
+# The object of each kind of write (in the contract's names).
+_OBJECTS = {"create_accounts": "Account", "update_accounts": "Account", "transactions": "Sales_Transaction__c",
+            "lines": "Sales_Line_Item__c"}
