@@ -24,7 +24,8 @@ PHASES = (
     ("Lightspeed: HTTP + JSON decode", re.compile(r"^LightspeedClient\.")),
     ("map + hash", re.compile(r"lspos_sync/mapping\.py")),
     ("state store (SQLite)", re.compile(r"lspos_sync/state\.py")),
-    ("engine's own lines (GC pauses land here too)", re.compile(r"lspos_sync/engine\.py")),
+    ("engine's own lines (GC pauses land here too)",
+     re.compile(r"lspos_sync/(engine|reading|resolving|planning|settling|rolling|summary)\.py")),
 )
 
 

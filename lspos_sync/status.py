@@ -10,7 +10,7 @@ from lspos_sync.config import Settings
 from lspos_sync.errors import LockHeld
 from lspos_sync.lightspeed.client import CLOCK_TOLERANCE
 from lspos_sync.mapping import ACCOUNT, LINE, TRANSACTION
-from lspos_sync.salesforce.writer import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
+from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS
 from lspos_sync.state import StateStore, parse_iso, utcnow
 
 if TYPE_CHECKING:

@@ -1,24 +1,21 @@
-"""Writes records with sObject Collections inside `/composite` requests, full ones, and reads every per-record
-result; queries travel in the same requests, behind the writes they must see."""
+"""The `Writer` of a real run: records in sObject Collections inside `/composite` requests, full ones, every
+per-record result read; queries travel in the same requests, behind the writes they must see. And the dry-run's
+`RecordingSink`."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 from lspos_sync.retry import pause
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
+from lspos_sync.writing import (CREATE_ACCOUNTS, DELETE_LINES, LINES, ORDER, TRANSACTIONS, UPDATE_ACCOUNTS, Write,
+                                WriteStats)
 
 log = logging.getLogger(__name__)
 
-# The order inside and across requests: accounts exist before the transactions that point at them,
-# transactions before their lines, and stale lines go last.
-CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
-    "create_accounts", "update_accounts", "transactions", "lines", "delete_lines")
-ORDER = (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
 # What the lookups of accounts and transactions do not read: these may still wait when one is sent.
 _UNREAD_BY_LOOKUPS = frozenset({LINES, DELETE_LINES})
 # Collections `write` keeps back: enough to fill a request whose queries leave four slots free.
@@ -31,40 +28,6 @@ _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANS
 _OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
 
 
-@dataclass(slots=True)  # a run holds one per record of a batch on its way
-class Write:
-    """One record to write (or, for deletes, one Id) and the sales that depend on it."""
-
-    kind: str
-    record: dict[str, Any] | str | None  # None once Salesforce has accepted it: a batch waiting to be settled
-    sale_keys: tuple[str, ...]           # holds outcomes only
-    customer_key: str | None = None  # for account writes: whose account
-    filled: tuple[str, ...] = ()  # for account updates: the empty fields enrichment fills
-    error: str | None = None
-    transient: bool = False  # the error says "try again" (a lock, a busy server), not "no"
-    created: bool | None = None
-    id: str | None = None
-    answered: bool = False  # Salesforce's last word on it is in
-
-
-@dataclass
-class WriteStats:
-    records: dict[str, int] = field(default_factory=dict)  # records Salesforce accepted, by kind of write
-
-
-class Sink(Protocol):
-    """Where the engine's writes go, and its queries, which must see the writes queued before them."""
-
-    stats: WriteStats
-
-    def write(self, writes: list[Write]) -> None: ...
-
-    def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
-                *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]: ...
-
-    def flush(self) -> None: ...
-
-
 def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
     """Collections of at most 200 records, one kind each, in dependency order."""
     result = []
@@ -75,7 +38,7 @@ def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
     return result
 
 
-class CompositeWriter:
+class CompositeWriter:  # a Writer
     """Packs collections and queries five to a `/composite` request (the most one may carry) and records
     each result.
 
@@ -208,7 +171,7 @@ class CompositeWriter:
                 write.transient = _transient(result.get("errors"))
 
 
-class RecordingSink:
+class RecordingSink:  # a Writer
     """dry-run: the same writes, counted instead of sent; every one 'succeeds' (no error, no Id). Queries go
     straight to Salesforce: nothing was written before them."""
 

@@ -1,0 +1,149 @@
+"""Lightspeed, read for a run: the window's pages (read ahead by a thread), the completed sales in them, in
+batches; the customers the sales came without; shops and categories; and, when the mapping file adds fields,
+the payloads as Lightspeed sent them. Reads only: a sale that does not read is handed to `park`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from queue import Empty, Queue
+from typing import Any, Callable, Iterable, Iterator
+
+from lspos_sync.fieldmap import FieldMap
+from lspos_sync.lightspeed.client import LightspeedClient
+from lspos_sync.lightspeed.models import Category, InvalidPayload, RawSale, Sale, Shop
+from lspos_sync.summary import RunSummary, Window
+
+log = logging.getLogger(__name__)
+
+
+class Reader:
+    def __init__(self, lightspeed: LightspeedClient, field_map: FieldMap,
+                 park: Callable[[int, str, RunSummary], None]) -> None:
+        self.lightspeed = lightspeed
+        self.field_map = field_map
+        self._park = park  # (sale id, reason, summary): a sale Lightspeed sent malformed
+        self.shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
+        self.categories: dict[int, Category] = {}
+        # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
+        self._payloads: dict[int, dict[str, Any]] = {}
+        self._raw_customers: dict[int, dict[str, Any]] = {}
+        self.raw_shops: dict[int, dict[str, Any]] = {}
+
+    def window_pages(self, window: Window) -> Iterator[list[dict[str, Any]]]:
+        """The window's pages, oldest change first, read ahead by a thread (close it when done)."""
+        return _prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw))
+
+    def voided(self, window: Window) -> list[int]:
+        return self.lightspeed.voided_sale_ids(window.since, window.until)
+
+    def pages_by_id(self, sale_ids: list[int]) -> Iterator[list[Sale | dict[str, Any]]]:
+        """Given sales, read afresh whatever their time."""
+        return self.lightspeed.sales_by_id(sale_ids, raw=self.field_map.needs_raw)
+
+    def sales(self, pages: Iterable[list[Sale | dict[str, Any]]], summary: RunSummary,
+              window: Window | None) -> Iterator[Sale]:
+        """Validated, completed sales in the window; a sale Lightspeed sent malformed is parked, not fatal."""
+        for page in pages:
+            for payload in page:
+                summary.sales_read += 1
+                if payload.__class__ is Sale:
+                    sale = payload
+                else:  # a page with a sale that does not read, or a mapping that reads the payloads
+                    try:
+                        sale = Sale.of(payload)
+                    except InvalidPayload as error:
+                        self._unreadable(payload, error, summary)
+                        continue
+                if not sale.completed:
+                    summary.skipped_open += 1  # written once it completes: completion moves its update time
+                    continue
+                moment = sale.last_update
+                if window is not None and moment is not None and not window.since <= moment <= window.until:
+                    continue  # outside the window, whatever the server's filter did
+                if self.field_map.needs_raw:
+                    self._payloads[sale.sale_id] = payload
+                yield sale
+
+    def _unreadable(self, payload: dict[str, Any], error: InvalidPayload, summary: RunSummary) -> None:
+        reason = f"INVALID_LIGHTSPEED_DATA: {error.where or 'sale'}: {error.problem}"
+        try:
+            sale_id = int(str(payload.get("saleID") if isinstance(payload, dict) else None))
+        except ValueError:
+            log.warning("skipped a Lightspeed sale without a usable saleID: %s", reason)
+            return
+        self._park(sale_id, reason, summary)
+
+    def load_reference(self) -> None:
+        """Shops and categories, once a run; a run that reads no sale never asks."""
+        if self.shops is None:
+            raw_shops = self.raw_shops if self.field_map.needs_raw else None
+            self.shops, self.categories = self.lightspeed.shops(raw_shops), self.lightspeed.categories()
+
+    def with_customers(self, sales: list[Sale]) -> list[Sale]:
+        """Sales whose customer did not come loaded with them get it from the Customer endpoint."""
+        missing = sorted({s.customer_id for s in sales if s.customer_id is not None and s.customer is None})
+        if not missing:
+            return sales
+        found = self.lightspeed.customers_by_id(missing, self._raw_customers if self.field_map.needs_raw else None)
+        return [s.with_customer(found[s.customer_id]) if s.customer is None and s.customer_id in found
+                else s for s in sales]
+
+    def sale_payload(self, sale: Sale) -> RawSale:
+        return RawSale.of(self._payloads.get(sale.sale_id, {}))
+
+    def customer_payload(self, sale: Sale) -> dict[str, Any] | None:
+        loaded = RawSale.customer_of(self._payloads.get(sale.sale_id, {}))
+        if loaded is not None:
+            return loaded
+        return self._raw_customers.get(sale.customer_id) if sale.customer_id is not None else None
+
+    def forget(self, sales: list[Sale]) -> None:
+        """Drops the payloads of a batch that is planned."""
+        for sale in sales:
+            self._payloads.pop(sale.sale_id, None)
+        self._raw_customers.clear()
+
+
+def _prefetched(pages: Iterator[list[dict[str, Any]]], depth: int = 4) -> Iterator[list[dict[str, Any]]]:
+    """The same pages, in the same order, read ahead by a thread: while Salesforce writes one batch, the
+    next Lightspeed pages are already on their way. An error in the reader surfaces here, in order."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        try:
+            for page in pages:
+                queue.put(page)
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            queue.put(error)
+
+    reader = threading.Thread(target=read, name="lightspeed-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # let a reader blocked on a full queue finish its put
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
+
+
+def batches(sales: Iterable[Sale], size: int) -> Iterator[list[Sale]]:
+    batch: list[Sale] = []
+    for sale in sales:
+        batch.append(sale)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

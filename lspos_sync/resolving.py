@@ -1,0 +1,188 @@
+"""Who each sale's customer is in Salesforce, and what Salesforce already has of a batch's sales: the lookups
+(through the writer, behind the writes they must see) and the decisions, which the run keeps for the customers
+of recent batches."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from lspos_sync import mapping
+from lspos_sync.customers import (CREATED, GUEST, Candidates, Resolution, claim_accounts, customer_phones,
+                                  normalise_email, primary_email, resolve)
+from lspos_sync.errors import RunFailed
+from lspos_sync.lightspeed.models import Customer, Sale
+from lspos_sync.salesforce import queries
+from lspos_sync.writing import Write, Writer
+
+# A batch's records as mapped, by sale id: (transaction, lines, content hash).
+Built = dict[int, tuple[dict[str, Any], list[dict[str, Any]], str]]
+
+
+@dataclass
+class Found:
+    """What Salesforce has for a batch's sales, as far as their writes depend on it."""
+
+    customers: dict[str, Customer]  # the batch's customers, by customer key
+    candidates: Candidates
+    existing: dict[str, dict]  # the transactions already there, by sale key
+    checked: set[str]  # sale keys whose transaction was looked up before writing
+    stale: dict[str, list[str]]  # Ids of lines Salesforce has and Lightspeed no longer, by sale key
+
+
+class Resolver:
+    def __init__(self, account_id: str, writer: Writer, *, phone_region: str, person_record_type: str,
+                 enrich_profiles: bool, check_all: bool, kept: int) -> None:
+        self.account_id = account_id
+        self.writer = writer
+        self.region = phone_region
+        self.person_record_type = person_record_type
+        self.enrich_profiles = enrich_profiles
+        self.check_all = check_all  # a dry-run's preview and the roll-ups look up every sale's transaction
+        # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
+        # again if it comes back (by then it has its key), so memory stays flat over long windows.
+        self.decisions: _Recent[str, Resolution] = _Recent(kept)
+        self._record_type_id: str | None = None  # "" when the org has none
+        self._like = True  # until Salesforce refuses a phone LIKE
+
+    def customer_key(self, sale: Sale) -> str | None:
+        return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
+
+    def resolve(self, sales: list[Sale], built: Built, known: dict[str, tuple[str, str]]) -> Found:
+        """Decides the batch's customers not decided yet and reads the transactions (and their stale lines)
+        that the writes depend on."""
+        customers = {self.customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
+        unresolved = {k: c for k, c in customers.items() if k not in self.decisions}
+        for key in customers.keys() - unresolved.keys():
+            self.decisions.move_to_end(key)  # this batch's decisions are the newest: the last to be forgotten
+        sale_keys = [built[s.sale_id][0][mapping.SALE_KEY] for s in sales]
+        # The transactions already in Salesforce are read before writing only where what is written depends on
+        # them: sales written before (their stale lines), sales linked to no account (a hand link is kept), and
+        # every sale for a dry-run's preview or the roll-ups. Any other sale Salesforce turns out to have (its
+        # upsert says so) gets its stale lines deleted after the fact, by the settler.
+        if self.check_all:
+            checked = set(sale_keys)
+        else:
+            checked = {key for sale, key in zip(sales, sale_keys)
+                       if key in known or not self._links_account(sale, customers)}
+        candidates, existing = self._look_up(unresolved, [key for key in sale_keys if key in checked])
+        self.decisions.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
+                                              for key, customer in unresolved.items()}))
+        late = [key for sale, key in zip(sales, sale_keys) if key not in checked and not self._links_account(sale, customers)]
+        if late:  # found ambiguous just now
+            existing.update(self.existing(late))
+            checked.update(late)
+        stale = self.stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
+                                 {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
+                                  for t, lines, _ in built.values()}) if existing else {}
+        return Found(customers, candidates, existing, checked, stale)
+
+    def decision(self, sale: Sale, found: Found) -> Resolution:
+        """The account the sale goes to."""
+        customer_key = self.customer_key(sale)
+        if customer_key in found.customers:
+            return self.decisions[customer_key]
+        if customer_key is None:
+            return resolve(None, None, found.candidates, self.region)
+        return Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
+
+    def keep_decision_only(self, customer_key: str) -> None:
+        """The run remembers the decision, not the account as found (memory stays flat over long windows), and
+        that its account write is on its way: a later batch links to it and writes it no more."""
+        decided = self.decisions[customer_key]
+        self.decisions[customer_key] = Resolution(decided.status, decided.account_id, decided.reason,
+                                                  candidates=decided.candidates)
+
+    def account_answered(self, write: Write) -> Resolution | None:
+        """Salesforce answered a customer's account write: the decision, now with the account's Id; or, refused,
+        forgotten, to be decided afresh by a later batch or run (None)."""
+        resolution = self.decisions.get(write.customer_key)
+        if resolution is None:
+            return None
+        if write.error:
+            del self.decisions[write.customer_key]
+            return None
+        self.decisions[write.customer_key] = Resolution(
+            resolution.status, resolution.account_id or write.id, resolution.reason)
+        return resolution
+
+    def _links_account(self, sale: Sale, customers: dict[str, Customer]) -> bool:
+        """Whether the sale is to be linked to an account, as far as is known (a customer not decided yet
+        counts as linked)."""
+        customer_key = self.customer_key(sale)
+        if customer_key is None or customer_key not in customers:
+            return False  # a guest
+        resolution = self.decisions.get(customer_key)
+        return resolution is None or resolution.account_id is not None or resolution.status == CREATED
+
+    # -- Salesforce reads
+    def _look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+        """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
+        (once a run) the Person Account record type: one round of `/composite` requests."""
+        select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
+        people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
+                  for key, customer in customers.items()]
+        by_account = queries.person_accounts(people, select, like=self._like)
+        by_sale = queries.transactions_by_key(sale_keys)
+        record_type = [queries.person_record_type(self.person_record_type)] \
+            if customers and self._record_type_id is None else []
+        answers = self.writer.queries(by_account + by_sale + record_type,
+                                      frozenset(range(len(by_account))) if self._like else frozenset())
+        account_answers = answers[:len(by_account)]
+        if None in account_answers:
+            # A server that refuses LIKE: equality on the usual spellings of each number instead, this time and
+            # for the rest of the run.
+            self._like = False
+            account_answers = self.writer.queries(queries.person_accounts(people, select, like=False))
+        if record_type:
+            found = answers[-1] or []
+            self._record_type_id = found[0]["Id"] if found else ""
+        candidates = Candidates()
+        for records in account_answers:
+            for record in records or ():
+                candidates.add(queries.person_account(record, self.region))
+        existing = {record[mapping.SALE_KEY]: record
+                    for records in answers[len(by_account):len(by_account) + len(by_sale)] for record in records or ()}
+        return candidates, existing
+
+    def existing(self, sale_keys: list[str]) -> dict[str, dict]:
+        """The transactions Salesforce has for these sale keys, by sale key."""
+        return {record[mapping.SALE_KEY]: record for records in self.writer.queries(queries.transactions_by_key(sale_keys))
+                for record in records or ()}
+
+    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]]) -> dict[str, list[str]]:
+        """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
+        transactions (Id -> sale key) and the line keys each has now."""
+        stale: dict[str, list[str]] = {}
+        for records in self.writer.queries(queries.lines_by_transaction(key_of), after_lines=True):
+            for record in records or ():
+                sale_key = key_of.get(record["Sales_Transaction__c"])
+                if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
+                    stale.setdefault(sale_key, []).append(record["Id"])
+        return stale
+
+    def person_record_type_id(self) -> str:
+        if not self._record_type_id:  # read with the batch's lookups
+            raise RunFailed(
+                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
+                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
+        return self._record_type_id
+
+
+class _Recent(OrderedDict):
+    """A dict that keeps the `size` entries set last; setting an entry makes it the newest."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
