@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
 import pytest
 
 from conftest import sell
+from lspos_sync.state import StateStore
 
 
 @pytest.mark.parametrize("value", ["lots", "-5", "2e4"])
@@ -34,3 +38,121 @@ def test_the_sale_count_is_one_lightspeed_request(lightspeed, boutique, tmp_path
         before = lightspeed.request_count("Sale.json")
         assert client.count_sales(now.replace(year=now.year - 1), now) == 3
         assert lightspeed.request_count("Sale.json") - before == 1
+
+
+SYSTEM_FIELDS = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "CreatedById", "LastModifiedById",
+                 "attributes", "PersonContactId"}
+
+
+def org_state(org) -> dict:
+    """What an org holds, with record Ids replaced by what names the record (its external ID, or for an account
+    the tool did not create, its name and email), so that two orgs can be compared."""
+    accounts = org.records("Account")
+    label = {a["Id"]: a.get("LS_Customer_ID__c") or f"{a.get('Name')} <{a.get('PersonEmail')}>" for a in accounts}
+    transactions = org.records("Sales_Transaction__c")
+    sale_of = {t["Id"]: t["LS_Sale_ID__c"] for t in transactions}
+
+    def plain(record: dict, references: dict[str, dict]) -> dict:
+        return {k: (references[k].get(v, v) if k in references and v else v) for k, v in record.items()
+                if k not in SYSTEM_FIELDS}
+
+    return {
+        "accounts": sorted((plain(a, {}) for a in accounts), key=lambda a: str(sorted(a.items()))),
+        "transactions": {t["LS_Sale_ID__c"]: plain(t, {"Account__c": label}) for t in transactions},
+        "lines": {line["LS_Sale_Line_ID__c"]: plain(line, {"Sales_Transaction__c": sale_of})
+                  for line in org.records("Sales_Line_Item__c")},
+    }
+
+
+class TwoOrgs:
+    """The same Lightspeed account synced into two orgs, each with its own state file. Lightspeed rotates its
+    refresh token on every use, so the newest one is handed from one state file to the other between runs."""
+
+    def __init__(self, cli, other, other_state: Path) -> None:
+        self.cli, self.other, self.other_state = cli, other, other_state
+        self.states = (Path(cli.env["LSPOS_STATE_PATH"]), other_state)
+        self.last: Path | None = None
+
+    def composite(self, *args: str, **kwargs):
+        return self._run(self.states[0], {}, args, kwargs)
+
+    def bulk(self, *args: str, **kwargs):
+        return self._run(self.states[1], {**self.other.env(), "LSPOS_STATE_PATH": str(self.other_state)}, args,
+                         kwargs)
+
+    def _run(self, state: Path, env: dict, args: tuple, kwargs: dict):
+        if self.last is not None and self.last != state:
+            with StateStore(self.last) as source, StateStore(state) as target:
+                target.save_tokens("182255", source.tokens("182255"))
+        self.last = state
+        return self.cli(*args, env={**kwargs.pop("env", {}), **env}, **kwargs)
+
+
+def seed_crm(org) -> None:
+    record_type = org.person_account_record_type_id
+    for fields in ({"FirstName": "Bea", "LastName": "Stamp", "PersonEmail": "BEA@example.com"},
+                   {"FirstName": "Cy", "LastName": "Phone", "PersonMobilePhone": "(415) 555-0177"},
+                   {"FirstName": "Dee", "LastName": "Twin", "PersonEmail": "twin@example.com"},
+                   {"FirstName": "Dot", "LastName": "Twin", "PersonEmail": "twin@example.com"}):
+        org.insert("Account", {"RecordTypeId": record_type, **fields})
+
+
+def test_a_bulk_backfill_leaves_the_same_records_as_a_composite_backfill(cli, lightspeed, salesforce, boutique,
+                                                                         tmp_path):
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=3)
+    at = iter(start + timedelta(minutes=i) for i in range(1000))
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Mobile": "415-555-0134"})
+    bea = lightspeed.add_customer("Bea", "Stamp", email="bea@example.com")
+    cy = lightspeed.add_customer("Cy", "Phone", phones={"Mobile": "+1 415 555 0177"})
+    twin = lightspeed.add_customer("Dee", "Twin", email="twin@example.com")
+    # two new customers with one email: the second is linked to the account the first gets
+    first, second = (lightspeed.add_customer(name, "Same", email="same@example.com") for name in ("Eva", "Eli"))
+    sales = [sell(lightspeed, boutique, ana, lines=((1, "120.00"), (2, "45.50")), at=next(at)),
+             sell(lightspeed, boutique, ana, at=next(at)),
+             sell(lightspeed, boutique, bea, at=next(at)),
+             sell(lightspeed, boutique, cy, at=next(at)),
+             sell(lightspeed, boutique, twin, at=next(at)),
+             sell(lightspeed, boutique, at=next(at)),  # a guest
+             sell(lightspeed, boutique, first, at=next(at)),
+             sell(lightspeed, boutique, second, at=next(at))]
+    edited = sell(lightspeed, boutique, bea, lines=((1, "10.00"), (1, "20.00")), at=next(at))
+    voided = sell(lightspeed, boutique, cy, at=next(at))
+    refund = lightspeed.refund_sale(sales[0], at=next(at))
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--to", datetime.now(timezone.utc).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        for org in (salesforce, other):
+            seed_crm(org)
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+        assert org_state(other) == org_state(salesforce)
+        jobs = [(job["object"], job["operation"]) for job in other.bulk.jobs()]
+        assert jobs == [("Account", "upsert"), ("Account", "update"), ("Sales_Transaction__c", "upsert"),
+                        ("Sales_Line_Item__c", "upsert")]
+        # then Lightspeed removes a line of a sale both orgs hold, voids one, and sells again
+        lightspeed.remove_line(edited, int(lightspeed.sale(edited)["SaleLines"]["SaleLine"][1]["saleLineID"]))
+        lightspeed.void_sale(voided)
+        later = sell(lightspeed, boutique, lightspeed.add_customer("Fay", "New", email="fay@example.com"))
+        window = window[:3] + (datetime.now(timezone.utc).isoformat(),)
+
+        composite = run.composite("backfill", *window, "--no-bulk", "--json", constants={"engine.BATCH_SALES": 1})
+        bulk = run.bulk("backfill", *window, "--bulk", "--json")
+
+        assert composite.code == bulk.code == 0, bulk.stderr
+        assert bulk.json["bulk"] is True and composite.json["bulk"] is False
+        assert org_state(other) == org_state(salesforce)
+        state = org_state(other)
+    assert len(state["transactions"]) == len(sales) + 4 and f"182255-{later}" in state["transactions"]
+    assert state["transactions"][f"182255-{voided}"]["Status__c"] == "Voided"
+    assert state["transactions"][f"182255-{refund}"]["Status__c"] == "Refund"
+    assert sum(1 for line in state["lines"].values() if line["Sales_Transaction__c"] == f"182255-{edited}") == 1
+    matches = {key: t["Match_Status__c"] for key, t in state["transactions"].items()}
+    assert matches[f"182255-{sales[2]}"] == "Email" and matches[f"182255-{sales[3]}"] == "Phone"
+    assert matches[f"182255-{sales[4]}"] == "Ambiguous" and matches[f"182255-{sales[5]}"] == "Guest"
+    assert matches[f"182255-{later}"] == "Created"
+    twins = state["transactions"][f"182255-{sales[7]}"]
+    assert (twins["Match_Status__c"], twins["Account__c"]) == ("Email", f"182255-{first}")
+    assert bulk.json["ambiguous"] and bulk.json["ambiguous"] == composite.json["ambiguous"]

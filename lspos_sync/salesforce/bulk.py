@@ -298,19 +298,20 @@ class BulkWriter:
     The writes themselves are not kept (a round holds a hundred thousand sales): their outcomes come back by row.
     `on_failed(kind, key, reason)` is told each refused row, by the key that names it (the customer key of a new
     account, the Id of an updated one, the sale key of a transaction, of a line, of a deleted line);
-    `on_updated(sale_key, transaction_id)` each transaction Salesforce already had. Queries go straight to the
-    REST API: nothing a round holds is read before it is flushed."""
+    `on_written[kind](key, id, created)`, where given, each row written (reading them costs a call a job).
+    Queries go straight to the REST API: nothing a round holds is read before it is flushed."""
 
     def __init__(self, client: SalesforceClient, directory: Path, composite: Any,
                  on_failed: Callable[[str, str, str], None],
-                 on_updated: Callable[[str, str], None] | None = None, jobs: BulkJobs | None = None) -> None:
+                 on_written: dict[str, Callable[[str, str, bool], None]] | None = None,
+                 jobs: BulkJobs | None = None) -> None:
         from lspos_sync.writing import WriteStats
 
         self._client = client
         self._directory = directory
         self._composite = composite  # the REST writer: queries, and the deletes of stale lines
         self._on_failed = on_failed
-        self._on_updated = on_updated
+        self._on_written = on_written or {}
         self._jobs = jobs or BulkJobs(client)
         self._spools: dict[str, RowSpool] = {}
         self._deletes: list[Any] = []
@@ -360,10 +361,9 @@ class BulkWriter:
                 self.stats.records[kind] = self.stats.records.get(kind, 0) + job.processed - job.failed
                 for row in self._jobs.failed_rows(job):
                     self._on_failed(kind, row.get(keyed_by[kind], ""), _sf_error(row.get("sf__Error", "")))
-                if kind == TRANSACTIONS and self._on_updated is not None:
+                if (written := self._on_written.get(kind)) is not None:
                     for row in self._jobs.successful_rows(job):
-                        if row.get("sf__Created") == "false":
-                            self._on_updated(row[sale_key], row["sf__Id"])
+                        written(row.get(keyed_by[kind], ""), row["sf__Id"], row.get("sf__Created") == "true")
         if self._deletes:
             deletes, self._deletes = self._deletes, []
             self.delete(deletes)
