@@ -156,3 +156,112 @@ def test_a_bulk_backfill_leaves_the_same_records_as_a_composite_backfill(cli, li
     twins = state["transactions"][f"182255-{sales[7]}"]
     assert (twins["Match_Status__c"], twins["Account__c"]) == ("Email", f"182255-{first}")
     assert bulk.json["ambiguous"] and bulk.json["ambiguous"] == composite.json["ambiguous"]
+
+
+def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, lightspeed, salesforce, boutique,
+                                                                          tmp_path):
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    small = sell(lightspeed, boutique, at=start)
+    big = sell(lightspeed, boutique, lightspeed.add_customer("Gus", "Big", email="gus@example.com"),
+               lines=((1, "900"), (1, "50")), at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        for org in (salesforce, other):
+            org.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+        composite = run.composite("backfill", *window, "--no-bulk", "--json")
+        bulk = run.bulk("backfill", *window, "--bulk", "--json")
+        assert composite.code == bulk.code == 3
+        assert bulk.json["rejected"] == composite.json["rejected"]
+        [parked] = bulk.json["rejected"]
+        assert parked["sale_key"] == f"182255-{big}" and "FIELD_CUSTOM_VALIDATION_EXCEPTION: Too big" in parked["reason"]
+        assert {t["LS_Sale_ID__c"] for t in other.records("Sales_Transaction__c")} == {f"182255-{small}"}
+        listed = run.bulk("rejects", "list", "--json")
+        assert [r["sale_key"] for r in listed.json["rejects"]] == [f"182255-{big}"]
+
+        other.clear_validation_rules()
+        again = run.bulk("backfill", "--from", datetime.now(timezone.utc).isoformat(), "--bulk", "--json")
+        assert again.code == 0, again.stderr
+        assert again.json["sales"]["retried"] == 1 and again.json["rejected"] == []
+        assert {t["LS_Sale_ID__c"] for t in other.records("Sales_Transaction__c")} == \
+            {f"182255-{small}", f"182255-{big}"}
+        assert len(other.records("Sales_Line_Item__c")) == 3
+        assert run.bulk("rejects", "list", "--json").json["rejects"] == []
+
+
+def test_a_job_failing_as_a_whole_ends_the_run_with_one_line_and_removes_its_files(cli, lightspeed, salesforce,
+                                                                                  boutique, tmp_path):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    sales = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(3)]
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    salesforce.bulk.fail_next_job("InvalidBatch : Failed to process query: UNABLE_TO_LOCK_ROW", after_rows=1)
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    failed = cli("backfill", *window, "--bulk", env={"TMPDIR": str(temporary)})
+
+    assert failed.code == 1
+    [line] = failed.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "UNABLE_TO_LOCK_ROW" in line
+    assert list(temporary.iterdir()) == []
+    resumed = cli("backfill", *window, "--bulk", "--json", env={"TMPDIR": str(temporary)})
+    assert resumed.code == 0, resumed.stderr
+    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
+        sorted(f"182255-{sale}" for sale in sales)
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_window_over_the_threshold_goes_through_bulk_and_unchanged_sales_cost_nothing(cli, lightspeed, salesforce,
+                                                                                       boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    for i in range(3):
+        sell(lightspeed, boutique, at=start + timedelta(minutes=i))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    under = cli("backfill", *window, "--json", env={"LSPOS_BULK_THRESHOLD": "3"})
+    assert under.code == 0 and under.json["bulk"] is False and salesforce.bulk.jobs() == []
+    sell(lightspeed, boutique, at=start + timedelta(minutes=5))
+    over = cli("backfill", *window, "--json", env={"LSPOS_BULK_THRESHOLD": "3"})
+    assert over.code == 0 and over.json["bulk"] is True
+    assert over.json["sales"]["written"] == 1 and over.json["sales"]["unchanged"] == 3
+    jobs = len(salesforce.bulk.jobs())
+    again = cli("backfill", *window, "--bulk", "--json")
+    assert again.json["sales"]["unchanged"] == 4 and len(salesforce.bulk.jobs()) == jobs
+
+
+def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, lightspeed, salesforce, boutique):
+    import signal
+    import time
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    customers = [lightspeed.add_customer(f"C{i}", "Buyer", email=f"c{i}@example.com") for i in range(3)]
+    sales = [sell(lightspeed, boutique, customers[i % 3], lines=((1, "10"), (2, "5")), at=start + timedelta(minutes=i))
+             for i in range(6)]
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    rounds = {"bulk.ROUND_SALES": 2, "bulk.BATCH_SALES": 1}  # three rounds of two sales, three jobs each
+
+    process = cli.start("backfill", *window, "--bulk", constants=rounds)
+    deadline = time.monotonic() + 60
+    while len(salesforce.bulk.jobs()) < 4 and time.monotonic() < deadline:  # the second round has begun
+        time.sleep(0.005)
+    salesforce.bulk.in_progress_polls = 10**6  # from now on a job never ends: the run waits on it
+    time.sleep(1.0)
+    assert process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    salesforce.bulk.in_progress_polls = 1
+    written = len(salesforce.records("Sales_Transaction__c"))
+    assert 2 <= written < 6
+
+    resumed = cli("backfill", *window, "--bulk", "--json", constants=rounds)
+
+    assert resumed.code == 0, resumed.stderr
+    assert resumed.json["sales"]["read"] < 6  # from the end of the first round, not the window's start
+    transactions = [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")]
+    assert sorted(transactions) == sorted(f"182255-{sale}" for sale in sales)
+    assert len(salesforce.records("Sales_Line_Item__c")) == 12
+    keyed = [a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")]
+    assert sorted(keyed) == sorted(f"182255-{c}" for c in customers)
+    again = cli("backfill", *window, "--bulk", "--json", constants=rounds)
+    assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 6

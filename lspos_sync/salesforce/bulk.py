@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,18 +383,14 @@ class BulkWriter:
 
 
 def _sf_error(text: str) -> str:
-    """`STATUS_CODE:message:Fields --` as the composite path words a refusal: `STATUS_CODE: message (Fields)`."""
-    parts = []
-    for error in text.split(" --"):
-        error = error.strip()
-        if not error:
-            continue
-        code, _, rest = error.partition(":")
-        message, _, fields = rest.rpartition(":")
-        if not _:
-            message, fields = rest, ""
-        parts.append(f"{code}: {message}" + (f" ({fields.strip()})" if fields.strip() else ""))
-    return "; ".join(parts) or text
+    """`STATUS_CODE:message:Fields --` (several joined by a space) as the composite path words a refusal:
+    `STATUS_CODE: message (Fields)`, joined by `; `."""
+    parts = [f"{code}: {message}" + (f" ({fields.replace(',', ', ')})" if fields else "")
+             for code, message, fields in _SF_ERROR.findall(text)]
+    return "; ".join(parts) or text.strip()
+
+
+_SF_ERROR = re.compile(r"([A-Z][A-Z_]*):(.*?):([\w,]*) ?--")
 
 
 # The object of each kind of write (in the contract's names).
