@@ -265,3 +265,22 @@ def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, ligh
     assert sorted(keyed) == sorted(f"182255-{c}" for c in customers)
     again = cli("backfill", *window, "--bulk", "--json", constants=rounds)
     assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 6
+
+
+def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, lightspeed, salesforce, boutique):
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # new: its account is created
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")  # matched by email
+    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Roy",
+                                  "PersonEmail": "bea@example.com"})
+    sell(lightspeed, boutique, ana, lines=((1, "120.00"),), at=start)
+    sell(lightspeed, boutique, ana, lines=((2, "45.50"),), at=start + timedelta(hours=1))
+    sell(lightspeed, boutique, bea, lines=((1, "10.00"),), at=start + timedelta(hours=2))
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json",
+                 env={"LSPOS_ROLLUPS": "true"})
+
+    assert result.code == 0, result.stderr
+    assert result.json["rollups"]["accounts"] == 2 and result.json["rollups"]["updated"] == 2
+    spend = {a["PersonEmail"]: (a["Lifetime_Spend__c"], a["Purchase_Count__c"]) for a in salesforce.records("Account")}
+    assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
