@@ -68,6 +68,8 @@ class CsvSpool:
     def __init__(self, directory: Path, name: str, header: list[str], limit: int = MAX_UPLOAD) -> None:
         self.directory, self.name, self.header, self.limit = directory, name, list(header), limit
         self._index = {column: i for i, column in enumerate(self.header)}
+        self._buffer = io.StringIO()
+        self._csv = csv.writer(self._buffer, lineterminator="\n")
         self._header_line = self._line(self.header)
         self.paths: list[Path] = []
         self.rows = 0
@@ -106,11 +108,11 @@ class CsvSpool:
             raise ValueError(f"{self.name}: the header alone is larger than an upload may be")
         self.paths.append(path)
 
-    @staticmethod
-    def _line(cells: list[str]) -> bytes:
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerow(cells)
-        return out.getvalue().encode()
+    def _line(self, cells: list[str]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._csv.writerow(cells)
+        return self._buffer.getvalue().encode()
 
 
 @dataclass
