@@ -230,7 +230,8 @@ def test_a_window_over_the_threshold_goes_through_bulk_and_unchanged_sales_cost_
     assert again.json["sales"]["unchanged"] == 4 and len(salesforce.bulk.jobs()) == jobs
 
 
-def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, lightspeed, salesforce, boutique):
+def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, lightspeed, salesforce, boutique,
+                                                                      tmp_path):
     import signal
     import time
 
@@ -241,7 +242,7 @@ def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, ligh
     window = ("--from", (start - timedelta(hours=1)).isoformat())
     rounds = {"bulk.ROUND_SALES": 2, "bulk.BATCH_SALES": 1}  # three rounds of two sales, three jobs each
 
-    process = cli.start("backfill", *window, "--bulk", constants=rounds)
+    process = cli.start("backfill", *window, "--bulk", constants=rounds, env={"TMPDIR": str(tmp_path)})
     deadline = time.monotonic() + 60
     while len(salesforce.bulk.jobs()) < 4 and time.monotonic() < deadline:  # the second round has begun
         time.sleep(0.005)
