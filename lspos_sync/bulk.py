@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import msgspec
 import orjson
@@ -34,7 +34,7 @@ from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.planning import Planner
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Resolver
+from lspos_sync.resolving import Found, Resolver
 from lspos_sync.rolling import RollUps
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.bulk import BulkJobs, BulkWriter
@@ -42,7 +42,7 @@ from lspos_sync.salesforce.client import MAX_COLLECTIONS, SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter
 from lspos_sync.state import StateStore
 from lspos_sync.summary import RunSummary, Window
-from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS, Write
+from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, TRANSACTIONS, UPDATE_ACCOUNTS, Write
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _OUTCOMES = 5_000  # sales settled (state store written) together
 
 _SCHEMA = """
 CREATE TABLE sales (sale_key TEXT PRIMARY KEY, seq INTEGER, sale_id INTEGER, digest TEXT, customer_key TEXT,
-                    customer_found INTEGER, known INTEGER, body BLOB, checked INTEGER DEFAULT 0);
+                    customer_found INTEGER, known INTEGER, sale BLOB, records BLOB, checked INTEGER DEFAULT 0);
 CREATE INDEX sale_customer ON sales (customer_key);
 CREATE TABLE customers (customer_key TEXT PRIMARY KEY, seq INTEGER, customer BLOB, added BLOB);
 CREATE TABLE decisions (customer_key TEXT PRIMARY KEY, status TEXT, account_id TEXT, account_ref TEXT,
@@ -102,7 +102,7 @@ class BulkBackfill:
         self.composite = CompositeWriter(salesforce)  # lookups, and deletes of stale lines
         self.resolver = Resolver(account_id, self.composite, phone_region=phone_region,
                                  person_record_type=person_record_type, enrich_profiles=enrich_profiles,
-                                 check_all=False, kept=1)
+                                 check_all=False, kept=BATCH_SALES)  # a batch's decisions, as it is planned
         self.reader = Reader(lightspeed, field_map, park=self._park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=False,
                                verify_unchanged=True, enrich_profiles=enrich_profiles, roll_up=False)
@@ -110,6 +110,7 @@ class BulkBackfill:
         self._record_type_id: str | None = None
         self._like = True
         self._customer_type = msgspec.msgpack.Decoder(Customer)
+        self._sale_type = msgspec.msgpack.Decoder(Sale)
         self._encoder = msgspec.msgpack.Encoder()
         self.stats: dict[str, int] = {}
 
@@ -187,16 +188,10 @@ class BulkBackfill:
                 db.execute("INSERT INTO customers VALUES (?, ?, ?, ?)",
                            (customer_key, current.customers, self._encoder.encode(sale.customer), added))
                 current.customers += 1
-            summary.gaps.pop(sale_key, None)
-            if missing := mapping.gaps(sale, self.account_id, self.reader.shops, self.reader.categories):
-                for gap in missing:  # named as the org names them
-                    obj = mapping.LINE if gap["line"] else mapping.TRANSACTION
-                    gap["left_empty"] = [self.field_map.field(obj, name) for name in gap["left_empty"]]
-                summary.gaps[sale_key] = {"sale_key": sale_key, "sale_id": sale.sale_id, "missing": missing}
             # A sale met twice in a round (a void, then its page) is written once, as last read.
-            db.execute("INSERT OR REPLACE INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            db.execute("INSERT OR REPLACE INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                        (sale_key, current.sales, sale.sale_id, digest, customer_key, found, sale_key in known,
-                        orjson.dumps([transaction, lines])))
+                        self._encoder.encode(sale), orjson.dumps([transaction, lines])))
             current.sales += 1
         if moment is not None:
             current.progress = moment
@@ -385,40 +380,35 @@ class BulkBackfill:
                    (UPDATE_ACCOUNTS, resolution.account_id, customer_key, orjson.dumps(list(fill)) if fill else None))
 
     def _hand_over(self, current: _Round, writer: BulkWriter, summary: RunSummary) -> None:
-        """The round's transactions and lines to the writer, each transaction linked as its customer was decided
-        (as the planner links it), with the stale lines of the sales Salesforce has."""
+        """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their
+        customers' decisions and what Salesforce has of them; the plan's writes handed to the writer."""
         db = current.db
         existing, stale = self._existing(current)
         rows = db.execute(
-            "SELECT s.sale_key, s.sale_id, s.customer_key, s.customer_found, s.body, d.status, d.account_id, "
+            "SELECT s.sale_key, s.sale, s.records, s.digest, s.checked, d.customer_key, d.status, d.account_id, "
             "d.account_ref, d.reason, d.candidates FROM sales s LEFT JOIN decisions d USING (customer_key) "
             "ORDER BY s.seq")
-        for sale_key, sale_id, customer_key, customer_found, body, status, account_id, account_ref, reason, \
-                candidates in rows:
-            transaction, lines = orjson.loads(body)
-            if customer_key is None:
-                status, reason = GUEST, "no customer on the sale"
-            elif not customer_found:
-                status, reason = GUEST, f"customer {customer_key.split('-', 1)[1]} not found in Lightspeed"
-            record = {"attributes": _TRANSACTION_TYPE, **transaction, "Match_Status__c": status}
-            linked_by_hand = existing.get(sale_key)
-            if account_id is None and (account_ref or status == CREATED):
-                record["Account__r"] = {mapping.CUSTOMER_KEY: account_ref or customer_key}
-            elif account_id is None and linked_by_hand:
-                # an admin linked this sale by hand: a rule that finds no single account does not undo it
-                del record["Match_Status__c"]
-            else:
-                record["Account__c"] = account_id
-            summary.ambiguous.pop(sale_key, None)
-            if status == AMBIGUOUS:
-                summary.ambiguous[sale_key] = {"sale_key": sale_key, "sale_id": sale_id,
-                                               "reason": self.field_map.in_org_names(reason),
-                                               "candidates": orjson.loads(candidates)}
-            keys = (sale_key,)
-            writes = [Write(TRANSACTIONS, record, keys)]
-            writes += [Write(LINES, {"attributes": _LINE_TYPE, **line}, keys) for line in lines]
-            writes += [Write(DELETE_LINES, line_id, keys) for line_id in stale.get(sale_key, ())]
-            writer.write(writes)
+        while chunk := rows.fetchmany(BATCH_SALES):
+            sales, built, checked = [], {}, set()
+            self.resolver.decisions.clear()
+            for sale_key, blob, records, digest, was_checked, customer_key, status, account_id, account_ref, \
+                    reason, candidates in chunk:
+                sale = self._sale_type.decode(blob)
+                transaction, lines = orjson.loads(records)
+                sales.append(sale)
+                built[sale.sale_id] = (transaction, lines, digest)
+                if was_checked:
+                    checked.add(sale_key)
+                if customer_key is not None:  # decided: what the planner reads of it (no account write: done)
+                    self.resolver.decisions[customer_key] = Resolution(
+                        status, account_id, reason, candidates=tuple(orjson.loads(candidates)), account_key=account_ref)
+            customers = {self.resolver.customer_key(sale): sale.customer for sale in sales
+                         if sale.customer is not None and self.resolver.customer_key(sale) in self.resolver.decisions}
+            keys = {built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales}
+            found = Found(customers, Candidates(),
+                          {key: {"Account__c": existing[key]} for key in keys if key in existing}, checked,
+                          {key: stale[key] for key in keys if key in stale})
+            writer.write(self.planner.plan(sales, built, found, summary).writes)
 
     def _existing(self, current: _Round) -> tuple[dict[str, str | None], dict[str, list[str]]]:
         """As the resolver reads them before writing: the transactions Salesforce has of the sales written before
@@ -439,8 +429,8 @@ class BulkBackfill:
                        ((key, record["Id"], record.get("Account__c")) for key, record in found.items()))
         current_lines = {}
         for key in found:
-            (body,) = db.execute("SELECT body FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(body)[1]}
+            (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
+            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(records)[1]}
         stale = self.resolver.stale_lines({record["Id"]: key for key, record in found.items()}, current_lines)
         return {key: record.get("Account__c") for key, record in found.items()}, stale
 
@@ -454,8 +444,8 @@ class BulkBackfill:
             return
         current_lines = {}
         for key in unexpected.values():
-            (body,) = db.execute("SELECT body FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(body)[1]}
+            (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
+            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(records)[1]}
         deletes = [Write(DELETE_LINES, line_id, (key,))
                    for key, line_ids in self.resolver.stale_lines(unexpected, current_lines).items()
                    for line_id in line_ids]
@@ -532,7 +522,3 @@ class BulkBackfill:
         summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
         self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
-
-# The `attributes` of every transaction and line record (the writer copies them where a mapping renames the object).
-_TRANSACTION_TYPE = {"type": mapping.TRANSACTION}
-_LINE_TYPE = {"type": mapping.LINE}
