@@ -32,7 +32,8 @@ from lspos_sync.errors import RunFailed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
-from lspos_sync.planning import Planner
+from lspos_sync.customer_feed import CustomerFeed
+from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
 from lspos_sync.resolving import Found, Resolver
 from lspos_sync.rolling import RollUps
@@ -89,7 +90,8 @@ class BulkBackfill:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient,
                  salesforce: SalesforceClient, *, phone_region: str, person_record_type: str,
                  enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
-                 on_batch: Callable[[int, RunSummary], None] | None = None, jobs: BulkJobs | None = None) -> None:
+                 sync_customers: bool = False, on_batch: Callable[[int, RunSummary], None] | None = None,
+                 jobs: BulkJobs | None = None) -> None:
         self.account_id = account_id
         self.store = store
         self.salesforce = salesforce
@@ -106,6 +108,10 @@ class BulkBackfill:
         self.reader = Reader(lightspeed, field_map, park=self._park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=False,
                                verify_unchanged=True, enrich_profiles=enrich_profiles, roll_up=False)
+        self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, through the REST API
+            account_id, store, lightspeed, self.composite, dry_run=False, region=phone_region,
+            enrich_profiles=enrich_profiles, look_up=lambda customers: self.resolver.look_up(customers, [])[0],
+            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
         self._jobs = jobs
         self._record_type_id: str | None = None
         self._like = True
@@ -120,6 +126,8 @@ class BulkBackfill:
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:
         summary = RunSummary(command, self.account_id, window)
+        if self.customer_feed is not None:
+            summary.customers = self.customer_feed.run(window.since, window.until, None)
         with tempfile.TemporaryDirectory(prefix="lspos-bulk-") as directory:
             self._directory = Path(directory)
             self._round_number = 0
@@ -354,30 +362,24 @@ class BulkBackfill:
 
     def _account_write(self, db: sqlite3.Connection, writer: BulkWriter, customer_key: str, customer: Customer,
                        resolution: Resolution, added: bytes | None) -> None:
-        """As the planner's: create the account, or stamp the key on it and fill its empty fields; or nothing."""
-        profile = mapping.profile_fields(customer, self.enrich_profiles)
-        if resolution.create:
-            if added:
-                profile = {**profile, **orjson.loads(added)}
-            if not self._record_type_id:
-                raise RunFailed(
-                    f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person "
-                    "Accounts or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
-            record = mapping.person_account_record(customer, self.account_id, self._record_type_id, profile)
-            writer.write([Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, (), customer_key)])
-            db.execute("INSERT INTO account_writes VALUES (?, ?, ?, NULL)", (CREATE_ACCOUNTS, customer_key, customer_key))
+        """The planner's account write for the customer (create it, or stamp the key and fill empty fields), to
+        the writer; which sales depend on it is in the round's file."""
+        write = account_write(customer_key, customer, resolution, (), account_id=self.account_id,
+                              record_type_id=self._person_record_type_id, enrich_profiles=self.enrich_profiles,
+                              added=orjson.loads(added) if added else None)
+        if write is None:
             return
-        known = resolution.account.profile if resolution.account else None
-        fill = {f: v for f, v in profile.items() if not known.get(f)} if self.enrich_profiles and known is not None \
-            else {}
-        if not (resolution.stamp_key or fill):
-            return
-        record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
-        if resolution.stamp_key:
-            record[mapping.CUSTOMER_KEY] = customer_key
-        writer.write([Write(UPDATE_ACCOUNTS, record, (), customer_key, tuple(fill))])
+        writer.write([write])
+        key = customer_key if write.kind == CREATE_ACCOUNTS else resolution.account_id
         db.execute("INSERT INTO account_writes VALUES (?, ?, ?, ?)",
-                   (UPDATE_ACCOUNTS, resolution.account_id, customer_key, orjson.dumps(list(fill)) if fill else None))
+                   (write.kind, key, customer_key, orjson.dumps(list(write.filled)) if write.filled else None))
+
+    def _person_record_type_id(self) -> str:
+        if not self._record_type_id:  # read with the round's first lookups
+            raise RunFailed(
+                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
+                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
+        return self._record_type_id
 
     def _hand_over(self, current: _Round, writer: BulkWriter, summary: RunSummary) -> None:
         """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their

@@ -91,6 +91,7 @@ class Settings:
     mapping_path: Path | None = None
     rollups: bool = False
     bulk_threshold: int = 20_000  # a backfill window with more sales goes through Bulk API 2.0
+    sync_customers: bool = False  # LSPOS_SYNC_CUSTOMERS: clients without a sale (customer_feed.py)
     # LIGHTSPEED_ACCOUNTS: account id -> (client id, client secret, refresh token), in the order given
     accounts: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict, repr=False)
     refresh_token_variable: str = "LIGHTSPEED_REFRESH_TOKEN"  # where this account's token is set
@@ -243,6 +244,7 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
         mapping_path=mapping_override or (Path(get("LSPOS_MAPPING")) if get("LSPOS_MAPPING") else None),  # type: ignore[arg-type]
         rollups=rollups,
         bulk_threshold=int(threshold),
+        sync_customers=flag("LSPOS_SYNC_CUSTOMERS"),
         accounts=accounts,
         secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))) + tuple(
             v for credentials in accounts.values() for v in credentials[1:] if v),

@@ -173,7 +173,9 @@ def run_demo(output: "Output", keep: bool) -> int:
             say("")
             say(ring_up_more(lightspeed, boutique, rng))
             tomorrow = (now + timedelta(days=1)).date().isoformat()
-            steps += [runner.run(["sync"], (0, 3)),
+            say("The boutique turns on LSPOS_SYNC_CUSTOMERS: every client registered or changed in the window comes "
+                "to Salesforce, with a sale or without.")
+            steps += [runner.run(["sync"], (0, 3), {"LSPOS_SYNC_CUSTOMERS": "true"}),
                       runner.run(["reconcile", "--from", month_ago, "--to", tomorrow], (0,)),
                       runner.run(["status"], (0,))]
             data = _summary(lightspeed, salesforce, boutique, steps, time.monotonic() - started,
@@ -206,12 +208,15 @@ class _Runner:
                     # the emulators are on loopback: a proxy set up for the internet must not be asked for them
                     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
-    def run(self, args: list[str], expected: tuple[int, ...]) -> Step:
+    def run(self, args: list[str], expected: tuple[int, ...], variables: dict[str, str] | None = None) -> Step:
+        """`variables` are set for this run only, and shown before the command as a shell would take them."""
         step = Step(args + ["--env-file", self.env_file.name], expected)
         self.say("")
-        self.say(f"$ lspos-sync {' '.join(step.args)}")
+        self.say("$ " + "".join(f"{name}={value} " for name, value in (variables or {}).items())
+                 + f"lspos-sync {' '.join(step.args)}")
         began = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "lspos_sync", *step.args], cwd=self.workdir, env=self.env,
+        done = subprocess.run([sys.executable, "-m", "lspos_sync", *step.args], cwd=self.workdir,
+                              env={**self.env, **(variables or {})},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
         step.seconds = round(time.monotonic() - began, 1)
         step.exit_code = done.returncode
@@ -493,6 +498,9 @@ def ring_up_more(lightspeed: LightspeedEmulator, boutique: Boutique, rng: random
     contact = boutique.crm_only[0]  # met at a trunk show, already in the CRM, registers at the till today
     walk_in = lightspeed.add_customer(contact.first_name, contact.last_name,
                                       phones={"Mobile": _other_format(contact, rng)})
+    # registered at the till for a fitting, nothing bought yet: only the customer feed brings her to Salesforce
+    lightspeed.add_customer("Margaux", "Delacroix-Ueda", email="margaux.delacroix@proton.me",
+                            phones={"Mobile": "+33 6 12 80 44 31"})
     earlier = [s for s in boutique.completed if s not in boutique.refunds and s not in boutique.voided]
     paris, new_york = boutique.shops[2], boutique.shops[0]
     new_sales = [_ring_up(lightspeed, boutique, rng, new_york, matched), _ring_up(lightspeed, boutique, rng, new_york, created),
@@ -507,7 +515,8 @@ def ring_up_more(lightspeed: LightspeedEmulator, boutique: Boutique, rng: random
     lightspeed.remove_line(edited, _line_ids(lightspeed, edited)[-1])
     boutique.counts.update(sales=len(new_sales), voids=1)
     return (f"Meanwhile, in the shops: {len(new_sales)} new sales (two returning clients, a new client, a CRM "
-            f"contact registering at the till, a guest); sale {voided} voided; a line taken off sale {edited}.")
+            f"contact registering at the till, a guest); a client registered for a fitting, with no sale yet; "
+            f"sale {voided} voided; a line taken off sale {edited}.")
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -529,7 +538,9 @@ def _summary(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, bou
         "steps": [{"command": f"lspos-sync {' '.join(step.args)}", "exit_code": step.exit_code,
                    "expected": list(step.expected), "seconds": step.seconds,
                    **({name: step.run.get(name) for name in run_fields} if step.run else {}),
-                   **({"ambiguous": len(step.run.get("ambiguous") or [])} if step.run else {})}
+                   **({"ambiguous": len(step.run.get("ambiguous") or [])} if step.run else {}),
+                   **({"customers": _customer_counts(step.run["customers"])} if step.run and step.run.get("customers")
+                      else {})}
                   for step in steps],
         "salesforce": {"Account": len(accounts),
                        "Account_created": sum(1 for a in accounts if a["Id"] not in boutique.crm_account_ids),
@@ -547,6 +558,11 @@ def _summary(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, bou
         "transaction_status": dict(sorted(Counter(t["Status__c"] for t in transactions).items())),
         "kept": str(kept) if kept else None,
     }
+
+
+def _customer_counts(customers: dict[str, Any]) -> dict[str, Any]:
+    """The customer feed's counts, without its lists."""
+    return {name: value for name, value in customers.items() if isinstance(value, int)}
 
 
 def _rollups_exact(accounts: list[dict], transactions: list[dict]) -> bool:
@@ -575,6 +591,13 @@ def _summary_lines(data: dict[str, Any]) -> list[str]:
         f"{data['rollups']['purchases']} purchases, lifetime spend {data['rollups']['lifetime_spend']:.2f} in all; "
         + ("each equal to its transactions." if data["rollups"]["exact"] else "SOME DIFFER FROM THEIR TRANSACTIONS."),
     ]
+    fed = next((step for step in data["steps"] if step.get("customers")), None)
+    if fed:
+        counts = fed["customers"]
+        lines.append(f"Clients without a sale (LSPOS_SYNC_CUSTOMERS=true, second sync): {counts['read']} client(s) "
+                     f"registered or changed in its window read, {counts['create']} Person Account(s) created, "
+                     f"{counts['stamp']} existing one(s) keyed, {counts['nothing'] + counts['unchanged']} already "
+                     f"linked, {counts['ambiguous']} ambiguous (nothing written).")
     failed = [step for step in data["steps"] if step["exit_code"] not in step["expected"]]
     lines += [f"Unexpected: `{step['command']}` exited {step['exit_code']}" for step in failed]
     if data["kept"]:

@@ -13,6 +13,7 @@ from contextlib import closing
 from datetime import datetime
 from typing import Callable, Iterator
 
+from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Sale
@@ -44,7 +45,7 @@ class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, writer: Writer, *,
                  dry_run: bool, phone_region: str, person_record_type: str, verify_unchanged: bool = False,
                  enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
-                 on_batch: Callable[[int, RunSummary], None] | None = None) -> None:
+                 on_batch: Callable[[int, RunSummary], None] | None = None, sync_customers: bool = False) -> None:
         self.account_id = account_id
         self.store = store
         self.writer = writer
@@ -60,6 +61,10 @@ class Engine:
         self.reader = Reader(lightspeed, field_map, park=self.settler.park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=dry_run,
                                verify_unchanged=verify_unchanged, enrich_profiles=enrich_profiles, roll_up=roll_up)
+        self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
+            account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
+            look_up=lambda customers: self.resolver.look_up(customers, [])[0],
+            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -67,6 +72,8 @@ class Engine:
         parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
         self.settler.progress = progress
+        if self.customer_feed is not None:
+            summary.customers = self.customer_feed.run(window.since, window.until, limit)
         if retry_rejects:
             self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
         if limit is None:

@@ -5,10 +5,10 @@ and for each sale the line an admin reads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from lspos_sync import mapping, rollups
-from lspos_sync.customers import AMBIGUOUS, CREATED
+from lspos_sync.customers import AMBIGUOUS, CREATED, Resolution
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.reading import Reader
@@ -137,26 +137,16 @@ class Planner:
         return plan
 
     def _account_writes(self, customer_key: str, customer: Customer, sales: list[Sale], built: Built) -> list[Write]:
-        """The account write a customer's resolution calls for: create it, or stamp the key on it and (with
-        LSPOS_ENRICH_PROFILES) fill its empty profile fields; or nothing."""
+        """The account write a customer's resolution calls for, if any (`account_write`)."""
         resolution = self.resolver.decisions[customer_key]
-        profile = mapping.profile_fields(customer, self.enrich_profiles)
-        sale_keys = tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales)
-        if resolution.create:
-            if self.field_map.additions.get(mapping.ACCOUNT):
-                raw = self.reader.customer_payload(sales[0])
-                profile = {**profile, **self.field_map.added_values(mapping.ACCOUNT, {"customer": raw})}
-            record = mapping.person_account_record(customer, self.account_id, self.resolver.person_record_type_id(),
-                                                   profile)
-            return [Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, sale_keys, customer_key)]
-        known = resolution.account.profile if resolution.account else None
-        fill = {f: v for f, v in profile.items() if not known.get(f)} if self.enrich_profiles and known is not None else {}
-        if not (resolution.stamp_key or fill):
-            return []
-        record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
-        if resolution.stamp_key:
-            record[mapping.CUSTOMER_KEY] = customer_key
-        return [Write(UPDATE_ACCOUNTS, record, sale_keys, customer_key, tuple(fill))]
+        added = None
+        if resolution.create and self.field_map.additions.get(mapping.ACCOUNT):
+            added = self.field_map.added_values(mapping.ACCOUNT, {"customer": self.reader.customer_payload(sales[0])})
+        write = account_write(customer_key, customer, resolution,
+                              tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales),
+                              account_id=self.account_id, record_type_id=self.resolver.person_record_type_id,
+                              enrich_profiles=self.enrich_profiles, added=added)
+        return [write] if write else []
 
     def _add_mapped_fields(self, sale: Sale, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         """The fields the mapping file adds, filled from the payloads as Lightspeed sent them."""
@@ -177,3 +167,23 @@ class Planner:
         return SalePlan(sale.sale_id, transaction[mapping.SALE_KEY], sale.ticket_number, transaction["Status__c"],
                         transaction["Total__c"], len(lines), match, account_id, self.field_map.in_org_names(reason),
                         action, added=added or None)
+
+
+def account_write(customer_key: str, customer: Customer, resolution: Resolution, sale_keys: tuple[str, ...], *,
+                  account_id: str, record_type_id: Callable[[], str], enrich_profiles: bool,
+                  added: dict[str, Any] | None = None) -> Write | None:
+    """The account write a customer's resolution calls for, whether the customer came with a sale or alone
+    (customer_feed.py): create the Person Account (with the mapping file's `added` fields), or stamp the key on
+    the matched one and (with LSPOS_ENRICH_PROFILES) fill its empty profile fields; or nothing."""
+    profile = mapping.profile_fields(customer, enrich_profiles)
+    if resolution.create:
+        record = mapping.person_account_record(customer, account_id, record_type_id(), {**profile, **(added or {})})
+        return Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, sale_keys, customer_key)
+    known = resolution.account.profile if resolution.account else None
+    fill = {f: v for f, v in profile.items() if not known.get(f)} if enrich_profiles and known is not None else {}
+    if not (resolution.stamp_key or fill):
+        return None
+    record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
+    if resolution.stamp_key:
+        record[mapping.CUSTOMER_KEY] = customer_key
+    return Write(UPDATE_ACCOUNTS, record, sale_keys, customer_key, tuple(fill))

@@ -66,7 +66,7 @@ class Resolver:
         else:
             checked = {key for sale, key in zip(sales, sale_keys)
                        if key in known or not self._links_account(sale, customers)}
-        candidates, existing = self._look_up(unresolved, [key for key in sale_keys if key in checked])
+        candidates, existing = self.look_up(unresolved, [key for key in sale_keys if key in checked])
         self.decisions.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
                                               for key, customer in unresolved.items()}))
         late = [key for sale, key in zip(sales, sale_keys) if key not in checked and not self._links_account(sale, customers)]
@@ -117,7 +117,7 @@ class Resolver:
         return resolution is None or resolution.account_id is not None or resolution.status == CREATED
 
     # -- Salesforce reads
-    def _look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+    def look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
         """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
         (once a run) the Person Account record type: one round of `/composite` requests."""
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS

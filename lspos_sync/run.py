@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 
-from lspos_sync import fieldmap
+from lspos_sync import customer_feed, fieldmap
 from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
 from lspos_sync.errors import ConfigError, SyncError
@@ -256,7 +256,8 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
-                        field_map=names, roll_up=settings.rollups, on_batch=batch_done)
+                        field_map=names, roll_up=settings.rollups, on_batch=batch_done,
+                        sync_customers=settings.sync_customers)
         try:
             if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
                 fieldmap.check_org(settings, names, salesforce.describe)
@@ -280,7 +281,8 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                         settings.account_id, store, lightspeed, salesforce, phone_region=settings.phone_region,
                         person_record_type=settings.person_account_record_type,
                         enrich_profiles=settings.enrich_profiles, field_map=names, roll_up=settings.rollups,
-                        on_batch=batch_done).run(command, bounds, progress=progress)
+                        sync_customers=settings.sync_customers, on_batch=batch_done).run(command, bounds,
+                                                                                         progress=progress)
                 else:
                     summary = engine.run(command, bounds, progress=progress, limit=limit)
         except Exception as error:
@@ -342,8 +344,8 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     """The plain report: for dry-run one line per sale, then one summary line; rejects, ambiguous sales and
     sales with data Lightspeed did not send listed, each sale once, so the operator sees exactly which need
     attention."""
-    lines = []
     preview = summary.command == "dry-run"
+    lines, customer_notes, customer_counts = customer_feed.report_lines(summary.customers, preview)
     if preview:
         for change in (data.get("mapping") or {}).get("changes", []):
             output.note(f"mapping: {change}")
@@ -366,6 +368,8 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
                             f"Lightspeed ({', '.join(gap['left_empty'])} left empty)" for gap in sale["missing"])
         output.note(f"incomplete {sale['sale_key']}: {missing}; {'would be ' if preview else ''}written with what "
                     "is known")
+    for note in customer_notes:
+        output.note(note)
     for account in summary.enriched:
         output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
                     f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
@@ -382,7 +386,7 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
         f"{summary.command} account {summary.account_id} [{window}]: {summary.sales_read} sale(s) read, "
         f"{summary.written} {verb}, {summary.unchanged} unchanged, {len(data['rejected'])} rejected, "
         f"{len(summary.ambiguous)} ambiguous"
-        + (f", {len(summary.gaps)} incomplete" if summary.gaps else "")
+        + (f", {len(summary.gaps)} incomplete" if summary.gaps else "") + customer_counts
         + f"; {data['salesforce_api_calls']} Salesforce call(s), "
         f"{data['lightspeed_requests']} Lightspeed request(s)"
         + (f"; roll-ups {'would change on' if preview else 'updated on'} "

@@ -1,4 +1,5 @@
-"""The SQLite state store: checkpoints, rotating Lightspeed tokens, rejected sales, written sales, runs, lock."""
+"""The SQLite state store: checkpoints, rotating Lightspeed tokens, rejected sales, written sales, customers settled
+and refused (LSPOS_SYNC_CUSTOMERS), runs, lock."""
 
 from __future__ import annotations
 
@@ -50,6 +51,21 @@ CREATE TABLE IF NOT EXISTS written_sale (
     content_hash TEXT NOT NULL,
     match_status TEXT NOT NULL,
     written_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS written_customer (
+    customer_key TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    written_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS customer_reject (
+    customer_key TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    customer_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rollup_pending (
     account_id TEXT NOT NULL,
@@ -111,6 +127,16 @@ class Reject:
     attempts: int
     first_seen: str
     last_seen: str
+
+
+@dataclass(frozen=True)
+class ParkedCustomer:
+    """A customer (LSPOS_SYNC_CUSTOMERS) whose Person Account Salesforce refused, retried by every run."""
+
+    customer_key: str
+    customer_id: int
+    reason: str
+    attempts: int
 
 
 class StateStore:
@@ -312,6 +338,49 @@ class StateStore:
                 f"WHERE sale_key IN ({','.join('?' * len(chunk))})", chunk)
             found.update({r["sale_key"]: (r["content_hash"], r["match_status"]) for r in rows})
         return found
+
+    # -- LSPOS_SYNC_CUSTOMERS: customers brought to a Person Account (or found to need nothing), and those refused
+    def settled_customers(self, customer_keys: list[str]) -> dict[str, tuple[str, str]]:
+        """customer key -> (content hash, decision) of the customers settled as they are now."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(customer_keys), 500):
+            chunk = customer_keys[start:start + 500]
+            rows = self._query(
+                f"SELECT customer_key, content_hash, decision FROM written_customer "
+                f"WHERE customer_key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update({r["customer_key"]: (r["content_hash"], r["decision"]) for r in rows})
+        return found
+
+    def record_customer_outcomes(self, account_id: str, settled: dict[str, tuple[str, str]],
+                                 refused: dict[str, tuple[int, str]]) -> None:
+        """In one transaction: customers settled (key -> (hash, decision)) leave the reject list and remember
+        their hash; customers refused (key -> (customer id, reason)) join it or count one more attempt."""
+        now = iso(utcnow())
+        with self.transaction() as db:
+            for customer_key, (digest, decision) in settled.items():
+                db.execute("DELETE FROM customer_reject WHERE customer_key = ?", (customer_key,))
+                db.execute(
+                    "INSERT INTO written_customer (customer_key, content_hash, decision, written_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(customer_key) DO UPDATE SET content_hash = excluded.content_hash, "
+                    "decision = excluded.decision, written_at = excluded.written_at",
+                    (customer_key, digest, decision, now))
+            for customer_key, (customer_id, reason) in refused.items():
+                db.execute("DELETE FROM written_customer WHERE customer_key = ?", (customer_key,))
+                db.execute(
+                    "INSERT INTO customer_reject (customer_key, account_id, customer_id, reason, attempts, first_seen, "
+                    "last_seen) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(customer_key) DO UPDATE SET "
+                    "reason = excluded.reason, attempts = customer_reject.attempts + 1, last_seen = excluded.last_seen",
+                    (customer_key, account_id, customer_id, reason, now, now))
+
+    def forget_customer_rejects(self, customer_keys: list[str]) -> None:
+        """Parked customers there is nothing more to do for (archived, or gone from Lightspeed)."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM customer_reject WHERE customer_key = ?", [(k,) for k in customer_keys])
+
+    def customer_rejects(self, account_id: str) -> list[ParkedCustomer]:
+        rows = self._query("SELECT * FROM customer_reject WHERE account_id = ? ORDER BY first_seen, customer_key",
+                           (account_id,))
+        return [ParkedCustomer(r["customer_key"], r["customer_id"], r["reason"], r["attempts"]) for r in rows]
 
     # -- loyalty roll-ups Salesforce refused, recomputed by the next run
     def pending_rollups(self, account_id: str) -> list[str]:

@@ -56,10 +56,12 @@ class RunSummary:
     plans: list[SalePlan] = field(default_factory=list)
     progress: datetime | None = None  # every sale changed up to here is written or parked
     retried: int = 0
+    customers: dict[str, Any] | None = None  # LSPOS_SYNC_CUSTOMERS: the customer feed's report (customer_feed.py)
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) else 0
+        return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) or (
+            self.customers and self.customers["rejected_customers"]) else 0
 
 
 def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
@@ -76,6 +78,7 @@ def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
         "gaps": list(summary.gaps.values()),
         "enriched": summary.enriched,
         "rollups": summary.rollups,
+        "customers": summary.customers,
         "rejected": rejected,
         # only sync moves the checkpoint; a backfill's progress is its own resume point
         "checkpoint": iso(summary.progress) if summary.progress and summary.command == "sync" else None,

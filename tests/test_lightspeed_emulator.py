@@ -551,3 +551,25 @@ def test_count_answers_only_the_number_of_rows_the_filters_match_for_ten_drips(e
     assert float(counted.headers["x-ls-api-request-cost"]) == 10
     assert every.json() == {"@attributes": {"count": "4"}}
     assert refused.status_code == 400 and "limit" in refused.json()["message"]
+
+
+def test_customers_are_searched_by_their_timestamp_or_their_loaded_contacts(emu, clock):
+    """A Contact edit moves only the Contact's timeStamp (the pessimistic reading: the fact sheet does not say it
+    moves the Customer's); a loaded relation is searchable one level deep, and not without loading it (§2)."""
+    ada = seed_store(emu)["customer"]
+    edited_at = clock.advance(3600)
+    emu.edit_contact(ada, email="ada@analytical.example")
+    window = f"><,{edited_at.isoformat()},{(edited_at + timedelta(minutes=1)).isoformat()}"
+    with client(emu) as http:
+        by_customer = http.get("Customer.json", params={"timeStamp": window, "load_relations": '["Contact"]'})
+        by_contact = http.get("Customer.json", params={"Contact.timeStamp": window, "load_relations": '["Contact"]'})
+        not_loaded = http.get("Customer.json", params={"Contact.timeStamp": window})
+        emu.archive_customer(ada, at=clock.advance(60))
+        hidden = http.get("Customer.json", params={"customerID": str(ada)}).json()
+        archived = http.get("Customer.json", params={"customerID": str(ada), "archived": "true"}).json()["Customer"]
+    assert by_customer.status_code == 200 and "Customer" not in by_customer.json()
+    found = by_contact.json()["Customer"]
+    assert found["Contact"]["Emails"]["ContactEmail"]["address"] == "ada@analytical.example"
+    assert found["timeStamp"] < found["Contact"]["timeStamp"]
+    assert not_loaded.status_code == 400 and "load the Contact relation" in not_loaded.json()["message"]
+    assert "Customer" not in hidden and archived["archived"] == "true"  # deleting a customer archives it (§5)

@@ -8,6 +8,9 @@ takes the PESSIMISTIC reading, so clients are tested against the worst case:
   completion time, and `completeTime` never moves (§9);
 * a refund is a new sale and leaves every timestamp of the original alone (§9);
 * filtering on `updatetime` works, but `reject_updatetime_filter = True` turns it into a 400 (§2);
+* a customer's Contact edits (email, phones, address) move only the Contact's `timeStamp`, not the Customer's
+  (§5: whether they move the Customer's is not documented); a loaded relation is searchable one level deep,
+  e.g. `Customer.json?Contact.timeStamp=...&load_relations=["Contact"]`, and not without loading it (§2);
 * an unknown query parameter (e.g. `updateTime` in the tutorial's casing, §4.6) is a 400, not ignored;
 * a `+` in a timestamp filter not sent as `%2B` decodes as a space and is a 400 (§2);
 * a full last page still carries a `next` URL, whose page is empty and has no `Sale` key (§3);
@@ -83,6 +86,8 @@ _KINDS = {
     "SaleVoid": _Kind("saleVoidID", frozenset({"saleVoidID", "saleID", "createTime", "shopID", "employeeID"}),
                       ("saleVoidID",)),
 }
+# A loaded relation's own fields can be searched, one level deep (§2 [S4]): `Contact.timeStamp=><,...`.
+_RELATION_FIELD = re.compile(r"(?P<relation>[A-Za-z]+)\.(?P<field>[A-Za-z]+)")
 _COMPARE = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
             "<=": operator.le}
 
@@ -355,12 +360,12 @@ class LightspeedAccount:
 
     def add_customer(self, first_name: str, last_name: str, email: str | None = None,
                      phones: dict[str, str] | None = None, dob: datetime | None = None,
-                     address: dict[str, str] | None = None) -> int:
+                     address: dict[str, str] | None = None, at: datetime | None = None) -> int:
         """`dob` is stored as Lightspeed does, a moment in UTC (§4.4); `address` takes ContactAddress keys
         (address1, address2, city, state, zip, country)."""
         with self._lock:
             customer_id = self._new_id("Customer")
-            now = _ts(self._now())
+            now = _ts(self._now(at))
             phone_rows = [{"number": number, "useType": use} for use, number in (phones or {}).items()]
             self._rows["Customer"][customer_id] = {
                 "customerID": str(customer_id), "firstName": first_name, "lastName": last_name, "title": "",
@@ -380,6 +385,33 @@ class LightspeedAccount:
                 },
             }
             return customer_id
+
+    def edit_customer(self, customer_id: int, at: datetime | None = None, **fields: str) -> None:
+        """The customer's own fields (`firstName="Ana"`, `archived="true"`) changed at the till: its
+        `timeStamp` (last modified, §5) moves."""
+        with self._lock:
+            row = self._rows["Customer"][customer_id]
+            row.update(fields)
+            row["timeStamp"] = _ts(self._now(at))
+
+    def archive_customer(self, customer_id: int, at: datetime | None = None) -> None:
+        """Deleting a customer archives it (§5)."""
+        self.edit_customer(customer_id, at, archived="true")
+
+    def edit_contact(self, customer_id: int, at: datetime | None = None, email: str | None = None,
+                     phones: dict[str, str] | None = None) -> None:
+        """The customer's email or phones changed: only the Contact's `timeStamp` moves (the pessimistic reading:
+        the fact sheet does not say that a Contact edit moves the Customer's)."""
+        with self._lock:
+            contact = self._rows["Customer"][customer_id]["Contact"]
+            if email is not None:
+                contact["Emails"] = {"ContactEmail": {"address": email, "useType": "Primary"}} if email else ""
+                contact["noEmail"] = _bool(not email)
+            if phones is not None:
+                rows = [{"number": number, "useType": use} for use, number in phones.items()]
+                contact["Phones"] = {"ContactPhone": _one_or_many(rows)} if rows else ""
+                contact["noPhone"] = _bool(not rows)
+            contact["timeStamp"] = _ts(self._now(at))
 
     def _make_line(self, sale: _Sale, line: dict, at: datetime) -> _Line:
         made = _Line(
@@ -766,7 +798,9 @@ class LightspeedAccount:
         archived = (request.arg("archived") or "false").lower()
         if archived not in ("false", "true", "only"):
             raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
-        tests = [self._filter(name, key, values[-1]) for key, values in request.query.items() if key not in _CONTROL]
+        tests = [self._filter(name, key, values[-1], relations)
+                 for key, values in request.query.items() if key not in _CONTROL]
+        searched = frozenset(key.partition(".")[0] for key in request.query if "." in key)  # relations searched in
 
         def key(row: dict) -> tuple:
             if sort_field == kind.id_field:
@@ -774,7 +808,7 @@ class LightspeedAccount:
             return _rank(sort_field, row.get(sort_field)), int(row[kind.id_field])
 
         # rows are evaluated now, so a row whose sort value changed mid-crawl can jump the cursor (§9)
-        rows = [self._render(name, row_id, frozenset()) for row_id in self._table(name)]
+        rows = [self._render(name, row_id, searched) for row_id in self._table(name)]
         if archived != "true":  # §2: false (default) hides archived rows, only shows nothing else
             rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
         rows = sorted((r for r in rows if all(test(r) for test in tests)), key=key, reverse=descending)
@@ -836,12 +870,25 @@ class LightspeedAccount:
         except (ValueError, TypeError):
             raise _ApiError(400, "Invalid pagination cursor") from None
 
-    def _filter(self, name: str, field_name: str, raw: str) -> Callable[[dict], bool]:
-        """`field=OP,value` (§2) as a predicate on a rendered row."""
+    def _filter(self, name: str, field_name: str, raw: str, relations: frozenset[str]) -> Callable[[dict], bool]:
+        """`field=OP,value` (§2) as a predicate on a rendered row; `Relation.field` searches a loaded relation."""
+        if relation := _RELATION_FIELD.fullmatch(field_name):
+            if relation["relation"] not in relations:
+                raise _ApiError(400, f"Invalid query parameter '{field_name}' for {name}: "
+                                     f"load the {relation['relation']} relation to search in it")
+            inner = relation["field"]
+            test = self._filter_value(inner, raw)
+            return lambda row: test((row.get(relation["relation"]) or {}).get(inner))
         if field_name not in _KINDS[name].filterable:
             raise _ApiError(400, f"Invalid query parameter '{field_name}' for {name}")
         if name == "Sale" and field_name == "updatetime" and self.reject_updatetime_filter:
             raise _ApiError(400, "Field 'updatetime' cannot be used as a search filter")
+        test = self._filter_value(field_name, raw)
+        return lambda row: test(row.get(field_name))
+
+    @staticmethod
+    def _filter_value(field_name: str, raw: str) -> Callable[[str | None], bool]:
+        """`OP,value` as a predicate on one field's value as rendered (None when absent)."""
         head, comma, rest = raw.partition(",")
         op, value = (head, rest) if comma and head in _OPS else ("=", raw)
         try:
@@ -850,10 +897,10 @@ class LightspeedAccount:
                 if len(items) > 100:
                     raise _ApiError(400, "The IN operator accepts at most 100 values")
                 wanted = {_coerce(field_name, v) for v in items}
-                return lambda row: row.get(field_name) is not None and _coerce(field_name, row[field_name]) in wanted
+                return lambda found: found is not None and _coerce(field_name, found) in wanted
             if op in ("~", "!~"):
                 pattern = re.compile(".*".join(map(re.escape, value.split("%"))), re.IGNORECASE)
-                return lambda row: (pattern.fullmatch(row.get(field_name) or "") is not None) == (op == "~")
+                return lambda found: (pattern.fullmatch(found or "") is not None) == (op == "~")
             if op == "><":
                 low, high = (_coerce(field_name, v) for v in value.split(",", 1))
                 compare: Callable[[Any], bool] = lambda v: low <= v <= high  # §2: between is inclusive
@@ -863,7 +910,7 @@ class LightspeedAccount:
         except ValueError:
             raise _ApiError(400, f"Invalid value '{value}' for field '{field_name}'") from None
         # an absent value (completeTime of an open sale) matches nothing, like NULL in SQL
-        return lambda row: row.get(field_name) is not None and compare(_coerce(field_name, row[field_name]))
+        return lambda found: found is not None and compare(_coerce(field_name, found))
 
     # ------------------------------------------------------------------ sale shapes (§4, §5)
     @staticmethod

@@ -252,6 +252,7 @@ class Customer(LightspeedModel):
     customer_id: int = field(name="customerID")
     first_name: str = field(name="firstName", default="")
     last_name: str = field(name="lastName", default="")
+    archived: bool = False
     dob_: str = field(name="dob", default="")
     contact_: Union[Contact, Literal[""], None] = field(name="Contact", default=None)
 
