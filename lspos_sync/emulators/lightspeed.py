@@ -786,7 +786,7 @@ class LightspeedAccount:
 
     def _list(self, request: Request, name: str, kind: _Kind, relations: frozenset[str]) -> dict:
         if request.arg("count") == "1":
-            return self._count(request, name)
+            return self._count(request, name, relations)
         limit_text = request.arg("limit") or "100"
         if not limit_text.isdigit() or int(limit_text) > 100:
             raise _ApiError(400, f"Invalid limit '{limit_text}': limit must be between 0 and 100")  # §2
@@ -843,7 +843,7 @@ class LightspeedAccount:
             body[name] = _one_or_many([self._render(name, int(r[kind.id_field]), relations) for r in page])
         return body
 
-    def _count(self, request: Request, name: str) -> dict:
+    def _count(self, request: Request, name: str, relations: frozenset[str]) -> dict:
         """§2: `count=1` answers only `{"@attributes": {"count": "N"}}`, the rows the filters match; it cannot
         be combined with limit, sort, after or before."""
         combined = [p for p in ("limit", "sort", "after", "before") if request.arg(p) is not None]
@@ -852,8 +852,10 @@ class LightspeedAccount:
         archived = (request.arg("archived") or "false").lower()
         if archived not in ("false", "true", "only"):
             raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
-        tests = [self._filter(name, key, values[-1]) for key, values in request.query.items() if key not in _CONTROL]
-        rows = [self._render(name, row_id, frozenset()) for row_id in self._table(name)]
+        tests = [self._filter(name, key, values[-1], relations)
+                 for key, values in request.query.items() if key not in _CONTROL]
+        searched = frozenset(key.partition(".")[0] for key in request.query if "." in key)  # relations searched in
+        rows = [self._render(name, row_id, searched) for row_id in self._table(name)]
         if archived != "true":
             rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
         return {"@attributes": {"count": str(sum(1 for r in rows if all(test(r) for test in tests)))}}
