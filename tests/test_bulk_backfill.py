@@ -285,3 +285,14 @@ def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, ligh
     assert result.json["rollups"]["accounts"] == 2 and result.json["rollups"]["updated"] == 2
     spend = {a["PersonEmail"]: (a["Lifetime_Spend__c"], a["Purchase_Count__c"]) for a in salesforce.records("Account")}
     assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
+
+
+def test_a_bulk_backfill_brings_clients_without_a_sale_too(cli, lightspeed, salesforce, boutique):
+    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    lonely = lightspeed.add_customer("Ida", "Alone", email="ida@example.com")
+    sell(lightspeed, boutique, lightspeed.add_customer("Jo", "Buyer", email="jo@example.com"), at=start)
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json",
+                 env={"LSPOS_SYNC_CUSTOMERS": "true"})
+    assert result.code == 0, result.stderr
+    keyed = {a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")}
+    assert f"182255-{lonely}" in keyed and len(keyed) == 2
