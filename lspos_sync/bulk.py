@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import tempfile
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,13 +26,13 @@ import msgspec
 import orjson
 
 from lspos_sync import mapping
+from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.customers import (AMBIGUOUS, CREATED, EMAIL, GUEST, PHONE, Candidates, Resolution, customer_phones,
                                   normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
-from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
 from lspos_sync.resolving import Found, Resolver
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SALES = 1000  # sales read, mapped and stored together
 # Sales in a round: 3 lines a sale on average make some 50 MB of line CSV, well inside one 100 MB upload; a
-# round with more (long sales) is cut into more jobs. Each round costs four or five jobs of six calls or so.
+# round with more (long sales) is cut into more jobs. Each round costs four jobs of five calls or so.
 ROUND_SALES = 150_000
 _OUTCOMES = 5_000  # sales settled (state store written) together
 
@@ -67,6 +67,7 @@ CREATE TABLE failures (kind TEXT, key TEXT, reason TEXT);
 CREATE INDEX failure_key ON failures (key);
 CREATE TABLE updated (sale_key TEXT PRIMARY KEY, id TEXT);
 CREATE TABLE created (customer_key TEXT PRIMARY KEY, id TEXT);
+CREATE TABLE claimed (account_id TEXT PRIMARY KEY);
 CREATE TABLE account_writes (kind TEXT, key TEXT, customer_key TEXT, filled TEXT);
 CREATE INDEX account_write_key ON account_writes (kind, key);
 """
@@ -80,7 +81,6 @@ class _Round:
     sales: int = 0
     customers: int = 0
     progress: datetime | None = None  # once settled, every sale changed up to here is written or parked
-    claimed: set[str] = field(default_factory=set)  # unkeyed accounts a customer of the round has claimed
 
 
 class BulkBackfill:
@@ -119,10 +119,6 @@ class BulkBackfill:
         self._sale_type = msgspec.msgpack.Decoder(Sale)
         self._encoder = msgspec.msgpack.Encoder()
         self.stats: dict[str, int] = {}
-
-    @property
-    def writer_stats(self) -> dict[str, int]:
-        return dict(self.stats)
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:
         summary = RunSummary(command, self.account_id, window)
@@ -263,15 +259,14 @@ class BulkBackfill:
                 customer = self._customer_type.decode(blob)
                 yield customer_key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
 
-        groups = queries.person_account_groups(people(), select, like=self._like)
-        pending: list[tuple[list[str], str]] = []
-        for group in groups:
-            pending.append(group)
-            if len(pending) == MAX_COLLECTIONS:
-                self._decide_groups(current, writer, pending, rows, select)
-                pending = []
-        if pending:
-            self._decide_groups(current, writer, pending, rows, select)
+        waiting: list[tuple[list[str], str]] = []
+        for group in queries.person_account_groups(people(), select, like=self._like):
+            waiting.append(group)
+            if len(waiting) == MAX_COLLECTIONS:
+                self._decide_groups(current, writer, waiting, rows, select)
+                waiting = []
+        if waiting:
+            self._decide_groups(current, writer, waiting, rows, select)
 
     def _decide_groups(self, current: _Round, writer: BulkWriter, groups: list[tuple[list[str], str]],
                        rows: Iterator[tuple], select: str) -> None:
@@ -315,12 +310,12 @@ class BulkBackfill:
         db = current.db
         resolution = resolve(customer, customer_key, candidates, self.region)
         account_ref = None
-        if resolution.stamp_key and resolution.account_id in current.claimed:
+        if resolution.stamp_key and db.execute("INSERT OR IGNORE INTO claimed VALUES (?)",
+                                               (resolution.account_id,)).rowcount == 0:
+            # as claim_accounts: an unkeyed account matched by two customers is keyed to the first only
             resolution = Resolution(resolution.status, resolution.account_id,
                                     resolution.reason + " (keyed to another customer in this run: linked only)",
                                     account=resolution.account)
-        elif resolution.stamp_key:
-            current.claimed.add(resolution.account_id)  # type: ignore[arg-type]
         if resolution.create:
             resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
