@@ -153,7 +153,7 @@ class BulkJobs:
         log.info("Bulk API 2.0 job %s: %s of %s%s (%.1f MB)", job_id, operation, sobject,
                  f" by {external_id}" if external_id else "", path.stat().st_size / 1e6,
                  extra={"phase": "bulk", "job": job_id})
-        self._upload(jobs, job_id, info.get("contentUrl"), path)
+        self._upload(jobs, job_id, path)
         self._request(lambda: jobs.close_job(job_id), f"close job {job_id}")
         info = self._wait(jobs, job_id)
         if info["state"] != "JobComplete":
@@ -190,7 +190,7 @@ class BulkJobs:
             self._bulk2 = (session.access_token, salesforce.bulk2)
         return getattr(self._bulk2[1], sobject)._client
 
-    def _upload(self, jobs: _Bulk2Client, job_id: str, content_url: str | None, path: Path) -> None:
+    def _upload(self, jobs: _Bulk2Client, job_id: str, path: Path) -> None:
         """The file as the job's one upload, streamed from disk (requests sends an open file with its length)."""
         url = f"{jobs.bulk2_url}ingest/{job_id}/batches"
         headers = jobs._get_headers(jobs.CSV_CONTENT_TYPE, jobs.JSON_CONTENT_TYPE)
