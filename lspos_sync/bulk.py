@@ -47,7 +47,8 @@ from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, TRANSACTIONS, UPDA
 
 log = logging.getLogger(__name__)
 
-BATCH_SALES = 1000  # sales read, mapped and stored together
+BATCH_SALES = 500  # sales read, mapped and stored together
+PLANNED_SALES = 250  # sales of a round planned (and their writes handed over) together
 # Sales in a round: 3 lines a sale on average make some 50 MB of line CSV, well inside one 100 MB upload; a
 # round with more (long sales) is cut into more jobs. Each round costs four jobs of five calls or so.
 ROUND_SALES = 150_000
@@ -104,7 +105,7 @@ class BulkBackfill:
         self.composite = CompositeWriter(salesforce)  # lookups, and deletes of stale lines
         self.resolver = Resolver(account_id, self.composite, phone_region=phone_region,
                                  person_record_type=person_record_type, enrich_profiles=enrich_profiles,
-                                 check_all=False, kept=BATCH_SALES)  # a batch's decisions, as it is planned
+                                 check_all=False, kept=PLANNED_SALES)  # the decisions of the sales being planned
         self.reader = Reader(lightspeed, field_map, park=self._park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=False,
                                verify_unchanged=True, enrich_profiles=enrich_profiles, roll_up=False)
@@ -385,7 +386,7 @@ class BulkBackfill:
             "SELECT s.sale_key, s.sale, s.records, s.digest, s.checked, d.customer_key, d.status, d.account_id, "
             "d.account_ref, d.reason, d.candidates FROM sales s LEFT JOIN decisions d USING (customer_key) "
             "ORDER BY s.seq")
-        while chunk := rows.fetchmany(BATCH_SALES):
+        while chunk := rows.fetchmany(PLANNED_SALES):
             sales, built, checked = [], {}, set()
             self.resolver.decisions.clear()
             for sale_key, blob, records, digest, was_checked, customer_key, status, account_id, account_ref, \
