@@ -1,20 +1,22 @@
 """Salesforce authentication: the four options of contract §2, each returning a session token.
 
 The token endpoints are those of the org's My Domain (SALESFORCE_INSTANCE_URL) when it is set, else
-`https://{SALESFORCE_DOMAIN}.salesforce.com`. simple-salesforce's own login helpers only build the latter,
-so they cannot reach a My Domain given as a URL (nor an emulator on loopback); the requests are small
-enough to send here, and the REST calls then go through the same requests session (salesforce/client.py).
+`https://{SALESFORCE_DOMAIN}.salesforce.com`. simple-salesforce's SalesforceLogin sends the login wherever that
+host has the form `https://<name>.salesforce.com` (login, test, a My Domain); it can only build that form, so a
+SALESFORCE_INSTANCE_URL elsewhere (an emulator on loopback, a host outside salesforce.com) has its JWT bearer and
+client credentials token posted here, and its username/password login sent by SalesforceLogin's `scratch_url`.
+Every login goes through the run's requests session, the one the REST calls then use (salesforce/client.py).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-from xml.etree import ElementTree
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import ConfigError, SalesforceAuthError
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 
 _ATTEMPTS = 3
+_SALESFORCE_HOSTS = ".salesforce.com"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,17 @@ def login_host(settings: SalesforceSettings) -> str:
     return settings.instance_url or f"https://{settings.domain}.salesforce.com"
 
 
+def salesforce_domain(settings: SalesforceSettings) -> str | None:
+    """The `domain` that makes simple-salesforce build the login host (`acme.my` for
+    https://acme.my.salesforce.com), or None when the login host is not of that form."""
+    parts = urlsplit(login_host(settings))
+    host = parts.hostname or ""
+    if (parts.scheme == "https" and parts.port in (None, 443) and parts.path.strip("/") == ""
+            and host.endswith(_SALESFORCE_HOSTS)):
+        return host.removesuffix(_SALESFORCE_HOSTS)
+    return None
+
+
 def authenticate(settings: SalesforceSettings, http: requests.Session) -> Session:
     flow = settings.auth_flow
     if flow == "access_token":
@@ -47,16 +61,44 @@ def authenticate(settings: SalesforceSettings, http: requests.Session) -> Sessio
         return _jwt_bearer(settings, http)
     if flow == "client_credentials":
         return _client_credentials(settings, http)
-    return _soap_login(settings, http)
+    return _password(settings, http)
 
 
-def _post(http: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
-    """A login request, tried again on a dropped connection or a server error (a login changes nothing)."""
+def _login(settings: SalesforceSettings, send: Callable[[], tuple[str, str]], what: str, variables: str) -> Session:
+    """A login by simple-salesforce, which answers (token, instance host), tried again on a dropped connection
+    or a server error (a login changes nothing)."""
+    import requests
+    from simple_salesforce.exceptions import SalesforceAuthenticationFailed
+
+    for attempt in range(_ATTEMPTS):
+        last = attempt + 1 == _ATTEMPTS
+        try:
+            with warnings.catch_warnings():  # its multi-line hint on an unapproved user: our one line says it
+                warnings.simplefilter("ignore")
+                token, instance = send()
+        except requests.RequestException as error:
+            if last:
+                raise SalesforceAuthError(f"Salesforce login ({what}) failed: {type(error).__name__} reaching "
+                                          f"{login_host(settings)}") from None
+        except SalesforceAuthenticationFailed as error:
+            # The code is the HTTP status only when the answer was neither JSON nor a SOAP fault.
+            if last or not (isinstance(error.code, int) and error.code >= 500):
+                detail = error.auth_message or error.code or "no reason given"
+                raise SalesforceAuthError(f"Salesforce refused the {what} login ({detail}): check {variables}") \
+                    from None
+        else:
+            return Session(token, f"https://{instance}".rstrip("/"), renewable=True)
+        time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _post(http: requests.Session, url: str, what: str, form: dict[str, str]) -> requests.Response:
+    """A token request of our own, tried again on a dropped connection or a server error."""
     import requests
 
     for attempt in range(_ATTEMPTS):
         try:
-            response = http.post(url, timeout=60, **kwargs)
+            response = http.post(url, data=form)
         except requests.RequestException as error:
             if attempt + 1 == _ATTEMPTS:
                 raise SalesforceAuthError(f"Salesforce login ({what}) failed: {type(error).__name__} reaching {url}") \
@@ -70,8 +112,9 @@ def _post(http: requests.Session, url: str, what: str, **kwargs: Any) -> request
 
 def _oauth_token(settings: SalesforceSettings, http: requests.Session, form: dict[str, str],
                  what: str, variables: str) -> Session:
+    """The token post to SALESFORCE_INSTANCE_URL, where simple-salesforce cannot send it."""
     url = f"{login_host(settings)}/services/oauth2/token"
-    response = _post(http, url, what, data=form)
+    response = _post(http, url, what, form)
     if response.status_code != 200:
         try:
             detail = response.json().get("error_description") or response.json().get("error")
@@ -91,52 +134,50 @@ def _jwt_bearer(settings: SalesforceSettings, http: requests.Session) -> Session
         private_key = key_path.read_bytes()
     except OSError:
         raise ConfigError(f"SALESFORCE_PRIVATE_KEY_FILE: cannot read {key_path}") from None
-    audience = "https://test.salesforce.com" if settings.domain == "test" else "https://login.salesforce.com"
-    claims = {"iss": settings.consumer_key, "sub": settings.username, "aud": audience,
-              "exp": int(time.time()) + 180}
+    audience = "test" if settings.domain == "test" else "login"
+    what = "JWT bearer"
+    variables = "SALESFORCE_USERNAME, SALESFORCE_CONSUMER_KEY and the connected app's certificate"
     try:
+        domain = salesforce_domain(settings)
+        if domain is not None:
+            from simple_salesforce import SalesforceLogin
+
+            return _login(settings, lambda: SalesforceLogin(
+                session=http, username=settings.username, consumer_key=settings.consumer_key,
+                privatekey=private_key.decode(errors="replace"), domain=audience, instance_url=domain),
+                what, variables)
+        claims = {"iss": settings.consumer_key, "sub": settings.username, "aud": f"https://{audience}.salesforce.com",
+                  "exp": int(time.time()) + 180}
         assertion = jwt.encode(claims, private_key, algorithm="RS256")
     except (ValueError, TypeError, jwt.PyJWTError):
         raise ConfigError(f"SALESFORCE_PRIVATE_KEY_FILE: {key_path} is not a PEM RSA private key") from None
     return _oauth_token(settings, http, {
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
-        "JWT bearer", "SALESFORCE_USERNAME, SALESFORCE_CONSUMER_KEY and the connected app's certificate")
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}, what, variables)
 
 
 def _client_credentials(settings: SalesforceSettings, http: requests.Session) -> Session:
+    what = "client credentials"
+    variables = "SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET and SALESFORCE_INSTANCE_URL"
+    domain = salesforce_domain(settings)
+    if domain is not None:
+        from simple_salesforce import SalesforceLogin
+
+        return _login(settings, lambda: SalesforceLogin(
+            session=http, consumer_key=settings.client_id, consumer_secret=settings.client_secret, domain=domain),
+            what, variables)
     return _oauth_token(settings, http, {
         "grant_type": "client_credentials", "client_id": settings.client_id or "",
-        "client_secret": settings.client_secret or ""},
-        "client credentials", "SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET and SALESFORCE_INSTANCE_URL")
+        "client_secret": settings.client_secret or ""}, what, variables)
 
 
-def _soap_login(settings: SalesforceSettings, http: requests.Session) -> Session:
-    """The legacy username/password login, as simple-salesforce sends it (Salesforce retires it in 2027)."""
-    url = f"{login_host(settings)}/services/Soap/u/{settings.api_version}"
-    password = (settings.password or "") + (settings.security_token or "")
-    body = (
-        '<?xml version="1.0" encoding="utf-8" ?>'
-        '<env:Envelope xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xmlns:env="http://schemas.xmlsoap.org/soap/envelope/" xmlns:urn="urn:partner.soap.sforce.com">'
-        '<env:Header><urn:CallOptions><urn:client>lspos-sync</urn:client>'
-        '<urn:defaultNamespace>sf</urn:defaultNamespace></urn:CallOptions></env:Header>'
-        f'<env:Body><n1:login xmlns:n1="urn:partner.soap.sforce.com"><n1:username>{escape(settings.username or "")}'
-        f'</n1:username><n1:password>{escape(password)}</n1:password></n1:login></env:Body></env:Envelope>')
-    response = _post(http, url, "username/password", data=body.encode(), headers={
-        "content-type": "text/xml", "charset": "UTF-8", "SOAPAction": "login"})
-    try:
-        tree = ElementTree.fromstring(response.content)
-    except ElementTree.ParseError:
-        tree = None
-    def find(tag: str) -> str | None:
-        node = tree.find(f".//{{urn:partner.soap.sforce.com}}{tag}") if tree is not None else None
-        return node.text if node is not None else None
-    session_id, server_url = find("sessionId"), find("serverUrl")
-    if response.status_code != 200 or not session_id or not server_url:
-        fault = tree.findtext(".//faultstring") if tree is not None else None
-        raise SalesforceAuthError(
-            f"Salesforce refused the username/password login ({fault or f'HTTP {response.status_code}'}): check "
-            "SALESFORCE_USERNAME, SALESFORCE_PASSWORD and SALESFORCE_SECURITY_TOKEN")
-    parts = urlsplit(server_url)
-    return Session(session_id, f"{parts.scheme}://{parts.netloc}", renewable=True)
+def _password(settings: SalesforceSettings, http: requests.Session) -> Session:
+    """The legacy SOAP username/password login (Salesforce retires it in 2027)."""
+    from simple_salesforce import SalesforceLogin
+
+    domain = salesforce_domain(settings)
+    # The security token travels appended to the password, escaped with it (SalesforceLogin escapes only the password).
+    return _login(settings, lambda: SalesforceLogin(
+        session=http, username=settings.username, password=(settings.password or "") + (settings.security_token or ""),
+        security_token="", sf_version=settings.api_version, client_id="lspos-sync", domain=domain or "login",
+        scratch_url=None if domain is not None else login_host(settings)),
+        "username/password", "SALESFORCE_USERNAME, SALESFORCE_PASSWORD and SALESFORCE_SECURITY_TOKEN")

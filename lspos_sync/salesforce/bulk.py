@@ -131,7 +131,6 @@ class BulkJobs:
     def __init__(self, client: SalesforceClient, first_poll: float = _FIRST_POLL) -> None:
         self._client = client
         self._first_poll = first_poll
-        self._bulk2: tuple[str, Any] | None = None  # (the session token it was built with, the handler)
 
     def upsert(self, sobject: str, external_id: str, path: Path) -> Job:
         """One upsert job of the CSV file at `path` (at most MAX_UPLOAD bytes) by `external_id`, run to its end.
@@ -175,20 +174,9 @@ class BulkJobs:
 
     # -- the calls
     def _jobs(self, sobject: str) -> _Bulk2Client:
-        """The job calls for `sobject`. The bulk2 handler keeps the token it was built with (fact sheet §5.6):
-        after the REST client renewed its session, a new one is built."""
-        from simple_salesforce import Salesforce
-
-        client = self._client
-        if client._session is None:
-            client.connect()
-        session = client._session
-        assert session is not None
-        if self._bulk2 is None or self._bulk2[0] != session.access_token:
-            salesforce = Salesforce(instance_url=session.instance_url, session_id=session.access_token,
-                                    session=client._http, version=client._settings.api_version)
-            self._bulk2 = (session.access_token, salesforce.bulk2)
-        return getattr(self._bulk2[1], sobject)._client
+        """The job calls for `sobject`, on the run's simple-salesforce connection. A bulk2 handler keeps the token
+        it was built with (fact sheet §5.6), so it is taken afresh each time: after a renewal it has the new one."""
+        return getattr(self._client.sf.bulk2, sobject)._client
 
     def _upload(self, jobs: _Bulk2Client, job_id: str, path: Path) -> None:
         """The file as the job's one upload, streamed from disk (requests sends an open file with its length)."""

@@ -1,17 +1,18 @@
-"""The Salesforce REST session: authentication, `/composite` requests, error classification.
+"""The Salesforce connection: one simple-salesforce `Salesforce` per run carries every call (`/composite`
+through `restful()`, SOQL, describes, `/limits`, and Bulk API 2.0 through its `bulk2`); here are the retries,
+the session renewal, the API reserve and the error classification around it.
 
-Calls go straight through the requests session that authenticated: simple-salesforce's `restful()` would
-bring zeep and lxml into the process (16 MB, 80 ms of imports) for a SOAP API the sync never calls, json-encode
-the bodies with the standard library and decode every answer into OrderedDicts.
+simple-salesforce (and zeep and lxml with it) is imported on the first call, so a run with nothing to write
+never loads it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.errors import RunFailed, SalesforceAuthError
@@ -21,6 +22,7 @@ from lspos_sync.salesforce.auth import Session, authenticate
 
 if TYPE_CHECKING:  # imported only when Salesforce is called
     import requests
+    from simple_salesforce import Salesforce
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +30,18 @@ MAX_SUBREQUESTS = 25
 MAX_COLLECTIONS = 5  # sObject Collections or query subrequests per /composite (fact sheet §1.1)
 MAX_RECORDS = 200
 _ATTEMPTS = 5
-_TIMEOUT = 300
-_API_USAGE = re.compile(r"[^-]?api-usage=(\d+)/(\d+)")  # Sforce-Limit-Info: api-usage=18/5000[;...]
 
 
 class SalesforceClient:
     def __init__(self, settings: SalesforceSettings, http: requests.Session | None = None,
                  reserve_percent: float = 5.0, field_map: FieldMap = DEFAULT) -> None:
+        """`http` is the requests session every request goes through (by default a SalesforceSession, which
+        times requests out); it must not retry by itself."""
         self._settings = settings
         self.field_map = field_map  # the org's names: SOQL goes out in them, rows come back in the contract's
         self._http = http
         self._session: Session | None = None
-        self._base = ""  # https://host/services/data/vXX.X/, once connected
-        self._headers: dict[str, str] = {}
+        self._sf: Salesforce | None = None
         self._reserve_percent = reserve_percent
         self._usage: tuple[int, int] | None = None  # (used, allowance) of the org's daily API requests
         self._limits_read = False
@@ -51,15 +52,31 @@ class SalesforceClient:
         """Subrequest URLs in a composite must start with this."""
         return f"/services/data/v{self._settings.api_version}"
 
-    def connect(self) -> None:
-        import requests
+    @property
+    def sf(self) -> Salesforce:
+        """The run's simple-salesforce connection, logged in on first use. After a renewal it carries the new
+        token, so take `sf.bulk2` afresh for each job."""
+        if self._sf is None:
+            self.connect()
+        assert self._sf is not None
+        return self._sf
 
-        self._http = self._http or requests.Session()
+    def connect(self) -> None:
+        """Logs in (again, when the session expired). A renewal puts the new token on the same `Salesforce`,
+        as simple-salesforce's own refresh does."""
+        from simple_salesforce import Salesforce
+
+        from lspos_sync.salesforce.session import SalesforceSession
+
+        self._http = self._http or SalesforceSession()
         self._session = authenticate(self._settings, self._http)
-        instance = urlsplit(self._session.instance_url)
-        host = f"{instance.hostname}:{instance.port}" if instance.port else instance.hostname
-        self._base = f"https://{host}{self.data_path}/"
-        self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._session.access_token}"}
+        if self._sf is None:
+            self._sf = Salesforce(instance_url=self._session.instance_url, session_id=self._session.access_token,
+                                  session=self._http, version=self._settings.api_version, object_pairs_hook=None)
+        self._sf.session_id = self._session.access_token
+        # simple-salesforce's headers less its X-PrettyPrint: an indented answer is only a longer one.
+        self._sf.headers = {"Content-Type": "application/json",
+                            "Authorization": f"Bearer {self._session.access_token}"}
 
     # -- calls
     def composite(self, subrequests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,10 +85,12 @@ class SalesforceClient:
         Only idempotent subrequests are sent (queries, upserts by external ID, updates and deletes by Id),
         so the whole request may be replayed after a lost response or a server error.
         """
+        from pydantic_core import to_json
+
         if len(subrequests) > MAX_SUBREQUESTS:
             raise ValueError("a composite request holds at most 25 subrequests")
-        body = {"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests}
-        response = self._call("composite", "POST", body)
+        data = to_json({"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests})
+        response = self._call("POST composite", lambda sf: sf.restful("composite", method="POST", data=data))
         return list(response.get("compositeResponse", []))
 
     def ensure_allowance(self) -> None:
@@ -81,7 +100,7 @@ class SalesforceClient:
         if self._usage is None and not self._limits_read:
             self._limits_read = True
             try:
-                limits = self._call("limits", "GET", None) or {}
+                limits = self._call("GET limits", lambda sf: sf.limits()) or {}
             except RunFailed as error:  # an org (or proxy) that hides /limits: the headers will tell
                 log.info("Salesforce /limits unavailable (%s); relying on Sforce-Limit-Info", error)
                 limits = {}
@@ -128,12 +147,13 @@ class SalesforceClient:
 
     def get(self, path: str) -> Any:
         """A GET on a path under /services/data/vXX.X/ (e.g. a query's nextRecordsUrl)."""
-        return self._call(path.split(f"{self.data_path}/", 1)[-1], "GET", None)
+        path = path.split(f"{self.data_path}/", 1)[-1]
+        return self._call(f"GET {path.split('?')[0]}", lambda sf: sf.restful(path))
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """A short query on its own (the record type lookup); long ones travel inside a composite."""
         statement, sobject = self.field_map.soql(soql)
-        return self._rows(sobject, self.rest_of_query(self._call(f"query?q={quote(statement)}", "GET", None)))
+        return self._rows(sobject, self.rest_of_query(self._call("GET query", lambda sf: sf.query(statement))))
 
     def _rows(self, sobject: str | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.field_map.identity or sobject is None:
@@ -156,8 +176,7 @@ class SalesforceClient:
             elif i == 0:
                 log.info("Salesforce did not describe %s inside /composite (%s); describing one by one", name,
                          _described(body))
-                return {name: self._call(f"sobjects/{name}/describe", "GET", None, missing_ok=True)
-                        for name in sobjects}
+                return {name: self._describe_one(name) for name in sobjects}
             elif status == 404:
                 described[name] = None
             else:
@@ -171,36 +190,35 @@ class SalesforceClient:
             records.extend(result.get("records", []))
         return records
 
-    def _call(self, path: str, method: str, body: Any, missing_ok: bool = False) -> Any:
-        """One REST request (one API call), with the JSON answer decoded; None for an empty answer, and with
-        `missing_ok` for a 404."""
-        import orjson
-        import requests
+    def _describe_one(self, sobject: str) -> dict[str, Any] | None:
+        return self._call(f"GET sobjects/{sobject}/describe",
+                          lambda sf: sf.restful(f"sobjects/{sobject}/describe"), missing_ok=True)
 
-        if self._session is None:
-            self.connect()
-        assert self._http is not None
-        data = orjson.dumps(body) if body is not None else None
+    def _call(self, what: str, request: Callable[[Salesforce], Any], missing_ok: bool = False) -> Any:
+        """One REST request (one API call) through simple-salesforce, `what` naming it in messages: its JSON
+        answer, None for an empty one, and with `missing_ok` for a 404."""
+        import requests
+        from simple_salesforce.exceptions import SalesforceError
+
         renewed = False
         for attempt in range(_ATTEMPTS):
+            sf = self.sf
+            sf.api_usage = {}  # to read the Sforce-Limit-Info of this answer only
             self.api_calls += 1
             try:
-                response = self._http.request(method, self._base + path, headers=self._headers, data=data,
-                                              timeout=_TIMEOUT)
+                answer = request(sf)
+            except requests.JSONDecodeError:
+                self._backoff(attempt, f"unreadable JSON from {what}")
+                continue
             except requests.RequestException as error:
                 self._backoff(attempt, type(error).__name__)
                 continue
-            status = response.status_code
-            if status < 300:
-                self._usage = _usage(response.headers.get("Sforce-Limit-Info")) or self._usage
-                if status == 204:
-                    return None
-                try:
-                    return orjson.loads(response.content) or None
-                except orjson.JSONDecodeError:
-                    self._backoff(attempt, f"unreadable JSON from {method} {path.split('?')[0]}")
-                    continue
-            content = _content(response)
+            except SalesforceError as error:
+                status, content = error.status, error.content
+            else:
+                usage = sf.api_usage.get("api-usage")
+                self._usage = (usage.used, usage.total) if usage else self._usage
+                return answer
             if status == 401:
                 if renewed or not (self._session and self._session.renewable):
                     if self._session and not self._session.renewable:
@@ -219,15 +237,15 @@ class SalesforceClient:
                 if code == "REQUEST_LIMIT_EXCEEDED":
                     raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
                                     "allowance is used up; the run stopped and will resume from its checkpoint")
-                raise RunFailed(f"Salesforce refused {method} {path.split('?')[0]}: {code or status}")
+                raise RunFailed(f"Salesforce refused {what}: {code or status}")
             elif status == 404 and missing_ok:
                 return None
             elif status >= 500:
                 self._backoff(attempt, f"HTTP {status}")
             else:
-                raise RunFailed(f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: "
+                raise RunFailed(f"Salesforce answered HTTP {status} to {what}: "
                                 f"{_error_code(content) or str(content)[:200]}")
-        raise RunFailed(f"Salesforce kept failing on {method} {path.split('?')[0]}")
+        raise RunFailed(f"Salesforce kept failing on {what}")
 
     @staticmethod
     def _backoff(attempt: int, what: str) -> None:
@@ -248,19 +266,3 @@ def _error_code(content: Any) -> str:
     if isinstance(content, list) and content and isinstance(content[0], dict):
         return str(content[0].get("errorCode") or content[0].get("message") or "")
     return ""
-
-
-def _content(response: requests.Response) -> Any:
-    """An error answer's body: its JSON (Salesforce's `[{"errorCode": ..., "message": ...}]`), else its text."""
-    import orjson
-
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return response.text
-
-
-def _usage(limit_info: str | None) -> tuple[int, int] | None:
-    """(used, allowance) of the org's daily API requests, from a Sforce-Limit-Info header."""
-    found = _API_USAGE.match(limit_info or "")
-    return (int(found.group(1)), int(found.group(2))) if found else None
