@@ -126,3 +126,25 @@ def test_a_server_error_reading_results_is_retried(salesforce, client, tmp_path)
     job = jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
     salesforce.fail_next(1, status=503, path_contains="successfulResults")
     assert [row["LS_Sale_ID__c"] for row in jobs.successful_rows(job)] == ["1-1"]
+
+
+def test_a_session_that_expires_between_jobs_is_renewed_once(salesforce, monkeypatch, tmp_path):
+    for name, value in salesforce.env().items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings({**salesforce.env(), "SALESFORCE_ACCESS_TOKEN": "", "SALESFORCE_CLIENT_ID": "sf-consumer-key",
+                              "SALESFORCE_CLIENT_SECRET": "sf-consumer-secret"}).salesforce
+    jobs = BulkJobs(SalesforceClient(settings), first_poll=0.01)
+    for step in ("1", "2"):
+        (tmp_path / step).mkdir()
+        jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c",
+                    spool(tmp_path / step, [{"LS_Sale_ID__c": f"1-{step}", "Status__c": "Completed"}]).paths[0])
+        salesforce.expire_sessions()
+    assert len(salesforce.records("Sales_Transaction__c")) == 2
+
+
+def test_a_bare_token_that_expires_fails_the_run_in_one_line(salesforce, client, tmp_path):
+    [path] = spool(tmp_path, [{"LS_Sale_ID__c": "1-1", "Status__c": "Completed"}]).paths
+    salesforce.expire_sessions()
+    with pytest.raises(RunFailed, match="INVALID_SESSION_ID") as failed:
+        BulkJobs(client, first_poll=0.01).upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
+    assert "\n" not in str(failed.value)

@@ -146,15 +146,15 @@ class BulkJobs:
         if path.stat().st_size > MAX_UPLOAD:
             raise ValueError(f"{path.name}: an upload is at most {MAX_UPLOAD} bytes")
         self._client.ensure_allowance()
-        jobs = self._jobs(sobject)
-        info = self._request(lambda: jobs.create_job(operation, external_id_field=external_id), "create a job")
+        info = self._request(sobject, lambda jobs: jobs.create_job(operation, external_id_field=external_id),
+                             "create a job")
         job_id = info["id"]
         log.info("Bulk API 2.0 job %s: %s of %s%s (%.1f MB)", job_id, operation, sobject,
                  f" by {external_id}" if external_id else "", path.stat().st_size / 1e6,
                  extra={"phase": "bulk", "job": job_id})
-        self._upload(jobs, job_id, path)
-        self._request(lambda: jobs.close_job(job_id), f"close job {job_id}")
-        info = self._wait(jobs, job_id)
+        self._upload(sobject, job_id, path)
+        self._request(sobject, lambda jobs: jobs.close_job(job_id), f"close job {job_id}")
+        info = self._wait(sobject, job_id)
         if info["state"] != "JobComplete":
             reason = str(info.get("errorMessage") or info["state"]).replace("\n", " ").strip()
             raise RunFailed(f"Salesforce Bulk API 2.0 job {job_id} ({sobject} {operation}) {info['state'].lower()}: "
@@ -178,33 +178,32 @@ class BulkJobs:
         it was built with (fact sheet §5.6), so it is taken afresh each time: after a renewal it has the new one."""
         return getattr(self._client.sf.bulk2, sobject)._client
 
-    def _upload(self, jobs: _Bulk2Client, job_id: str, path: Path) -> None:
+    def _upload(self, sobject: str, job_id: str, path: Path) -> None:
         """The file as the job's one upload, streamed from disk (requests sends an open file with its length)."""
-        url = f"{jobs.bulk2_url}ingest/{job_id}/batches"
-        headers = jobs._get_headers(jobs.CSV_CONTENT_TYPE, jobs.JSON_CONTENT_TYPE)
-
-        def put() -> Any:
+        def put(jobs: _Bulk2Client) -> Any:
+            headers = jobs._get_headers(jobs.CSV_CONTENT_TYPE, jobs.JSON_CONTENT_TYPE)
             with open(path, "rb") as upload:
-                return self._send(jobs, "PUT", url, headers=headers, data=upload)
+                return self._send(jobs, "PUT", f"{jobs.bulk2_url}ingest/{job_id}/batches", headers=headers,
+                                  data=upload)
 
         # Not retried: a second PUT on a job makes its close fail ("Found multiple contents", fact sheet §5.6).
-        self._request(put, f"upload to job {job_id}", attempts=1)
+        self._request(sobject, put, f"upload to job {job_id}", attempts=1)
 
-    def _wait(self, jobs: _Bulk2Client, job_id: str) -> dict[str, Any]:
+    def _wait(self, sobject: str, job_id: str) -> dict[str, Any]:
         delay = self._first_poll
         while True:
             time.sleep(delay)
-            info = self._request(lambda: jobs.get_job(job_id, False), f"read job {job_id}")
+            info = self._request(sobject, lambda jobs: jobs.get_job(job_id, False), f"read job {job_id}")
             if info.get("state") in _FINAL:
                 return info
             delay = min(delay * 2, _LONGEST_POLL)
 
     def _results(self, job: Job, kind: str) -> Iterator[dict[str, str]]:
-        jobs = self._jobs(job.sobject)
-        url = f"{jobs.bulk2_url}ingest/{job.id}/{kind}"
-        headers = jobs._get_headers(jobs.JSON_CONTENT_TYPE, jobs.CSV_CONTENT_TYPE)
-        response = self._request(lambda: self._send(jobs, "GET", url, headers=headers, stream=True),
-                                 f"read the {kind} of job {job.id}")
+        def get(jobs: _Bulk2Client) -> Any:
+            headers = jobs._get_headers(jobs.JSON_CONTENT_TYPE, jobs.CSV_CONTENT_TYPE)
+            return self._send(jobs, "GET", f"{jobs.bulk2_url}ingest/{job.id}/{kind}", headers=headers, stream=True)
+
+        response = self._request(job.sobject, get, f"read the {kind} of job {job.id}")
         with response:
             response.raw.decode_content = True
             response.raw.auto_close = False  # io.TextIOWrapper reads past the end once; urllib3 would have closed it
@@ -216,29 +215,39 @@ class BulkJobs:
 
         return call_salesforce(url=url, method=method, session=jobs.session, **kwargs)
 
-    def _request(self, call: Callable[[], Any], what: str, attempts: int = _ATTEMPTS) -> Any:
-        """One call (one API call), tried again on a dropped connection or a server error; a refusal fails the
-        run in one line."""
+    def _request(self, sobject: str, call: Callable[[_Bulk2Client], Any], what: str,
+                 attempts: int = _ATTEMPTS) -> Any:
+        """One call (one API call) on `sobject`'s job calls, tried again on a dropped connection or a server
+        error, and once after renewing a session that expired (the request was not executed); a refusal fails
+        the run in one line."""
         import requests
         from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceGeneralError
 
-        for attempt in range(attempts):
+        renewed = False
+        attempt = 0
+        while True:
             self._client.api_calls += 1
             try:
-                return call()
+                return call(self._jobs(sobject))
             except (requests.RequestException, SalesforceGeneralError) as error:
                 status = getattr(error, "status", None)
                 if (status is not None and status < 500) or attempt + 1 >= attempts:
                     raise RunFailed(f"Salesforce Bulk API 2.0: could not {what}: {_described(error)}") from None
                 delay = pause(attempt)
+                attempt += 1
                 log.info("Salesforce Bulk API 2.0: %s on %s; retrying in %.1f s", _described(error), what, delay)
                 time.sleep(delay)
             except SalesforceExpiredSession:
-                raise RunFailed("Salesforce rejected the session during a Bulk API 2.0 job (INVALID_SESSION_ID): "
-                                "run the backfill again; it resumes where it stopped") from None
+                session = self._client._session
+                if renewed or session is None or not session.renewable:
+                    raise RunFailed("Salesforce rejected the session during a Bulk API 2.0 job (INVALID_SESSION_ID):"
+                                    " renew SALESFORCE_ACCESS_TOKEN (or use a login the tool can renew) and run the "
+                                    "backfill again; it resumes where it stopped") from None
+                log.info("Salesforce session expired; logging in again")
+                self._client.connect()
+                renewed = True
             except SalesforceError as error:
                 raise RunFailed(f"Salesforce Bulk API 2.0 refused to {what}: {_described(error)}") from None
-        raise AssertionError("unreachable")
 
 
 def _described(error: Exception) -> str:
