@@ -85,7 +85,8 @@ def check(stage: benchmark.Stage, seeded: workload.Seeded) -> list[str]:
         problems.append(f"{len(transactions)} transactions for {len(sales)} sales")
     for record in transactions:
         sale = sales.get(record["LS_Sale_ID__c"])
-        if sale is not None and Decimal(str(record["Total__c"])) != Decimal(sale["calcTotal"]).quantize(Decimal("0.01")):
+        cents = Decimal(sale["calcTotal"]).quantize(Decimal("0.01")) if sale is not None else None
+        if sale is not None and Decimal(str(record["Total__c"])) != cents:
             problems.append(f"{record['LS_Sale_ID__c']}: total {record['Total__c']} for {sale['calcTotal']}")
     sale_of = {t["Id"]: t["LS_Sale_ID__c"] for t in transactions}
     lines = sf.records("Sales_Line_Item__c")

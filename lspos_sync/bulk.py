@@ -47,7 +47,9 @@ from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, TRANSACTIONS, UPDA
 
 log = logging.getLogger(__name__)
 
-BATCH_SALES = 500  # sales read, mapped and stored together
+# Sales read, mapped and stored together: as on the composite path, so a backfill over sales written before checks
+# them with as many lookups.
+BATCH_SALES = 1000
 PLANNED_SALES = 250  # sales of a round planned (and their writes handed over) together
 # Sales in a round: 3 lines a sale on average make some 50 MB of line CSV, well inside one 100 MB upload; a
 # round with more (long sales) is cut into more jobs. Each round costs four jobs of five calls or so.
@@ -152,7 +154,8 @@ class BulkBackfill:
                     current = self._gather(current, batch, summary, moment, progress)
             self._finish(current, summary, progress)
         if self.roll_up:
-            RollUps(self.account_id, self.store, self.composite, self.resolver, self.field_map, dry_run=False).run(summary)
+            rollups = RollUps(self.account_id, self.store, self.composite, self.resolver, self.field_map, dry_run=False)
+            rollups.run(summary)
         if progress:
             summary.progress = window.until
             progress(window.until)
@@ -298,7 +301,8 @@ class BulkBackfill:
                 self._decide_one(current, writer, customer_key, customer, candidates, blob[2])
 
     def _customer(self, current: _Round, customer_key: str) -> Customer:
-        (blob,) = current.db.execute("SELECT customer FROM customers WHERE customer_key = ?", (customer_key,)).fetchone()
+        (blob,) = current.db.execute("SELECT customer FROM customers WHERE customer_key = ?",
+                                     (customer_key,)).fetchone()
         return self._customer_type.decode(blob)
 
     def _decide_one(self, current: _Round, writer: BulkWriter, customer_key: str, customer: Customer,
@@ -459,7 +463,8 @@ class BulkBackfill:
             " SELECT f.key AS sale_key, f.kind || ': ' || f.reason AS reason, f.rowid AS n FROM failures f"
             "  WHERE f.kind NOT IN (?, ?)"
             " UNION ALL SELECT s.sale_key, f.kind || ': ' || f.reason, f.rowid FROM failures f"
-            "  JOIN account_writes a ON a.kind = f.kind AND a.key = f.key JOIN sales s ON s.customer_key = a.customer_key)"
+            "  JOIN account_writes a ON a.kind = f.kind AND a.key = f.key"
+            "  JOIN sales s ON s.customer_key = a.customer_key)"
             " SELECT s.sale_key, s.sale_id, s.digest, s.customer_key, s.customer_found, d.status, r.reason"
             " FROM sales s LEFT JOIN decisions d USING (customer_key) LEFT JOIN reasons r USING (sale_key)"
             " ORDER BY s.seq, r.n", (CREATE_ACCOUNTS, UPDATE_ACCOUNTS))

@@ -176,7 +176,8 @@ def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, l
         assert composite.code == bulk.code == 3
         assert bulk.json["rejected"] == composite.json["rejected"]
         [parked] = bulk.json["rejected"]
-        assert parked["sale_key"] == f"182255-{big}" and "FIELD_CUSTOM_VALIDATION_EXCEPTION: Too big" in parked["reason"]
+        assert parked["sale_key"] == f"182255-{big}"
+        assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: Too big" in parked["reason"]
         assert {t["LS_Sale_ID__c"] for t in other.records("Sales_Transaction__c")} == {f"182255-{small}"}
         listed = run.bulk("rejects", "list", "--json")
         assert [r["sale_key"] for r in listed.json["rejects"]] == [f"182255-{big}"]

@@ -131,7 +131,8 @@ def test_a_server_error_reading_results_is_retried(salesforce, client, tmp_path)
 def test_a_session_that_expires_between_jobs_is_renewed_once(salesforce, monkeypatch, tmp_path):
     for name, value in salesforce.env().items():
         monkeypatch.setenv(name, value)
-    settings = load_settings({**salesforce.env(), "SALESFORCE_ACCESS_TOKEN": "", "SALESFORCE_CLIENT_ID": "sf-consumer-key",
+    settings = load_settings({**salesforce.env(), "SALESFORCE_ACCESS_TOKEN": "",
+                              "SALESFORCE_CLIENT_ID": "sf-consumer-key",
                               "SALESFORCE_CLIENT_SECRET": "sf-consumer-secret"}).salesforce
     jobs = BulkJobs(SalesforceClient(settings), first_poll=0.01)
     for step in ("1", "2"):
