@@ -93,7 +93,7 @@ class BenchLightspeed(_Timed, LightspeedEmulator):
 
     def _order(self, request: Request, kind: Any, sort_field: str) -> tuple[list[tuple], list[int]]:
         """The keys and ids of every sale the query matches, in the emulator's order (as its `_list` computes)."""
-        tests = [self._filter("Sale", key, values[-1]) for key, values in request.query.items()
+        tests = [self._filter("Sale", key, values[-1], frozenset()) for key, values in request.query.items()
                  if key not in ls_module._CONTROL]
         archived = (request.arg("archived") or "false").lower()
         if len(self._plain) != len(self._sales):

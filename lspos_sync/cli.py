@@ -152,16 +152,20 @@ def sync(ctx: click.Context, account: str | None, **common: Any) -> None:
 @main.command()
 @click.option("--from", "from_", required=True, metavar="WHEN", help="Start of the window (ISO 8601).")
 @click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
+@click.option("--bulk/--no-bulk", "bulk", default=None,
+              help="Write through Salesforce Bulk API 2.0 ingest jobs, or not (default: when the window holds more "
+                   "sales than LSPOS_BULK_THRESHOLD).")
 @account_option
 @common_options
 @click.pass_context
-def backfill(ctx: click.Context, from_: str, to: str | None, account: str | None, **common: Any) -> None:
+def backfill(ctx: click.Context, from_: str, to: str | None, bulk: bool | None, account: str | None,
+             **common: Any) -> None:
     """Load a historical window through the same engine; never moves the live checkpoint."""
     from lspos_sync.run import bounded
 
     def body(settings: Settings, output: Output) -> int:
         since, until = _window(from_, to)
-        return bounded(settings, output, since, until, account)
+        return bounded(settings, output, since, until, account, bulk=bulk)
 
     run_command("backfill", _options(ctx, **common), body)
 

@@ -90,6 +90,7 @@ class Settings:
     enrich_profiles: bool
     mapping_path: Path | None = None
     rollups: bool = False
+    bulk_threshold: int = 20_000  # a backfill window with more sales goes through Bulk API 2.0
     sync_customers: bool = False  # LSPOS_SYNC_CUSTOMERS: clients without a sale (customer_feed.py)
     # LIGHTSPEED_ACCOUNTS: account id -> (client id, client secret, refresh token), in the order given
     accounts: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict, repr=False)
@@ -186,6 +187,9 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
     if not 0 <= api_reserve < 100:
         raise ConfigError(f"LSPOS_API_RESERVE_PERCENT: {reserve!r} is not a percentage from 0 to 99")
     enrich, rollups = flag("LSPOS_ENRICH_PROFILES"), flag("LSPOS_ROLLUPS")
+    threshold = get("LSPOS_BULK_THRESHOLD", "20000") or "20000"
+    if not threshold.isdigit():
+        raise ConfigError(f"LSPOS_BULK_THRESHOLD: {threshold!r} is not a whole number of sales (e.g. 20000)")
     sync_start = get("LSPOS_SYNC_START")
     region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
     if len(region) != 2 or not region.isalpha():
@@ -239,6 +243,7 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
         enrich_profiles=enrich,
         mapping_path=mapping_override or (Path(get("LSPOS_MAPPING")) if get("LSPOS_MAPPING") else None),  # type: ignore[arg-type]
         rollups=rollups,
+        bulk_threshold=int(threshold),
         sync_customers=flag("LSPOS_SYNC_CUSTOMERS"),
         accounts=accounts,
         secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))) + tuple(

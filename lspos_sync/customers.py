@@ -97,6 +97,9 @@ class Resolution:
     create: bool = False  # no candidate: upsert a new Person Account on LS_Customer_ID__c
     candidates: tuple[str, ...] = ()
     account: PersonAccount | None = None  # the matched account, as found
+    # an account not in Salesforce yet, by its LS_Customer_ID__c: the customer's own when it is created, or (in a
+    # bulk round) the account created for another customer of the round that this one matches
+    account_key: str | None = None
 
 
 @dataclass

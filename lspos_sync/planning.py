@@ -101,8 +101,8 @@ class Planner:
             resolution = self.resolver.decision(sale, found)
             record = {"attributes": _TRANSACTION_TYPE, **transaction, "Match_Status__c": resolution.status}
             linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
-            if resolution.status == CREATED and resolution.account_id is None:
-                record["Account__r"] = {mapping.CUSTOMER_KEY: customer_key}
+            if resolution.account_id is None and (resolution.account_key or resolution.status == CREATED):
+                record["Account__r"] = {mapping.CUSTOMER_KEY: resolution.account_key or customer_key}
             elif resolution.account_id is None and linked_by_hand:
                 # an admin linked this sale by hand: a rule that finds no single account does not undo it
                 del record["Match_Status__c"]

@@ -92,7 +92,7 @@ class Resolver:
         that its account write is on its way: a later batch links to it and writes it no more."""
         decided = self.decisions[customer_key]
         self.decisions[customer_key] = Resolution(decided.status, decided.account_id, decided.reason,
-                                                  candidates=decided.candidates)
+                                                  candidates=decided.candidates, account_key=decided.account_key)
 
     def account_answered(self, write: Write) -> Resolution | None:
         """Salesforce answered a customer's account write: the decision, now with the account's Id; or, refused,

@@ -67,9 +67,10 @@ def incremental(settings: Settings, output: "Output", account: str | None = None
 
 
 def bounded(settings: Settings, output: "Output", since: datetime, until: datetime | None,
-            account: str | None = None) -> int:
+            account: str | None = None, bulk: bool | None = None) -> int:
     """`backfill`: an explicit window, written like any other; the live checkpoint is left alone. A window
-    that stopped part-way (an outage, the API reserve) resumes where it stopped when run again."""
+    that stopped part-way (an outage, the API reserve) resumes where it stopped when run again. `bulk`:
+    through Bulk API 2.0 ingest jobs, or not; None lets the window's sale count decide (LSPOS_BULK_THRESHOLD)."""
 
     def one(settings: Settings) -> Report:
         with StateStore(settings.state_path) as store:
@@ -92,7 +93,7 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
                 else:
                     store.set_backfill_progress(settings.account_id, name, moment)
 
-            return _execute("backfill", settings, output, store, window, progress=advance)
+            return _execute("backfill", settings, output, store, window, progress=advance, bulk=bulk)
 
     return each_account("backfill", settings, output, account, one)
 
@@ -228,8 +229,9 @@ def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[da
 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore,
              window: Callable[[datetime], Window] | None, *, progress: Callable[[datetime], None] | None = None,
-             limit: int | None = None, retry: list[int] | None = None) -> Report:
-    """Runs the engine over `window(Lightspeed's now)`, or over the parked sales `retry`."""
+             limit: int | None = None, retry: list[int] | None = None, bulk: bool | None = False) -> Report:
+    """Runs the engine over `window(Lightspeed's now)`, or over the parked sales `retry`. `bulk` (backfill):
+    through Bulk API 2.0 ingest jobs; None: when the window holds more sales than LSPOS_BULK_THRESHOLD."""
     dry_run = command == "dry-run"
     names = fieldmap.for_settings(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id)
@@ -266,7 +268,20 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                     store.set_run_window(run_id, bounds.since, bounds.until)
                 display = stack.enter_context(_display(output, command, settings.account_id, bounds, salesforce))
                 progress = display.tracking(progress)  # on a terminal, the bar moves with it
-                summary = engine.run(command, bounds, progress=progress, limit=limit)
+                if bulk is None:  # one request: `count=1` (contract §2, LSPOS_BULK_THRESHOLD)
+                    bulk = lightspeed.count_sales(bounds.since, bounds.until) > settings.bulk_threshold
+                if bulk:
+                    from lspos_sync.bulk import BulkBackfill
+
+                    log.info("writing through Salesforce Bulk API 2.0 ingest jobs", extra={"phase": "bulk"})
+                    summary = BulkBackfill(
+                        settings.account_id, store, lightspeed, salesforce, phone_region=settings.phone_region,
+                        person_record_type=settings.person_account_record_type,
+                        enrich_profiles=settings.enrich_profiles, field_map=names, roll_up=settings.rollups,
+                        sync_customers=settings.sync_customers, on_batch=batch_done).run(command, bounds,
+                                                                                         progress=progress)
+                else:
+                    summary = engine.run(command, bounds, progress=progress, limit=limit)
         except Exception as error:
             if run_id is not None:
                 code = error.exit_code if isinstance(error, SyncError) else 1
@@ -277,6 +292,8 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     data = summary_dict(summary, include_plans=dry_run)
     if not names.identity:
         data["mapping"] = {"source": str(names.source), "changes": names.changes()}
+    if command == "backfill":
+        data["bulk"] = bool(bulk)
     data.update({"outcome": "rejected" if summary.exit_code == 3 else "ok", "exit_code": summary.exit_code,
                  "salesforce_api_calls": salesforce.api_calls, "lightspeed_requests": lightspeed.requests,
                  "lightspeed_throttled": lightspeed.throttled, "dry_run": dry_run, **_clock(lightspeed)})

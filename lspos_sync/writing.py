@@ -3,6 +3,10 @@ answered it. `CompositeWriter` sends them through `/composite`; `RecordingSink` 
 
 Queries go through the writer too, so that a writer that holds writes back (to send full requests) can send a
 query behind every write it must see.
+
+A third, `BulkWriter` (salesforce/bulk.py, `backfill --bulk`), takes the same plans but holds a whole round of
+them on disk and sends them as Bulk API 2.0 jobs on `flush`: it does not keep the `Write`s, so their outcomes
+come back by row (the key each failed row names) to `BulkBackfill` (bulk.py), which settles the round.
 """
 
 from __future__ import annotations

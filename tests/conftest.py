@@ -54,18 +54,22 @@ class Cli:
                  timeout: float = 120, constants: dict[str, int] | None = None) -> Result:
         """`constants` ("module.NAME": value) are set in the program's modules before it runs, e.g. smaller
         batches, so that a test shows with a few hundred sales what happens with many thousands."""
-        program = ["-m", "lspos_sync"]
-        if constants:
-            program = ["-c", "import importlib, sys\n" + "".join(
-                f"setattr(importlib.import_module('lspos_sync.{name.rsplit('.', 1)[0]}'), '{name.rsplit('.', 1)[1]}', "
-                f"{value!r})\n" for name, value in constants.items()) + "from lspos_sync.cli import run\nrun()"]
-        done = subprocess.run([sys.executable, *program, *args], env=self._environment(env), cwd=self.cwd,
-                              capture_output=True, text=True, input=input, timeout=timeout)
+        done = subprocess.run([sys.executable, *_program(constants), *args], env=self._environment(env),
+                              cwd=self.cwd, capture_output=True, text=True, input=input, timeout=timeout)
         return Result(done.returncode, done.stdout, done.stderr)
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "lspos_sync", *args], env=self._environment(env),
+    def start(self, *args: str, env: dict[str, str] | None = None,
+              constants: dict[str, int] | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, *_program(constants), *args], env=self._environment(env),
                                 cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _program(constants: dict[str, int] | None) -> list[str]:
+    if not constants:
+        return ["-m", "lspos_sync"]
+    return ["-c", "import importlib, sys\n" + "".join(
+        f"setattr(importlib.import_module('lspos_sync.{name.rsplit('.', 1)[0]}'), '{name.rsplit('.', 1)[1]}', "
+        f"{value!r})\n" for name, value in constants.items()) + "from lspos_sync.cli import run\nrun()"]
 
 
 @pytest.fixture

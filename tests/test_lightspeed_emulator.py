@@ -535,6 +535,24 @@ def test_an_account_or_refresh_token_cannot_be_registered_twice(emu):
         emu.add_account("190002", refresh_token="ls-refresh-0")
 
 
+def test_count_answers_only_the_number_of_rows_the_filters_match_for_ten_drips(emu):
+    ids = seed_store(emu)
+    line = [{"item_id": ids["item"], "quantity": 1, "unit_price": "10"}]
+    early, late = datetime(2026, 3, 1, 10, tzinfo=timezone.utc), datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+    for at in (early, early, late):
+        emu.add_sale(ids["shop"], line, at=at)
+    emu.add_sale(ids["shop"], line, at=early, completed=False)
+    window = "><,2026-03-01T00:00:00+00:00,2026-03-01T23:59:59+00:00"
+    with client(emu) as http:
+        counted = http.get("Sale.json", params={"count": "1", "completed": "true", "updatetime": window})
+        every = http.get("Sale.json", params={"count": "1"})
+        refused = http.get("Sale.json", params={"count": "1", "limit": "100"})
+    assert counted.json() == {"@attributes": {"count": "2"}}
+    assert float(counted.headers["x-ls-api-request-cost"]) == 10
+    assert every.json() == {"@attributes": {"count": "4"}}
+    assert refused.status_code == 400 and "limit" in refused.json()["message"]
+
+
 def test_customers_are_searched_by_their_timestamp_or_their_loaded_contacts(emu, clock):
     """A Contact edit moves only the Contact's timeStamp (the pessimistic reading: the fact sheet does not say it
     moves the Customer's); a loaded relation is searchable one level deep, and not without loading it (§2)."""

@@ -199,10 +199,11 @@ def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, sal
     sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=30 * i)) for i in range(2500)]
 
     def outage(record) -> None:
-        # Page 26 is asked for only once the second batch (pages 11-20) is written, and with it the end of
-        # the first, and the reader, four pages ahead, waits on the third: Salesforce goes down in the middle
-        # of the backfill, with one batch settled.
-        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 26:
+        # Page 26 (the 27th Sale.json request: the window's sales are counted first, for LSPOS_BULK_THRESHOLD)
+        # is asked for only once the second batch (pages 11-20) is written, and with it the end of the first,
+        # and the reader, four pages ahead, waits on the third: Salesforce goes down in the middle of the
+        # backfill, with one batch settled.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 27:
             salesforce.fail_next(1000, status=503)
 
     lightspeed.after_request = outage

@@ -51,7 +51,8 @@ TOKEN_PATH = "/auth/oauth/token"
 _ROUTE = re.compile(
     r"/API/V3/Account(?:/(?P<acct>[^/]+?)(?:/(?P<kind>[A-Za-z]+)(?:/(?P<id>[^/]+?))?)?)?(?P<ext>\.json)?")
 _TIME_FIELDS = frozenset({"timeStamp", "updatetime", "completeTime", "createTime"})
-_CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived"})
+_CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived", "count"})
+COUNT_COST = 10  # §2: `count=1` costs 10 drips
 _OPS = frozenset({">", ">=", "<", "<=", "!=", "><", "IN", "~", "!~", "="})
 _CENT = Decimal("0.01")
 
@@ -674,7 +675,9 @@ class LightspeedAccount:
         kind = _KINDS.get(match["kind"]) if match and match["kind"] else None
         relations = self._relations(kind, request) if kind else frozenset()
         list_endpoint = not (match and match["id"])
-        headers, limited = self._charge(1 + sum(self._surcharge(kind, r, list_endpoint) for r in relations or ()))
+        counting = list_endpoint and kind is not None and request.arg("count") == "1"
+        headers, limited = self._charge(COUNT_COST if counting else
+                                        1 + sum(self._surcharge(kind, r, list_endpoint) for r in relations or ()))
         if limited is not None:
             limited.headers.update(headers)
             return limited
@@ -782,6 +785,8 @@ class LightspeedAccount:
         return row
 
     def _list(self, request: Request, name: str, kind: _Kind, relations: frozenset[str]) -> dict:
+        if request.arg("count") == "1":
+            return self._count(request, name, relations)
         limit_text = request.arg("limit") or "100"
         if not limit_text.isdigit() or int(limit_text) > 100:
             raise _ApiError(400, f"Invalid limit '{limit_text}': limit must be between 0 and 100")  # §2
@@ -837,6 +842,23 @@ class LightspeedAccount:
         if page:  # §4.1/§4.5: no rows -> no key; one row -> an object
             body[name] = _one_or_many([self._render(name, int(r[kind.id_field]), relations) for r in page])
         return body
+
+    def _count(self, request: Request, name: str, relations: frozenset[str]) -> dict:
+        """§2: `count=1` answers only `{"@attributes": {"count": "N"}}`, the rows the filters match; it cannot
+        be combined with limit, sort, after or before."""
+        combined = [p for p in ("limit", "sort", "after", "before") if request.arg(p) is not None]
+        if combined:
+            raise _ApiError(400, f"count cannot be combined with {', '.join(combined)}")
+        archived = (request.arg("archived") or "false").lower()
+        if archived not in ("false", "true", "only"):
+            raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
+        tests = [self._filter(name, key, values[-1], relations)
+                 for key, values in request.query.items() if key not in _CONTROL]
+        searched = frozenset(key.partition(".")[0] for key in request.query if "." in key)  # relations searched in
+        rows = [self._render(name, row_id, searched) for row_id in self._table(name)]
+        if archived != "true":
+            rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
+        return {"@attributes": {"count": str(sum(1 for r in rows if all(test(r) for test in tests)))}}
 
     @staticmethod
     def _decode_cursor(token: str, sort_field: str, kind: _Kind) -> tuple:

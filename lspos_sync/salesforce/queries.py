@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
 from lspos_sync.mapping import CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, SALE_KEY, TRANSACTION
@@ -64,10 +64,17 @@ def person_accounts(customers: Iterable[tuple[str, str | None, list[str]]], sele
     number is a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
     matches every way of writing it; the E.164 comparison afterwards drops the rare false positive. Without
     (a server that refuses LIKE), equality on the usual spellings, which any SOQL parser takes."""
-    statements: list[str] = []
+    return [statement for _, statement in person_account_groups(customers, select, like)]
+
+
+def person_account_groups(customers: Iterable[tuple[str, str | None, list[str]]], select: str = ACCOUNT_FIELDS,
+                          like: bool = True) -> Iterator[tuple[list[str], str]]:
+    """`person_accounts` one statement at a time, each with the keys of the customers it looks up: every account
+    one of them may match is in that statement's answer."""
     keys: dict[str, None] = {}  # literals, in order, without repeats
     emails: dict[str, None] = {}
     phones: dict[str, None] = {}  # LIKE clauses, or spellings (each goes in three lists)
+    customer_keys: list[str] = []
     size = 0
     for key, email, numbers in customers:
         parts = [literal(key)] + ([literal(email)] if email else [])
@@ -76,15 +83,15 @@ def person_accounts(customers: Iterable[tuple[str, str | None, list[str]]], sele
         grow = sum(len(part) + 1 for part in parts) + sum(len(part) + 4 if like else 3 * (len(part) + 1)
                                                           for part in phone_parts)
         if keys and size + grow > MAX_SOQL - len(select) - 250:  # 250: the statement around the lists
-            statements.append(_person_accounts_statement(select, keys, emails, phones, like))
-            keys, emails, phones, size = {}, {}, {}, 0
+            yield customer_keys, _person_accounts_statement(select, keys, emails, phones, like)
+            keys, emails, phones, customer_keys, size = {}, {}, {}, [], 0
         keys[parts[0]] = None
+        customer_keys.append(key)
         emails.update(dict.fromkeys(parts[1:]))
         phones.update(dict.fromkeys(phone_parts))
         size += grow
     if keys:
-        statements.append(_person_accounts_statement(select, keys, emails, phones, like))
-    return statements
+        yield customer_keys, _person_accounts_statement(select, keys, emails, phones, like)
 
 
 def _like_clause(e164: str) -> str:

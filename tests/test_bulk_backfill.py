@@ -1,0 +1,299 @@
+"""`lspos-sync backfill --bulk`: the same records as the Composite path, through Bulk API 2.0 ingest jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import sell
+from lspos_sync.state import StateStore
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "2e4"])
+def test_a_bad_bulk_threshold_is_a_configuration_error_in_one_line(cli, value):
+    result = cli("backfill", "--from", "2026-01-01", "--json", env={"LSPOS_BULK_THRESHOLD": value})
+    assert result.code == 2
+    assert "LSPOS_BULK_THRESHOLD" in result.json["error"] and "\n" not in result.json["error"]
+
+
+def test_the_sale_count_is_one_lightspeed_request(lightspeed, boutique, tmp_path):
+    import httpx
+
+    from lspos_sync.lightspeed.auth import LightspeedAuth
+    from lspos_sync.lightspeed.client import LightspeedClient
+    from lspos_sync.state import StateStore
+
+    for _ in range(3):
+        sell(lightspeed, boutique)
+    sell(lightspeed, boutique, completed=False)
+    env = lightspeed.env()
+    with StateStore(tmp_path / "state.db") as store, httpx.Client() as http:
+        auth = LightspeedAuth(http, store, env["LIGHTSPEED_ACCOUNT_ID"], env["LIGHTSPEED_TOKEN_URL"],
+                              env["LIGHTSPEED_CLIENT_ID"], env["LIGHTSPEED_CLIENT_SECRET"],
+                              env["LIGHTSPEED_REFRESH_TOKEN"], "LIGHTSPEED_REFRESH_TOKEN")
+        client = LightspeedClient(http, env["LIGHTSPEED_API_URL"], env["LIGHTSPEED_ACCOUNT_ID"], auth)
+        now = client.now()
+        before = lightspeed.request_count("Sale.json")
+        assert client.count_sales(now.replace(year=now.year - 1), now) == 3
+        assert lightspeed.request_count("Sale.json") - before == 1
+
+
+SYSTEM_FIELDS = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "CreatedById", "LastModifiedById",
+                 "attributes", "PersonContactId"}
+
+
+def org_state(org) -> dict:
+    """What an org holds, with record Ids replaced by what names the record (its external ID, or for an account
+    the tool did not create, its name and email), so that two orgs can be compared."""
+    accounts = org.records("Account")
+    label = {a["Id"]: a.get("LS_Customer_ID__c") or f"{a.get('Name')} <{a.get('PersonEmail')}>" for a in accounts}
+    transactions = org.records("Sales_Transaction__c")
+    sale_of = {t["Id"]: t["LS_Sale_ID__c"] for t in transactions}
+
+    def plain(record: dict, references: dict[str, dict]) -> dict:
+        return {k: (references[k].get(v, v) if k in references and v else v) for k, v in record.items()
+                if k not in SYSTEM_FIELDS}
+
+    return {
+        "accounts": sorted((plain(a, {}) for a in accounts), key=lambda a: str(sorted(a.items()))),
+        "transactions": {t["LS_Sale_ID__c"]: plain(t, {"Account__c": label}) for t in transactions},
+        "lines": {line["LS_Sale_Line_ID__c"]: plain(line, {"Sales_Transaction__c": sale_of})
+                  for line in org.records("Sales_Line_Item__c")},
+    }
+
+
+class TwoOrgs:
+    """The same Lightspeed account synced into two orgs, each with its own state file. Lightspeed rotates its
+    refresh token on every use, so the newest one is handed from one state file to the other between runs."""
+
+    def __init__(self, cli, other, other_state: Path) -> None:
+        self.cli, self.other, self.other_state = cli, other, other_state
+        self.states = (Path(cli.env["LSPOS_STATE_PATH"]), other_state)
+        self.last: Path | None = None
+
+    def composite(self, *args: str, **kwargs):
+        return self._run(self.states[0], {}, args, kwargs)
+
+    def bulk(self, *args: str, **kwargs):
+        return self._run(self.states[1], {**self.other.env(), "LSPOS_STATE_PATH": str(self.other_state)}, args,
+                         kwargs)
+
+    def _run(self, state: Path, env: dict, args: tuple, kwargs: dict):
+        if self.last is not None and self.last != state:
+            with StateStore(self.last) as source, StateStore(state) as target:
+                target.save_tokens("182255", source.tokens("182255"))
+        self.last = state
+        return self.cli(*args, env={**kwargs.pop("env", {}), **env}, **kwargs)
+
+
+def seed_crm(org) -> None:
+    record_type = org.person_account_record_type_id
+    for fields in ({"FirstName": "Bea", "LastName": "Stamp", "PersonEmail": "BEA@example.com"},
+                   {"FirstName": "Cy", "LastName": "Phone", "PersonMobilePhone": "(415) 555-0177"},
+                   {"FirstName": "Dee", "LastName": "Twin", "PersonEmail": "twin@example.com"},
+                   {"FirstName": "Dot", "LastName": "Twin", "PersonEmail": "twin@example.com"}):
+        org.insert("Account", {"RecordTypeId": record_type, **fields})
+
+
+def test_a_bulk_backfill_leaves_the_same_records_as_a_composite_backfill(cli, lightspeed, salesforce, boutique,
+                                                                         tmp_path):
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=3)
+    at = iter(start + timedelta(minutes=i) for i in range(1000))
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Mobile": "415-555-0134"})
+    bea = lightspeed.add_customer("Bea", "Stamp", email="bea@example.com")
+    cy = lightspeed.add_customer("Cy", "Phone", phones={"Mobile": "+1 415 555 0177"})
+    twin = lightspeed.add_customer("Dee", "Twin", email="twin@example.com")
+    # two new customers with one email: the second is linked to the account the first gets
+    first, second = (lightspeed.add_customer(name, "Same", email="same@example.com") for name in ("Eva", "Eli"))
+    sales = [sell(lightspeed, boutique, ana, lines=((1, "120.00"), (2, "45.50")), at=next(at)),
+             sell(lightspeed, boutique, ana, at=next(at)),
+             sell(lightspeed, boutique, bea, at=next(at)),
+             sell(lightspeed, boutique, cy, at=next(at)),
+             sell(lightspeed, boutique, twin, at=next(at)),
+             sell(lightspeed, boutique, at=next(at)),  # a guest
+             sell(lightspeed, boutique, first, at=next(at)),
+             sell(lightspeed, boutique, second, at=next(at))]
+    edited = sell(lightspeed, boutique, bea, lines=((1, "10.00"), (1, "20.00")), at=next(at))
+    voided = sell(lightspeed, boutique, cy, at=next(at))
+    refund = lightspeed.refund_sale(sales[0], at=next(at))
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--to", datetime.now(timezone.utc).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        for org in (salesforce, other):
+            seed_crm(org)
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+        assert org_state(other) == org_state(salesforce)
+        jobs = [(job["object"], job["operation"]) for job in other.bulk.jobs()]
+        assert jobs == [("Account", "upsert"), ("Account", "update"), ("Sales_Transaction__c", "upsert"),
+                        ("Sales_Line_Item__c", "upsert")]
+        # then Lightspeed removes a line of a sale both orgs hold, voids one, and sells again
+        lightspeed.remove_line(edited, int(lightspeed.sale(edited)["SaleLines"]["SaleLine"][1]["saleLineID"]))
+        lightspeed.void_sale(voided)
+        later = sell(lightspeed, boutique, lightspeed.add_customer("Fay", "New", email="fay@example.com"))
+        window = window[:3] + (datetime.now(timezone.utc).isoformat(),)
+
+        composite = run.composite("backfill", *window, "--no-bulk", "--json", constants={"engine.BATCH_SALES": 1})
+        bulk = run.bulk("backfill", *window, "--bulk", "--json")
+
+        assert composite.code == bulk.code == 0, bulk.stderr
+        assert bulk.json["bulk"] is True and composite.json["bulk"] is False
+        assert org_state(other) == org_state(salesforce)
+        state = org_state(other)
+    assert len(state["transactions"]) == len(sales) + 4 and f"182255-{later}" in state["transactions"]
+    assert state["transactions"][f"182255-{voided}"]["Status__c"] == "Voided"
+    assert state["transactions"][f"182255-{refund}"]["Status__c"] == "Refund"
+    assert sum(1 for line in state["lines"].values() if line["Sales_Transaction__c"] == f"182255-{edited}") == 1
+    matches = {key: t["Match_Status__c"] for key, t in state["transactions"].items()}
+    assert matches[f"182255-{sales[2]}"] == "Email" and matches[f"182255-{sales[3]}"] == "Phone"
+    assert matches[f"182255-{sales[4]}"] == "Ambiguous" and matches[f"182255-{sales[5]}"] == "Guest"
+    assert matches[f"182255-{later}"] == "Created"
+    twins = state["transactions"][f"182255-{sales[7]}"]
+    assert (twins["Match_Status__c"], twins["Account__c"]) == ("Email", f"182255-{first}")
+    assert bulk.json["ambiguous"] and bulk.json["ambiguous"] == composite.json["ambiguous"]
+
+
+def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, lightspeed, salesforce, boutique,
+                                                                          tmp_path):
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    small = sell(lightspeed, boutique, at=start)
+    big = sell(lightspeed, boutique, lightspeed.add_customer("Gus", "Big", email="gus@example.com"),
+               lines=((1, "900"), (1, "50")), at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        for org in (salesforce, other):
+            org.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+        composite = run.composite("backfill", *window, "--no-bulk", "--json")
+        bulk = run.bulk("backfill", *window, "--bulk", "--json")
+        assert composite.code == bulk.code == 3
+        assert bulk.json["rejected"] == composite.json["rejected"]
+        [parked] = bulk.json["rejected"]
+        assert parked["sale_key"] == f"182255-{big}"
+        assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: Too big" in parked["reason"]
+        assert {t["LS_Sale_ID__c"] for t in other.records("Sales_Transaction__c")} == {f"182255-{small}"}
+        listed = run.bulk("rejects", "list", "--json")
+        assert [r["sale_key"] for r in listed.json["rejects"]] == [f"182255-{big}"]
+
+        other.clear_validation_rules()
+        again = run.bulk("backfill", "--from", datetime.now(timezone.utc).isoformat(), "--bulk", "--json")
+        assert again.code == 0, again.stderr
+        assert again.json["sales"]["retried"] == 1 and again.json["rejected"] == []
+        assert {t["LS_Sale_ID__c"] for t in other.records("Sales_Transaction__c")} == \
+            {f"182255-{small}", f"182255-{big}"}
+        assert len(other.records("Sales_Line_Item__c")) == 3
+        assert run.bulk("rejects", "list", "--json").json["rejects"] == []
+
+
+def test_a_job_failing_as_a_whole_ends_the_run_with_one_line_and_removes_its_files(cli, lightspeed, salesforce,
+                                                                                  boutique, tmp_path):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    sales = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(3)]
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    salesforce.bulk.fail_next_job("InvalidBatch : Failed to process query: UNABLE_TO_LOCK_ROW", after_rows=1)
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    failed = cli("backfill", *window, "--bulk", env={"TMPDIR": str(temporary)})
+
+    assert failed.code == 1
+    [line] = failed.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "UNABLE_TO_LOCK_ROW" in line
+    assert list(temporary.iterdir()) == []
+    resumed = cli("backfill", *window, "--bulk", "--json", env={"TMPDIR": str(temporary)})
+    assert resumed.code == 0, resumed.stderr
+    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
+        sorted(f"182255-{sale}" for sale in sales)
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_window_over_the_threshold_goes_through_bulk_and_unchanged_sales_cost_nothing(cli, lightspeed, salesforce,
+                                                                                       boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    for i in range(3):
+        sell(lightspeed, boutique, at=start + timedelta(minutes=i))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    under = cli("backfill", *window, "--json", env={"LSPOS_BULK_THRESHOLD": "3"})
+    assert under.code == 0 and under.json["bulk"] is False and salesforce.bulk.jobs() == []
+    sell(lightspeed, boutique, at=start + timedelta(minutes=5))
+    over = cli("backfill", *window, "--json", env={"LSPOS_BULK_THRESHOLD": "3"})
+    assert over.code == 0 and over.json["bulk"] is True
+    assert over.json["sales"]["written"] == 1 and over.json["sales"]["unchanged"] == 3
+    jobs = len(salesforce.bulk.jobs())
+    again = cli("backfill", *window, "--bulk", "--json")
+    assert again.json["sales"]["unchanged"] == 4 and len(salesforce.bulk.jobs()) == jobs
+
+
+def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, lightspeed, salesforce, boutique,
+                                                                      tmp_path):
+    import signal
+    import time
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    customers = [lightspeed.add_customer(f"C{i}", "Buyer", email=f"c{i}@example.com") for i in range(3)]
+    sales = [sell(lightspeed, boutique, customers[i % 3], lines=((1, "10"), (2, "5")), at=start + timedelta(minutes=i))
+             for i in range(6)]
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    rounds = {"bulk.ROUND_SALES": 2, "bulk.BATCH_SALES": 1}  # three rounds of two sales, three jobs each
+
+    process = cli.start("backfill", *window, "--bulk", constants=rounds, env={"TMPDIR": str(tmp_path)})
+    deadline = time.monotonic() + 60
+    while len(salesforce.bulk.jobs()) < 4 and time.monotonic() < deadline:  # the second round has begun
+        time.sleep(0.005)
+    salesforce.bulk.in_progress_polls = 10**6  # from now on a job never ends: the run waits on it
+    time.sleep(1.0)
+    assert process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    salesforce.bulk.in_progress_polls = 1
+    written = len(salesforce.records("Sales_Transaction__c"))
+    assert 2 <= written < 6
+
+    resumed = cli("backfill", *window, "--bulk", "--json", constants=rounds)
+
+    assert resumed.code == 0, resumed.stderr
+    assert resumed.json["sales"]["read"] < 6  # from the end of the first round, not the window's start
+    transactions = [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")]
+    assert sorted(transactions) == sorted(f"182255-{sale}" for sale in sales)
+    assert len(salesforce.records("Sales_Line_Item__c")) == 12
+    keyed = [a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")]
+    assert sorted(keyed) == sorted(f"182255-{c}" for c in customers)
+    again = cli("backfill", *window, "--bulk", "--json", constants=rounds)
+    assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 6
+
+
+def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, lightspeed, salesforce, boutique):
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # new: its account is created
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")  # matched by email
+    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Roy",
+                                  "PersonEmail": "bea@example.com"})
+    sell(lightspeed, boutique, ana, lines=((1, "120.00"),), at=start)
+    sell(lightspeed, boutique, ana, lines=((2, "45.50"),), at=start + timedelta(hours=1))
+    sell(lightspeed, boutique, bea, lines=((1, "10.00"),), at=start + timedelta(hours=2))
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json",
+                 env={"LSPOS_ROLLUPS": "true"})
+
+    assert result.code == 0, result.stderr
+    assert result.json["rollups"]["accounts"] == 2 and result.json["rollups"]["updated"] == 2
+    spend = {a["PersonEmail"]: (a["Lifetime_Spend__c"], a["Purchase_Count__c"]) for a in salesforce.records("Account")}
+    assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
+
+
+def test_a_bulk_backfill_brings_clients_without_a_sale_too(cli, lightspeed, salesforce, boutique):
+    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    lonely = lightspeed.add_customer("Ida", "Alone", email="ida@example.com")
+    sell(lightspeed, boutique, lightspeed.add_customer("Jo", "Buyer", email="jo@example.com"), at=start)
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json",
+                 env={"LSPOS_SYNC_CUSTOMERS": "true"})
+    assert result.code == 0, result.stderr
+    keyed = {a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")}
+    assert f"182255-{lonely}" in keyed and len(keyed) == 2
