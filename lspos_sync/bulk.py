@@ -20,10 +20,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-import msgspec
-import orjson
+import pickle
+
+from pydantic_core import from_json, to_json
 
 from lspos_sync import mapping
 from lspos_sync.customer_feed import CustomerFeed
@@ -118,9 +119,6 @@ class BulkBackfill:
         self._jobs = jobs
         self._record_type_id: str | None = None
         self._like = True
-        self._customer_type = msgspec.msgpack.Decoder(Customer)
-        self._sale_type = msgspec.msgpack.Decoder(Sale)
-        self._encoder = msgspec.msgpack.Encoder()
         self.stats: dict[str, int] = {}
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:
@@ -141,7 +139,7 @@ class BulkBackfill:
                                          BATCH_SALES):
                         current = self._gather(current, batch, summary, None)
             latest, in_order = None, True
-            with closing(self.reader.window_pages(window)) as pages:
+            with closing(self.reader.window_pages(window, ahead=BATCH_SALES)) as pages:
                 for batch in batches(self.reader.sales(pages, summary, window), BATCH_SALES):
                     for sale in batch:
                         moment = sale.last_update
@@ -192,14 +190,14 @@ class BulkBackfill:
                 added = None
                 if self.field_map.additions.get(mapping.ACCOUNT):
                     raw = self.reader.customer_payload(sale)
-                    added = orjson.dumps(self.field_map.added_values(mapping.ACCOUNT, {"customer": raw}))
+                    added = to_json(self.field_map.added_values(mapping.ACCOUNT, {"customer": raw}))
                 db.execute("INSERT INTO customers VALUES (?, ?, ?, ?)",
-                           (customer_key, current.customers, self._encoder.encode(sale.customer), added))
+                           (customer_key, current.customers, _freeze(sale.customer), added))
                 current.customers += 1
             # A sale met twice in a round (a void, then its page) is written once, as last read.
             db.execute("INSERT OR REPLACE INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                        (sale_key, current.sales, sale.sale_id, digest, customer_key, found, sale_key in known,
-                        self._encoder.encode(sale), orjson.dumps([transaction, lines])))
+                        _freeze(sale), to_json([transaction, lines])))
             current.sales += 1
         if moment is not None:
             current.progress = moment
@@ -260,7 +258,7 @@ class BulkBackfill:
 
         def people() -> Iterator[tuple[str, str | None, list[str]]]:
             for customer_key, blob, _ in db.execute("SELECT customer_key, customer, added FROM customers ORDER BY seq"):
-                customer = self._customer_type.decode(blob)
+                customer = _thaw(blob)
                 yield customer_key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
 
         waiting: list[tuple[list[str], str]] = []
@@ -297,13 +295,13 @@ class BulkBackfill:
             for customer_key in keys:
                 blob = next(rows)
                 assert blob[0] == customer_key
-                customer = self._customer_type.decode(blob[1])
+                customer = _thaw(blob[1])
                 self._decide_one(current, writer, customer_key, customer, candidates, blob[2])
 
     def _customer(self, current: _Round, customer_key: str) -> Customer:
         (blob,) = current.db.execute("SELECT customer FROM customers WHERE customer_key = ?",
                                      (customer_key,)).fetchone()
-        return self._customer_type.decode(blob)
+        return _thaw(blob)
 
     def _decide_one(self, current: _Round, writer: BulkWriter, customer_key: str, customer: Customer,
                     candidates: Candidates, added: bytes | None) -> None:
@@ -325,7 +323,7 @@ class BulkBackfill:
             resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
                    (customer_key, resolution.status, resolution.account_id, account_ref, resolution.reason,
-                    orjson.dumps(list(resolution.candidates))))
+                    to_json(list(resolution.candidates))))
         self._account_write(db, writer, customer_key, customer, resolution, added)
 
     def _against_new_accounts(self, db: sqlite3.Connection, customer_key: str, customer: Customer,
@@ -366,13 +364,13 @@ class BulkBackfill:
         the writer; which sales depend on it is in the round's file."""
         write = account_write(customer_key, customer, resolution, (), account_id=self.account_id,
                               record_type_id=self._person_record_type_id, enrich_profiles=self.enrich_profiles,
-                              added=orjson.loads(added) if added else None)
+                              added=from_json(added) if added else None)
         if write is None:
             return
         writer.write([write])
         key = customer_key if write.kind == CREATE_ACCOUNTS else resolution.account_id
         db.execute("INSERT INTO account_writes VALUES (?, ?, ?, ?)",
-                   (write.kind, key, customer_key, orjson.dumps(list(write.filled)) if write.filled else None))
+                   (write.kind, key, customer_key, to_json(list(write.filled)) if write.filled else None))
 
     def _person_record_type_id(self) -> str:
         if not self._record_type_id:  # read with the round's first lookups
@@ -395,15 +393,15 @@ class BulkBackfill:
             self.resolver.decisions.clear()
             for sale_key, blob, records, digest, was_checked, customer_key, status, account_id, account_ref, \
                     reason, candidates in chunk:
-                sale = self._sale_type.decode(blob)
-                transaction, lines = orjson.loads(records)
+                sale = _thaw(blob)
+                transaction, lines = from_json(records)
                 sales.append(sale)
                 built[sale.sale_id] = (transaction, lines, digest)
                 if was_checked:
                     checked.add(sale_key)
                 if customer_key is not None:  # decided: what the planner reads of it (no account write: done)
                     self.resolver.decisions[customer_key] = Resolution(
-                        status, account_id, reason, candidates=tuple(orjson.loads(candidates)), account_key=account_ref)
+                        status, account_id, reason, candidates=tuple(from_json(candidates)), account_key=account_ref)
             customers = {self.resolver.customer_key(sale): sale.customer for sale in sales
                          if sale.customer is not None and self.resolver.customer_key(sale) in self.resolver.decisions}
             keys = {built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales}
@@ -432,7 +430,7 @@ class BulkBackfill:
         current_lines = {}
         for key in found:
             (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(records)[1]}
+            current_lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
         stale = self.resolver.stale_lines({record["Id"]: key for key, record in found.items()}, current_lines)
         return {key: record.get("Account__c") for key, record in found.items()}, stale
 
@@ -447,7 +445,7 @@ class BulkBackfill:
         current_lines = {}
         for key in unexpected.values():
             (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in orjson.loads(records)[1]}
+            current_lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
         deletes = [Write(DELETE_LINES, line_id, (key,))
                    for key, line_ids in self.resolver.stale_lines(unexpected, current_lines).items()
                    for line_id in line_ids]
@@ -506,7 +504,7 @@ class BulkBackfill:
             if (UPDATE_ACCOUNTS, key) not in failed_accounts:
                 summary.enriched.append({"account_id": key, "customer_key": customer_key,
                                          "fields": [self.field_map.field(mapping.ACCOUNT, f)
-                                                    for f in orjson.loads(filled)]})
+                                                    for f in from_json(filled)]})
 
     def _note_rollups(self, current: _Round) -> None:
         """LSPOS_ROLLUPS: the accounts whose transactions the round changed (where each sale is linked now, and
@@ -525,3 +523,13 @@ class BulkBackfill:
         summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
         self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
+
+
+# A round's sales and customers wait in the round's own SQLite file (never read by anything but this run), as the
+# models themselves: pickled, so that what is planned is exactly what was read.
+def _freeze(model: Sale | Customer | None) -> bytes:
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _thaw(blob: bytes) -> Any:
+    return pickle.loads(blob)  # noqa: S301 - written by this run, in its own temporary directory

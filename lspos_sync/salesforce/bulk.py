@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from pydantic_core import from_json, to_json
+
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
 
@@ -269,21 +271,17 @@ class RowSpool:
         self.rows = 0
 
     def add(self, columns: dict[str, Any]) -> None:
-        import orjson
-
         self._columns.update(dict.fromkeys(columns))
-        self._file.write(orjson.dumps(columns) + b"\n")
+        self._file.write(to_json(columns) + b"\n")
         self.rows += 1
 
     def uploads(self, limit: int = MAX_UPLOAD) -> list[Path]:
         """The rows as CSV files of at most `limit` bytes, each under the header of every column a row set."""
-        import orjson
-
         self._file.close()
         csv_spool = CsvSpool(self.directory, self.name, list(self._columns), limit)
         with open(self.path, "rb") as rows:
             for line in rows:
-                csv_spool.add(orjson.loads(line))
+                csv_spool.add(from_json(line))
         self.path.unlink()
         return csv_spool.close()
 
