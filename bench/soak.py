@@ -340,12 +340,14 @@ class Soak:
             return "kill -9"
         return ""
 
-    def _trouble(self) -> tuple[int, int, int]:
-        """Refused or dropped requests so far on each side, and lock storms used: a fault that bit moves one."""
-        ls = sum(1 for r in self.lightspeed.requests if r.status == 0 or r.status >= 500)
-        sf = sum(1 for r in self.salesforce.requests if r.dropped or r.status >= 500)
-        storms = sum(s[0] for s in self.salesforce._lock_storms)
-        return ls, sf, -storms
+    def _trouble(self) -> bool:
+        """Whether a request of the run was refused with a 5xx or dropped, on either side."""
+        return (any(r.status == 0 or r.status >= 500 for r in self.lightspeed.requests)
+                or any(r.dropped or r.status >= 500 for r in self.salesforce.requests))
+
+    def _storms(self) -> int:
+        """Collection writes the armed lock storms will still refuse."""
+        return sum(storm[0] for storm in self.salesforce._lock_storms)
 
     def disarm(self) -> None:
         """What a run did not use up is forgotten (an outage lasts its hour)."""
@@ -365,10 +367,12 @@ class Soak:
             self.trade(previous_end, at)
             self.clock.set(at)
             detail = self.arm(fault, at)
-            before = self._trouble()
+            self.lightspeed.requests.clear()  # each run's requests only: a week's would fill the memory
+            self.salesforce.requests.clear()
+            storms = self._storms()
             run = self._one_run(index, at, fault, detail)
             previous_end = self.clock.now()
-            run.bit = self._trouble() != before or run.exit_code == -signal.SIGKILL
+            run.bit = self._trouble() or self._storms() < storms or run.exit_code == -signal.SIGKILL
             self.disarm()
             if run.exit_code == 0:
                 run.checked = True
