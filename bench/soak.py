@@ -366,6 +366,8 @@ class Soak:
             at = START + index * INTERVAL
             self.trade(previous_end, at)
             self.clock.set(at)
+            # The leaky bucket drains in real time; ten minutes at a drip a second empty it (§6).
+            self.lightspeed.set_bucket_level(0.0)
             detail = self.arm(fault, at)
             self.lightspeed.requests.clear()  # each run's requests only: a week's would fill the memory
             self.salesforce.requests.clear()
