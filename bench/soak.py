@@ -147,6 +147,7 @@ class Soak:
         self.salesforce = SalesforceEmulator(workdir / "tls", clock=self.clock.now, latency=sf_latency)
         self.catalogue = Catalogue(self.lightspeed.account_id)
         self.figures = Figures()
+        self.outage_until: datetime | None = None
         self.open_sales: list[int] = []
         self.completed: list[int] = []  # completed, not voided, not refunds: what can be voided, edited, refunded
         self.state_path = workdir / "state" / "lspos.db"
@@ -332,9 +333,10 @@ class Soak:
             ls.drop_next(1, path_suffix=TOKEN_PATH)
             return "access token expired early; the refresh's response lost (the new tokens were minted)"
         if fault == "salesforce_outage":
-            if sf._outage_until is None or sf._outage_until <= at:
-                sf.outage(at + OUTAGE)
-                return f"Salesforce unavailable until {(at + OUTAGE).isoformat()}"
+            if self.outage_until is None or self.outage_until <= at:
+                self.outage_until = at + OUTAGE
+                sf.outage(self.outage_until)
+                return f"Salesforce unavailable until {self.outage_until.isoformat()}"
             return "Salesforce still unavailable"
         if fault == "kill":
             return "kill -9"
@@ -345,17 +347,12 @@ class Soak:
         return (any(r.status == 0 or r.status >= 500 for r in self.lightspeed.requests)
                 or any(r.dropped or r.status >= 500 for r in self.salesforce.requests))
 
-    def _storms(self) -> int:
-        """Collection writes the armed lock storms will still refuse."""
-        return sum(storm[0] for storm in self.salesforce._lock_storms)
-
     def disarm(self) -> None:
         """What a run did not use up is forgotten (an outage lasts its hour)."""
         self.lightspeed.clear_faults()
-        until = self.salesforce._outage_until
         self.salesforce.clear_faults()
-        if until is not None and until > self.clock.now():
-            self.salesforce.outage(until)
+        if self.outage_until is not None and self.outage_until > self.clock.now():
+            self.salesforce.outage(self.outage_until)
 
     # ---------------------------------------------------------------- running
     def run(self) -> Figures:
@@ -371,10 +368,10 @@ class Soak:
             detail = self.arm(fault, at)
             self.lightspeed.requests.clear()  # each run's requests only: a week's would fill the memory
             self.salesforce.requests.clear()
-            storms = self._storms()
+            storms = self.salesforce.lock_storm_left
             run = self._one_run(index, at, fault, detail)
             previous_end = self.clock.now()
-            run.bit = self._trouble() or self._storms() < storms or run.exit_code == -signal.SIGKILL
+            run.bit = self._trouble() or self.salesforce.lock_storm_left < storms or run.exit_code == -signal.SIGKILL
             self.disarm()
             if run.exit_code == 0:
                 run.checked = True

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import requests
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from soak import FAULTS, Soak, compare  # noqa: E402 - bench/ is not a package
@@ -35,25 +37,28 @@ def test_four_hours_of_cron_under_faults_leave_salesforce_equal_to_lightspeed(tm
     assert {"sold", "opened", "voided", "edited", "completed", "refunded"} <= set(figures.events)
 
 
-def test_the_soak_comparison_sees_a_wrong_amount_a_moved_line_and_a_missing_sale(tmp_path):
+def test_the_soak_comparison_sees_a_wrong_amount_a_wrong_quantity_and_a_missing_sale(tmp_path):
     with Soak(tmp_path, SEED, 4) as soak:
         soak.seed_shops()
         soak.schedule = lambda: [None] * 4
         figures = soak.run()
         assert figures.final_problems == [] and figures.mismatches == []
         sf, ls = soak.salesforce, soak.lightspeed
-        first, second = sf.records("Sales_Transaction__c")[:2]
-        line = next(l for l in sf.records("Sales_Line_Item__c") if l["Sales_Transaction__c"] == first["Id"])
-        with sf._lock:  # as a faulty writer would leave them
-            sf._rows["Sales_Transaction__c"][first["Id"]]["Total__c"] += 0.01
-            sf._rows["Sales_Line_Item__c"][line["Id"]]["Sales_Transaction__c"] = second["Id"]
+        sale = sf.records("Sales_Transaction__c")[0]
+        line = sf.records("Sales_Line_Item__c")[0]
+        # as a faulty writer would leave them, through the REST API
+        rows = f"{sf.instance_url}/services/data/v{sf.api_version}/sobjects"
+        for path, change in ((f"Sales_Transaction__c/{sale['Id']}", {"Total__c": sale["Total__c"] + 0.01}),
+                             (f"Sales_Line_Item__c/{line['Id']}", {"Quantity__c": line["Quantity__c"] + 1})):
+            answer = requests.patch(f"{rows}/{path}", json=change, verify=str(sf.ca_bundle),
+                                    headers={"Authorization": f"Bearer {sf.access_token}"})
+            assert answer.status_code == 204, answer.text
         shop, item = next(iter(soak.catalogue.shops)), next(iter(soak.catalogue.items))
         unsynced = ls.add_sale(shop, [{"item_id": item, "quantity": 1, "unit_price": "3"}])
 
         problems = compare(ls, sf, soak.catalogue)
 
-    assert any(p.startswith(f"transaction {first['LS_Sale_ID__c']} Total__c") for p in problems)
-    assert any(p.startswith(f"line {line['LS_Sale_Line_ID__c']} hangs under {second['LS_Sale_ID__c']}")
-               for p in problems)
+    assert any(p.startswith(f"transaction {sale['LS_Sale_ID__c']} Total__c") for p in problems)
+    assert any(p.startswith(f"line {line['LS_Sale_Line_ID__c']} Quantity__c") for p in problems)
     assert f"transaction 182255-{unsynced} is missing" in problems
     assert len(problems) == 4  # and the new sale's line

@@ -517,6 +517,12 @@ class SalesforceEmulator:
         self._outage_until = None
         self._lock_storms.clear()
 
+    @property
+    def lock_storm_left(self) -> int:
+        """How many Collections writes the lock storms armed will still refuse."""
+        with self._lock:
+            return sum(storm[0] for storm in self._lock_storms)
+
     def outage(self, until: dt.datetime) -> None:
         """The org is unavailable (maintenance, an incident) until the org's clock reads `until`: every request
         is answered 503 SERVER_UNAVAILABLE without being executed or counted (fact sheet §4)."""
