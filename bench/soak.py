@@ -106,11 +106,14 @@ class Run:
 
 @dataclass
 class Figures:
+    """What a soak saw: each run, the merchant's activity, the end state, the final checks."""
+
     runs: list[Run] = field(default_factory=list)
     events: Counter = field(default_factory=Counter)
     final_problems: list[str] = field(default_factory=list)
     wall: float = 0.0
     host_offset: float | None = None  # the largest host-clock-ahead-of-Lightspeed the runs recorded
+    records: dict[str, int] = field(default_factory=dict)  # at the end: sales in Lightspeed, records in Salesforce
 
     @property
     def mismatches(self) -> list[str]:
@@ -129,6 +132,7 @@ class Figures:
             "host_clock_offset_max_seconds": self.host_offset,
             "exits": {str(k): v for k, v in sorted(Counter(r.exit_code for r in self.runs).items())},
             "merchant": dict(self.events),
+            "at_the_end": self.records,
             "checks_after_exit_0": sum(r.checked for r in self.runs),
             "mismatches": len(self.mismatches),
             "bad_exits": [(r.index, r.fault, r.exit_code) for r in self.bad_exits],
@@ -138,13 +142,18 @@ class Figures:
 
 
 class Soak:
+    """The emulators on one simulated clock, the shops seeded in them, and the runs (`run`)."""
+
     def __init__(self, workdir: Path, seed: int, runs: int, ls_latency: float = 0.0, sf_latency: float = 0.0,
-                 say: Callable[[str], None] = lambda text: None) -> None:
+                 say: Callable[[str], None] = lambda text: None, lookback_minutes: int | None = None,
+                 void_moves_updatetime: bool = True) -> None:
         self.workdir, self.seed, self.runs_wanted, self.say = workdir, seed, runs, say
+        self.lookback_minutes = lookback_minutes
         self.rng = random.Random(seed)
         self.clock = SimClock(START)
         self.lightspeed = LightspeedEmulator(clock=self.clock.now, latency=ls_latency, access_token_ttl=1800)
         self.salesforce = SalesforceEmulator(workdir / "tls", clock=self.clock.now, latency=sf_latency)
+        self.lightspeed.void_moves_updatetime = void_moves_updatetime
         self.catalogue = Catalogue(self.lightspeed.account_id)
         self.figures = Figures()
         self.outage_until: datetime | None = None
@@ -164,7 +173,7 @@ class Soak:
         self.salesforce.stop()
 
     def seed_shops(self, customers: int = 30) -> None:
-        ls, cat, rng = self.lightspeed, self.catalogue, self.rng
+        ls, cat = self.lightspeed, self.catalogue
         for name, zone in (("Rue Saint-Honoré", "Europe/Paris"), ("Madison Avenue", "America/New_York"),
                            ("Rodeo Drive", "US/Pacific")):
             cat.shops[ls.add_shop(name, zone)] = name
@@ -191,7 +200,8 @@ class Soak:
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "SALESFORCE_", "LSPOS_"))}
         return {**keep, **self.lightspeed.env(), **self.salesforce.env(), "LSPOS_STATE_PATH": str(self.state_path),
-                "LSPOS_SYNC_START": (START - timedelta(hours=1)).isoformat()}
+                "LSPOS_SYNC_START": (START - timedelta(hours=1)).isoformat(),
+                **({"LSPOS_LOOKBACK_MINUTES": str(self.lookback_minutes)} if self.lookback_minutes is not None else {})}
 
     # ---------------------------------------------------------------- the merchant
     def trade(self, since: datetime, until: datetime) -> None:
@@ -417,6 +427,12 @@ class Soak:
         """After the fault-free runs at the end: no duplicate record, no parked sale, the last run exact."""
         problems = []
         sf = self.salesforce
+        want_sales, want_lines = expected_records(self.lightspeed, self.catalogue)
+        self.figures.records = {
+            "lightspeed_sales": len(self.lightspeed.sale_ids()), "completed_sales": len(want_sales),
+            "completed_sale_lines": len(want_lines),
+            **{f"salesforce_{name}": len(sf.records(name)) for name in ("Sales_Transaction__c", "Sales_Line_Item__c")},
+            "salesforce_person_accounts": sum(1 for a in sf.records("Account") if a.get("IsPersonAccount"))}
         for sobject, key in (("Sales_Transaction__c", "LS_Sale_ID__c"), ("Sales_Line_Item__c", "LS_Sale_Line_ID__c"),
                              ("Account", "LS_Customer_ID__c")):
             counts = Counter(r[key] for r in sf.records(sobject) if r.get(key))
@@ -599,16 +615,21 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ls-latency", type=float, default=0.0, help="seconds added to each Lightspeed answer")
     parser.add_argument("--sf-latency", type=float, default=0.0, help="seconds added to each Salesforce answer")
+    parser.add_argument("--lookback", type=int, help="LSPOS_LOOKBACK_MINUTES (default: the tool's, 30)")
+    parser.add_argument("--void-moves-nothing", action="store_true",
+                        help="a void moves no timestamp of the sale: only the SaleVoid feed shows it")
     parser.add_argument("--quiet", action="store_true", help="no line per run")
     args = parser.parse_args()
     runs = runs_for(args.days, args.hours or (0 if args.days else 4))
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="lspos-soak-") as tmp:
         say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
-        with Soak(Path(tmp), args.seed, runs, args.ls_latency, args.sf_latency, say=say) as soak:
+        with Soak(Path(tmp), args.seed, runs, args.ls_latency, args.sf_latency, say=say, lookback_minutes=args.lookback,
+                  void_moves_updatetime=not args.void_moves_nothing) as soak:
             soak.seed_shops()
             figures = soak.run()
-    summary = {"seed": args.seed, "started": started.isoformat(timespec="seconds"), **figures.summary()}
+    summary = {"seed": args.seed, "started": started.isoformat(timespec="seconds"), "lookback_minutes": args.lookback,
+               "void_moves_updatetime": not args.void_moves_nothing, **figures.summary()}
     for line in figures.mismatches[:50]:
         print("MISMATCH", line)
     for run in figures.bad_exits:
