@@ -219,6 +219,8 @@ class Soak:
         """The shops' activity between two runs, at whole seconds in (since, until)."""
         rng = self.rng
         first, last = int(since.timestamp()) + 1, int(until.timestamp()) - 1
+        if last < first:  # the last run took the whole gap
+            return
         count = rng.choice((0, 1, 2, 2, 3, 4, 5))
         moments = sorted(rng.randint(first, last) for _ in range(count + 3))
         for moment in moments:
@@ -381,7 +383,8 @@ class Soak:
         plan = self.schedule()
         previous_end = START - INTERVAL
         for index, fault in enumerate(plan):
-            at = START + index * INTERVAL
+            # cron's tick, or, after a run that outlasted the gap, the next whole second: the clock never goes back
+            at = max(START + index * INTERVAL, previous_end.replace(microsecond=0) + timedelta(seconds=1))
             self.trade(previous_end, at)
             self.clock.set(at)
             # The leaky bucket drains in real time; ten minutes at a drip a second empty it (§6).
