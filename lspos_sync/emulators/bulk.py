@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from .http import Request, Response
 from .salesforce import (USER_ID, ApiError, Field, RecordError, SalesforceEmulator, _coerce, _label, _normalize_id,
-                         _now, _with_checksum)
+                         _with_checksum)
 
 OLDEST_VERSION = 41.0  # Bulk API 2.0 ingest exists from API v41.0
 OPERATIONS = ("insert", "update", "upsert", "delete")
@@ -156,7 +156,7 @@ class BulkIngest:
                 raise ApiError(400, "INVALIDJOB", f"InvalidJob : Field name provided, {external_id or ''} does not "
                                                   f"match an External ID for {sobject}")
             external_id = found.name
-        now = _now()
+        now = self.org._timestamp()
         job_id = _with_checksum(f"7505g{next(self.org._ids):010d}")
         job = Job(job_id, sobject, operation, external_id if operation == "upsert" else None,
                   body.get("lineEnding", "LF"), body.get("columnDelimiter", "COMMA"), version, now, modified=now)
@@ -182,7 +182,7 @@ class BulkIngest:
             if shown in _FINAL:
                 word = "Completed" if shown == "JobComplete" else shown
                 raise ApiError(400, "INVALIDJOBSTATE", f"Aborting already {word} Job not allowed")
-            job.state, job.polls_left, job.modified = "Aborted", 0, _now()
+            job.state, job.polls_left, job.modified = "Aborted", 0, self.org._timestamp()
             return Response(200, self._info(job, "Aborted", summary=True))
         if job.state != "Open":
             word = "Completed" if shown == "JobComplete" else shown
@@ -191,7 +191,7 @@ class BulkIngest:
             raise ApiError(400, "INVALIDJOB", f"Found multiple contents for job: <{job.id[:15]}>, please 'Close' / "
                            "'Abort' / 'Delete' the current Job then create a new Job and make sure you only do 'PUT' "
                            "once on a given Job.")
-        job.modified = _now()
+        job.modified = self.org._timestamp()
         self._run(job)
         job.state, job.polls_left = "UploadComplete", self.in_progress_polls
         return Response(200, self._info(job, "UploadComplete", summary=True))

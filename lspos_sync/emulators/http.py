@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,13 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer (killed, timed out) is no error of the server's: no traceback."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)):
+            super().handle_error(request, client_address)
 
 
 class EmulatorServer:
@@ -143,7 +151,7 @@ class EmulatorServer:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _RequestHandler)
+        httpd = _Server(("127.0.0.1", self._port), _RequestHandler)
         httpd.daemon_threads = True
         if self.ssl_context is not None:
             httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True)

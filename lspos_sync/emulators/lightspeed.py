@@ -512,6 +512,11 @@ class LightspeedAccount:
                                                 self._totals(refund)["calcTotal"], False, at))
             return refund_id
 
+    def sale_ids(self) -> list[int]:
+        """Every sale, open, completed, voided or refund, in the order they were made."""
+        with self._lock:
+            return list(self._sales)
+
     def sale(self, sale_id: int) -> dict:
         with self._lock:
             return copy.deepcopy(self._render_sale(self._sales[sale_id], frozenset(_KINDS["Sale"].relations)))
@@ -535,6 +540,19 @@ class LightspeedAccount:
     def drop_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
         with self._lock:
             self._drops.append(_Fault(count, path_suffix))
+
+    def clear_faults(self) -> None:
+        """Injected failures and drops not used yet are forgotten."""
+        with self._lock:
+            self._fails.clear()
+            self._drops.clear()
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far expires now, before its stated expiry ("tokens generally expire after
+        60 minutes, though this is subject to change", §7); refresh tokens keep working."""
+        with self._lock:
+            for grant in self._access.values():
+                grant.expires_at = self._now() - timedelta(seconds=1)
 
     def corrupt_sale(self, sale_id: int, **fields: Any) -> None:
         """Serve these raw values on the sale from now on (bad data from the till: "12,50", a huge name...)."""

@@ -241,8 +241,8 @@ def _normalize_id(value: Any) -> str | None:
     return full if len(value) == 15 or full == value else None
 
 
-def _now() -> str:
-    return _format_datetime(dt.datetime.now(dt.timezone.utc))
+def _system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def _format_datetime(value: dt.datetime) -> str:
@@ -261,7 +261,11 @@ class SalesforceEmulator:
                  consumer_key: str = "sf-consumer-key", consumer_secret: str = "sf-consumer-secret",
                  username: str = "integration@example.com", password: str = "sf-password",
                  security_token: str = "sf-security-token", jwt_public_key_pem: bytes | None = None,
-                 daily_api_limit: int = 100_000, latency: float = 0.0, person_accounts: bool = True) -> None:
+                 daily_api_limit: int = 100_000, latency: float = 0.0, person_accounts: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        # The org's clock: system dates (CreatedDate...) and the end of an `outage` are on it, so a test can
+        # move it with the Lightspeed emulator's.
+        self._clock = clock or _system_clock
         self.api_version = api_version
         self.access_token = access_token
         self.consumer_key, self.consumer_secret = consumer_key, consumer_secret
@@ -279,6 +283,8 @@ class SalesforceEmulator:
         self._lock = threading.RLock()  # one store lock: every API request is atomic
         self._tokens = {access_token}
         self._faults: list[_Fault] = []
+        self._outage_until: dt.datetime | None = None
+        self._lock_storms: list[list] = []  # [remaining, sobject or None]
         self._rules: list[tuple[str, Callable[[dict], bool], str, str]] = []
         self._cursors: dict[str, list[dict]] = {}
         self._ids = itertools.count(1)
@@ -506,8 +512,28 @@ class SalesforceEmulator:
         self._faults.append(_Fault(count, path_contains, drop=False, status=status, error_code=error_code))
 
     def clear_faults(self) -> None:
-        """The outage is over: pending injected failures and drops are forgotten."""
+        """The outage is over: pending injected failures, drops, outages and lock storms are forgotten."""
         self._faults.clear()
+        self._outage_until = None
+        self._lock_storms.clear()
+
+    @property
+    def lock_storm_left(self) -> int:
+        """How many Collections writes the lock storms armed will still refuse."""
+        with self._lock:
+            return sum(storm[0] for storm in self._lock_storms)
+
+    def outage(self, until: dt.datetime) -> None:
+        """The org is unavailable (maintenance, an incident) until the org's clock reads `until`: every request
+        is answered 503 SERVER_UNAVAILABLE without being executed or counted (fact sheet §4)."""
+        self._outage_until = until
+
+    def lock_storm(self, count: int, sobject: str | None = None) -> None:
+        """Another integration holds the rows: the next `count` sObject Collections writes (of `sobject`, or
+        of any object) fail as a whole, every record with UNABLE_TO_LOCK_ROW and nothing saved, as Salesforce
+        fails a whole batch when one of its records cannot be locked (fact sheet §4)."""
+        with self._lock:
+            self._lock_storms.append([count, sobject])
 
     def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True,
                   body_contains: str = "") -> None:
@@ -526,6 +552,10 @@ class SalesforceEmulator:
     def _handle(self, request: Request) -> Response:
         record = RequestRecord(request.method, request.raw_target, 0, _request_body(request))
         self.requests.append(record)
+        if self._outage_until is not None and self._clock() < self._outage_until:
+            record.status = 503
+            return Response(503, [{"message": "The server is temporarily unavailable for maintenance.",
+                                   "errorCode": "SERVER_UNAVAILABLE"}])
         fault = self._take_fault(request.raw_target, request.body.decode(errors="replace"))
         if fault and fault.drop and not fault.after_commit:
             record.dropped = True
@@ -935,7 +965,8 @@ class SalesforceEmulator:
             return {"id": record_id, "success": True, "errors": []}
 
         operation = create if method == "POST" else update
-        return Response(200, self._run_collection([lambda p=p: operation(*p) for p in prepared], all_or_none))
+        return Response(200, self._run_collection([lambda p=p: operation(*p) for p in prepared], all_or_none,
+                                                  {sobject for sobject, _ in typed}))
 
     def _collection_upsert(self, sobject: str, ext_name: str, body: Any) -> Response:
         ext = self._external_id_field(sobject, ext_name)
@@ -958,7 +989,7 @@ class SalesforceEmulator:
             return {"id": self._save(sobject, values, existing), "success": True, "errors": [],
                     "created": existing is None}
 
-        return Response(200, self._run_collection([lambda v=v: upsert(v) for v in prepared], all_or_none))
+        return Response(200, self._run_collection([lambda v=v: upsert(v) for v in prepared], all_or_none, {sobject}))
 
     def _collection_delete(self, arg: dict) -> Response:
         ids = [i for i in (arg.get("ids") or "").split(",") if i]
@@ -979,7 +1010,8 @@ class SalesforceEmulator:
             return {"id": record_id, "success": True, "errors": []}
 
         all_or_none = arg.get("allOrNone", "false").lower() == "true"
-        return Response(200, self._run_collection([lambda i=i: delete(i) for i in ids], all_or_none))
+        sobjects = {s for i in ids for s, p in self._key_prefixes.items() if i.startswith(p)}
+        return Response(200, self._run_collection([lambda i=i: delete(i) for i in ids], all_or_none, sobjects))
 
     def _collection_get(self, sobject: str, arg: dict, version: str) -> Response:
         fields = self._field_list(sobject, arg.get("fields"))
@@ -992,8 +1024,13 @@ class SalesforceEmulator:
         rows = [self._rows[sobject].get(_normalize_id(i) or "") for i in ids]
         return Response(200, [self._render(version, sobject, row, fields) if row else None for row in rows])
 
-    def _run_collection(self, operations: list[Callable[[], dict]], all_or_none: bool) -> list[dict]:
+    def _run_collection(self, operations: list[Callable[[], dict]], all_or_none: bool,
+                        sobjects: set[str]) -> list[dict]:
         """Per-record results in order; with allOrNone any failure rolls back the lot."""
+        if self._take_lock_storm(sobjects):
+            locked = [{"statusCode": "UNABLE_TO_LOCK_ROW", "fields": [],
+                       "message": f"unable to obtain exclusive access to this record or {len(operations)} records"}]
+            return [{"success": False, "errors": locked} for _ in operations]
         mark = len(self._undo)
         results = []
         for operation in operations:
@@ -1222,11 +1259,23 @@ class SalesforceEmulator:
         record_id = _with_checksum(self._key_prefixes["RecordType"] + "5g" + f"{next(self._ids):010d}")
         row = {f: None for f in self._schema["RecordType"]} | {
             "Id": record_id, "Name": label, "DeveloperName": developer_name, "SobjectType": "Account",
-            "IsPersonType": person, "CreatedDate": _now(), "LastModifiedDate": _now(), "SystemModstamp": _now(),
+            "IsPersonType": person, "CreatedDate": self._timestamp(), "LastModifiedDate": self._timestamp(),
+            "SystemModstamp": self._timestamp(),
             "IsDeleted": False}
         self._set_live("RecordType", record_id, row)
         self._undo.clear()
         return record_id
+
+    def _take_lock_storm(self, sobjects: set[str]) -> bool:
+        for storm in self._lock_storms:
+            if storm[0] > 0 and (storm[1] is None or storm[1] in sobjects):
+                storm[0] -= 1
+                return True
+        return False
+
+    def _timestamp(self) -> str:
+        """Now on the org's clock, as system date fields carry it."""
+        return _format_datetime(self._clock())
 
     def _exists(self, record_id: str) -> bool:
         return any(record_id in rows for rows in self._rows.values())
@@ -1267,7 +1316,8 @@ class SalesforceEmulator:
                         if ref.master_detail:
                             self._delete(child, child_id)
                         else:
-                            self._set_live(child, child_id, {**child_row, ref.name: None, "SystemModstamp": _now()})
+                            self._set_live(child, child_id,
+                                           {**child_row, ref.name: None, "SystemModstamp": self._timestamp()})
         row = self._rows[sobject][record_id]
         self._set_live(sobject, record_id, None)
         self._recycle[sobject][record_id] = {**row, "IsDeleted": True}
@@ -1331,7 +1381,7 @@ class SalesforceEmulator:
         if errors:
             raise RecordError(errors=errors)
 
-        now = _now()
+        now = self._timestamp()
         if existing is None:
             prefix = self._key_prefixes[sobject]
             merged.update(Id=_with_checksum(f"{prefix}5g{next(self._ids):010d}"), CreatedDate=now, IsDeleted=False)
