@@ -330,26 +330,24 @@ class StateStore:
 
     def written(self, sale_keys: list[str]) -> dict[str, tuple[str, str]]:
         """sale key -> (content hash, match status) of the sales already written as they are now."""
-        found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(sale_keys), 500):
-            chunk = sale_keys[start:start + 500]
-            rows = self._query(
-                f"SELECT sale_key, content_hash, match_status FROM written_sale "
-                f"WHERE sale_key IN ({','.join('?' * len(chunk))})", chunk)
-            found.update({r["sale_key"]: (r["content_hash"], r["match_status"]) for r in rows})
-        return found
+        return {r["sale_key"]: (r["content_hash"], r["match_status"]) for r in self._rows_of(
+            "SELECT sale_key, content_hash, match_status FROM written_sale WHERE sale_key IN ({})", sale_keys)}
 
     # -- LSPOS_SYNC_CUSTOMERS: customers brought to a Person Account (or found to need nothing), and those refused
     def settled_customers(self, customer_keys: list[str]) -> dict[str, tuple[str, str]]:
         """customer key -> (content hash, decision) of the customers settled as they are now."""
-        found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(customer_keys), 500):
-            chunk = customer_keys[start:start + 500]
-            rows = self._query(
-                f"SELECT customer_key, content_hash, decision FROM written_customer "
-                f"WHERE customer_key IN ({','.join('?' * len(chunk))})", chunk)
-            found.update({r["customer_key"]: (r["content_hash"], r["decision"]) for r in rows})
-        return found
+        return {r["customer_key"]: (r["content_hash"], r["decision"]) for r in self._rows_of(
+            "SELECT customer_key, content_hash, decision FROM written_customer WHERE customer_key IN ({})",
+            customer_keys)}
+
+    def _rows_of(self, statement: str, keys: list[str]) -> list[sqlite3.Row]:
+        """The rows of `statement` for the keys, its `IN ({})` filled 500 keys at a time (SQLite's limit on
+        parameters is lower than a batch's keys)."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows += self._query(statement.format(",".join("?" * len(chunk))), chunk)
+        return rows
 
     def record_customer_outcomes(self, account_id: str, settled: dict[str, tuple[str, str]],
                                  refused: dict[str, tuple[int, str]]) -> None:
