@@ -813,23 +813,14 @@ class LightspeedAccount:
         sort_field, descending = sort_text.lstrip("-"), sort_text.startswith("-")
         if sort_field not in kind.sortable:
             raise _ApiError(400, f"Invalid sort field '{sort_field}'. Sortable fields: {', '.join(kind.sortable)}")
-        archived = (request.arg("archived") or "false").lower()
-        if archived not in ("false", "true", "only"):
-            raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
-        tests = [self._filter(name, key, values[-1], relations)
-                 for key, values in request.query.items() if key not in _CONTROL]
-        searched = frozenset(key.partition(".")[0] for key in request.query if "." in key)  # relations searched in
+        matching = self._matching(request, name, relations)
 
         def key(row: dict) -> tuple:
             if sort_field == kind.id_field:
                 return (int(row[kind.id_field]),)
             return _rank(sort_field, row.get(sort_field)), int(row[kind.id_field])
 
-        # rows are evaluated now, so a row whose sort value changed mid-crawl can jump the cursor (§9)
-        rows = [self._render(name, row_id, searched) for row_id in self._table(name)]
-        if archived != "true":  # §2: false (default) hides archived rows, only shows nothing else
-            rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
-        rows = sorted((r for r in rows if all(test(r) for test in tests)), key=key, reverse=descending)
+        rows = sorted(matching, key=key, reverse=descending)
         after, before = request.arg("after"), request.arg("before")
         if after and before:
             raise _ApiError(400, "after and before cannot be combined")
@@ -867,6 +858,12 @@ class LightspeedAccount:
         combined = [p for p in ("limit", "sort", "after", "before") if request.arg(p) is not None]
         if combined:
             raise _ApiError(400, f"count cannot be combined with {', '.join(combined)}")
+        return {"@attributes": {"count": str(len(self._matching(request, name, relations)))}}
+
+    def _matching(self, request: Request, name: str, relations: frozenset[str]) -> list[dict]:
+        """The rows the request's filters and `archived` select, as rendered for those filters (a relation
+        searched in is loaded for the test). Rows are evaluated now, so a row whose sort value changed
+        mid-crawl can jump the cursor (§9)."""
         archived = (request.arg("archived") or "false").lower()
         if archived not in ("false", "true", "only"):
             raise _ApiError(400, f"Invalid archived value '{archived}': use true, false or only")
@@ -874,9 +871,9 @@ class LightspeedAccount:
                  for key, values in request.query.items() if key not in _CONTROL]
         searched = frozenset(key.partition(".")[0] for key in request.query if "." in key)  # relations searched in
         rows = [self._render(name, row_id, searched) for row_id in self._table(name)]
-        if archived != "true":
+        if archived != "true":  # §2: false (default) hides archived rows, only shows nothing else
             rows = [r for r in rows if (r.get("archived") == "true") == (archived == "only")]
-        return {"@attributes": {"count": str(sum(1 for r in rows if all(test(r) for test in tests)))}}
+        return [r for r in rows if all(test(r) for test in tests)]
 
     @staticmethod
     def _decode_cursor(token: str, sort_field: str, kind: _Kind) -> tuple:
