@@ -20,6 +20,7 @@ from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer
 from lspos_sync.planning import account_write
+from lspos_sync.reading import batches
 from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
 from lspos_sync.state import StateStore
 
@@ -233,7 +234,11 @@ def _action(resolution: Resolution, write: Write | None) -> str:
 def _batches(customers: Iterable[Customer], seen: set[int], limit: int | None,
              report: CustomerReport) -> Iterator[list[Customer]]:
     """Customers not met yet this run (both searches may find one), in batches; at most `limit` in all."""
-    batch: list[Customer] = []
+    return batches(_unseen(customers, seen, limit, report), CUSTOMER_BATCH)
+
+
+def _unseen(customers: Iterable[Customer], seen: set[int], limit: int | None,
+            report: CustomerReport) -> Iterator[Customer]:
     for customer in customers:
         if customer.customer_id in seen:
             continue
@@ -241,12 +246,7 @@ def _batches(customers: Iterable[Customer], seen: set[int], limit: int | None,
             break
         seen.add(customer.customer_id)
         report.read += 1
-        batch.append(customer)
-        if len(batch) >= CUSTOMER_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        yield customer
 
 
 # How the summary line counts each action: (done, previewed).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
@@ -15,6 +15,7 @@ from lspos_sync.lightspeed.models import Category, InvalidPayload, RawSale, Sale
 from lspos_sync.summary import RunSummary, Window
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Reader:
@@ -162,10 +163,11 @@ def _prefetched(pages: Iterator[list[Sale]], ahead: int) -> Iterator[list[Sale]]
         reader.join()  # it finishes the request it is in
 
 
-def batches(sales: Iterable[Sale], size: int) -> Iterator[list[Sale]]:
-    batch: list[Sale] = []
-    for sale in sales:
-        batch.append(sale)
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """The items in lists of `size`, the last one shorter."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) >= size:
             yield batch
             batch = []
