@@ -38,7 +38,7 @@ def test_refund_sale_has_refund_status_and_negative_quantities():
 
 
 def test_voided_wins_over_refund_and_keeps_lines():
-    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json").model_copy(update={"voided": True})
+    sale = sample_sale("docs_v3_sale_277_completed_with_relations.json").but(voided=True)
     assert mapping.transaction_record(sale, "1", SHOPS)["Status__c"] == "Voided"
     assert len(mapping.line_records(sale, "1", {})) == 2
 
@@ -70,7 +70,7 @@ def test_line_takes_custom_sku_then_system_sku_and_category_name():
     item = Item(item_id=5, description="Silk scarf", custom_sku="", system_sku="210000000005", category_id=3)
     sale = Sale.of({"saleID": "9", "SaleLines": {"SaleLine": {
         "saleLineID": "90", "unitQuantity": "2", "unitPrice": "10", "calcTotal": "20", "itemID": "5"}}})
-    sale = sale.model_copy(update={"lines": [sale.lines[0].model_copy(update={"item": item})]})
+    sale = sale.but(lines=[sale.lines[0].but(item=item)])
     line = mapping.line_records(sale, "1", {3: Category(category_id=3, name="Accessories")})[0]
     assert (line["SKU__c"], line["Product_Name__c"], line["Category__c"]) == ("210000000005", "Silk scarf", "Accessories")
 
