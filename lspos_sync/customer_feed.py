@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from lspos_sync import mapping
 from lspos_sync.customers import AMBIGUOUS, Candidates, Resolution, claim_accounts, resolve
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Customer
 from lspos_sync.planning import account_write
 from lspos_sync.reading import batches
 from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
 from lspos_sync.state import StateStore
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Customer
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lspos_sync.lightspeed.models import Customer
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Customer
+
 
 LINKED, EMAIL, PHONE, CREATED, GUEST, AMBIGUOUS = "Linked", "Email", "Phone", "Created", "Guest", "Ambiguous"
 

@@ -11,12 +11,11 @@ import logging
 import time
 from contextlib import closing
 from datetime import datetime
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Sale
 from lspos_sync.planning import Plan, Planner
 from lspos_sync.reading import Reader, batches
 from lspos_sync.resolving import Resolver
@@ -25,6 +24,9 @@ from lspos_sync.settling import Settler
 from lspos_sync.state import StateStore
 from lspos_sync.summary import RunSummary, Window, summary_dict
 from lspos_sync.writing import Writer
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Sale
 
 # RunSummary, Window and summary_dict are imported from here by the commands.
 __all__ = ["BATCH_SALES", "RESOLVED_KEPT", "Engine", "RunSummary", "Window", "summary_dict"]

@@ -10,10 +10,12 @@ import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lspos_sync.customers import mobile_phone, normalise_email, other_phone, primary_email
-from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
 
 ACCOUNT = "Account"
 TRANSACTION = "Sales_Transaction__c"

@@ -5,17 +5,19 @@ and for each sale the line an admin reads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lspos_sync import mapping, rollups
 from lspos_sync.customers import AMBIGUOUS, CREATED, Resolution
 from lspos_sync.fieldmap import FieldMap
-from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.reading import Reader
 from lspos_sync.resolving import Built, Found, Resolver
 from lspos_sync.state import StateStore
 from lspos_sync.summary import RunSummary, SalePlan
 from lspos_sync.writing import CREATE_ACCOUNTS, DELETE_LINES, LINES, TRANSACTIONS, UPDATE_ACCOUNTS, Write
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Customer, Sale
 
 # The `attributes` of every transaction and line record (the writer copies them where a mapping renames the object).
 _TRANSACTION_TYPE = {"type": mapping.TRANSACTION}

@@ -7,12 +7,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
-from lspos_sync.lightspeed.models import Category, InvalidPayload, RawSale, Sale, Shop
+from lspos_sync.lightspeed.wire import InvalidPayload, RawSale
 from lspos_sync.summary import RunSummary, Window
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Category, Sale, Shop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,9 +52,11 @@ class Reader:
         for page in pages:
             for payload in page:
                 summary.sales_read += 1
-                if payload.__class__ is Sale:
+                if payload.__class__ is not dict:  # a Sale, read with its page
                     sale = payload
                 else:  # a page with a sale that does not read, or a mapping that reads the payloads
+                    from lspos_sync.lightspeed.models import Sale
+
                     try:
                         sale = Sale.of(payload)
                     except InvalidPayload as error:

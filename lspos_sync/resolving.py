@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lspos_sync import mapping
 from lspos_sync.customers import (CREATED, GUEST, Candidates, Resolution, claim_accounts, customer_phones,
                                   normalise_email, primary_email, resolve)
 from lspos_sync.errors import RunFailed
-from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.salesforce import queries
 from lspos_sync.writing import Write, Writer
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Customer, Sale
 
 # A batch's records as mapped, by sale id: (transaction, lines, content hash).
 Built = dict[int, tuple[dict[str, Any], list[dict[str, Any]], str]]

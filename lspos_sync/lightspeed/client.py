@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import partial
-from typing import Any, Callable, Iterator, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, Union
 
 import httpx
 from pydantic_core import from_json
@@ -18,13 +18,14 @@ from pydantic_core import from_json
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.models import (Category, Customer, InvalidPayload, LightspeedModel, Sale, Shop, one_or_many,
-                                          sale_page)
+from lspos_sync.lightspeed.wire import InvalidPayload, one_or_many
+
+if TYPE_CHECKING:
+    from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=LightspeedModel)
 R = TypeVar("R")
-Row = Union[Sale, dict[str, Any]]  # a sale read straight from the page, or its payload for the engine to read
+Row = Union["Sale", dict[str, Any]]  # a sale read straight from the page, or its payload for the engine to read
 
 SALE_RELATIONS = ["SaleLines", "SaleLines.Item", "SalePayments", "SalePayments.PaymentType",
                   "Customer", "Customer.Contact"]
@@ -194,7 +195,7 @@ class LightspeedClient:
         the payloads as sent (for mapped fields)."""
         pages = self._by_id("Customer", "customerID", customer_ids,
                             {"archived": "true", "load_relations": json.dumps(["Contact"])})
-        return {c.customer_id: c for page in pages for c in _valid(Customer, _kept(page, "customerID", raw))}
+        return {c.customer_id: c for page in pages for c in _valid("Customer", _kept(page, "customerID", raw))}
 
     def customers_changed(self, since: datetime, until: datetime,
                           raw: dict[int, dict] | None = None) -> Iterator[list[Customer]]:
@@ -212,7 +213,7 @@ class LightspeedClient:
         for field_name in ("timeStamp", "Contact.timeStamp"):
             try:
                 for page in self._pages("Customer.json", {field_name: window, **common}, "Customer"):
-                    yield _valid(Customer, _kept(page, "customerID", raw))
+                    yield _valid("Customer", _kept(page, "customerID", raw))
             except _Refused as refused:
                 if field_name == "timeStamp":
                     raise RunFailed(f"Lightspeed refused the Customer query: {refused}") from None
@@ -230,12 +231,12 @@ class LightspeedClient:
     def shops(self, raw: dict[int, dict] | None = None) -> dict[int, Shop]:
         params = {"limit": str(PAGE_SIZE), "archived": "true"}
         return {shop.shop_id: shop for page in self._pages("Shop.json", params, "Shop")
-                for shop in _valid(Shop, _kept(page, "shopID", raw))}
+                for shop in _valid("Shop", _kept(page, "shopID", raw))}
 
     def categories(self) -> dict[int, Category]:
         params = {"limit": str(PAGE_SIZE), "archived": "true"}
         return {c.category_id: c for page in self._pages("Category.json", params, "Category")
-                for c in _valid(Category, page)}
+                for c in _valid("Category", page)}
 
     def sales_completed_between(self, since: datetime, until: datetime) -> Iterator[list[dict[str, Any]]]:
         """Pages of completed sales whose completion time lies in [since, until], earliest first, without
@@ -341,7 +342,7 @@ def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], 
     body = _decoded(content)
     if not isinstance(body, dict):
         raise RunFailed(f"Lightspeed answered {path} with something other than an object")
-    rows = sale_page(body) if typed else None
+    rows = _models().sale_page(body) if typed and body.get("Sale") else None
     return rows if rows is not None else one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
 
 
@@ -354,15 +355,27 @@ def _decoded(content: bytes) -> Any:
         return json.loads(content)
 
 
-def _valid(model: type[M], rows: list[dict[str, Any]]) -> list[M]:
-    """The rows that validate; a malformed one is logged and left out (its sales then lack its name)."""
-    valid = []
+def _valid(name: str, rows: list[dict[str, Any]]) -> list[Any]:
+    """The rows that validate as the model `name`; a malformed one is logged and left out (its sales then lack
+    its name)."""
+    valid: list[Any] = []
+    if not rows:
+        return valid
+    model = getattr(_models(), name)
     for row in rows:
         try:
             valid.append(model.of(row))
         except InvalidPayload as error:
             log.warning("skipped a malformed Lightspeed %s: %s", model.__name__, error)
     return valid
+
+
+def _models() -> Any:
+    """The pydantic models, imported when the first row is to be read: a run that reads nothing never loads
+    pydantic (a no-op sync is all start-up, docs/performance.md)."""
+    from lspos_sync.lightspeed import models
+
+    return models
 
 
 def _smaller_page(url: str, params: dict[str, str] | None) -> tuple[str, dict[str, str] | None] | None:
