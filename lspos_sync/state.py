@@ -134,9 +134,12 @@ class ParkedCustomer:
     """A customer (LSPOS_SYNC_CUSTOMERS) whose Person Account Salesforce refused, retried by every run."""
 
     customer_key: str
+    account_id: str
     customer_id: int
     reason: str
     attempts: int
+    first_seen: str
+    last_seen: str
 
 
 class StateStore:
@@ -375,10 +378,17 @@ class StateStore:
         with self.transaction() as db:
             db.executemany("DELETE FROM customer_reject WHERE customer_key = ?", [(k,) for k in customer_keys])
 
-    def customer_rejects(self, account_id: str) -> list[ParkedCustomer]:
-        rows = self._query("SELECT * FROM customer_reject WHERE account_id = ? ORDER BY first_seen, customer_key",
-                           (account_id,))
-        return [ParkedCustomer(r["customer_key"], r["customer_id"], r["reason"], r["attempts"]) for r in rows]
+    def customer_rejects(self, account_id: str | None = None) -> list[ParkedCustomer]:
+        query, args = "SELECT * FROM customer_reject", ()
+        if account_id is not None:
+            query, args = query + " WHERE account_id = ?", (account_id,)
+        rows = self._query(query + " ORDER BY first_seen, customer_key", args)
+        return [ParkedCustomer(r["customer_key"], r["account_id"], r["customer_id"], r["reason"], r["attempts"],
+                               r["first_seen"], r["last_seen"]) for r in rows]
+
+    def drop_customer_reject(self, customer_key: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM customer_reject WHERE customer_key = ?", (customer_key,)).rowcount > 0
 
     # -- loyalty roll-ups Salesforce refused, recomputed by the next run
     def pending_rollups(self, account_id: str) -> list[str]:
