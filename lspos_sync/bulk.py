@@ -14,7 +14,12 @@ that round again, by external IDs, without doubling anything.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import socket
 import sqlite3
+import stat
 import tempfile
 from contextlib import closing
 from dataclasses import dataclass
@@ -56,6 +61,10 @@ PLANNED_SALES = 250  # sales of a round planned (and their writes handed over) t
 # round with more (long sales) is cut into more jobs. Each round costs four jobs of five calls or so.
 ROUND_SALES = 150_000
 _OUTCOMES = 5_000  # sales settled (state store written) together
+# A run's round files live in `lspos-bulk-<pid>@<host>-<random>` under the temporary directory, removed when the run
+# ends, however it ends, except by SIGKILL or a power cut; the name lets a later run tell such leftovers apart.
+_DIRECTORY_PREFIX = "lspos-bulk-"
+_DIRECTORY_NAME = re.compile(r"lspos-bulk-(\d+)@(.+)-[^-]+")  # mkdtemp's random suffix holds no "-"
 
 _SCHEMA = """
 CREATE TABLE sales (sale_key TEXT PRIMARY KEY, seq INTEGER, sale_id INTEGER, digest TEXT, customer_key TEXT,
@@ -125,7 +134,9 @@ class BulkBackfill:
         summary = RunSummary(command, self.account_id, window)
         if self.customer_feed is not None:
             summary.customers = self.customer_feed.run(window.since, window.until, None)
-        with tempfile.TemporaryDirectory(prefix="lspos-bulk-") as directory:
+        remove_leftovers()
+        with tempfile.TemporaryDirectory(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}@{socket.gethostname()}-") \
+                as directory:
             self._directory = Path(directory)
             self._round_number = 0
             current = self._new_round()
@@ -533,3 +544,36 @@ def _freeze(model: Sale | Customer | None) -> bytes:
 
 def _thaw(blob: bytes) -> Any:
     return pickle.loads(blob)  # noqa: S301 - written by this run, in its own temporary directory
+
+
+def remove_leftovers(root: Path | None = None) -> list[Path]:
+    """Removes the round files of earlier bulk runs killed before they could (SIGKILL, power cut): the directories
+    of this host and user whose process is gone. A live process's directory is left alone, and so is another
+    host's (containers sharing one /tmp see each other's files, not each other's processes) or another user's."""
+    root = Path(root or tempfile.gettempdir())
+    host, removed = socket.gethostname(), []
+    for path in root.glob(f"{_DIRECTORY_PREFIX}*"):
+        named = _DIRECTORY_NAME.fullmatch(path.name)
+        if named is None or named[2] != host:
+            continue
+        try:
+            found = path.lstat()
+        except FileNotFoundError:  # removed meanwhile by another run starting
+            continue
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or _alive(int(named[1])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the round files of a bulk run killed before it finished: %s", path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of that id runs (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -209,7 +209,8 @@ def _window(from_: str, to: str | None) -> tuple[datetime, datetime | None]:
 @common_options
 @click.pass_context
 def rejects(ctx: click.Context, **common: Any) -> None:
-    """Sales Salesforce rejected: kept in the state store and retried by every run until they go through."""
+    """Sales (and customers, LSPOS_SYNC_CUSTOMERS) Salesforce rejected: kept in the state store and retried by every
+    run until they go through."""
     ctx.obj = _options(ctx, **common)
 
 
@@ -217,14 +218,21 @@ def rejects(ctx: click.Context, **common: Any) -> None:
 @common_options
 @click.pass_context
 def rejects_list(ctx: click.Context, **common: Any) -> None:
-    """The parked sales, with Salesforce's reason and the number of attempts."""
+    """The parked sales, then the parked customers, with Salesforce's reason and the number of attempts."""
 
     def body(settings: Settings, output: Output) -> int:
+        def configured(account_id: str) -> bool:
+            return not settings.account_ids or account_id in settings.account_ids
+
         with StateStore(settings.state_path) as store:
-            parked = [r for r in store.rejects() if not settings.account_ids or r.account_id in settings.account_ids]
-        output.result({"rejects": [reject.__dict__ for reject in parked]},
-                      [f"{r.sale_key} (sale {r.sale_id}): {r.attempts} attempt(s), since {r.first_seen}: {r.reason}"
-                       for r in parked] or ["no rejected sales"])
+            parked = [r for r in store.rejects() if configured(r.account_id)]
+            customers = [c for c in store.customer_rejects() if configured(c.account_id)]
+        output.result({"rejects": [reject.__dict__ for reject in parked],
+                       "rejected_customers": [customer.__dict__ for customer in customers]},
+                      ([f"{r.sale_key} (sale {r.sale_id}): {r.attempts} attempt(s), since {r.first_seen}: {r.reason}"
+                        for r in parked] or ["no rejected sales"])
+                      + [f"{c.customer_key} (customer {c.customer_id}): {c.attempts} attempt(s), since {c.first_seen}: "
+                         f"{c.reason}" for c in customers])
         return 0
 
     run_command("rejects list", _options(ctx, **common), body)
@@ -243,16 +251,24 @@ def rejects_retry(ctx: click.Context, keys: tuple[str, ...], **common: Any) -> N
 
 @rejects.command("drop")
 @click.argument("key", metavar="KEY")
+@click.option("--customer", is_flag=True, help="KEY is a parked customer's (a customer and a sale may share a key).")
 @common_options
 @click.pass_context
-def rejects_drop(ctx: click.Context, key: str, **common: Any) -> None:
-    """Stop retrying a parked sale; it is written again only if Lightspeed changes it or a backfill covers it."""
+def rejects_drop(ctx: click.Context, key: str, customer: bool, **common: Any) -> None:
+    """Stop retrying a parked sale (or customer); it is written again only if Lightspeed changes it or a backfill
+    covers it."""
 
     def body(settings: Settings, output: Output) -> int:
         with StateStore(settings.state_path) as store:
-            if not store.drop_reject(key):
+            if customer:
+                if not store.drop_customer_reject(key):
+                    raise ConfigError(f"no parked customer {key} (see `lspos-sync rejects list`)")
+            elif not store.drop_reject(key):
+                if any(c.customer_key == key for c in store.customer_rejects()):
+                    raise ConfigError(f"no parked sale {key}, but a parked customer: "
+                                      f"`lspos-sync rejects drop --customer {key}`")
                 raise ConfigError(f"no parked sale {key} (see `lspos-sync rejects list`)")
-        output.result({"dropped": key}, [f"dropped {key}"])
+        output.result({"dropped": key, "customer": customer}, [f"dropped {'customer ' if customer else ''}{key}"])
         return 0
 
     run_command("rejects drop", _options(ctx, **common), body)

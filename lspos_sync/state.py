@@ -134,9 +134,12 @@ class ParkedCustomer:
     """A customer (LSPOS_SYNC_CUSTOMERS) whose Person Account Salesforce refused, retried by every run."""
 
     customer_key: str
+    account_id: str
     customer_id: int
     reason: str
     attempts: int
+    first_seen: str
+    last_seen: str
 
 
 class StateStore:
@@ -311,22 +314,7 @@ class StateStore:
                         rejected: dict[str, tuple[int, str]]) -> None:
         """In one transaction: sales written (key -> (hash, match status)) leave the reject list and
         remember their hash; sales rejected (key -> (sale id, reason)) join it or count one more attempt."""
-        now = iso(utcnow())
-        with self.transaction() as db:
-            for sale_key, (digest, status) in written.items():
-                db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,))
-                db.execute(
-                    "INSERT INTO written_sale (sale_key, content_hash, match_status, written_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(sale_key) DO UPDATE SET content_hash = excluded.content_hash, "
-                    "match_status = excluded.match_status, written_at = excluded.written_at",
-                    (sale_key, digest, status, now))
-            for sale_key, (sale_id, reason) in rejected.items():
-                db.execute("DELETE FROM written_sale WHERE sale_key = ?", (sale_key,))
-                db.execute(
-                    "INSERT INTO reject (sale_key, account_id, sale_id, reason, attempts, first_seen, last_seen) "
-                    "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(sale_key) DO UPDATE SET reason = excluded.reason, "
-                    "attempts = reject.attempts + 1, last_seen = excluded.last_seen",
-                    (sale_key, account_id, sale_id, reason, now, now))
+        self._record("written_sale", "sale_key", "match_status", "reject", "sale_id", account_id, written, rejected)
 
     def written(self, sale_keys: list[str]) -> dict[str, tuple[str, str]]:
         """sale key -> (content hash, match status) of the sales already written as they are now."""
@@ -353,32 +341,47 @@ class StateStore:
                                  refused: dict[str, tuple[int, str]]) -> None:
         """In one transaction: customers settled (key -> (hash, decision)) leave the reject list and remember
         their hash; customers refused (key -> (customer id, reason)) join it or count one more attempt."""
+        self._record("written_customer", "customer_key", "decision", "customer_reject", "customer_id", account_id,
+                     settled, refused)
+
+    def _record(self, done_table: str, key: str, done_column: str, reject_table: str, id_column: str,
+                account_id: str, done: dict[str, tuple[str, str]], refused: dict[str, tuple[int, str]]) -> None:
+        """The shape of both: a record done (key -> (hash, `done_column`)) leaves `reject_table` and remembers its
+        hash in `done_table`; a record refused (key -> (Lightspeed id, reason)) leaves `done_table` and joins
+        `reject_table`, or counts one more attempt there. Table and column names are ours, never input."""
         now = iso(utcnow())
         with self.transaction() as db:
-            for customer_key, (digest, decision) in settled.items():
-                db.execute("DELETE FROM customer_reject WHERE customer_key = ?", (customer_key,))
+            for record_key, (digest, value) in done.items():
+                db.execute(f"DELETE FROM {reject_table} WHERE {key} = ?", (record_key,))
                 db.execute(
-                    "INSERT INTO written_customer (customer_key, content_hash, decision, written_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT(customer_key) DO UPDATE SET content_hash = excluded.content_hash, "
-                    "decision = excluded.decision, written_at = excluded.written_at",
-                    (customer_key, digest, decision, now))
-            for customer_key, (customer_id, reason) in refused.items():
-                db.execute("DELETE FROM written_customer WHERE customer_key = ?", (customer_key,))
+                    f"INSERT INTO {done_table} ({key}, content_hash, {done_column}, written_at) VALUES (?, ?, ?, ?) "
+                    f"ON CONFLICT({key}) DO UPDATE SET content_hash = excluded.content_hash, "
+                    f"{done_column} = excluded.{done_column}, written_at = excluded.written_at",
+                    (record_key, digest, value, now))
+            for record_key, (record_id, reason) in refused.items():
+                db.execute(f"DELETE FROM {done_table} WHERE {key} = ?", (record_key,))
                 db.execute(
-                    "INSERT INTO customer_reject (customer_key, account_id, customer_id, reason, attempts, first_seen, "
-                    "last_seen) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(customer_key) DO UPDATE SET "
-                    "reason = excluded.reason, attempts = customer_reject.attempts + 1, last_seen = excluded.last_seen",
-                    (customer_key, account_id, customer_id, reason, now, now))
+                    f"INSERT INTO {reject_table} ({key}, account_id, {id_column}, reason, attempts, first_seen, "
+                    f"last_seen) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT({key}) DO UPDATE SET "
+                    f"reason = excluded.reason, attempts = {reject_table}.attempts + 1, last_seen = excluded.last_seen",
+                    (record_key, account_id, record_id, reason, now, now))
 
     def forget_customer_rejects(self, customer_keys: list[str]) -> None:
         """Parked customers there is nothing more to do for (archived, or gone from Lightspeed)."""
         with self.transaction() as db:
             db.executemany("DELETE FROM customer_reject WHERE customer_key = ?", [(k,) for k in customer_keys])
 
-    def customer_rejects(self, account_id: str) -> list[ParkedCustomer]:
-        rows = self._query("SELECT * FROM customer_reject WHERE account_id = ? ORDER BY first_seen, customer_key",
-                           (account_id,))
-        return [ParkedCustomer(r["customer_key"], r["customer_id"], r["reason"], r["attempts"]) for r in rows]
+    def customer_rejects(self, account_id: str | None = None) -> list[ParkedCustomer]:
+        query, args = "SELECT * FROM customer_reject", ()
+        if account_id is not None:
+            query, args = query + " WHERE account_id = ?", (account_id,)
+        rows = self._query(query + " ORDER BY first_seen, customer_key", args)
+        return [ParkedCustomer(r["customer_key"], r["account_id"], r["customer_id"], r["reason"], r["attempts"],
+                               r["first_seen"], r["last_seen"]) for r in rows]
+
+    def drop_customer_reject(self, customer_key: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM customer_reject WHERE customer_key = ?", (customer_key,)).rowcount > 0
 
     # -- loyalty roll-ups Salesforce refused, recomputed by the next run
     def pending_rollups(self, account_id: str) -> list[str]:

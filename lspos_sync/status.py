@@ -34,6 +34,7 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     checkpoints: dict[str, dict[str, str | None]] = {}
     ahead: dict[str, timedelta] = {}  # the host's clock minus Lightspeed's, as each account's last run found it
     parked = 0
+    customers_parked = 0  # LSPOS_SYNC_CUSTOMERS: customers Salesforce refused, retried by every run with the feed on
     # A state file that does not exist yet means nothing has run; status does not create one.
     if settings.state_path.exists():
         with StateStore(settings.state_path) as store:
@@ -44,6 +45,8 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
             ahead = {account_id: store.host_clock_ahead(account_id) for account_id in checkpoints}
             parked = sum(len(store.rejects(i)) for i in settings.account_ids) if settings.account_ids else \
                 len(store.rejects())
+            customers_parked = sum(len(store.customer_rejects(i)) for i in settings.account_ids) \
+                if settings.account_ids else len(store.customer_rejects())
     if settings.account_ids:
         checkpoints = {i: checkpoints.get(i) or {"cursor": None, "updated_at": None} for i in settings.account_ids}
 
@@ -78,10 +81,11 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
     data = {"command": "status", "outcome": "failed" if problems else "ok", "exit_code": exit_code,
             "problems": problems, "state_path": str(settings.state_path), "checkpoints": accounts,
             "max_lag_minutes": max_lag_minutes, "rejected_parked": parked,
+            "customers_parked": customers_parked,
             "last_run": max(last_runs, key=lambda run: run["id"]) if last_runs else None,
             "last_runs": {run["account_id"]: run for run in last_runs} if settings.several_accounts else None,
             "runs": runs}
-    output.result(data, _lines(data, output))
+    output.result(data, _lines(data, output, settings.sync_customers))
     return exit_code
 
 
@@ -148,7 +152,8 @@ def _ago(minutes: int) -> str:
     return f"{minutes // (24 * 60)} days"
 
 
-def _lines(data: dict[str, Any], output: "Output") -> list[str]:
+def _lines(data: dict[str, Any], output: "Output", customer_feed: bool) -> list[str]:
+    """The text report; the parked customers' line only with the customer feed on, or when some are parked."""
     lines = []
     for account_id, account in data["checkpoints"].items():
         if account["cursor"] is None:
@@ -162,6 +167,9 @@ def _lines(data: dict[str, Any], output: "Output") -> list[str]:
         lines.append("no checkpoint yet (no sync has completed)")
     lines.append(f"rejected sales parked: {data['rejected_parked']}"
                  + (" (retried by every run)" if data["rejected_parked"] else ""))
+    if data["customers_parked"] or customer_feed:
+        lines.append(f"rejected customers parked: {data['customers_parked']}"
+                     + (" (retried by every run with LSPOS_SYNC_CUSTOMERS on)" if data["customers_parked"] else ""))
     if not data["runs"]:
         lines.append(f"runs: none recorded in {data['state_path']}")
     elif output.fancy and not output.as_json:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from conftest import sell
+from lspos_sync.bulk import remove_leftovers
 from lspos_sync.state import StateStore
 
 
@@ -243,7 +248,9 @@ def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, ligh
     window = ("--from", (start - timedelta(hours=1)).isoformat())
     rounds = {"bulk.ROUND_SALES": 2, "bulk.BATCH_SALES": 1}  # three rounds of two sales, three jobs each
 
-    process = cli.start("backfill", *window, "--bulk", constants=rounds, env={"TMPDIR": str(tmp_path)})
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    process = cli.start("backfill", *window, "--bulk", constants=rounds, env={"TMPDIR": str(temporary)})
     deadline = time.monotonic() + 60
     while len(salesforce.bulk.jobs()) < 4 and time.monotonic() < deadline:  # the second round has begun
         time.sleep(0.005)
@@ -255,10 +262,12 @@ def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, ligh
     salesforce.bulk.in_progress_polls = 1
     written = len(salesforce.records("Sales_Transaction__c"))
     assert 2 <= written < 6
+    assert [path.name.split("@")[0] for path in temporary.iterdir()] == [f"lspos-bulk-{process.pid}"]
 
-    resumed = cli("backfill", *window, "--bulk", "--json", constants=rounds)
+    resumed = cli("backfill", *window, "--bulk", "--json", constants=rounds, env={"TMPDIR": str(temporary)})
 
     assert resumed.code == 0, resumed.stderr
+    assert list(temporary.iterdir()) == []  # the killed run's round files are removed by the next run
     assert resumed.json["sales"]["read"] < 6  # from the end of the first round, not the window's start
     transactions = [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")]
     assert sorted(transactions) == sorted(f"182255-{sale}" for sale in sales)
@@ -297,3 +306,32 @@ def test_a_bulk_backfill_brings_clients_without_a_sale_too(cli, lightspeed, sale
     assert result.code == 0, result.stderr
     keyed = {a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")}
     assert f"182255-{lonely}" in keyed and len(keyed) == 2
+
+
+def test_round_files_of_a_killed_run_are_removed_and_a_live_run_s_are_kept(tmp_path):
+    host = socket.gethostname()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = tmp_path / f"lspos-bulk-{_dead_pid()}@{host}-abc_123"
+        live = tmp_path / f"lspos-bulk-{running.pid}@{host}-def456"
+        own = tmp_path / f"lspos-bulk-{os.getpid()}@{host}-ghi789"
+        elsewhere = tmp_path / f"lspos-bulk-{_dead_pid()}@not-{host}-jkl012"  # another container's /tmp
+        unnamed = tmp_path / "lspos-bulk-mno345"  # a version that did not name its process
+        for directory in (dead, live, own, elsewhere, unnamed):
+            directory.mkdir()
+            (directory / "round-1.db").write_bytes(b"rows")
+
+        removed = remove_leftovers(tmp_path)
+
+        assert removed == [dead]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, own, elsewhere, unnamed))
+    finally:
+        running.kill()
+        running.wait()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and was reaped)."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid

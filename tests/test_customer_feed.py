@@ -273,3 +273,36 @@ def test_a_mapping_file_renames_and_adds_account_fields_for_the_feed_too(cli, li
     assert result.code == 0, result.stderr
     assert {a["LS_Customer_ID__c"]: a["LS_Title__c"] for a in person_accounts(salesforce)} == titles
     assert cli("sync", "--mapping", str(mapping), "--json", env=FEED).json["customers"]["unchanged"] == 3
+
+
+def test_parked_customers_are_listed_as_customers_and_can_be_dropped(cli, lightspeed, salesforce, boutique):
+    salesforce.add_validation_rule("Account", lambda r: r.get("LastName") == "Lima", "No Limas today")
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+    lightspeed.add_customer("Bo", "Chen", email="bo@example.com")  # so that Ana's key is no sale's key
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sale = sell(lightspeed, boutique, lines=((1, "900"),))
+    assert ana != sale
+    assert cli("sync", env=FEED).code == 3
+
+    listed = cli("rejects", "list", "--json", env=FEED)
+
+    assert listed.code == 0, listed.stderr
+    assert [r["sale_key"] for r in listed.json["rejects"]] == [f"182255-{sale}"]
+    [parked] = listed.json["rejected_customers"]
+    assert (parked["customer_key"], parked["account_id"], parked["customer_id"], parked["attempts"]) == \
+        (f"182255-{ana}", "182255", ana, 1)
+    assert "No Limas today" in parked["reason"]
+    text = cli("rejects", "list", env=FEED).stdout.splitlines()
+    assert text[0].startswith(f"182255-{sale} (sale {sale}): 1 attempt(s), since ")
+    assert text[1].startswith(f"182255-{ana} (customer {ana}): 1 attempt(s), since ")
+    assert "No Limas today" in text[1]
+
+    assert cli("sync", env=FEED).code == 3  # retried first, refused again: one more attempt
+    assert cli("rejects", "list", "--json", env=FEED).json["rejected_customers"][0]["attempts"] == 2
+
+    wrong = cli("rejects", "drop", f"182255-{ana}", env=FEED)
+    assert wrong.code == 2 and f"rejects drop --customer 182255-{ana}" in wrong.stderr
+    assert cli("rejects", "drop", "--customer", f"182255-{ana}", env=FEED).code == 0
+    assert cli("rejects", "list", "--json", env=FEED).json["rejected_customers"] == []
+    assert cli("rejects", "drop", "--customer", f"182255-{ana}", env=FEED).code == 2
+    assert cli("sync", "--json", env=FEED).json["customers"]["retried"] == 0  # given up on: no longer retried

@@ -145,3 +145,27 @@ def test_a_checkpoint_within_the_date_headers_second_is_no_lag_not_a_future_one(
     assert lag_minutes(now, ahead, now - ahead - timedelta(minutes=3, seconds=10)) == 3
     assert lag_minutes(now, ahead, now - ahead + timedelta(minutes=5)) < 0  # set by hand: still in the future
     assert lag_minutes(now, ahead, None) is None
+
+
+def test_parked_customers_are_counted_beside_the_parked_sales(cli, lightspeed, salesforce):
+    feed = {"LSPOS_SYNC_CUSTOMERS": "true"}
+    salesforce.add_validation_rule("Account", lambda r: r.get("LastName") == "Lima", "No Limas today")
+    lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    assert cli("sync", env=feed).code == 3
+
+    result = cli("status", "--json", env=feed)
+
+    assert result.code == 0  # parked records wait for a retry; they do not make status fail
+    assert (result.json["rejected_parked"], result.json["customers_parked"]) == (0, 1)
+    lines = cli("status", env=feed).stdout.splitlines()
+    assert "rejected sales parked: 0" in lines
+    assert "rejected customers parked: 1 (retried by every run with LSPOS_SYNC_CUSTOMERS on)" in lines
+
+
+def test_status_without_the_customer_feed_has_no_customer_line_until_one_is_parked(cli, lightspeed, salesforce):
+    lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    assert cli("sync").code == 0
+
+    assert cli("status", "--json").json["customers_parked"] == 0
+    assert not any("customers parked" in line for line in cli("status").stdout.splitlines())
+    assert "rejected customers parked: 0" in cli("status", env={"LSPOS_SYNC_CUSTOMERS": "true"}).stdout.splitlines()

@@ -1,0 +1,41 @@
+"""The state store's record of outcomes: sales and customers (LSPOS_SYNC_CUSTOMERS) follow one rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from lspos_sync.state import StateStore
+
+
+def _sales(store: StateStore, done: dict, refused: dict) -> tuple[dict, list]:
+    store.record_outcomes("182255", done, refused)
+    return store.written(["182255-1"]), [(r.sale_key, r.sale_id, r.reason, r.attempts) for r in store.rejects()]
+
+
+def _customers(store: StateStore, done: dict, refused: dict) -> tuple[dict, list]:
+    store.record_customer_outcomes("182255", done, refused)
+    return store.settled_customers(["182255-1"]), \
+        [(c.customer_key, c.customer_id, c.reason, c.attempts) for c in store.customer_rejects()]
+
+
+@pytest.mark.parametrize("record", [_sales, _customers], ids=["sales", "customers"])
+def test_a_refused_record_forgets_its_hash_counts_attempts_and_leaves_the_list_once_done(record, tmp_path):
+    with StateStore(tmp_path / "state.db") as store:
+        assert record(store, {"182255-1": ("hash-1", "Created")}, {}) == ({"182255-1": ("hash-1", "Created")}, [])
+
+        assert record(store, {}, {"182255-1": (1, "DUPLICATES_DETECTED")}) == \
+            ({}, [("182255-1", 1, "DUPLICATES_DETECTED", 1)])
+        assert record(store, {}, {"182255-1": (1, "FIELD_CUSTOM_VALIDATION_EXCEPTION")}) == \
+            ({}, [("182255-1", 1, "FIELD_CUSTOM_VALIDATION_EXCEPTION", 2)])
+
+        assert record(store, {"182255-1": ("hash-2", "Linked")}, {}) == ({"182255-1": ("hash-2", "Linked")}, [])
+
+
+def test_sales_and_customers_sharing_a_key_are_kept_apart(tmp_path):
+    with StateStore(tmp_path / "state.db") as store:
+        store.record_outcomes("182255", {}, {"182255-1": (1, "sale refused")})
+        store.record_customer_outcomes("182255", {"182255-1": ("hash", "created")}, {})
+
+        assert [r.reason for r in store.rejects()] == ["sale refused"]
+        assert store.customer_rejects() == [] and store.written(["182255-1"]) == {}
+        assert store.settled_customers(["182255-1"]) == {"182255-1": ("hash", "created")}
