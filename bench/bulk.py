@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--sales", type=int, default=100_000)
     parser.add_argument("--ls-latency", type=float, default=0.0)
     parser.add_argument("--sf-latency", type=float, default=0.0)
+    parser.add_argument("--sf-record-ms", type=float, default=0.0,
+                        help="milliseconds of the org's work per record a /composite request writes (default 0)")
     parser.add_argument("--drip-scale", type=float, default=1000.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()

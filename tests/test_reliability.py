@@ -196,14 +196,15 @@ def test_request_limit_exceeded_ends_the_run_cleanly(cli, lightspeed, salesforce
 
 def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, salesforce, boutique):
     start = datetime.now(timezone.utc) - timedelta(days=2)
-    sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=30 * i)) for i in range(2500)]
+    sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=20 * i)) for i in range(3500)]
 
     def outage(record) -> None:
-        # Page 26 (the 27th Sale.json request: the window's sales are counted first, for LSPOS_BULK_THRESHOLD)
-        # is asked for only once the second batch (pages 11-20) is written, and with it the end of the first,
-        # and the reader, four pages ahead, waits on the third: Salesforce goes down in the middle of the
-        # backfill, with one batch settled.
-        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 27:
+        # Page 31 (the 32nd Sale.json request: the window's sales are counted first, for LSPOS_BULK_THRESHOLD)
+        # is asked for only once the third batch (pages 21-30) is taken, which is after the second batch's
+        # lookups went out with the end of the first batch's writes and the first batch was settled. The
+        # second batch's writes are then on their way, or held for the third batch's lookups: Salesforce goes
+        # down in the middle of the backfill, with one batch settled.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 32:
             salesforce.fail_next(1000, status=503)
 
     lightspeed.after_request = outage
@@ -211,10 +212,10 @@ def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, sal
     assert cli("backfill", *window).code == 1
     lightspeed.after_request = None
     salesforce.clear_faults()
-    assert 0 < len(salesforce.records("Sales_Transaction__c")) < 2500
+    assert 0 < len(salesforce.records("Sales_Transaction__c")) < 3500
     resumed = cli("backfill", *window, "--json")
     assert resumed.code == 0, resumed.stderr
-    assert resumed.json["sales"]["read"] < 2500  # it did not start from the beginning
+    assert resumed.json["sales"]["read"] < 3500  # it did not start from the beginning
     assert_exactly_once(salesforce, lightspeed, sales)
 
 

@@ -5,8 +5,10 @@ per-record result read; queries travel in the same requests, behind the writes t
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 from lspos_sync.retry import pause
@@ -51,6 +53,12 @@ class CompositeWriter:  # a Writer
     Records refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same
     accounts, a busy server) are sent again, with what depends on them, after a growing pause and before
     anything else; every write is an upsert, update or delete by key, so sending it twice is harmless.
+
+    The full requests `write` sends go out from a thread of the writer's own (`_Sender`), one at a time and in
+    order, so that the run maps and hashes its next batch while Salesforce works on this one. Everything else
+    (queries, `flush`) first waits until that thread has nothing left in flight, so requests never overlap and a
+    query still travels behind every write it must see. A failure there (a RunFailed: the allowance, a login,
+    Salesforce down) comes out of the writer's next call.
     """
 
     def __init__(self, client: SalesforceClient, retries: int = 4, pause: float = 1.0) -> None:
@@ -58,12 +66,14 @@ class CompositeWriter:  # a Writer
         self._retries = retries
         self._pause = pause
         self._queued: list[tuple[str, list[Write]]] = []  # collections not sent yet, in order
+        self._sender = _Sender(lambda collections: self._send(collections, []))
         self.stats = WriteStats()
 
     def write(self, writes: list[Write]) -> None:
+        self._sender.check()
         self._queued.extend(chunks(writes))
         while len(self._queued) >= MAX_COLLECTIONS + HOLD:
-            self._send(self._take(MAX_COLLECTIONS), [])
+            self._sender.submit(self._take(MAX_COLLECTIONS))
 
     def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
                 *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
@@ -71,6 +81,7 @@ class CompositeWriter:  # a Writer
         index is `optional`: then its answer is None."""
         if not statements:
             return []
+        self._sender.wait()
         if after_lines:
             needed = len(self._queued)
         else:
@@ -88,6 +99,7 @@ class CompositeWriter:  # a Writer
         return answers
 
     def flush(self) -> None:
+        self._sender.wait()
         while self._queued:
             self._send(self._take(MAX_COLLECTIONS), [])
 
@@ -111,8 +123,12 @@ class CompositeWriter:  # a Writer
             delay = pause(attempt, base=self._pause)
             log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(again), delay)
             time.sleep(delay)
-            collections = chunks(again)
-            answers = self._exchange(collections, asked)
+            answers = self._exchange(chunks(again), asked)
+        # Answered only now, retries done: the run settles a sale as soon as all its writes are answered,
+        # maybe while this runs on the sending thread.
+        for _, batch in collections:
+            for write in batch:
+                write.answered = True
         return answers
 
     def _exchange(self, collections: list[tuple[str, list[Write]]],
@@ -146,8 +162,6 @@ class CompositeWriter:  # a Writer
 
     @staticmethod
     def _read(response: dict[str, Any] | None, batch: list[Write]) -> None:
-        for write in batch:
-            write.answered = True
         if response is None:
             for write in batch:
                 write.error = "NO_RESULT: Salesforce returned no result for this subrequest"
@@ -169,6 +183,58 @@ class CompositeWriter:  # a Writer
             else:
                 write.error = _errors(result.get("errors")) or "rejected without a reason"
                 write.transient = _transient(result.get("errors"))
+
+
+class _Sender:
+    """Sends one request after another from a thread of its own, in the order they are submitted. `wait`
+    returns once nothing is in flight; a failure is raised by the next `check`, `submit` or `wait`, and the
+    requests submitted after it are dropped (the run stops: their sales are not settled, the checkpoint stays).
+    The thread starts with the first request and ends when idle, so a run that writes nothing has none."""
+
+    def __init__(self, send: Callable[[list[tuple[str, list[Write]]]], Any]) -> None:
+        self._send = send
+        self._todo: deque[list[tuple[str, list[Write]]]] = deque()
+        self._idle = threading.Condition()
+        self._busy = False  # a thread is running
+        self._failure: BaseException | None = None
+
+    def submit(self, collections: list[tuple[str, list[Write]]]) -> None:
+        with self._idle:
+            self._raise()
+            self._todo.append(collections)
+            if not self._busy:
+                self._busy = True
+                threading.Thread(target=self._run, name="salesforce-writer", daemon=True).start()
+
+    def wait(self) -> None:
+        with self._idle:
+            while self._busy:
+                self._idle.wait()
+            self._raise()
+
+    def check(self) -> None:
+        with self._idle:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _run(self) -> None:
+        while True:
+            with self._idle:
+                if not self._todo or self._failure is not None:
+                    self._todo.clear()
+                    self._busy = False
+                    self._idle.notify_all()
+                    return
+                collections = self._todo.popleft()
+            try:
+                self._send(collections)
+            except BaseException as error:  # noqa: BLE001 - handed to the run's thread, which raises it
+                with self._idle:
+                    self._failure = error
 
 
 class RecordingSink:  # a Writer
