@@ -200,3 +200,29 @@ def test_an_unapproved_jwt_user_gets_one_line_and_no_warning(tmp_path, monkeypat
         with pytest.raises(SalesforceAuthError, match="JWT bearer login \\(user hasn't approved this consumer\\)"):
             upsert(client, "8-1")
         assert [str(w.message) for w in recwarn] == []
+
+
+def test_full_requests_go_from_the_writers_thread_and_a_failure_there_comes_out_of_the_next_call(salesforce, session):
+    from lspos_sync.errors import RunFailed
+    from lspos_sync.salesforce.writer import CompositeWriter
+    from lspos_sync.writing import TRANSACTIONS, Write
+
+    client = SalesforceClient(settings(instance_url=salesforce.instance_url, access_token=salesforce.access_token),
+                              http=session)
+    writer = CompositeWriter(client, pause=0)
+    first = [Write(TRANSACTIONS, sale(f"5-{i}"), (f"5-{i}",)) for i in range(2000)]  # 10 collections
+    writer.write(first)  # five go from the writer's thread, five are held for what comes next
+    writer.flush()
+    assert all(w.answered and not w.error for w in first)
+    assert len(salesforce.records("Sales_Transaction__c")) == 2000
+    assert sum(r.path.endswith("/composite") for r in salesforce.requests) == 2
+
+    salesforce.fail_next(100, status=503)  # down: the thread's request fails after its retries
+    second = [Write(TRANSACTIONS, sale(f"6-{i}"), (f"6-{i}",)) for i in range(2000)]
+    writer.write(second)
+    with pytest.raises(RunFailed):
+        writer.flush()
+    assert not any(w.answered for w in second[:1000])  # the thread's request: never answered, so never settled
+    salesforce.clear_faults()
+    writer.flush()  # what was held goes once Salesforce is back; the failure was reported once
+    assert all(w.answered for w in second[1000:])
