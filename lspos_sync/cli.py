@@ -90,7 +90,7 @@ def run() -> None:
     # A run makes millions of short-lived objects (pages, models, records) and few cycles: the collector's
     # default (a young collection every 700 allocations) took 1.5 of a 10,000-sale sync's 7.2 CPU s. The modules
     # imported so far are frozen out of it, and it runs less often: 0.72 -> 0.52 CPU s per 1,000 sales, peak RSS
-    # unchanged (docs/performance.md, "Where the head stands").
+    # unchanged (docs/performance.md, "Earlier on 2026-12-03").
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
