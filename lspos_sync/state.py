@@ -299,16 +299,22 @@ class StateStore:
 
     # -- rejected sales, kept until a later run writes them
     def rejects(self, account_id: str | None = None) -> list[Reject]:
-        query, args = "SELECT * FROM reject", ()
-        if account_id is not None:
-            query, args = query + " WHERE account_id = ?", (account_id,)
-        rows = self._query(query + " ORDER BY first_seen, sale_key", args)
         return [Reject(r["sale_key"], r["account_id"], r["sale_id"], r["reason"], r["attempts"],
-                       r["first_seen"], r["last_seen"]) for r in rows]
+                       r["first_seen"], r["last_seen"]) for r in self._parked("reject", "sale_key", account_id)]
 
     def drop_reject(self, sale_key: str) -> bool:
+        return self._unpark("reject", "sale_key", sale_key)
+
+    def _parked(self, table: str, key_column: str, account_id: str | None) -> list[sqlite3.Row]:
+        """The rows of a table of parked things (sales, customers), oldest first, of one account or all."""
+        query, args = f"SELECT * FROM {table}", ()
+        if account_id is not None:
+            query, args = query + " WHERE account_id = ?", (account_id,)
+        return self._query(query + f" ORDER BY first_seen, {key_column}", args)
+
+    def _unpark(self, table: str, key_column: str, key: str) -> bool:
         with self.transaction() as db:
-            return db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,)).rowcount > 0
+            return db.execute(f"DELETE FROM {table} WHERE {key_column} = ?", (key,)).rowcount > 0
 
     def record_outcomes(self, account_id: str, written: dict[str, tuple[str, str]],
                         rejected: dict[str, tuple[int, str]]) -> None:
@@ -372,16 +378,12 @@ class StateStore:
             db.executemany("DELETE FROM customer_reject WHERE customer_key = ?", [(k,) for k in customer_keys])
 
     def customer_rejects(self, account_id: str | None = None) -> list[ParkedCustomer]:
-        query, args = "SELECT * FROM customer_reject", ()
-        if account_id is not None:
-            query, args = query + " WHERE account_id = ?", (account_id,)
-        rows = self._query(query + " ORDER BY first_seen, customer_key", args)
         return [ParkedCustomer(r["customer_key"], r["account_id"], r["customer_id"], r["reason"], r["attempts"],
-                               r["first_seen"], r["last_seen"]) for r in rows]
+                               r["first_seen"], r["last_seen"])
+                for r in self._parked("customer_reject", "customer_key", account_id)]
 
     def drop_customer_reject(self, customer_key: str) -> bool:
-        with self.transaction() as db:
-            return db.execute("DELETE FROM customer_reject WHERE customer_key = ?", (customer_key,)).rowcount > 0
+        return self._unpark("customer_reject", "customer_key", customer_key)
 
     # -- loyalty roll-ups Salesforce refused, recomputed by the next run
     def pending_rollups(self, account_id: str) -> list[str]:
