@@ -19,9 +19,11 @@ from simple_salesforce import Salesforce
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.emulators.salesforce import SalesforceEmulator
-from lspos_sync.errors import SalesforceAuthError
+from lspos_sync.errors import RunFailed, SalesforceAuthError
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.session import SalesforceSession
+from lspos_sync.salesforce.writer import CompositeWriter
+from lspos_sync.writing import TRANSACTIONS, Write
 from conftest import sell
 
 MY_DOMAIN = "https://acme.my.salesforce.com"
@@ -203,10 +205,6 @@ def test_an_unapproved_jwt_user_gets_one_line_and_no_warning(tmp_path, monkeypat
 
 
 def test_full_requests_go_from_the_writers_thread_and_a_failure_there_comes_out_of_the_next_call(salesforce, session):
-    from lspos_sync.errors import RunFailed
-    from lspos_sync.salesforce.writer import CompositeWriter
-    from lspos_sync.writing import TRANSACTIONS, Write
-
     client = SalesforceClient(settings(instance_url=salesforce.instance_url, access_token=salesforce.access_token),
                               http=session)
     writer = CompositeWriter(client, pause=0)
