@@ -43,10 +43,9 @@ def report(settings: Settings, output: "Output", max_lag_minutes: int | None) ->
                 last_runs += [_run(row) for row in store.recent_runs(1, WRITING_COMMANDS, account_id)]
             checkpoints = store.checkpoints()
             ahead = {account_id: store.host_clock_ahead(account_id) for account_id in checkpoints}
-            parked = sum(len(store.rejects(i)) for i in settings.account_ids) if settings.account_ids else \
-                len(store.rejects())
-            customers_parked = sum(len(store.customer_rejects(i)) for i in settings.account_ids) \
-                if settings.account_ids else len(store.customer_rejects())
+            # the configured accounts' parked sales and customers, or every account's (None) when none is named
+            parked = sum(len(store.rejects(i)) for i in settings.account_ids or [None])
+            customers_parked = sum(len(store.customer_rejects(i)) for i in settings.account_ids or [None])
     if settings.account_ids:
         checkpoints = {i: checkpoints.get(i) or {"cursor": None, "updated_at": None} for i in settings.account_ids}
 
