@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import fields
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter,
@@ -110,14 +111,12 @@ class LightspeedModel:
 
 
 _CONFIG = ConfigDict(validate_by_name=True, validate_by_alias=True, defer_build=True)
-_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 
+@cache
 def _adapter(model: type[W]) -> TypeAdapter[W]:
-    adapter = _ADAPTERS.get(model)
-    if adapter is None:
-        adapter = _ADAPTERS[model] = TypeAdapter(model)
-    return adapter
+    """The model's validator, built the first time one of its payloads is read."""
+    return TypeAdapter(model)
 
 
 def model(cls: type[W]) -> type[W]:
