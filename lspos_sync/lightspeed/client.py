@@ -13,7 +13,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, Union
 
 import httpx
-from pydantic_core import from_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
@@ -346,9 +345,20 @@ def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], 
     return rows if rows is not None else one_or_many(body, key), (body.get("@attributes") or {}).get("next") or ""
 
 
+# Bodies up to this size are read by the standard library, larger ones by pydantic-core: a run whose answers are
+# all small (a no-op sync: the account, an empty SaleVoid list, an empty Sale page) never imports pydantic-core,
+# 0.03 CPU s of the 0.3 such a run takes (docs/performance.md). A page of sales is 0.5 to 0.7 MB.
+SMALL_BODY = 64 * 1024
+
+
 def _decoded(content: bytes) -> Any:
-    """A page's JSON. pydantic's parser is faster than the standard library's, and gives each repeated short
-    value ("0", "false", a timestamp) as one shared string: a page held in memory takes half the room."""
+    """A body's JSON. For a page, pydantic's parser is faster than the standard library's, and gives each
+    repeated short value ("0", "false", a timestamp) as one shared string: a page held in memory takes half the
+    room."""
+    if len(content) <= SMALL_BODY:
+        return json.loads(content)
+    from pydantic_core import from_json
+
     try:
         return from_json(content, cache_strings="all")
     except ValueError:  # what it refuses and the standard library takes (a BOM, a lone surrogate escape)
