@@ -6,7 +6,7 @@ import logging
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
@@ -209,12 +209,17 @@ def check_org_mapping(settings: Settings, output: "Output") -> int:
     return 0
 
 
+_DATE_RESOLUTION = timedelta(seconds=1)
+
+
 def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[datetime], datetime]:
     """Where a sync starts, given Lightspeed's now: the checkpoint minus the look-back, else LSPOS_SYNC_START;
     without either, a configuration error before anything is read."""
     if checkpoint is not None:
         def start(now: datetime) -> datetime:
-            if checkpoint > now:  # set by hand, or by a version that trusted a host clock running ahead
+            # Set by hand, or by a version that trusted a host clock running ahead. Within a second it is the
+            # `Date` header's resolution (two runs in one second), not worth a warning.
+            if checkpoint > now + _DATE_RESOLUTION:
                 log.warning("the checkpoint %s is later than Lightspeed's clock (%s): reading from Lightspeed's now",
                             iso(checkpoint), iso(now))
             return min(checkpoint, now) - settings.lookback
