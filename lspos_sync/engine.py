@@ -74,18 +74,19 @@ class Engine:
         parked, last with the window's end: `sync` moves its checkpoint there, `backfill` its resume point."""
         summary = RunSummary(command, self.account_id, window)
         self.settler.progress = progress
-        if self.customer_feed is not None:
-            summary.customers = self.customer_feed.run(window.since, window.until, limit)
-        if retry_rejects:
-            self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
-        if limit is None:
-            # Voids first: a void that moves no timestamp of its sale is seen only here, and the checkpoint
-            # moves with the pages below, so a run that stops half-way must not have skipped this.
-            self._process_ids(self.reader.voided(window), summary)
-        # Parked sales and voids are written and settled before the pages: met again there, they are unchanged.
-        self.settler.drain(summary)
-        # A batch's worth of sales read ahead: while one batch is written, the next one comes in.
+        # A batch's worth of sales read ahead, from now on: the first pages come in while the run reads the
+        # voids (a no-op sync waits for one Lightspeed answer fewer), and the next batch while one is written.
         with closing(self.reader.window_pages(window, ahead=min(BATCH_SALES, limit or BATCH_SALES))) as pages:
+            if self.customer_feed is not None:
+                summary.customers = self.customer_feed.run(window.since, window.until, limit)
+            if retry_rejects:
+                self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
+            if limit is None:
+                # Voids first: a void that moves no timestamp of its sale is seen only here, and the checkpoint
+                # moves with the pages below, so a run that stops half-way must not have skipped this.
+                self._process_ids(self.reader.voided(window), summary)
+            # Parked sales and voids are written and settled before the pages: met again there, unchanged.
+            self.settler.drain(summary)
             self._read_window(pages, window, summary, progress, limit)
         self.settler.drain(summary)
         if self.rollups:

@@ -34,10 +34,9 @@ class Reader:
         self._raw_customers: dict[int, dict[str, Any]] = {}
         self.raw_shops: dict[int, dict[str, Any]] = {}
 
-    def window_pages(self, window: Window, ahead: int) -> Iterator[list[Sale | dict[str, Any]]]:
-        """The window's pages, oldest change first, read ahead by a thread up to `ahead` sales (close it when
-        done)."""
-        return _prefetched(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw), ahead)
+    def window_pages(self, window: Window, ahead: int) -> ReadAhead:
+        """The window's pages, oldest change first, read ahead by a thread (from now on) up to `ahead` sales."""
+        return ReadAhead(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw), ahead)
 
     def voided(self, window: Window) -> list[int]:
         return self.lightspeed.voided_sale_ids(window.since, window.until)
@@ -112,60 +111,67 @@ class Reader:
         self._raw_customers.clear()
 
 
-def _prefetched(pages: Iterator[list[Sale]], ahead: int) -> Iterator[list[Sale]]:
-    """The same pages, in the same order, read ahead by a thread: while Salesforce writes one batch, the next
-    one's pages come in. The thread asks for a page only while fewer than `ahead` sales wait, so a run holds at
-    most that and one page more, whichever API is slower. An error in the reader surfaces here, in order."""
-    waiting: deque[Any] = deque()  # pages, then `done` or the reader's error
-    room = threading.Condition()
-    held = 0  # sales waiting
-    stop = False
-    done = object()
+class ReadAhead:
+    """The same pages, in the same order, read ahead by a thread that starts at once: while the run does what
+    comes before the pages (voids, parked sales) the first ones come in, and while Salesforce writes one batch,
+    the next one's. The thread asks for a page only while fewer than `ahead` sales wait, so a run holds at most
+    that and one page more, whichever API is slower. An error in the reader surfaces in iteration, in order.
+    Close it when done, read to the end or not."""
 
-    def read() -> None:
-        nonlocal held
-        item: Any = done
+    _DONE = object()
+
+    def __init__(self, pages: Iterator[list[Any]], ahead: int) -> None:
+        self._pages = pages
+        self._ahead = ahead
+        self._waiting: deque[Any] = deque()  # pages, then _DONE or the reader's error
+        self._room = threading.Condition()
+        self._held = 0  # sales waiting
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, name="lightspeed-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        item: Any = self._DONE
         try:
-            iterator = iter(pages)
+            iterator = iter(self._pages)
             while True:
-                with room:
-                    while held >= ahead and not stop:
-                        room.wait()
-                    if stop:
+                with self._room:
+                    while self._held >= self._ahead and not self._stop:
+                        self._room.wait()
+                    if self._stop:
                         return
-                page = next(iterator, done)  # the request, outside the lock
-                if page is done:
+                page = next(iterator, self._DONE)  # the request, outside the lock
+                if page is self._DONE:
                     break
-                with room:
-                    waiting.append(page)
-                    held += len(page)
-                    room.notify_all()
+                with self._room:
+                    self._waiting.append(page)
+                    self._held += len(page)
+                    self._room.notify_all()
         except BaseException as error:  # handed to the consumer, raised there
             item = error
-        with room:
-            waiting.append(item)
-            room.notify_all()
+        with self._room:
+            self._waiting.append(item)
+            self._room.notify_all()
 
-    reader = threading.Thread(target=read, name="lightspeed-reader", daemon=True)
-    reader.start()
-    try:
+    def __iter__(self) -> Iterator[list[Any]]:
         while True:
-            with room:
-                while not waiting:
-                    room.wait()
-                item = waiting.popleft()
-                if item is done:
+            with self._room:
+                while not self._waiting:
+                    self._room.wait()
+                item = self._waiting.popleft()
+                if item is self._DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                held -= len(item)
-                room.notify_all()
+                self._held -= len(item)
+                self._room.notify_all()
             yield item
-    finally:
-        with room:
-            stop = True
-            room.notify_all()
-        reader.join()  # it finishes the request it is in
+
+    def close(self) -> None:
+        with self._room:
+            self._stop = True
+            self._room.notify_all()
+        self._thread.join()  # it finishes the request it is in
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

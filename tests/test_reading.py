@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lspos_sync.reading import _prefetched
+from lspos_sync.reading import ReadAhead
 
 
 class Source:
@@ -29,7 +29,7 @@ class Source:
 
 def test_the_reader_keeps_at_most_a_batch_of_sales_waiting_while_a_batch_is_written():
     source = Source(30)
-    pages = _prefetched(iter(source), ahead=500)
+    pages = ReadAhead(iter(source), ahead=500)
     received = []
     for page in pages:
         received.append(page[0])
@@ -45,15 +45,28 @@ def test_an_error_of_the_reader_surfaces_after_the_pages_before_it():
     source = Source(3, fail_after=True)
     received = []
     with pytest.raises(RuntimeError, match="went away"):
-        for page in _prefetched(iter(source), ahead=1000):
+        for page in ReadAhead(iter(source), ahead=1000):
             received.append(page[0])
     assert received == ["sale 0-0", "sale 1-0", "sale 2-0"]
 
 
 def test_closing_the_pages_stops_the_reader():
     source = Source(50)
-    pages = _prefetched(iter(source), ahead=200)
-    next(pages)
+    pages = ReadAhead(iter(source), ahead=200)
+    next(iter(pages))
     pages.close()
     asked = len(source.ahead)
     assert asked <= 4  # what it had read ahead, and no more after the close
+
+
+def test_the_reader_starts_asking_before_the_pages_are_wanted_and_closing_unread_stops_it():
+    source = Source(50)
+    pages = ReadAhead(iter(source), ahead=200)
+    deadline = time.monotonic() + 5
+    while len(source.ahead) < 2 and time.monotonic() < deadline:  # nothing has iterated yet
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert len(source.ahead) == 2  # the 200 sales it may hold, asked for before anyone wanted them
+    pages.close()
+    time.sleep(0.05)
+    assert len(source.ahead) == 2

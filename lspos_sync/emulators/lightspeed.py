@@ -113,6 +113,7 @@ class _Fault:
     path_suffix: str
     status: int = 0
     retry_after: int | None = None
+    only_with: str | None = None  # a query parameter the request must carry
 
 
 @dataclass
@@ -533,9 +534,11 @@ class LightspeedAccount:
             return next(reversed(self._refresh_tokens), "")
 
     def fail_next(self, count: int = 1, status: int = 500, path_suffix: str = "Sale.json",
-                  retry_after: int | None = None) -> None:
+                  retry_after: int | None = None, only_with: str | None = None) -> None:
+        """The next `count` requests to a path ending so fail with `status`; with `only_with`, only those that
+        carry that query parameter (`updatetime`: a window's pages, not reads by ID)."""
         with self._lock:
-            self._fails.append(_Fault(count, path_suffix, status, retry_after))
+            self._fails.append(_Fault(count, path_suffix, status, retry_after, only_with))
 
     def drop_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
         with self._lock:
@@ -573,8 +576,8 @@ class LightspeedAccount:
     def _answer(self, request: Request) -> tuple[Response, RequestRecord, bool]:
         """This account's response to a request routed to it (under the emulator's lock), and its record;
         True to drop the connection."""
-        drop = self._take(self._drops, request.path)
-        fault = None if drop else self._take(self._fails, request.path)
+        drop = self._take(self._drops, request)
+        fault = None if drop else self._take(self._fails, request)
         if fault is not None:
             response = self._fault_response(fault)
         elif self._too_heavy(request):
@@ -601,9 +604,10 @@ class LightspeedAccount:
         return int(limit) > self.max_sale_page if limit and limit.isdigit() else True
 
     @staticmethod
-    def _take(faults: list[_Fault], path: str) -> _Fault | None:
+    def _take(faults: list[_Fault], request: Request) -> _Fault | None:
         for fault in faults:
-            if fault.remaining > 0 and path.endswith(fault.path_suffix):
+            if fault.remaining > 0 and request.path.endswith(fault.path_suffix) \
+                    and (fault.only_with is None or fault.only_with in request.query):
                 fault.remaining -= 1
                 return fault
         return None

@@ -59,10 +59,21 @@ class Bucket:
             wait = max(wait, 1.0 - (now - self.seen_at))
         return wait
 
-    def update(self, headers: httpx.Headers, now: float) -> None:
+    def pour(self, now: float) -> float:
+        """Counts a request in as it is sent (its cost, as the last response said), before its answer says
+        what the bucket holds: another request sent meanwhile is paced with it in. The cost, returned."""
+        self.level = max(0.0, self.level - (now - self.seen_at) * self.drip_rate) + self.cost
+        if now - self.seen_at < 1.0:
+            self.burst += 1
+        self.seen_at = now
+        return self.cost
+
+    def update(self, headers: httpx.Headers, now: float, in_flight: float = 0.0) -> None:
+        """From a response's headers; `in_flight`: the cost of the requests sent and not answered yet, which
+        the level it gives may not count (so it is added: an overestimate, never an underestimate)."""
         level = _fraction(headers.get("x-ls-api-bucket-level"))
         if level:
-            self.level, self.size = level
+            self.level, self.size = level[0] + in_flight, level[1]
         drip = _float(headers.get("x-ls-api-drip-rate"))
         if drip:
             self.drip_rate = drip
@@ -98,7 +109,11 @@ class LightspeedClient:
         self.requests = 0
         self.throttled = 0  # 429 responses met
         self.time_field = "updatetime"
-        self._one_at_a_time = threading.Lock()
+        # Requests may be sent from two threads at once (the page reader, and the run asking for voids or
+        # customers): one thread at a time waits for room in the bucket, and each request is counted in as sent.
+        self._turn = threading.Lock()  # held by the thread waiting for room
+        self._state = threading.Lock()  # the bucket, the counters, what is in flight
+        self._in_flight = 0.0
         self._dated: tuple[datetime, float] | None = None  # the Date of the latest response, and when it came
         self.host_ahead: timedelta | None = None  # the host's clock minus Lightspeed's, at the first dated response
 
@@ -260,19 +275,31 @@ class LightspeedClient:
             url, query = next_url or None, None
 
     # -- one request, paced and retried
-    def _get(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
-        # One request at a time, whichever thread asks (the page reader, or the engine fetching customers),
-        # so the bucket is paced from one view of it.
-        with self._one_at_a_time:
-            return self._get_paced(url, params, read)
+    def _room(self) -> float:
+        """Waits until the bucket has room for one more request and counts it in: its cost."""
+        with self._turn:
+            while True:
+                with self._state:
+                    wait = self.bucket.wait_before_next(time.monotonic())
+                    if wait <= 0:
+                        cost = self.bucket.pour(time.monotonic())
+                        self._in_flight += cost
+                        return cost
+                time.sleep(wait)
 
-    def _get_paced(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
+    def _answered(self, cost: float, response: httpx.Response | None) -> None:
+        with self._state:
+            self._in_flight -= cost
+            if response is not None:
+                self.requests += 1
+                self.bucket.update(response.headers, time.monotonic(), self._in_flight)
+                self.throttled += response.status_code == 429
+
+    def _get(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
         """`read(body)` of the first good answer; a body it cannot read (ValueError) is asked for again."""
         refreshed = False
         for attempt in range(_ATTEMPTS):
-            wait = self.bucket.wait_before_next(time.monotonic())
-            if wait > 0:
-                time.sleep(wait)
+            cost = self._room()
             token = self._auth.access_token()
             try:
                 # The body is read out of a streamed response, so that only this client holds it: an httpx
@@ -282,10 +309,10 @@ class LightspeedClient:
                         "Authorization": f"Bearer {token}", "Accept": "application/json"}) as response:
                     content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
             except httpx.TransportError as error:
+                self._answered(cost, None)
                 self._backoff(attempt, f"{type(error).__name__} on {_path(url)}")
                 continue
-            self.requests += 1
-            self.bucket.update(response.headers, time.monotonic())
+            self._answered(cost, response)
             self._note_date(response.headers.get("date"), time.monotonic())
             status = response.status_code
             if status == 200:
@@ -299,7 +326,6 @@ class LightspeedClient:
                 refreshed = True
                 continue
             if status == 429:
-                self.throttled += 1
                 delay = _float(response.headers.get("retry-after")) or 1.0
                 log.info("Lightspeed rate limit (%s); waiting %.0f s",
                          response.headers.get("x-ls-api-ratelimit-type", "429"), delay)
