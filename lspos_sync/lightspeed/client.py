@@ -51,9 +51,13 @@ class Bucket:
     burst_limit: int = 0
     seen_at: float = 0.0
 
+    def _drained(self, now: float) -> float:
+        """The level now, the drips since the last view of it gone."""
+        return max(0.0, self.level - (now - self.seen_at) * self.drip_rate)
+
     def wait_before_next(self, now: float) -> float:
         """Seconds to wait so the next request fits in the bucket and in the burst window."""
-        level = max(0.0, self.level - (now - self.seen_at) * self.drip_rate)
+        level = self._drained(now)
         wait = max(0.0, (level + self.cost + 1.0 - self.size) / self.drip_rate) if self.drip_rate > 0 else 0.0
         if self.burst_limit and self.burst >= self.burst_limit - 1 and now - self.seen_at < 1.0:
             wait = max(wait, 1.0 - (now - self.seen_at))
@@ -62,7 +66,7 @@ class Bucket:
     def pour(self, now: float) -> float:
         """Counts a request in as it is sent (its cost, as the last response said), before its answer says
         what the bucket holds: another request sent meanwhile is paced with it in. The cost, returned."""
-        self.level = max(0.0, self.level - (now - self.seen_at) * self.drip_rate) + self.cost
+        self.level = self._drained(now) + self.cost
         if now - self.seen_at < 1.0:
             self.burst += 1
         self.seen_at = now
