@@ -95,8 +95,12 @@ def run() -> None:
     gc.set_threshold(50_000, 20, 100)
     try:
         main(standalone_mode=False)
-    except click.UsageError as error:
+    except click.exceptions.NoArgsIsHelpError as error:  # no command at all: the help, as click shows it
         error.show()
+        _usage_failure(str(error.format_message()), 2)
+    except click.UsageError as error:  # one line, like every other expected failure (docs/failure-modes.md)
+        where = f" See '{error.ctx.command_path} --help'." if error.ctx is not None else ""
+        click.echo(f"Error: {error.format_message()}{where}", err=True)
         _usage_failure(str(error.format_message()), 2)
     except click.Abort:
         click.echo("Aborted.", err=True)

@@ -133,6 +133,14 @@ def test_bad_usage_exits_2_with_one_line(cli, args):
     result = cli(*args)
     assert result.code == 2
     assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+
+
+def test_no_command_at_all_shows_the_help_and_exits_2(cli):
+    result = cli()
+    assert result.code == 2
+    assert "Commands:" in result.stderr and "sync" in result.stderr
 
 
 def test_missing_configuration_exits_2_naming_the_variable(cli):
@@ -172,6 +180,12 @@ def test_python_m_and_console_script_are_the_same_program(cli):
     script = shutil.which("lspos-sync", path=str(Path(sys.executable).parent))
     assert script is not None
     assert "checkpoint" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout
+    # The script goes through `run` too: a usage error with --json is one JSON object and exit 2, as with -m.
+    through_script = subprocess.run([script, "sync", "--json", "--bogus"], capture_output=True, text=True,
+                                    env=cli._environment(None), cwd=cli.cwd)
+    through_module = cli("sync", "--json", "--bogus")
+    assert through_script.returncode == through_module.code == 2
+    assert json.loads(through_script.stdout) == json.loads(through_module.stdout)
 
 
 def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):
