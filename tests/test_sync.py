@@ -233,13 +233,16 @@ def test_sync_keeps_to_the_leaky_bucket_without_meeting_a_429(tmp_path, salesfor
 
 def test_lightspeed_429_retry_after_is_honoured(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique)
-    lightspeed.fail_next(1, status=429, path_suffix="Sale.json", retry_after=1)
+    lightspeed.fail_next(1, status=429, path_suffix="Sale.json", retry_after=3)  # not the 1 s used without one
 
     result = cli("sync", "--json")
 
     assert result.code == 0, result.stderr
     assert result.json["lightspeed_throttled"] == 1
     assert len(transactions(salesforce)) == 1
+    pages = [r for r in lightspeed.requests if r.path.endswith("Sale.json")]
+    assert [r.status for r in pages[:2]] == [429, 200]
+    assert (pages[1].at - pages[0].at).total_seconds() >= 2.9  # asked again only once Retry-After has passed
 
 
 def test_sync_without_checkpoint_or_start_refuses_with_exit_2(cli, lightspeed, salesforce):
@@ -259,7 +262,14 @@ def test_first_sync_starts_at_sync_start_then_from_checkpoint(cli, lightspeed, s
     assert result.code == 0
     assert set(transactions(salesforce)) == {f"182255-{recent}"}
     assert f"182255-{old}" not in transactions(salesforce)
-    assert datetime.fromisoformat(result.json["checkpoint"]) <= datetime.now(timezone.utc)
+    checkpoint = datetime.fromisoformat(result.json["checkpoint"])
+    assert checkpoint <= datetime.now(timezone.utc)
+
+    again = cli("sync", "--json", env={"LSPOS_LOOKBACK_MINUTES": "7"})
+
+    assert again.code == 0, again.stderr
+    # From the checkpoint less the look-back, no longer from LSPOS_SYNC_START (a day back in these tests).
+    assert datetime.fromisoformat(again.json["window"]["from"]) == checkpoint - timedelta(minutes=7)
 
 
 def test_sale_that_comes_without_its_customer_gets_it_from_the_customer_endpoint(cli, lightspeed, salesforce, boutique):
