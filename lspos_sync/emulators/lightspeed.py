@@ -266,6 +266,7 @@ class LightspeedAccount:
         self._clock, self._lock = cloud._clock, cloud._lock
         self._refresh_tokens: dict[str, None] = {refresh_token: None}  # valid refresh tokens, oldest first
         self._refresh_history = {refresh_token}  # every refresh token this account ever had, to route old ones
+        self.issued: list[str] = []  # every access and refresh token minted, for tests that look for leaks
         self._access: dict[str, _Grant] = {}
         self._minted_from: dict[str, _Grant] = {}  # refresh token -> the grant it last produced
         self._level, self._level_at = 0.0, time.monotonic()
@@ -656,6 +657,7 @@ class LightspeedAccount:
         self._access[grant.access_token] = grant
         self._refresh_tokens[grant.refresh_token] = None
         self._refresh_history.add(grant.refresh_token)
+        self.issued += [grant.access_token, grant.refresh_token]
         self._minted_from[parent] = grant
         self.refresh_count += 1
         return Response(200, {"token_type": "Bearer", "expires_in": self.access_token_ttl,
