@@ -3,6 +3,7 @@ sales waiting, whichever side is slower."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -50,17 +51,24 @@ def test_an_error_of_the_reader_surfaces_after_the_pages_before_it():
     assert received == ["sale 0-0", "sale 1-0", "sale 2-0"]
 
 
+def _readers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "lightspeed-reader"}
+
+
 def test_closing_the_pages_stops_the_reader():
     source = Source(50)
+    others = _readers()
     pages = ReadAhead(iter(source), ahead=200)
     next(iter(pages))
+    assert _readers() - others  # its thread, waiting for room
     pages.close()
-    asked = len(source.ahead)
-    assert asked <= 4  # what it had read ahead, and no more after the close
+    assert not _readers() - others  # gone when close returns, though nothing made room for it
+    assert len(source.ahead) <= 4  # what it had read ahead, and no more after the close
 
 
 def test_the_reader_starts_asking_before_the_pages_are_wanted_and_closing_unread_stops_it():
     source = Source(50)
+    others = _readers()
     pages = ReadAhead(iter(source), ahead=200)
     deadline = time.monotonic() + 5
     while len(source.ahead) < 2 and time.monotonic() < deadline:  # nothing has iterated yet
@@ -68,5 +76,5 @@ def test_the_reader_starts_asking_before_the_pages_are_wanted_and_closing_unread
     time.sleep(0.05)
     assert len(source.ahead) == 2  # the 200 sales it may hold, asked for before anyone wanted them
     pages.close()
-    time.sleep(0.05)
+    assert not _readers() - others
     assert len(source.ahead) == 2
