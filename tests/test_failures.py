@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
@@ -93,16 +94,35 @@ def test_second_run_while_one_holds_the_lock_exits_4_at_once(cli, lightspeed, sa
     assert salesforce.records("Sales_Transaction__c") == []
 
 
-def test_lock_of_a_killed_run_is_taken_over(cli, lightspeed, salesforce, boutique):
+def test_lock_of_a_killed_run_is_taken_over(cli, lightspeed, salesforce, boutique, state_path):
     for _ in range(150):
         sell(lightspeed, boutique)
     process = cli.start("sync")
-    time.sleep(1.0)
+    lock = f"{state_path}.182255.lock"
+    deadline = time.monotonic() + 30
+    while lightspeed.request_count("Sale.json") == 0 and time.monotonic() < deadline:  # under way
+        time.sleep(0.01)
+    assert process.poll() is None and _held(lock)  # killed while it holds the lock
     process.kill()
     process.wait()
+    assert not _held(lock)  # the kernel let go of it with the process
     result = cli("sync")
     assert result.code == 0, result.stderr
     assert len(salesforce.records("Sales_Transaction__c")) == 150
+
+
+def _held(path: str) -> bool:
+    """Whether a process holds the run lock at `path` (this one can take it only if nobody does)."""
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing lets go of it, if it was taken here
+    return False
 
 
 def test_malformed_sale_from_lightspeed_is_parked_not_fatal(cli, lightspeed, salesforce, boutique):
