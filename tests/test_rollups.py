@@ -160,6 +160,8 @@ def test_aggregate_statements_stay_under_the_group_limit():
     statements = rollups.aggregate_statements(ids)
 
     assert len(statements) == 3  # 1,000 accounts (at most 2,000 groups) each
+    accounts = [aggregate.count("'001") for aggregate, _ in statements]
+    assert max(accounts) <= 1000 and sum(accounts) == 2500
     assert all("GROUP BY Account__c, Status__c" in aggregate for aggregate, _ in statements)
 
 

@@ -141,6 +141,8 @@ def test_a_session_that_expires_between_jobs_is_renewed_once(salesforce, monkeyp
                     spool(tmp_path / step, [{"LS_Sale_ID__c": f"1-{step}", "Status__c": "Completed"}]).paths[0])
         salesforce.expire_sessions()
     assert len(salesforce.records("Sales_Transaction__c")) == 2
+    logins = [r for r in salesforce.requests if r.path.startswith("/services/oauth2/token")]
+    assert len(logins) == 2  # the first, and one when the second job met the expired session
 
 
 def test_a_bare_token_that_expires_fails_the_run_in_one_line(salesforce, client, tmp_path):
