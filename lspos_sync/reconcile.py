@@ -16,14 +16,12 @@ from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from lspos_sync import mapping
 from lspos_sync.config import Settings
 from lspos_sync.engine import Window
 from lspos_sync.errors import ConfigError
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.client import LightspeedClient
+from lspos_sync.lightspeed.client import LightspeedClient, http_client
 from lspos_sync.lightspeed.models import InvalidPayload, Sale, Shop
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.client import SalesforceClient
@@ -86,7 +84,7 @@ def _reconcile(settings: Settings, output: "Output", window: Window) -> "Report"
     if switched_off:
         raise ConfigError(f"reconcile needs {', '.join(switched_off)} on {mapping.TRANSACTION}, which the mapping "
                           "file switches off")
-    with StateStore(settings.state_path) as store, httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)) as http:
+    with StateStore(settings.state_path) as store, http_client() as http:
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token,
                               settings.refresh_token_variable)

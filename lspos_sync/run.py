@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
-import httpx
-
 from lspos_sync import customer_feed, fieldmap
 from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
 from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.client import LightspeedClient
+from lspos_sync.lightspeed.client import LightspeedClient, http_client
 from lspos_sync.output import RUN
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter, RecordingSink
@@ -242,7 +240,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
     run_id = None if dry_run else store.start_run(command, settings.account_id)
     RUN["id"] = run_id
     with ExitStack() as stack:
-        http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0)))
+        http = stack.enter_context(http_client())
         auth = LightspeedAuth(http, store, settings.account_id, settings.lightspeed_token_url,
                               settings.client_id or "", settings.client_secret or "", settings.refresh_token,
                               settings.refresh_token_variable)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, Union
 
 import httpx
 
+from lspos_sync import certificates
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
 from lspos_sync.lightspeed.auth import LightspeedAuth
@@ -33,6 +34,11 @@ MIN_PAGE_SIZE = 10
 _ATTEMPTS = 6
 # A host clock further than this from Lightspeed's is worth a warning (what is read does not depend on it).
 CLOCK_TOLERANCE = timedelta(minutes=1)
+
+
+def http_client() -> httpx.Client:
+    """The HTTP client of a run's Lightspeed requests, token refreshes included."""
+    return httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0), verify=certificates.for_httpx())
 
 
 def lightspeed_time(moment: datetime) -> str:
