@@ -214,9 +214,20 @@ def test_missing_refresh_token_is_a_configuration_error(cli):
     assert result.code == 2 and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
 
 
-def test_checkpoint_cannot_be_set_in_the_future(cli):
-    result = cli("checkpoint", "reset", "--to", "2099-01-01", "--yes")
-    assert result.code == 2 and "future" in result.stderr
+def test_checkpoint_set_ahead_of_the_clock_is_kept_with_a_warning_and_the_next_sync_reads_from_now(
+        cli, lightspeed, salesforce, boutique):
+    ahead = datetime.now(timezone.utc) + timedelta(hours=2)
+    result = cli("checkpoint", "reset", "--to", ahead.isoformat(), "--yes", "--json")
+    assert result.code == 0, result.stderr
+    assert "later than this host's clock" in result.stderr
+    assert datetime.fromisoformat(cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"]) == ahead
+    sale = sell(lightspeed, boutique)
+
+    synced = cli("sync", "--json", env={"LSPOS_LOOKBACK_MINUTES": "5"})
+
+    assert synced.code == 0, synced.stderr
+    assert f"182255-{sale}" in {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")}
+    assert datetime.fromisoformat(synced.json["checkpoint"]) < ahead  # set back to where it read up to
 
 
 @pytest.mark.parametrize("args", [("sync", "--json", "--bogus"), ("backfill", "--json"),
