@@ -337,6 +337,23 @@ def test_composite_without_all_or_none_keeps_independent_work(sf: SalesforceEmul
     assert len(sf.records("Sales_Transaction__c")) == 1
 
 
+def test_composite_collates_unrelated_subrequests_unless_told_not_to(sf: SalesforceEmulator,
+                                                                    client: httpx.Client) -> None:
+    def sale_then_line(n: str) -> list[dict]:
+        return [{"method": "PATCH", "url": UPSERT_SALES, "referenceId": "sales", "body": {"records": [_sale(n)]}},
+                {"method": "PATCH", "url": UPSERT_LINES, "referenceId": "lines",
+                 "body": {"records": [_line(f"{n}-1", n)]}}]
+
+    # collateSubrequests is true by default from v49: no guaranteed order, and the emulator runs them last first
+    collated = client.post(f"{API}/composite", json={"compositeRequest": sale_then_line("1-1")}).json()
+    assert [r["referenceId"] for r in collated["compositeResponse"]] == ["sales", "lines"]  # answered in order
+    sales, lines = (r["body"][0] for r in collated["compositeResponse"])
+    assert sales["success"] and not lines["success"]  # the line went in before its transaction existed
+    in_order = client.post(f"{API}/composite", json={"collateSubrequests": False,
+                                                     "compositeRequest": sale_then_line("1-2")}).json()
+    assert [r["body"][0]["success"] for r in in_order["compositeResponse"]] == [True, True]
+
+
 # ---- SOQL ------------------------------------------------------------------------------------------
 
 
@@ -544,7 +561,8 @@ def test_soap_login_returns_a_session_and_faults_on_bad_credentials(sf: Salesfor
 def test_simple_salesforce_composite_and_query(sf: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     session = _requests_session(sf, monkeypatch)
     client = Salesforce(session_id=sf.access_token, instance_url=sf.instance_url, version="62.0", session=session)
-    result = client.restful("composite", method="POST", json={"allOrNone": False, "compositeRequest": [
+    result = client.restful("composite", method="POST", json={
+        "allOrNone": False, "collateSubrequests": False, "compositeRequest": [
         {"method": "PATCH", "url": UPSERT_SALES, "referenceId": "sales", "body": {"records": [_sale("1-1")]}},
         {"method": "PATCH", "url": UPSERT_LINES, "referenceId": "lines", "body": {"records": [_line("1-1-1", "1-1")]}},
     ]})
