@@ -310,6 +310,20 @@ def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, light
     assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"
 
 
+def test_an_app_without_the_void_scope_still_sees_voids_that_move_the_sale(cli, lightspeed, salesforce, boutique):
+    lightspeed.scopes = "employee:register_read employee:customers_read"  # no employee:admin_void_sale
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)  # older than the look-back
+    sale = sell(lightspeed, boutique, at=two_hours_ago)
+    assert cli("sync").code == 0
+    lightspeed.void_sale(sale)  # moves its updatetime
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    assert lightspeed.request_count("SaleVoid.json", status=403) == 2  # the feed refused, once a run
+
+
 def test_ambiguous_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     accounts = [salesforce.insert("Account", {"RecordTypeId": rt, "LastName": n, "PersonEmail": "family@example.com"})

@@ -123,6 +123,7 @@ class _Grant:
     refresh_token: str
     parent: str
     expires_at: datetime
+    scope: str = ""
     used: bool = False
 
 
@@ -255,6 +256,9 @@ class LightspeedAccount:
         self.initial_refresh_token = refresh_token
         self.bucket_size, self.drip_rate, self.burst_limit = bucket_size, drip_rate, burst_limit
         self.access_token_ttl = access_token_ttl
+        # The scopes the app was authorised with (docs/setup.md asks for these three); each access token carries
+        # those of its grant, and SaleVoid needs employee:admin_void_sale (fact sheet, endpoint table).
+        self.scopes = "employee:register_read employee:customers_read employee:admin_void_sale"
         self.reject_updatetime_filter = False
         # Faults and hooks for tests: Sale pages larger than this answer 504; a callback after each request.
         self.max_sale_page: int | None = None
@@ -653,7 +657,7 @@ class LightspeedAccount:
             self._access.pop(earlier.access_token, None)
             self._refresh_tokens.pop(earlier.refresh_token, None)
         grant = _Grant(self._new_access_token(), f"def50200{secrets.token_hex(300 + secrets.randbelow(100))}",
-                       parent, self._now() + timedelta(seconds=self.access_token_ttl))
+                       parent, self._now() + timedelta(seconds=self.access_token_ttl), self.scopes)
         self._access[grant.access_token] = grant
         self._refresh_tokens[grant.refresh_token] = None
         self._refresh_history.add(grant.refresh_token)
@@ -667,7 +671,7 @@ class LightspeedAccount:
         # §7: a JWT of variable length carrying the account in `acct`; the signature is random
         expires = self._now() + timedelta(seconds=self.access_token_ttl)
         claims = {"acct": self.account_id, "exp": int(expires.timestamp()),
-                  "scope": "employee:register_read employee:customers_read",
+                  "scope": self.scopes,
                   "jti": secrets.token_hex(16 + secrets.randbelow(48))}
         header = _b64url(json.dumps({"typ": "JWT", "alg": "RS256"}).encode())
         return f"{header}.{_b64url(json.dumps(claims).encode())}.{_b64url(secrets.token_bytes(256))}"
@@ -697,6 +701,11 @@ class LightspeedAccount:
                                              "InsufficientRightsException"))
         match = _ROUTE.fullmatch(request.path)
         kind = _KINDS.get(match["kind"]) if match and match["kind"] else None
+        if match and match["kind"] == "SaleVoid" and not {"employee:admin_void_sale", "employee:all"} & set(
+                self._access[token].scope.split()):
+            # the errors page [S7]: 403 for a token accepted but lacking access (its wording here is the emulator's)
+            return Response(403, _error_body(403, "Not Authorized: Insufficient rights to perform the request",
+                                             "InsufficientRightsException"))
         relations = self._relations(kind, request) if kind else frozenset()
         list_endpoint = not (match and match["id"])
         counting = list_endpoint and kind is not None and request.arg("count") == "1"
