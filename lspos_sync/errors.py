@@ -28,6 +28,10 @@ class RunFailed(SyncError):
 class LightspeedAuthError(RunFailed):
     """Lightspeed refused the refresh token: the app must be re-authorised."""
 
+    def __init__(self, message: str, oauth_error: str = "") -> None:
+        super().__init__(message)
+        self.oauth_error = oauth_error  # the token endpoint's `error`, e.g. invalid_grant for a revoked token
+
 
 class SalesforceAuthError(RunFailed):
     """Salesforce refused the credentials or the session."""

@@ -9,6 +9,8 @@ import os
 import pytest
 
 from conftest import Boutique, by_key, sell
+from lspos_sync.config import fingerprint
+from lspos_sync.state import StateStore
 
 SECOND = "190001"
 
@@ -94,6 +96,28 @@ def test_one_account_failing_does_not_stop_the_other(cli, lightspeed, salesforce
     assert other["outcome"] == "ok" and other["sales"]["written"] == 1
     assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == [f"{SECOND}-1"]
     assert "account 182255: Error:" in result.stderr
+
+
+def test_reauthorising_one_account_starts_a_new_chain_for_it_alone(cli, lightspeed, salesforce, boutique, second,
+                                                                  several, state_path):
+    assert cli("sync", env=several).code == 0
+    second.revoke_all_tokens()
+    reauthorised = second.reauthorise()
+    lightspeed.expire_access_tokens()  # the first account refreshes too, on its own stored chain
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+
+    result = cli("sync", "--json", env={**several, f"LIGHTSPEED_ACCOUNT_{SECOND}_REFRESH_TOKEN": reauthorised})
+
+    assert result.code == 0, result.stderr
+    assert all(a["sales"]["written"] == 1 for a in result.json["accounts"])
+    assert f"Lightspeed account {SECOND} refused" in result.stderr and "account 182255 refused" not in result.stderr
+    assert reauthorised not in result.stderr
+    with StateStore(state_path) as store:
+        assert store.tokens("182255").seed == fingerprint(lightspeed.initial_refresh_token)
+        assert store.tokens(SECOND).seed == fingerprint(reauthorised)
+    assert lightspeed.request_count("/auth/oauth/token", status=400) == 0
+    assert second.request_count("/auth/oauth/token", status=400) == 1
 
 
 def test_a_run_holding_one_account_makes_a_full_sync_exit_4_at_once_but_the_other_account_may_run(

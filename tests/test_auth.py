@@ -11,8 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import Cli, sell
+from lspos_sync.config import fingerprint
 from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
+from lspos_sync.state import StateStore
 
 
 def test_access_token_is_reused_across_runs_until_it_expires(cli, lightspeed, salesforce, boutique):
@@ -34,17 +36,56 @@ def test_rotated_refresh_token_is_kept_and_wins_over_the_variable(tmp_path, sale
         assert lightspeed.current_refresh_token != lightspeed.initial_refresh_token
 
 
-def test_new_refresh_token_in_the_variable_starts_a_new_chain(tmp_path, salesforce, state_path):
-    with LightspeedEmulator(access_token_ttl=60) as lightspeed:
-        env = {**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path), "LSPOS_SYNC_START": "2026-01-01"}
-        cli = Cli(env, tmp_path)
-        assert cli("sync").code == 0
-        lightspeed.revoke_all_tokens()
-        assert cli("sync").code == 1
-        # the merchant re-authorises the app; the operator puts the new token in the variable
-        lightspeed._refresh_tokens["re-authorised-token"] = None
-        result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": "re-authorised-token"})
-        assert result.code == 0, result.stderr
+def _chain_seed(state_path, account_id: str = "182255") -> str:
+    """Which refresh token the stored chain started from, as the store records it (a fingerprint)."""
+    with StateStore(state_path) as store:
+        return store.tokens(account_id).seed
+
+
+@pytest.mark.parametrize("variable", ["stale", "re-authorised"])
+def test_stored_refresh_token_wins_over_a_changed_variable(cli, lightspeed, salesforce, state_path, variable):
+    assert cli("sync").code == 0  # the chain is stored, and its first token rotated away
+    token = "ls-refresh-long-gone" if variable == "stale" else lightspeed.reauthorise()
+    lightspeed.expire_access_tokens()
+
+    result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": token})
+
+    assert result.code == 0, result.stderr
+    assert lightspeed.refresh_count == 2 and lightspeed.request_count("/auth/oauth/token", status=400) == 0
+    assert _chain_seed(state_path) == fingerprint(lightspeed.initial_refresh_token)  # the same chain, refreshed
+    assert "new chain" not in result.stderr
+
+
+def test_after_reauthorising_the_new_token_in_the_variable_starts_a_new_chain(cli, lightspeed, salesforce,
+                                                                              state_path, boutique):
+    assert cli("sync").code == 0
+    lightspeed.revoke_all_tokens()  # the merchant disconnected the app ...
+    reauthorised = lightspeed.reauthorise()  # ... and authorised it again; the operator sets the new token
+    sell(lightspeed, boutique)
+
+    result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": reauthorised})
+
+    assert result.code == 0, result.stderr
+    assert "starting a new chain" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+    assert reauthorised not in result.stderr
+    assert len(salesforce.records("Sales_Transaction__c")) == 1
+    assert _chain_seed(state_path) == fingerprint(reauthorised)
+    lightspeed.expire_access_tokens()
+    again = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": reauthorised})  # the new chain is stored: no new start
+    assert again.code == 0 and "new chain" not in again.stderr
+    assert lightspeed.request_count("/auth/oauth/token", status=400) == 1  # only the revoked chain was refused
+
+
+def test_revoked_chain_with_an_unchanged_variable_exits_1_naming_the_variable(cli, lightspeed, salesforce):
+    assert cli("sync").code == 0
+    lightspeed.revoke_all_tokens()
+
+    result = cli("sync")
+
+    assert result.code == 1
+    assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+    assert "new chain" not in result.stderr
+    assert lightspeed.request_count("/auth/oauth/token", status=400) == 1  # the variable's spent token is not tried
 
 
 def test_revoked_refresh_token_exits_1_asking_to_reauthorise(cli, lightspeed, salesforce):

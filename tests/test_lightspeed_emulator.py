@@ -305,6 +305,19 @@ def test_missing_token_and_revoked_app_are_rejected(emu):
     assert refresh(emu, "ls-refresh-0").json()["error"] == "invalid_grant"
 
 
+def test_reauthorising_gives_a_refresh_token_that_starts_a_new_chain_on_its_account(emu):
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    emu.revoke_all_tokens()
+    fresh = emu.reauthorise()
+    granted = refresh(emu, fresh)
+    assert granted.status_code == 200 and granted.json()["refresh_token"] != fresh
+    with httpx.Client(headers={"Authorization": f"Bearer {granted.json()['access_token']}"}) as http:
+        assert http.get(f"{emu.api_url}/Account/{emu.account_id}/Sale.json").status_code == 200
+    assert refresh(emu, fresh).json()["error"] == "invalid_grant"  # rotated away once the new token was used
+    assert refresh(emu, "ls-refresh-0").json()["error"] == "invalid_grant"  # the revoked chain stays revoked
+    assert (emu.refresh_count, other.refresh_count) == (1, 0)
+
+
 def test_json_refresh_with_scope_is_rejected_and_bad_client_is_invalid_client(emu):
     body = {"grant_type": "refresh_token", "refresh_token": "ls-refresh-0", "client_id": emu.client_id,
             "client_secret": emu.client_secret}

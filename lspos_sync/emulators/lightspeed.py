@@ -568,10 +568,21 @@ class LightspeedAccount:
             self._sales[sale_id].corrupted.update(fields)
 
     def revoke_all_tokens(self) -> None:
+        """The merchant disconnected the app (§7): every refresh and access token of this account is refused."""
         with self._lock:
             self._refresh_tokens.clear()
             self._access.clear()
             self._minted_from.clear()
+
+    def reauthorise(self) -> str:
+        """A new refresh token, as the authorization-code flow gives when the merchant authorises the app again
+        (§7); it starts a chain of its own. Tokens of earlier chains are untouched: `revoke_all_tokens` ends them."""
+        with self._lock:
+            refresh_token = f"def50200{secrets.token_hex(300 + secrets.randbelow(100))}"
+            self._refresh_tokens[refresh_token] = None
+            self._refresh_history.add(refresh_token)
+            self.issued.append(refresh_token)
+            return refresh_token
 
     def set_bucket_level(self, level: float) -> None:
         with self._lock:

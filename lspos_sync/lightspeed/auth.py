@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -10,6 +11,8 @@ import httpx
 from lspos_sync.config import fingerprint
 from lspos_sync.errors import ConfigError, LightspeedAuthError, RunFailed
 from lspos_sync.state import StateStore, Tokens
+
+log = logging.getLogger(__name__)
 
 # A token is used until a little before its stated expiry (2 minutes, or a quarter of a short lifetime)
 # so that no request carries a token that dies in flight. What is stored is that "use until" time.
@@ -23,6 +26,9 @@ class LightspeedAuth:
     Each refresh returns a new refresh token and revokes the old one once the new access token is
     first used (fact sheet §7, 2026-01-15). So the new pair is stored, in one transaction, before the
     access token is ever sent: a crash at any point leaves a refresh token that still works.
+
+    Once an account has a stored chain, it wins over the variable (contract §2). The variable starts a new chain
+    only when Lightspeed revokes the stored one and the variable no longer holds the token that chain started from.
     """
 
     def __init__(self, http: httpx.Client, store: StateStore, account_id: str, token_url: str,
@@ -53,7 +59,11 @@ class LightspeedAuth:
                      and tokens.expires_at > datetime.now(timezone.utc))
             if fresh:
                 return tokens.access_token  # type: ignore[return-value]
-            granted = self._grant(tokens.refresh_token)
+            try:
+                granted = self._grant(tokens.refresh_token)
+            except LightspeedAuthError as refused:
+                tokens = self._new_chain(tokens, refused)
+                granted = self._grant(tokens.refresh_token)
             expires_in = int(granted.get("expires_in") or 1800)
             use_for = expires_in - min(_EXPIRY_MARGIN, expires_in // 4)
             new = Tokens(
@@ -67,17 +77,29 @@ class LightspeedAuth:
             return granted["access_token"]
 
     def _current(self) -> Tokens:
-        """The stored chain wins over LIGHTSPEED_REFRESH_TOKEN, unless that variable changed since the chain
-        started from it: then the app was re-authorised and the variable's new token starts a new chain."""
+        """The stored chain, whatever the variable holds now (contract §2); without one, the variable's token."""
         stored = self._store.tokens(self._account_id)
-        seed = fingerprint(self._initial) if self._initial else None
-        if stored is not None and (seed is None or stored.seed == seed):
+        if stored is not None:
             return stored
         if not self._initial:
             raise ConfigError(
                 f"missing configuration: {self._variable} (the refresh token from authorising the app"
                 f"{' for account ' + self._account_id if self._variable != 'LIGHTSPEED_REFRESH_TOKEN' else ''})")
-        return Tokens(self._initial, None, None, seed or "")
+        return Tokens(self._initial, None, None, fingerprint(self._initial))
+
+    def _new_chain(self, refused_chain: Tokens, refusal: LightspeedAuthError) -> Tokens:
+        """The start of a new chain from the variable, when Lightspeed revoked the stored chain (invalid_grant)
+        and the variable no longer holds the token that chain started from: the app was re-authorised.
+        Otherwise the refusal stands."""
+        if refusal.oauth_error != "invalid_grant" or not self._initial:
+            raise refusal
+        seed = fingerprint(self._initial)
+        if seed == refused_chain.seed:
+            raise refusal
+        log.warning("Lightspeed account %s refused the stored refresh token and %s no longer holds the token that "
+                    "chain started from: the app was re-authorised, starting a new chain from the variable",
+                    self._account_id, self._variable)
+        return Tokens(self._initial, None, None, seed)
 
     def _grant(self, refresh_token: str) -> dict:
         # Form-encoded, no scope: a JSON body with a scope is refused with invalid_grant (fact sheet §7).
@@ -96,9 +118,10 @@ class LightspeedAuth:
                 time.sleep(2 ** attempt)
                 continue
             if response.status_code in (400, 401, 403):
+                error = _oauth_error(response)
                 raise LightspeedAuthError(
-                    f"Lightspeed refused the refresh token (HTTP {response.status_code} {_oauth_error(response)}): "
-                    f"re-authorise the app in Lightspeed and set {self._variable} to the new token")
+                    f"Lightspeed refused the refresh token (HTTP {response.status_code} {error}): "
+                    f"re-authorise the app in Lightspeed and set {self._variable} to the new token", error)
             if response.status_code != 200:
                 raise RunFailed(f"Lightspeed token endpoint answered HTTP {response.status_code}")
             try:
