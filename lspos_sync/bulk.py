@@ -75,7 +75,7 @@ CREATE TABLE decisions (customer_key TEXT PRIMARY KEY, status TEXT, account_id T
                         reason TEXT, candidates TEXT);
 CREATE TABLE pending (kind TEXT, value TEXT, customer_key TEXT);
 CREATE INDEX pending_value ON pending (kind, value);
-CREATE TABLE existing (sale_key TEXT PRIMARY KEY, id TEXT, account_id TEXT);
+CREATE TABLE existing (sale_key TEXT PRIMARY KEY, id TEXT, account_id TEXT, match_status TEXT);
 CREATE TABLE failures (kind TEXT, key TEXT, reason TEXT);
 CREATE INDEX failure_key ON failures (key);
 CREATE TABLE updated (sale_key TEXT PRIMARY KEY, id TEXT);
@@ -117,7 +117,8 @@ class BulkBackfill:
         self.composite = CompositeWriter(salesforce)  # lookups, and deletes of stale lines
         self.resolver = Resolver(account_id, self.composite, phone_region=phone_region,
                                  person_record_type=person_record_type, enrich_profiles=enrich_profiles,
-                                 check_all=False, kept=PLANNED_SALES)  # the decisions of the sales being planned
+                                 check_all=False, kept=PLANNED_SALES,  # the decisions of the sales being planned
+                                 match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
         self.reader = Reader(lightspeed, field_map, park=self._park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=False,
                                verify_unchanged=True, enrich_profiles=enrich_profiles, roll_up=False)
@@ -394,56 +395,57 @@ class BulkBackfill:
         """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their
         customers' decisions and what Salesforce has of them; the plan's writes handed to the writer."""
         db = current.db
-        existing, stale = self._existing(current)
+        stale = self._existing(current)
         rows = db.execute(
             "SELECT s.sale_key, s.sale, s.records, s.digest, s.checked, d.customer_key, d.status, d.account_id, "
-            "d.account_ref, d.reason, d.candidates FROM sales s LEFT JOIN decisions d USING (customer_key) "
-            "ORDER BY s.seq")
+            "d.account_ref, d.reason, d.candidates, e.id, e.account_id, e.match_status FROM sales s "
+            "LEFT JOIN decisions d USING (customer_key) LEFT JOIN existing e USING (sale_key) ORDER BY s.seq")
         while chunk := rows.fetchmany(PLANNED_SALES):
-            sales, built, checked = [], {}, set()
+            sales, built, checked, existing = [], {}, set(), {}
             self.resolver.decisions.clear()
             for sale_key, blob, records, digest, was_checked, customer_key, status, account_id, account_ref, \
-                    reason, candidates in chunk:
+                    reason, candidates, transaction_id, linked_to, match_status in chunk:
                 sale = _thaw(blob)
                 transaction, lines = from_json(records)
                 sales.append(sale)
                 built[sale.sale_id] = (transaction, lines, digest)
                 if was_checked:
                     checked.add(sale_key)
+                if transaction_id is not None:  # what the planner reads of the transaction Salesforce has
+                    existing[sale_key] = {"Account__c": linked_to, "Match_Status__c": match_status}
                 if customer_key is not None:  # decided: what the planner reads of it (no account write: done)
                     self.resolver.decisions[customer_key] = Resolution(
                         status, account_id, reason, candidates=tuple(from_json(candidates)), account_key=account_ref)
             customers = {self.resolver.customer_key(sale): sale.customer for sale in sales
                          if sale.customer is not None and self.resolver.customer_key(sale) in self.resolver.decisions}
             keys = {built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales}
-            found = Found(customers, Candidates(),
-                          {key: {"Account__c": existing[key]} for key in keys if key in existing}, checked,
-                          {key: stale[key] for key in keys if key in stale})
+            found = Found(customers, Candidates(), existing, checked, {key: stale[key] for key in keys if key in stale})
             writer.write(self.planner.plan(sales, built, found, summary).writes)
 
-    def _existing(self, current: _Round) -> tuple[dict[str, str | None], dict[str, list[str]]]:
+    def _existing(self, current: _Round) -> dict[str, list[str]]:
         """As the resolver reads them before writing: the transactions Salesforce has of the sales written before
-        and of those linked to no account (a hand link is kept), with their account, by sale key; and the lines
-        they have that the sales no longer have, by sale key. Statements as long as SOQL allows, five a request."""
+        and of those linked to no account (a hand link is kept), with their account and match status, into the
+        round's `existing` table; and the lines they have that the sales no longer have, by sale key. Statements
+        as long as SOQL allows, five a request."""
         db = current.db
         checked = [key for (key,) in db.execute(
             "SELECT s.sale_key FROM sales s LEFT JOIN decisions d USING (customer_key) WHERE s.known "
             "OR s.customer_key IS NULL OR NOT s.customer_found "
             "OR (d.account_id IS NULL AND d.account_ref IS NULL AND d.status != ?)", (CREATED,))]
         if not checked:
-            return {}, {}
+            return {}
         db.executemany("UPDATE sales SET checked = 1 WHERE sale_key = ?", ((key,) for key in checked))
         found = self.resolver.existing(checked)
         if not found:
-            return {}, {}
-        db.executemany("INSERT OR REPLACE INTO existing VALUES (?, ?, ?)",
-                       ((key, record["Id"], record.get("Account__c")) for key, record in found.items()))
+            return {}
+        db.executemany("INSERT OR REPLACE INTO existing VALUES (?, ?, ?, ?)",
+                       ((key, record["Id"], record.get("Account__c"), record.get("Match_Status__c"))
+                        for key, record in found.items()))
         current_lines = {}
         for key in found:
             (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
             current_lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
-        stale = self.resolver.stale_lines({record["Id"]: key for key, record in found.items()}, current_lines)
-        return {key: record.get("Account__c") for key, record in found.items()}, stale
+        return self.resolver.stale_lines({record["Id"]: key for key, record in found.items()}, current_lines)
 
     def _delete_unexpected_lines(self, current: _Round, writer: BulkWriter) -> None:
         """Sales Salesforce already had though nothing said so before writing (a lost state file, another state

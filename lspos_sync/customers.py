@@ -178,6 +178,16 @@ def _matched(status: str, account: PersonAccount, reason: str) -> Resolution:
     return Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key, account=account)
 
 
+def hand_link(account_id: str | None, match_status: str | None) -> str | None:
+    """The account an admin linked a transaction to by hand, as Salesforce has the transaction; else None.
+
+    A link is the sync's own where `Match_Status__c` says the sync linked it (`Linked`, `Email`, `Phone`,
+    `Created`). Next to `Guest`, `Ambiguous` or no status at all (the sync never wrote one: also where the mapping
+    switches the field off and the lookup does not read it), the sync left the sale unlinked: someone else linked it.
+    """
+    return account_id if account_id and match_status in (None, "", GUEST, AMBIGUOUS) else None
+
+
 def claim_accounts(resolutions: dict[str, Resolution]) -> dict[str, Resolution]:
     """Two customers that match one unkeyed account in the same batch: the first (in sale order) gets the
     account keyed to it; the others are linked to it without re-keying it, as on every later run."""

@@ -13,6 +13,7 @@ from contextlib import closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from lspos_sync import mapping
 from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
@@ -55,7 +56,8 @@ class Engine:
         # (never fewer than three batches' worth of decisions: the batch written and the one on its way use theirs)
         self.resolver = Resolver(account_id, writer, phone_region=phone_region, person_record_type=person_record_type,
                                  enrich_profiles=enrich_profiles, check_all=dry_run or roll_up,
-                                 kept=max(RESOLVED_KEPT, 3 * BATCH_SALES))
+                                 kept=max(RESOLVED_KEPT, 3 * BATCH_SALES),
+                                 match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
         self.rollups = RollUps(account_id, store, writer, self.resolver, field_map, dry_run=dry_run) \
             if roll_up else None
         self.settler = Settler(account_id, store, writer, self.resolver, field_map, dry_run=dry_run,

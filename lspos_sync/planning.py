@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from lspos_sync import mapping, rollups
-from lspos_sync.customers import AMBIGUOUS, CREATED, Resolution
+from lspos_sync.customers import AMBIGUOUS, CREATED, Resolution, hand_link
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.reading import Reader
 from lspos_sync.resolving import Built, Found, Resolver
@@ -33,9 +33,9 @@ class Plan:
     plans: dict[str, SalePlan] = field(default_factory=dict)
     checked: set[str] = field(default_factory=set)  # sale keys whose transaction was looked up before writing
     line_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # of the sales not checked
-    # LSPOS_ROLLUPS: per sale (sale key, customer key, account linked before, whether it was in Salesforce,
-    # what it adds to the account's roll-ups)
-    rollups: list[tuple[str, str | None, str | None, bool, rollups.Contribution]] = field(default_factory=list)
+    # LSPOS_ROLLUPS: per sale (sale key, customer key, account linked before, whether that link made by hand is
+    # kept, whether the sale was in Salesforce, what it adds to the account's roll-ups)
+    rollups: list[tuple[str, str | None, str | None, bool, bool, rollups.Contribution]] = field(default_factory=list)
 
 
 class Planner:
@@ -102,14 +102,16 @@ class Planner:
             customer_key = self.resolver.customer_key(sale)
             resolution = self.resolver.decision(sale, found)
             record = {"attributes": _TRANSACTION_TYPE, **transaction, "Match_Status__c": resolution.status}
-            linked_by_hand = (existing.get(sale_key) or {}).get("Account__c")
+            previous = existing.get(sale_key) or {}
+            kept = None
             if resolution.account_id is None and (resolution.account_key or resolution.status == CREATED):
                 record["Account__r"] = {mapping.CUSTOMER_KEY: resolution.account_key or customer_key}
-            elif resolution.account_id is None and linked_by_hand:
+            elif resolution.account_id is None and (
+                    kept := hand_link(previous.get("Account__c"), previous.get("Match_Status__c"))):
                 # an admin linked this sale by hand: a rule that finds no single account does not undo it
                 del record["Match_Status__c"]
             else:
-                record["Account__c"] = resolution.account_id
+                record["Account__c"] = resolution.account_id  # None empties a link the sync made before
             summary.ambiguous.pop(sale_key, None)
             if resolution.status == AMBIGUOUS:
                 summary.ambiguous[sale_key] = {"sale_key": sale_key, "sale_id": sale.sale_id,
@@ -128,13 +130,15 @@ class Planner:
                 writes.append(Write(LINES, line, keys))
             writes.extend(Write(DELETE_LINES, line_id, keys) for line_id in found.stale.get(sale_key, ()))
             action = "update" if sale_key in existing else "create"
-            plan.plans[sale_key] = self._sale_plan(sale, transaction, lines, resolution.status, resolution.account_id,
-                                                   resolution.reason, action)
+            plan.plans[sale_key] = self._sale_plan(
+                sale, transaction, lines, resolution.status, resolution.account_id or kept,
+                resolution.reason + ("; the link made by hand is kept" if kept else ""), action)
             plan.sales.append((sale_key, sale.sale_id, digest))
             if sale_key not in found.checked:
                 plan.line_keys[sale_key] = tuple(line[mapping.LINE_KEY] for line in lines)
             if self.roll_up:
-                plan.rollups.append((sale_key, customer_key, linked_by_hand, sale_key in existing, rollups.Contribution(
+                plan.rollups.append((sale_key, customer_key, previous.get("Account__c"), kept is not None,
+                                     sale_key in existing, rollups.Contribution(
                     transaction["Status__c"], transaction["Total__c"], transaction["Transaction_Date__c"])))
         return plan
 

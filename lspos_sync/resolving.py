@@ -28,20 +28,21 @@ class Found:
 
     customers: dict[str, Customer]  # the batch's customers, by customer key
     candidates: Candidates
-    existing: dict[str, dict]  # the transactions already there, by sale key
+    existing: dict[str, dict]  # the transactions already there (their Account__c, Match_Status__c), by sale key
     checked: set[str]  # sale keys whose transaction was looked up before writing
     stale: dict[str, list[str]]  # Ids of lines Salesforce has and Lightspeed no longer, by sale key
 
 
 class Resolver:
     def __init__(self, account_id: str, writer: Writer, *, phone_region: str, person_record_type: str,
-                 enrich_profiles: bool, check_all: bool, kept: int) -> None:
+                 enrich_profiles: bool, check_all: bool, kept: int, match_status: bool) -> None:
         self.account_id = account_id
         self.writer = writer
         self.region = phone_region
         self.person_record_type = person_record_type
         self.enrich_profiles = enrich_profiles
         self.check_all = check_all  # a dry-run's preview and the roll-ups look up every sale's transaction
+        self.match_status = match_status  # the mapping writes Match_Status__c: the lookups read it back
         # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
         # again if it comes back (by then it has its key), so memory stays flat over long windows.
         self.decisions: _Recent[str, Resolution] = _Recent(kept)
@@ -126,7 +127,7 @@ class Resolver:
         people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
                   for key, customer in customers.items()]
         by_account = queries.person_accounts(people, select, like=self._like)
-        by_sale = queries.transactions_by_key(sale_keys)
+        by_sale = queries.transactions_by_key(sale_keys, self.match_status)
         record_type = [queries.person_record_type(self.person_record_type)] \
             if customers and self._record_type_id is None else []
         answers = self.writer.queries(by_account + by_sale + record_type,
@@ -150,7 +151,8 @@ class Resolver:
 
     def existing(self, sale_keys: list[str]) -> dict[str, dict]:
         """The transactions Salesforce has for these sale keys, by sale key."""
-        return {record[mapping.SALE_KEY]: record for records in self.writer.queries(queries.transactions_by_key(sale_keys))
+        return {record[mapping.SALE_KEY]: record
+                for records in self.writer.queries(queries.transactions_by_key(sale_keys, self.match_status))
                 for record in records or ()}
 
     def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]]) -> dict[str, list[str]]:

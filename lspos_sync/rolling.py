@@ -41,15 +41,15 @@ class RollUps:
         """The accounts whose roll-ups a settled batch changed: where each written sale is linked now and where
         it was. A dry-run also keeps what it would write, to add to Salesforce's aggregates at the end."""
         touched: set[str] = set()
-        for sale_key, customer_key, before, was_there, contribution in plan.rollups:
+        for sale_key, customer_key, before, kept, was_there, contribution in plan.rollups:
             sale_plan = plan.plans[sale_key]
             # a parked sale counts too: its transaction may have gone through without its lines
             resolution = self.resolver.decisions.get(customer_key) if customer_key else None
             after = resolution.account_id if resolution and sale_plan.match != AMBIGUOUS else None
             if after is None and sale_plan.match == CREATED and self.dry_run:
                 after = customer_key  # an account the dry-run would create: known by its key
-            elif after is None and before:
-                after = before  # a hand link the sync keeps
+            elif kept:
+                after = before  # a link made by hand, which the sync keeps
             for account in (before, after):
                 if account and not (self.dry_run and account == customer_key):
                     touched.add(account)

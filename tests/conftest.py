@@ -119,3 +119,15 @@ def sell(lightspeed, boutique: Boutique, customer_id=None, lines=((1, "120.00"),
 
 def by_key(records: list[dict], field: str) -> dict[str, dict]:
     return {r[field]: r for r in records}
+
+
+def edit_by_hand(salesforce, sobject: str, record_id: str, fields: dict) -> None:
+    """A record edited in Salesforce as an admin does, through the REST API (not the emulator's own door)."""
+    import ssl
+
+    import httpx
+
+    response = httpx.patch(f"{salesforce.instance_url}/services/data/v62.0/sobjects/{sobject}/{record_id}", json=fields,
+                           headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
+                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
+    assert response.status_code == 204, response.text

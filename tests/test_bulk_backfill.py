@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sell
+from conftest import edit_by_hand, sell
 from lspos_sync.bulk import remove_leftovers
 from lspos_sync.state import StateStore
 
@@ -295,6 +295,39 @@ def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, ligh
     assert result.json["rollups"]["accounts"] == 2 and result.json["rollups"]["updated"] == 2
     spend = {a["PersonEmail"]: (a["Lifetime_Spend__c"], a["Purchase_Count__c"]) for a in salesforce.records("Account")}
     assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
+
+
+def test_a_bulk_backfill_unlinks_what_the_sync_linked_and_keeps_what_an_admin_linked(cli, lightspeed, salesforce,
+                                                                                    boutique):
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    rt = salesforce.person_account_record_type_id
+    first = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Ng", "PersonEmail": "fam@example.com"})
+    bo, cy = (lightspeed.add_customer(name, "Ng", email="fam@example.com") for name in ("Bo", "Cy"))
+    sell(lightspeed, boutique, bo, at=start)  # Bo gets the account's key: Cy is then matched by email only
+    turns_ambiguous = sell(lightspeed, boutique, cy, at=start + timedelta(minutes=1))
+    loses_its_customer = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"),
+                              at=start + timedelta(minutes=2))
+    linked_by_hand = sell(lightspeed, boutique, at=start + timedelta(minutes=3))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+    assert cli("backfill", *window, "--bulk").code == 0
+    before = {t["LS_Sale_ID__c"]: t for t in salesforce.records("Sales_Transaction__c")}
+    assert before[f"182255-{turns_ambiguous}"]["Match_Status__c"] == "Email"
+    assert before[f"182255-{loses_its_customer}"]["Match_Status__c"] == "Created"
+    edit_by_hand(salesforce, "Sales_Transaction__c", before[f"182255-{linked_by_hand}"]["Id"], {"Account__c": first})
+    salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Ng2", "PersonEmail": "fam@example.com"})
+    for sale in (turns_ambiguous, linked_by_hand):
+        lightspeed.add_line(sale, {"item_id": boutique.bag, "quantity": 1, "unit_price": "3.00"})
+    lightspeed.set_sale_customer(loses_its_customer, None)
+
+    result = cli("backfill", *window, "--bulk", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["bulk"] is True and result.json["sales"]["written"] == 3
+    after = {t["LS_Sale_ID__c"]: (t["Match_Status__c"], t["Account__c"])
+             for t in salesforce.records("Sales_Transaction__c")}
+    assert after[f"182255-{turns_ambiguous}"] == ("Ambiguous", None)
+    assert after[f"182255-{loses_its_customer}"] == ("Guest", None)
+    assert after[f"182255-{linked_by_hand}"] == ("Guest", first)
 
 
 def test_a_bulk_backfill_brings_clients_without_a_sale_too(cli, lightspeed, salesforce, boutique):

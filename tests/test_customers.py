@@ -2,7 +2,7 @@
 
 import pytest
 
-from lspos_sync.customers import Candidates, PersonAccount, claim_accounts, normalise_phone, resolve
+from lspos_sync.customers import Candidates, PersonAccount, claim_accounts, hand_link, normalise_phone, resolve
 from lspos_sync.lightspeed.models import Customer
 
 
@@ -76,3 +76,19 @@ def test_two_customers_matching_one_unkeyed_account_in_a_batch_key_it_once():
     settled = claim_accounts({"182255-7": first, "182255-8": second})
     assert [r.stamp_key for r in settled.values()] == [True, False]
     assert {r.account_id for r in settled.values()} == {"A2"}
+
+
+@pytest.mark.parametrize("account_id, match_status, kept", [
+    ("001A", "Ambiguous", "001A"),  # the admin settled an ambiguous sale
+    ("001A", "Guest", "001A"),  # the admin knows who the guest was
+    ("001A", None, "001A"),  # no status: the sync never wrote one (or the mapping switches it off)
+    ("001A", "", "001A"),
+    ("001A", "Linked", None),  # links the sync made itself
+    ("001A", "Email", None),
+    ("001A", "Phone", None),
+    ("001A", "Created", None),
+    (None, "Ambiguous", None),  # nothing to keep
+])
+def test_a_link_is_by_hand_only_next_to_a_status_that_says_the_sync_left_the_sale_unlinked(
+        account_id, match_status, kept):
+    assert hand_link(account_id, match_status) == kept

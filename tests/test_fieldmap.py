@@ -114,6 +114,24 @@ def test_a_new_mapping_writes_unchanged_sales_again(cli, lightspeed, salesforce,
     assert written["LS_Sale_ID__c"] == f"182255-{sale}" and written["Register_ID__c"] == "1"
 
 
+def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspeed, salesforce, boutique, tmp_path):
+    salesforce.remove_field("Sales_Transaction__c", "Match_Status__c")
+    mapping = tmp_path / "m.toml"
+    mapping.write_text("[fields.Sales_Transaction__c]\nMatch_Status__c = false\n")
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    assert cli("sync", "--mapping", str(mapping)).code == 0
+    [account] = [a["Id"] for a in salesforce.records("Account") if a.get("IsPersonAccount")]
+    lightspeed.set_sale_customer(sale, None)
+
+    result = cli("sync", "--mapping", str(mapping), "--json")
+
+    # nothing tells the sync's links from an admin's: the lookup reads no status, and the link stays
+    assert result.code == 0, result.stderr
+    assert result.json["sales"]["written"] == 1
+    [written] = salesforce.records("Sales_Transaction__c")
+    assert written["Account__c"] == account and "Match_Status__c" not in written
+
+
 def test_mapping_check_lists_every_problem_on_its_own_line_and_exits_2(cli, salesforce, mapping_file):
     salesforce.copy_object("Sales_Transaction__c", "POS_Sale__c", renames={"LS_Sale_ID__c": "POS_Sale_ID__c"})
     salesforce.add_field("POS_Sale__c", Field("Register_ID__c", "number", 18))  # a number, mapped as text

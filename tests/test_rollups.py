@@ -83,6 +83,30 @@ def test_rollups_follow_a_sale_to_the_account_it_now_belongs_to(cli, lightspeed,
         (0, 0.0, None)
 
 
+def test_rollups_no_longer_count_a_sale_for_the_account_the_sync_unlinked_it_from(cli, lightspeed, salesforce,
+                                                                                  boutique):
+    crm = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                        "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    assert cli("sync", env=ROLLUPS).code == 0
+    assert salesforce.get("Account", crm)["Purchase_Count__c"] == 1
+    lightspeed.set_sale_customer(sale, None)  # rung up to the wrong customer: taken off at the till
+
+    preview = cli("dry-run", "--json", env=ROLLUPS).json
+    result = cli("sync", "--json", env=ROLLUPS)
+
+    [plan] = preview["plans"]
+    assert (plan["match"], plan["account_id"]) == ("Guest", None)
+    [change] = preview["rollups"]["changes"]
+    assert change["account_id"] == crm and change["fields"]["Purchase_Count__c"] == {"from": 1, "to": 0}
+    assert result.code == 0, result.stderr
+    [transaction] = salesforce.records("Sales_Transaction__c")
+    assert (transaction["Match_Status__c"], transaction["Account__c"]) == ("Guest", None)
+    account = salesforce.get("Account", crm)
+    assert (account["Purchase_Count__c"], account["Lifetime_Spend__c"], account["Last_Purchase_Date__c"]) == \
+        (0, 0.0, None)
+
+
 def test_dry_run_shows_the_rollups_it_would_change_and_writes_none(cli, lightspeed, salesforce, boutique):
     crm = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
                                         "LastName": "Lima", "PersonEmail": "ana@example.com"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from conftest import by_key, sell
+from conftest import by_key, edit_by_hand, sell
 
 
 def transactions(salesforce) -> dict[str, dict]:
@@ -332,7 +332,7 @@ def test_ambiguous_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce,
     assert cli("sync").code == 0
     record = transactions(salesforce)[f"182255-{sale}"]
     assert record["Match_Status__c"] == "Ambiguous"
-    _patch(salesforce, "Sales_Transaction__c", record["Id"], {"Account__c": accounts[1]})  # the admin decides
+    edit_by_hand(salesforce, "Sales_Transaction__c", record["Id"], {"Account__c": accounts[1]})  # the admin decides
 
     assert cli("sync").code == 0  # the look-back re-reads the sale, still ambiguous by the rules
 
@@ -348,7 +348,7 @@ def test_lost_state_file_still_deletes_removed_lines_and_keeps_a_hand_link(cli, 
     edited = sell(lightspeed, boutique, lightspeed.add_customer("Cy", "Solo", email="cy@example.com"),
                   lines=((1, "10.00"), (1, "20.00")))
     assert cli("sync").code == 0
-    _patch(salesforce, "Sales_Transaction__c", transactions(salesforce)[f"182255-{ambiguous}"]["Id"],
+    edit_by_hand(salesforce, "Sales_Transaction__c", transactions(salesforce)[f"182255-{ambiguous}"]["Id"],
            {"Account__c": accounts[1]})
     kept, removed = [line["saleLineID"] for line in _sale_lines(lightspeed, edited)]
     lightspeed.remove_line(edited, int(removed))
@@ -365,15 +365,54 @@ def test_lost_state_file_still_deletes_removed_lines_and_keeps_a_hand_link(cli, 
     assert len(after) == 2 and len(lines(salesforce)) == 2 and len(person_accounts(salesforce)) == 3
 
 
-def _patch(salesforce, sobject: str, record_id: str, fields: dict) -> None:
-    import ssl
+def test_a_guest_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce, boutique):
+    account = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                            "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    sale = sell(lightspeed, boutique)
+    assert cli("sync").code == 0
+    edit_by_hand(salesforce, "Sales_Transaction__c", transactions(salesforce)[f"182255-{sale}"]["Id"],
+           {"Account__c": account})  # the admin knows who it was
+    lightspeed.add_line(sale, {"item_id": boutique.bag, "quantity": 1, "unit_price": "3.00"})
 
-    import httpx
+    assert cli("sync").code == 0
 
-    response = httpx.patch(f"{salesforce.instance_url}/services/data/v62.0/sobjects/{sobject}/{record_id}", json=fields,
-                           headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
-                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
-    assert response.status_code == 204, response.text
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"], written["Total__c"]) == ("Guest", account, 123.0)
+
+
+def test_a_sale_linked_by_the_sync_whose_customer_turns_ambiguous_is_written_ambiguous_with_no_account(
+        cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    first = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Ng", "PersonEmail": "fam@example.com"})
+    bo, cy = (lightspeed.add_customer(name, "Ng", email="fam@example.com") for name in ("Bo", "Cy"))
+    sell(lightspeed, boutique, bo)  # Bo gets the account's key: Cy is then matched by email only
+    sale = sell(lightspeed, boutique, cy)
+    assert cli("sync").code == 0
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Email", first)
+    salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Ng2", "PersonEmail": "fam@example.com"})
+    lightspeed.add_line(sale, {"item_id": boutique.bag, "quantity": 1, "unit_price": "3.00"})
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert [a["sale_key"] for a in result.json["ambiguous"]] == [f"182255-{sale}"]
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"], written["Total__c"]) == ("Ambiguous", None, 123.0)
+
+
+def test_a_sale_whose_customer_is_removed_in_lightspeed_becomes_a_guest_with_no_account(
+        cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    assert cli("sync").code == 0
+    assert transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"] == "Created"
+    lightspeed.set_sale_customer(sale, None)
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Guest", None)
+    assert len(person_accounts(salesforce)) == 1  # the account stays; only the sale leaves it
 
 
 def test_phone_match_falls_back_to_usual_spellings_where_like_is_refused(cli, lightspeed, salesforce, boutique):

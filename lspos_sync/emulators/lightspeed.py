@@ -470,6 +470,13 @@ class LightspeedAccount:
             sale.lines.remove(self._lines.pop(sale_line_id))
             self._touch(sale, self._now(at))
 
+    def set_sale_customer(self, sale_id: int, customer_id: int | None, at: datetime | None = None) -> None:
+        """The sale's customer changed at the till; None takes it off (`customerID` "0")."""
+        with self._lock:
+            sale = self._sales[sale_id]
+            sale.customer_id = customer_id or 0
+            self._touch(sale, self._now(at))
+
     def set_line_quantity(self, sale_line_id: int, quantity: int, at: datetime | None = None) -> None:
         with self._lock:
             at = self._now(at)

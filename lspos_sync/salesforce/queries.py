@@ -112,9 +112,11 @@ def _person_accounts_statement(select: str, keys: dict[str, None], emails: dict[
     return f"SELECT {select} FROM Account WHERE {where}"
 
 
-def transactions_by_key(keys: Iterable[str]) -> list[str]:
-    # Only what the engine reads back: the mapping may switch Match_Status__c off.
-    return _in_batches(f"SELECT Id, {SALE_KEY}, Account__c FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
+def transactions_by_key(keys: Iterable[str], match_status: bool) -> list[str]:
+    """Each transaction's Id, account and (`match_status`) Match_Status__c, which tells a link made by hand: only
+    where the mapping writes that field, since an org whose mapping switches it off may not have it."""
+    select = f"Id, {SALE_KEY}, Account__c" + (", Match_Status__c" if match_status else "")
+    return _in_batches(f"SELECT {select} FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
 
 
 def lines_by_transaction(transaction_ids: Iterable[str]) -> list[str]:
