@@ -116,7 +116,7 @@ class Planner:
             if resolution.status == AMBIGUOUS:
                 summary.ambiguous[sale_key] = {"sale_key": sale_key, "sale_id": sale.sale_id,
                                                "reason": self.field_map.in_org_names(resolution.reason),
-                                               "candidates": list(resolution.candidates)}
+                                               "candidates": list(resolution.candidates), "linked_by_hand": kept}
             summary.gaps.pop(sale_key, None)
             if missing := mapping.gaps(sale, self.account_id, self.reader.shops, self.reader.categories):
                 for gap in missing:  # named as the org names them

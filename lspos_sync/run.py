@@ -333,8 +333,9 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     for reject in data["rejected"]:
         output.note(f"rejected {reject['sale_key']}: {reject['reason']}")
     for sale in summary.ambiguous.values():
+        kept = sale.get("linked_by_hand")
         output.note(f"ambiguous {sale['sale_key']}: {sale['reason']} (candidates {', '.join(sale['candidates'])}); "
-                    "written without an account")
+                    + (f"the account linked by hand, {kept}, is kept" if kept else "written without an account"))
     for sale in summary.gaps.values():
         missing = "; ".join((f"line {gap['line']}: " if gap["line"] else "") + f"{gap['record']} not sent by "
                             f"Lightspeed ({', '.join(gap['left_empty'])} left empty)" for gap in sale["missing"])

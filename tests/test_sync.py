@@ -334,9 +334,14 @@ def test_ambiguous_sale_linked_by_hand_stays_linked(cli, lightspeed, salesforce,
     assert record["Match_Status__c"] == "Ambiguous"
     edit_by_hand(salesforce, "Sales_Transaction__c", record["Id"], {"Account__c": accounts[1]})  # the admin decides
 
-    assert cli("sync").code == 0  # the look-back re-reads the sale, still ambiguous by the rules
+    result = cli("sync", "--json")  # the look-back re-reads the sale, still ambiguous by the rules
 
+    assert result.code == 0, result.stderr
     assert transactions(salesforce)[f"182255-{sale}"]["Account__c"] == accounts[1]
+    [listed] = result.json["ambiguous"]
+    assert listed["linked_by_hand"] == accounts[1]
+    assert f"the account linked by hand, {accounts[1]}, is kept" in result.stderr
+    assert "written without an account" not in result.stderr
 
 
 def test_lost_state_file_still_deletes_removed_lines_and_keeps_a_hand_link(cli, lightspeed, salesforce, boutique,
