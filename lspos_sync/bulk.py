@@ -159,7 +159,8 @@ class BulkBackfill:
                             in_order = in_order and (latest is None or moment >= latest)
                             latest = max(latest, moment) if latest else moment
                     # As the engine: pages come oldest change first, so once the round is settled every sale
-                    # changed up to here is written or parked; out of order, only the window's end counts.
+                    # changed up to here is written or parked; out of order, or newest first, only the end counts.
+                    in_order = in_order and self.reader.oldest_first
                     moment = min(latest, window.until) if in_order and latest is not None else None
                     current = self._gather(current, batch, summary, moment, progress)
             self._finish(current, summary, progress)

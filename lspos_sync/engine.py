@@ -114,7 +114,9 @@ class Engine:
                         in_order = in_order and (latest is None or moment >= latest)
                         latest = max(latest, moment) if latest else moment
                 # Pages come oldest change first, so once this batch is settled every sale changed up to
-                # here is written or parked; the look-back re-reads the boundary. Out of order, only the end counts.
+                # here is written or parked; the look-back re-reads the boundary. Out of order, or read newest
+                # first (where Lightspeed refuses the filter), only the end counts.
+                in_order = in_order and self.reader.oldest_first
                 moment = min(latest, window.until) if progress and in_order and latest is not None else None
                 self._process(batch, summary, moment)
                 done += len(batch)

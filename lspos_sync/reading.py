@@ -35,8 +35,14 @@ class Reader:
         self.raw_shops: dict[int, dict[str, Any]] = {}
 
     def window_pages(self, window: Window, ahead: int) -> ReadAhead:
-        """The window's pages, oldest change first, read ahead by a thread (from now on) up to `ahead` sales."""
+        """The window's pages, oldest change first (see `oldest_first`), read ahead by a thread (from now on) up to
+        `ahead` sales."""
         return ReadAhead(self.lightspeed.sales(window.since, window.until, raw=self.field_map.needs_raw), ahead)
+
+    @property
+    def oldest_first(self) -> bool:
+        """Whether the window's pages come oldest change first: settled before the first of them comes."""
+        return self.lightspeed.oldest_first
 
     def voided(self, window: Window) -> list[int]:
         return self.lightspeed.voided_sale_ids(window.since, window.until)

@@ -382,11 +382,19 @@ def test_invalid_list_parameters_are_400(emu, params):
         assert "saleID, timeStamp, completeTime, updatetime" in response.json()["message"]
 
 
-def test_updatetime_filter_can_be_rejected_so_clients_can_fall_back(emu):
+def test_a_refused_updatetime_filter_is_refused_in_both_spellings_and_sorting_on_it_still_works(emu, clock):
+    """§2: sorting Sale on updatetime is documented, filtering on it is not: `reject_updatetime_filter` refuses the
+    filter only. A sale edited after completion comes first in a descending sort, page after page."""
+    ids = seed_store(emu)
+    made = [emu.add_sale(ids["shop"], [], at=clock.advance(60)) for _ in range(5)]
+    emu.add_line(made[0], {"item_id": ids["item"], "quantity": 1, "unit_price": "5"}, at=clock.advance(60))
     emu.reject_updatetime_filter = True
     with client(emu) as http:
-        assert http.get("Sale.json", params={"updatetime": ">,2026-01-01T00:00:00Z"}).status_code == 400
+        for spelling in ("updatetime", "updateTime"):
+            assert http.get("Sale.json", params={spelling: ">,2026-01-01T00:00:00Z"}).status_code == 400
         assert http.get("Sale.json", params={"sort": "updatetime"}).status_code == 200
+        rows = collect(http, "Sale.json", {"sort": "-updatetime", "limit": "2"})
+    assert [int(r["saleID"]) for r in rows] == [made[0], *reversed(made[1:])]
 
 
 def test_wrong_account_and_unknown_paths_are_404_with_a_lightspeed_error_body(emu):

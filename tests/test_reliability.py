@@ -274,6 +274,32 @@ def test_voids_are_written_before_the_pages_so_a_failed_run_cannot_skip_them(cli
         {f"182255-{sale}": "Voided"}
 
 
+def test_read_newest_first_a_run_stopped_half_way_moves_no_checkpoint(cli, lightspeed, salesforce, boutique):
+    """Where Lightspeed refuses the updatetime filter the window is read newest change first (docs/sync-rules.md):
+    a batch settled says nothing of the older sales not read yet, even when all its sales share one update time."""
+    lightspeed.reject_updatetime_filter = True
+    now = datetime.now(timezone.utc)
+    newest = [sell(lightspeed, boutique, at=now - timedelta(hours=1)) for _ in range(2)]  # one batch, one time
+    older = [sell(lightspeed, boutique, at=now - timedelta(hours=5, seconds=i)) for i in range(10)]
+
+    def lightspeed_refuses_a_later_page(record) -> None:  # the fifth page, once four were read
+        if record.query.get("sort") == ["-updatetime"] and record.status == 200 \
+                and lightspeed.request_count("Sale.json", status=200) == 4:
+            lightspeed.fail_next(1, status=400, only_with="after")
+
+    lightspeed.after_request = lightspeed_refuses_a_later_page
+    small = {"engine.BATCH_SALES": 2, "lightspeed.client.PAGE_SIZE": 2}
+    stopped = cli("sync", "--json", constants=small)
+    lightspeed.after_request = None
+
+    assert stopped.code == 1 and "refused the Sale query" in stopped.json["error"]
+    assert {f"182255-{sale}" for sale in newest} <= {r["LS_Sale_ID__c"]
+                                                      for r in salesforce.records("Sales_Transaction__c")}
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+    assert cli("sync", constants=small).code == 0
+    assert_exactly_once(salesforce, lightspeed, newest + older)
+
+
 def test_records_counted_are_those_salesforce_holds_not_those_sent_again(cli, lightspeed, salesforce, boutique):
     sales = [sell(lightspeed, boutique) for _ in range(5)]
     storm = iter(range(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, timezone
+from time import sleep
 from zoneinfo import ZoneInfo
 
 from conftest import by_key, edit_by_hand, sell
@@ -552,3 +553,66 @@ def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, ligh
     assert {t["Match_Status__c"] for t in written.values()} == {"Created", "Email", "Linked"}  # Linked: found again
     for sale_id, index in enumerate(order, start=1):
         assert written[f"182255-{sale_id}"]["Account__c"] == by_customer[f"182255-{customers[index]}"]
+
+
+# -- where Lightspeed refuses filtering on updatetime (unconfirmed, fact sheet §2): read newest change first
+
+def test_with_the_updatetime_filter_refused_an_edit_after_completion_is_still_written(cli, lightspeed, salesforce,
+                                                                                      boutique):
+    lightspeed.reject_updatetime_filter = True  # in both spellings
+    sale = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(hours=3))
+    assert cli("sync").code == 0
+    lightspeed.add_line(sale, {"item_id": boutique.bag, "quantity": 2, "unit_price": "5.00", "tax1": "0"})
+
+    result = cli("sync", "--json")  # the edit moved updatetime only: timeStamp stays at the completion (§9)
+
+    assert result.code == 0, result.stderr
+    assert result.json["sales"]["written"] == 1
+    assert transactions(salesforce)[f"182255-{sale}"]["Total__c"] == 130.0 and len(lines(salesforce)) == 2
+    assert result.stderr.count("Lightspeed refused filtering on updatetime") == 1
+    assert "sort=-updatetime" in result.stderr
+    assert result.json["checkpoint"] == result.json["window"]["to"]
+    again = cli("sync", "--json")
+    assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 1
+
+
+def test_with_the_updatetime_filter_refused_paging_stops_at_the_first_sale_older_than_the_window(
+        cli, lightspeed, salesforce, boutique):
+    lightspeed.reject_updatetime_filter = True
+    now = datetime.now(timezone.utc)
+    old = [sell(lightspeed, boutique, at=now - timedelta(days=3, seconds=i)) for i in range(20)]  # before the start
+    recent = [sell(lightspeed, boutique, at=now - timedelta(hours=2, seconds=i)) for i in range(7)]
+
+    result = cli("sync", "--json", constants={"lightspeed.client.PAGE_SIZE": 5})
+
+    assert result.code == 0, result.stderr
+    assert set(transactions(salesforce)) == {f"182255-{sale}" for sale in recent}
+    newest_first = [r for r in lightspeed.requests if r.path.endswith("Sale.json") and r.status == 200
+                    and r.query.get("sort") == ["-updatetime"]]
+    assert len(newest_first) == 2  # 5 recent sales, then 2 recent and 3 old ones: the 3 pages after are not asked for
+    assert len(old) == 20
+
+
+def test_with_the_updatetime_filter_refused_a_sale_changed_after_the_window_is_left_for_the_next_run(
+        cli, lightspeed, salesforce, boutique):
+    lightspeed.reject_updatetime_filter = True
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    changed, steady = sell(lightspeed, boutique, at=two_hours_ago), sell(lightspeed, boutique, at=two_hours_ago)
+
+    def merchant_edits(record) -> None:
+        # The window's end is fixed before the first Sale request; a second later (timestamps have whole
+        # seconds) the sale changes, so that its page shows it changed after the window.
+        if record.path.endswith("Sale.json") and lightspeed.request_count("Sale.json") == 1:
+            sleep(1.1)
+            lightspeed.add_line(changed, {"item_id": boutique.bag, "quantity": 1, "unit_price": "5.00", "tax1": "0"})
+
+    lightspeed.after_request = merchant_edits
+    first = cli("sync", "--json")
+    lightspeed.after_request = None
+
+    assert first.code == 0, first.stderr
+    assert set(transactions(salesforce)) == {f"182255-{steady}"}
+    assert first.json["checkpoint"] == first.json["window"]["to"]
+    second = cli("sync", "--json")
+    assert second.code == 0 and second.json["sales"]["written"] == 1
+    assert transactions(salesforce)[f"182255-{changed}"]["Total__c"] == 125.0

@@ -7,7 +7,8 @@ takes the PESSIMISTIC reading, so clients are tested against the worst case:
 * after completion, line edits and voids move only `updatetime`; `timeStamp` stays pinned at the
   completion time, and `completeTime` never moves (§9);
 * a refund is a new sale and leaves every timestamp of the original alone (§9);
-* filtering on `updatetime` works, but `reject_updatetime_filter = True` turns it into a 400 (§2);
+* filtering on `updatetime` works, but `reject_updatetime_filter = True` turns it into a 400 (§2); sorting
+  on it, ascending or descending (`sort=-updatetime`, §2 [S9]), works either way;
 * a customer's Contact edits (email, phones, address) move only the Contact's `timeStamp`, not the Customer's
   (§5: whether they move the Customer's is not documented); a loaded relation is searchable one level deep,
   e.g. `Customer.json?Contact.timeStamp=...&load_relations=["Contact"]`, and not without loading it (§2);

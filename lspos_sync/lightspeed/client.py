@@ -41,6 +41,29 @@ def http_client() -> httpx.Client:
     return httpx.Client(timeout=httpx.Timeout(120.0, connect=20.0), verify=certificates.for_httpx())
 
 
+@dataclass(frozen=True)
+class SaleReading:
+    """One way of asking Lightspeed for the sales changed in a window (docs/sync-rules.md, "Which sales are read")."""
+
+    filtered_on: str | None  # the field the window is filtered on; None: no filter, stop once past the window
+    sort: str
+    warning: str = ""  # what the run logs once, when it settles on this reading
+
+
+# Best first; a run moves down the list for each one Lightspeed refuses (fact sheet §2, §4.6, §9).
+_READINGS = (
+    SaleReading("updatetime", "updatetime"),
+    # The tutorial and some clients spell it updateTime (§4.6).
+    SaleReading("updateTime", "updateTime", "filtering on updateTime instead"),
+    # Sorting on updatetime is documented where filtering on it is not (§2): nothing is missed, at the cost of
+    # reading the sales changed since the window's end too.
+    SaleReading(None, "-updatetime", "reading the sales newest change first (sort=-updatetime) without a filter, "
+                "down to the window's start"),
+    SaleReading("timeStamp", "timeStamp",
+                "falling back to timeStamp, which may not move when a completed sale is edited"),
+)
+
+
 def lightspeed_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
@@ -118,7 +141,9 @@ class LightspeedClient:
         self.bucket = Bucket()
         self.requests = 0
         self.throttled = 0  # 429 responses met
-        self.time_field = "updatetime"
+        self._reading = 0  # the index in _READINGS of the way this run reads a window's sales
+        self._refusal = ""  # Lightspeed's answer to the first reading, once refused
+        self._warned = False
         # Requests may be sent from two threads at once (the page reader, and the run asking for voids or
         # customers): one thread at a time waits for room in the bucket, and each request is counted in as sent.
         self._turn = threading.Lock()  # held by the thread waiting for room
@@ -159,42 +184,86 @@ class LightspeedClient:
                             "ahead of" if self.host_ahead > timedelta(0) else "behind")
 
     # -- reading
-    def sales(self, since: datetime, until: datetime, raw: bool = False) -> Iterator[list[Row]]:
-        """Pages of completed sales whose last update lies in [since, until], oldest change first: each sale
-        read as a `Sale`, or, in a page where one does not read, and with `raw`, as its payload.
+    @property
+    def oldest_first(self) -> bool:
+        """Whether the window's pages come oldest change first (the reading in use; settled by the first page)."""
+        return not _READINGS[self._reading].sort.startswith("-")
 
-        Filtering and sorting on `updatetime` is what sees edits and voids after completion (fact sheet §9).
-        Should the API refuse that filter, `timeStamp` is the documented fallback, with a warning.
+    def sales(self, since: datetime, until: datetime, raw: bool = False) -> Iterator[list[Row]]:
+        """Pages of completed sales whose last update lies in [since, until]: each sale read as a `Sale`, or, in
+        a page where one does not read, and with `raw`, as its payload. Oldest change first, unless Lightspeed
+        refuses every filter on the update time (`oldest_first`).
+
+        The update time is what moves on edits and voids after completion (fact sheet §9), but filtering on it
+        is unconfirmed (§2): each refusal moves the run to the next reading of `_READINGS`, for the rest of it.
         """
-        window = f"><,{lightspeed_time(since)},{lightspeed_time(until)}"
-        params = {self.time_field: window, "sort": self.time_field, "completed": "true",
-                  "limit": str(PAGE_SIZE), "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
-        try:
-            yield from self._pages("Sale.json", params, "Sale", typed=not raw)
-        except _Refused as refused:
-            if self.time_field != "updatetime":
+        while True:
+            pages = self._window_pages(_READINGS[self._reading], since, until, typed=not raw)
+            try:
+                first = next(pages, None)
+            except _Refused as refused:
+                self._refused(refused, "the Sale query")
+                continue
+            self._settled()
+            if first is None:
+                return
+            yield first
+            try:
+                yield from pages
+            except _Refused as refused:  # past the first page: not the reading refused, and nothing to fall back on
                 raise RunFailed(f"Lightspeed refused the Sale query: {refused}") from None
-            log.warning("Lightspeed refused filtering on updatetime (%s); falling back to timeStamp, "
-                        "which may not move when a completed sale is edited", refused)
-            self.time_field = "timeStamp"
-            yield from self.sales(since, until, raw)
+            return
+
+    def _window_pages(self, reading: SaleReading, since: datetime, until: datetime,
+                      typed: bool) -> Iterator[list[Row]]:
+        params = {"sort": reading.sort, "completed": "true", "limit": str(PAGE_SIZE),
+                  "load_relations": json.dumps(SALE_RELATIONS, separators=(",", ":"))}
+        if reading.filtered_on is not None:
+            params[reading.filtered_on] = f"><,{lightspeed_time(since)},{lightspeed_time(until)}"
+            yield from self._pages("Sale.json", params, "Sale", typed)
+            return
+        # No filter: every completed sale, newest change first. A sale changed after `until` is left to the next
+        # run; the first page that reaches one changed before `since` is the last (the rest are older still).
+        for page in self._pages("Sale.json", params, "Sale", typed):
+            moments = [_update_time(row) for row in page]
+            yield [row for row, moment in zip(page, moments) if moment is None or since <= moment <= until]
+            if any(moment is not None and moment < since for moment in moments):
+                return
+
+    def _refused(self, refused: _Refused, what: str) -> None:
+        """The reading in use was refused: the next one, or the run fails when none is left."""
+        if self._reading + 1 >= len(_READINGS):
+            raise RunFailed(f"Lightspeed refused {what}: {refused}") from None
+        self._refusal = self._refusal or str(refused)
+        self._reading += 1
+
+    def _settled(self) -> None:
+        """Says once which reading the run uses, when it is not the first."""
+        if self._reading and not self._warned:
+            self._warned = True
+            log.warning("Lightspeed refused filtering on updatetime (%s); %s", self._refusal,
+                        _READINGS[self._reading].warning)
 
     def count_sales(self, since: datetime, until: datetime) -> int:
         """How many completed sales `sales(since, until)` would read: one request (`count=1`, 10 drips), which
-        answers only `{"@attributes": {"count": "N"}}` (fact sheet §2)."""
-        params = {self.time_field: f"><,{lightspeed_time(since)},{lightspeed_time(until)}", "completed": "true",
-                  "count": "1"}
-        try:
-            body = self._get(f"{self._base}/Sale.json", params, _decoded)
-        except _Refused as refused:
-            if self.time_field != "updatetime":
-                raise RunFailed(f"Lightspeed refused to count sales: {refused}") from None
-            self.time_field = "timeStamp"  # as `sales` does; it warns when it reads
-            return self.count_sales(since, until)
-        count = str(((body if isinstance(body, dict) else {}).get("@attributes") or {}).get("count", ""))
-        if not count.isdigit():
-            raise RunFailed("Lightspeed answered a sale count without a count")
-        return int(count)
+        answers only `{"@attributes": {"count": "N"}}` (fact sheet §2). With the unfiltered reading, the count is
+        of the sales completed or changed before completion in the window (`timeStamp`): an estimate, as what it
+        is for (choosing bulk writing) needs no more."""
+        while True:
+            reading = _READINGS[self._reading]
+            params = {reading.filtered_on or "timeStamp": f"><,{lightspeed_time(since)},{lightspeed_time(until)}",
+                      "completed": "true", "count": "1"}
+            try:
+                body = self._get(f"{self._base}/Sale.json", params, _decoded)
+            except _Refused as refused:
+                if reading.filtered_on is None:  # the estimate's filter, not the reading's
+                    raise RunFailed(f"Lightspeed refused to count sales: {refused}") from None
+                self._refused(refused, "to count sales")  # as `sales` does; it says so when it reads
+                continue
+            count = str(((body if isinstance(body, dict) else {}).get("@attributes") or {}).get("count", ""))
+            if not count.isdigit():
+                raise RunFailed("Lightspeed answered a sale count without a count")
+            return int(count)
 
     def sales_by_id(self, sale_ids: list[int], raw: bool = False) -> Iterator[list[Row]]:
         """The given sales, whatever their time (parked sales, voided ones), as `sales` gives them."""
@@ -369,6 +438,18 @@ def _kept(rows: list[dict[str, Any]], id_field: str, raw: dict[int, dict] | None
     if raw is not None:
         raw.update({int(row[id_field]): row for row in rows if str(row.get(id_field, "")).strip().isdigit()})
     return rows
+
+
+def _update_time(row: Row) -> datetime | None:
+    """A sale's update time, in either spelling (§4.6), read as a `Sale` or not; None when it has none that reads."""
+    if not isinstance(row, dict):
+        return row.update_time
+    text = next((value for key, value in row.items() if key.lower() == "updatetime" and value), None)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except (AttributeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], str]:
