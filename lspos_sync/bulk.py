@@ -35,13 +35,12 @@ from lspos_sync import mapping
 from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.customers import (AMBIGUOUS, CREATED, EMAIL, GUEST, PHONE, Candidates, Resolution, customer_phones,
                                   normalise_email, primary_email, resolve)
-from lspos_sync.errors import RunFailed
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Found, Resolver
+from lspos_sync.resolving import Found, Resolver, record_type_id
 from lspos_sync.rolling import RollUps
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.bulk import BulkJobs, BulkWriter
@@ -386,11 +385,7 @@ class BulkBackfill:
                    (write.kind, key, customer_key, to_json(list(write.filled)) if write.filled else None))
 
     def _person_record_type_id(self) -> str:
-        if not self._record_type_id:  # read with the round's first lookups
-            raise RunFailed(
-                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
-                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
-        return self._record_type_id
+        return record_type_id(self._record_type_id, self.person_record_type)  # read with the round's first lookups
 
     def _hand_over(self, current: _Round, writer: BulkWriter, summary: RunSummary) -> None:
         """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from lspos_sync import mapping
 from lspos_sync.customers import (CREATED, GUEST, Candidates, Resolution, claim_accounts, customer_phones,
                                   normalise_email, primary_email, resolve)
-from lspos_sync.errors import RunFailed
+from lspos_sync.errors import ConfigError
 from lspos_sync.salesforce import queries
 from lspos_sync.writing import Write, Writer
 
@@ -167,11 +167,15 @@ class Resolver:
         return stale
 
     def person_record_type_id(self) -> str:
-        if not self._record_type_id:  # read with the batch's lookups
-            raise RunFailed(
-                f"no Person Account record type '{self.person_record_type}' in Salesforce: enable Person Accounts "
-                "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
-        return self._record_type_id
+        return record_type_id(self._record_type_id, self.person_record_type)  # read with the batch's lookups
+
+
+def record_type_id(found: str | None, developer_name: str) -> str:
+    """The Person Account record type the lookups found; none is a configuration error (exit 2)."""
+    if not found:
+        raise ConfigError(f"no Person Account record type '{developer_name}' in Salesforce: enable Person Accounts "
+                          "or set LSPOS_PERSON_ACCOUNT_RECORD_TYPE to its DeveloperName")
+    return found
 
 
 class _Recent(OrderedDict):

@@ -111,6 +111,19 @@ def test_lock_of_a_killed_run_is_taken_over(cli, lightspeed, salesforce, boutiqu
     assert len(salesforce.records("Sales_Transaction__c")) == 150
 
 
+def test_a_person_account_record_type_the_org_lacks_exits_2_naming_the_variable(cli, lightspeed, salesforce,
+                                                                                 boutique):
+    sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", email="bo@example.com"))
+
+    result = cli("sync", "--json", env={"LSPOS_PERSON_ACCOUNT_RECORD_TYPE": "NoSuchType"})
+
+    assert result.code == 2 and "LSPOS_PERSON_ACCOUNT_RECORD_TYPE" in result.json["error"]
+    assert salesforce.records("Sales_Transaction__c") == []
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+    assert cli("sync").code == 0  # the right name: the sale goes in
+    assert len(salesforce.records("Sales_Transaction__c")) == 1
+
+
 def _held(path: str) -> bool:
     """Whether a process holds the run lock at `path` (this one can take it only if nobody does)."""
     if not os.path.exists(path):

@@ -46,13 +46,13 @@ def test_status_plain_output_is_a_few_readable_lines(cli, lightspeed, salesforce
 def test_failed_last_sync_exits_1_until_a_sync_succeeds(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", email="bo@example.com"))
     failed = cli("sync", env={"LSPOS_PERSON_ACCOUNT_RECORD_TYPE": "NoSuchType"})
-    assert failed.code == 1
+    assert failed.code == 2  # a configuration error, found in the org
 
     result = cli("status", "--json")
 
     assert result.code == 1
     assert result.json["outcome"] == "failed"
-    assert result.json["last_run"]["outcome"] == "failed" and result.json["last_run"]["exit_code"] == 1
+    assert result.json["last_run"]["outcome"] == "failed" and result.json["last_run"]["exit_code"] == 2
     assert "NoSuchType" in result.json["last_run"]["error"]
     assert "the last sync" in result.json["problems"][0] and "failed" in result.json["problems"][0]
     assert "status: FAILING" in cli("status").stdout
