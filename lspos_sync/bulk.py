@@ -24,6 +24,7 @@ import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,7 +41,7 @@ from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Found, Resolver, record_type_id
+from lspos_sync.resolving import Found, Resolver
 from lspos_sync.rolling import RollUps
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.bulk import BulkJobs, BulkWriter
@@ -108,7 +109,6 @@ class BulkBackfill:
         self.store = store
         self.salesforce = salesforce
         self.region = phone_region
-        self.person_record_type = person_record_type
         self.enrich_profiles = enrich_profiles
         self.field_map = field_map
         self.roll_up = roll_up
@@ -126,8 +126,6 @@ class BulkBackfill:
             enrich_profiles=enrich_profiles, look_up=lambda customers: self.resolver.look_up(customers, [])[0],
             record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
         self._jobs = jobs
-        self._record_type_id: str | None = None
-        self._like = True
         self.stats: dict[str, int] = {}
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:
@@ -262,8 +260,9 @@ class BulkBackfill:
         return {TRANSACTIONS: transaction, **({CREATE_ACCOUNTS: account} if self.roll_up else {})}
 
     def _decide(self, current: _Round, writer: BulkWriter) -> None:
-        """Each customer of the round decided by the rules of customers.py, looked up in statements as long as
-        SOQL allows, five to a `/composite` request (the Person Account record type with the first)."""
+        """Each customer of the round decided by the rules of customers.py, looked up by the resolver as the
+        composite path looks them up, five statements as long as SOQL allows to a `/composite` request (the
+        Person Account record type with the first)."""
         db = current.db
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
         rows = db.execute("SELECT customer_key, customer, added FROM customers ORDER BY seq")
@@ -273,47 +272,23 @@ class BulkBackfill:
                 customer = _thaw(blob)
                 yield customer_key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
 
-        waiting: list[tuple[list[str], str]] = []
-        for group in queries.person_account_groups(people(), select, like=self._like):
-            waiting.append(group)
-            if len(waiting) == MAX_COLLECTIONS:
-                self._decide_groups(current, writer, waiting, rows, select)
+        waiting: list[str] = []
+        groups = queries.person_account_groups(people(), select, like=self.resolver.like,
+                                               limit=self.resolver.budget.limit)
+        for count, (keys, _) in enumerate(groups, 1):
+            waiting += keys
+            if count % MAX_COLLECTIONS == 0:
+                self._decide_customers(current, writer, len(waiting), rows)
                 waiting = []
         if waiting:
-            self._decide_groups(current, writer, waiting, rows, select)
+            self._decide_customers(current, writer, len(waiting), rows)
 
-    def _decide_groups(self, current: _Round, writer: BulkWriter, groups: list[tuple[list[str], str]],
-                       rows: Iterator[tuple], select: str) -> None:
-        statements = [statement for _, statement in groups]
-        record_type = [queries.person_record_type(self.person_record_type)] if self._record_type_id is None else []
-        answers = self.composite.queries(statements + record_type,
-                                         frozenset(range(len(statements))) if self._like else frozenset())
-        if record_type:
-            found = answers.pop() or []
-            self._record_type_id = found[0]["Id"] if found else ""
-        if None in answers:
-            # A server that refuses LIKE: equality on the usual spellings of each number, from now on.
-            self._like = False
-            answers = []
-            for keys, _ in groups:
-                people = [(key, normalise_email(primary_email(c)), customer_phones(c, self.region))
-                          for key, c in ((k, self._customer(current, k)) for k in keys)]
-                answers.append([row for records in self.composite.queries(
-                    queries.person_accounts(people, select, like=False)) for row in records or ()])
-        for (keys, _), records in zip(groups, answers):
-            candidates = Candidates()
-            for record in records or ():
-                candidates.add(queries.person_account(record, self.region))
-            for customer_key in keys:
-                blob = next(rows)
-                assert blob[0] == customer_key
-                customer = _thaw(blob[1])
-                self._decide_one(current, writer, customer_key, customer, candidates, blob[2])
-
-    def _customer(self, current: _Round, customer_key: str) -> Customer:
-        (blob,) = current.db.execute("SELECT customer FROM customers WHERE customer_key = ?",
-                                     (customer_key,)).fetchone()
-        return _thaw(blob)
+    def _decide_customers(self, current: _Round, writer: BulkWriter, count: int, rows: Iterator[tuple]) -> None:
+        """The next `count` customers of the round, looked up together and decided."""
+        customers = [(customer_key, _thaw(blob), added) for customer_key, blob, added in islice(rows, count)]
+        candidates = self.resolver.look_up({key: customer for key, customer, _ in customers}, [])[0]
+        for customer_key, customer, added in customers:
+            self._decide_one(current, writer, customer_key, customer, candidates, added)
 
     def _decide_one(self, current: _Round, writer: BulkWriter, customer_key: str, customer: Customer,
                     candidates: Candidates, added: bytes | None) -> None:
@@ -375,7 +350,7 @@ class BulkBackfill:
         """The planner's account write for the customer (create it, or stamp the key and fill empty fields), to
         the writer; which sales depend on it is in the round's file."""
         write = account_write(customer_key, customer, resolution, (), account_id=self.account_id,
-                              record_type_id=self._person_record_type_id, enrich_profiles=self.enrich_profiles,
+                              record_type_id=self.resolver.person_record_type_id, enrich_profiles=self.enrich_profiles,
                               added=from_json(added) if added else None)
         if write is None:
             return
@@ -383,9 +358,6 @@ class BulkBackfill:
         key = customer_key if write.kind == CREATE_ACCOUNTS else resolution.account_id
         db.execute("INSERT INTO account_writes VALUES (?, ?, ?, ?)",
                    (write.kind, key, customer_key, to_json(list(write.filled)) if write.filled else None))
-
-    def _person_record_type_id(self) -> str:
-        return record_type_id(self._record_type_id, self.person_record_type)  # read with the round's first lookups
 
     def _hand_over(self, current: _Round, writer: BulkWriter, summary: RunSummary) -> None:
         """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their

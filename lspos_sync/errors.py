@@ -35,3 +35,8 @@ class LightspeedAuthError(RunFailed):
 
 class SalesforceAuthError(RunFailed):
     """Salesforce refused the credentials or the session."""
+
+
+class QueryTooComplicated(RunFailed):
+    """Salesforce refused a statement as too complicated (QUERY_TOO_COMPLICATED): the lookup may be asked again in
+    smaller statements (queries.Budget)."""

@@ -47,7 +47,10 @@ class Resolver:
         # again if it comes back (by then it has its key), so memory stays flat over long windows.
         self.decisions: _Recent[str, Resolution] = _Recent(kept)
         self._record_type_id: str | None = None  # "" when the org has none
-        self._like = True  # until Salesforce refuses a phone LIKE
+        self.like = True  # until Salesforce refuses a phone LIKE
+        # How long the lookup statements may be, for the run: shorter once Salesforce finds one too complicated
+        # (the bulk path's and the roll-ups' lookups keep to it too).
+        self.budget = queries.Budget()
 
     def customer_key(self, sale: Sale) -> str | None:
         return mapping.key(self.account_id, sale.customer_id) if sale.customer_id is not None else None
@@ -122,22 +125,27 @@ class Resolver:
     # -- Salesforce reads
     def look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
         """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
-        (once a run) the Person Account record type: one round of `/composite` requests."""
+        (once a run) the Person Account record type: one round of `/composite` requests (more if Salesforce finds a
+        statement too complicated: then all of it again in shorter ones, `self.budget`)."""
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
         people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
                   for key, customer in customers.items()]
-        by_account = queries.person_accounts(people, select, like=self._like)
-        by_sale = queries.transactions_by_key(sale_keys, self.match_status)
+        return self.budget.ask(lambda limit: self._look_up(people, select, sale_keys, limit))
+
+    def _look_up(self, people: list[tuple[str, str | None, list[str]]], select: str, sale_keys: list[str],
+                 limit: int) -> tuple[Candidates, dict[str, dict]]:
+        by_account = queries.person_accounts(people, select, like=self.like, limit=limit)
+        by_sale = queries.transactions_by_key(sale_keys, self.match_status, limit)
         record_type = [queries.person_record_type(self.person_record_type)] \
-            if customers and self._record_type_id is None else []
+            if people and self._record_type_id is None else []
         answers = self.writer.queries(by_account + by_sale + record_type,
-                                      frozenset(range(len(by_account))) if self._like else frozenset())
+                                      frozenset(range(len(by_account))) if self.like else frozenset())
         account_answers = answers[:len(by_account)]
         if None in account_answers:
             # A server that refuses LIKE: equality on the usual spellings of each number instead, this time and
             # for the rest of the run.
-            self._like = False
-            account_answers = self.writer.queries(queries.person_accounts(people, select, like=False))
+            self.like = False
+            account_answers = self.writer.queries(queries.person_accounts(people, select, like=False, limit=limit))
         if record_type:
             found = answers[-1] or []
             self._record_type_id = found[0]["Id"] if found else ""
@@ -151,15 +159,17 @@ class Resolver:
 
     def existing(self, sale_keys: list[str]) -> dict[str, dict]:
         """The transactions Salesforce has for these sale keys, by sale key."""
-        return {record[mapping.SALE_KEY]: record
-                for records in self.writer.queries(queries.transactions_by_key(sale_keys, self.match_status))
-                for record in records or ()}
+        answers = self.budget.ask(lambda limit: self.writer.queries(
+            queries.transactions_by_key(sale_keys, self.match_status, limit)))
+        return {record[mapping.SALE_KEY]: record for records in answers for record in records or ()}
 
     def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]]) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
         transactions (Id -> sale key) and the line keys each has now."""
         stale: dict[str, list[str]] = {}
-        for records in self.writer.queries(queries.lines_by_transaction(key_of), after_lines=True):
+        answers = self.budget.ask(lambda limit: self.writer.queries(queries.lines_by_transaction(key_of, limit),
+                                                                    after_lines=True))
+        for records in answers:
             for record in records or ():
                 sale_key = key_of.get(record["Sales_Transaction__c"])
                 if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):

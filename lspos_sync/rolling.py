@@ -86,8 +86,9 @@ class RollUps:
         groups: dict[str, list[dict]] = {}
         current: dict[str, dict] = {}
         if ids:
-            statements = rollups.aggregate_statements(ids, self._superseded if self.dry_run else None)
-            answers = self.writer.queries([statement for pair in statements for statement in pair])
+            excluded = self._superseded if self.dry_run else None
+            answers = self.resolver.budget.ask(lambda limit: self.writer.queries(
+                [statement for pair in rollups.aggregate_statements(ids, excluded, limit) for statement in pair]))
             for aggregate, accounts in zip(answers[::2], answers[1::2]):
                 for row in aggregate or ():
                     groups.setdefault(row["Account__c"], []).append(row)

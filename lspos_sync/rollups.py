@@ -32,14 +32,16 @@ class Contribution:
     date: str | None  # Transaction_Date__c
 
 
-def aggregate_statements(account_ids: list[str], excluded: dict[str, list[str]] | None = None) -> list[list[str]]:
-    """Per chunk of accounts, the aggregate statement (plus, in a dry-run, the sale keys left out of it)."""
+def aggregate_statements(account_ids: list[str], excluded: dict[str, list[str]] | None = None,
+                         limit: int = MAX_SOQL) -> list[list[str]]:
+    """Per chunk of accounts, the aggregate statement (plus, in a dry-run, the sale keys left out of it) and the
+    statement reading the accounts' current values, each at most `limit` characters long."""
     chunks: list[list[str]] = []
     current: list[str] = []
     size = 0
     for account_id in account_ids:
         cost = 22 + sum(len(key) + 3 for key in (excluded or {}).get(account_id, ()))
-        if current and (len(current) >= ACCOUNTS_PER_QUERY or size + cost > MAX_SOQL - 400):
+        if current and (len(current) >= ACCOUNTS_PER_QUERY or size + cost > limit - 400):
             chunks.append(current)
             current, size = [], 0
         current.append(account_id)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -131,3 +132,13 @@ def edit_by_hand(salesforce, sobject: str, record_id: str, fields: dict) -> None
                            headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
                            verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
     assert response.status_code == 204, response.text
+
+
+def query_subrequests(salesforce) -> list[dict]:
+    """The SOQL subrequests of every `/composite` Salesforce received, each with its httpStatusCode."""
+    return [s for r in salesforce.requests if r.path.endswith("/composite") for s in r.subrequests
+            if "/query?" in s["url"]]
+
+
+def soql_of(subrequest: dict) -> str:
+    return parse_qs(urlsplit(subrequest["url"]).query)["q"][0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import edit_by_hand, sell
+from conftest import edit_by_hand, query_subrequests, sell, soql_of
 from lspos_sync.bulk import remove_leftovers
 from lspos_sync.state import StateStore
 
@@ -295,6 +295,35 @@ def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, ligh
     assert result.json["rollups"]["accounts"] == 2 and result.json["rollups"]["updated"] == 2
     spend = {a["PersonEmail"]: (a["Lifetime_Spend__c"], a["Purchase_Count__c"]) for a in salesforce.records("Account")}
     assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
+
+
+def test_a_bulk_backfill_asks_lookups_too_complicated_for_salesforce_in_smaller_statements(cli, lightspeed, salesforce,
+                                                                                            boutique):
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    rt = salesforce.person_account_record_type_id
+    expected = {}
+    for i in range(30):  # every other customer found by email, the others by a phone typed another way
+        if i % 2:
+            account = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": f"P{i}", "Phone": f"(415) 555-01{i:02d}"})
+            customer = lightspeed.add_customer(f"C{i}", "Test", phones={"Mobile": f"+1 415.555.01{i:02d}"})
+        else:
+            account = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": f"E{i}", "PersonEmail": f"c{i}@example.com"})
+            customer = lightspeed.add_customer(f"C{i}", "Test", email=f"c{i}@example.com", phones={"Mobile": f"415-555-01{i:02d}"})
+        expected[f"182255-{sell(lightspeed, boutique, customer, at=start)}"] = ("Phone" if i % 2 else "Email", account)
+    # Five customers' lookup holds about 25 conditions; the roll-ups of 30 accounts 32.
+    salesforce.max_query_conditions = 30
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json", "-v",
+                 env={"LSPOS_ROLLUPS": "true"})
+
+    assert result.code == 0, result.stderr
+    assert {t["LS_Sale_ID__c"]: (t["Match_Status__c"], t["Account__c"])
+            for t in salesforce.records("Sales_Transaction__c")} == expected
+    assert result.stderr.count("Salesforce found a lookup too complicated; asking in smaller statements") == 1
+    aggregates = [s["httpStatusCode"] for s in query_subrequests(salesforce) if "SUM(Total__c)" in soql_of(s)]
+    assert aggregates == [400, 200, 200]  # 30 accounts in one statement, then in two
+    assert result.json["rollups"]["updated"] == 30
+    assert {a["Purchase_Count__c"] for a in salesforce.records("Account")} == {1}
 
 
 def test_a_bulk_backfill_unlinks_what_the_sync_linked_and_keeps_what_an_admin_linked(cli, lightspeed, salesforce,

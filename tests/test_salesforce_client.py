@@ -19,7 +19,7 @@ from simple_salesforce import Salesforce
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.emulators.salesforce import SalesforceEmulator
-from lspos_sync.errors import RunFailed, SalesforceAuthError
+from lspos_sync.errors import QueryTooComplicated, RunFailed, SalesforceAuthError
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.session import SalesforceSession
 from lspos_sync.salesforce.writer import CompositeWriter
@@ -79,6 +79,26 @@ def test_a_composite_goes_through_simple_salesforce_on_the_given_session(salesfo
     [request] = salesforce.requests
     assert (request.method, request.path) == ("POST", "/services/data/v62.0/composite")
     assert sorted(r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")) == ["1-1", "1-2"]
+
+
+def test_a_query_too_complicated_is_told_apart_from_other_refusals_after_the_writes_sent_with_it(salesforce, session):
+    client = SalesforceClient(settings(instance_url=salesforce.instance_url, access_token=salesforce.access_token),
+                              http=session)
+    writer = CompositeWriter(client)
+    write = Write(TRANSACTIONS, sale("3-1"), ("3-1",))
+    writer.write([write])  # held back: it travels with the query
+    salesforce.max_query_conditions = 1
+    too_complicated = "SELECT Id FROM Sales_Transaction__c WHERE LS_Sale_ID__c IN ('3-1','3-2')"
+
+    with pytest.raises(QueryTooComplicated, match="QUERY_TOO_COMPLICATED"):
+        writer.queries([too_complicated], optional=frozenset({0}))  # optional: still not taken for "no LIKE"
+
+    assert write.answered and write.error is None
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == ["3-1"]
+    with pytest.raises(QueryTooComplicated):
+        client.queries([too_complicated], optional=frozenset({0}))
+    assert client.queries(["SELECT Nope__c FROM Sales_Transaction__c"],
+                          optional=frozenset({0})) == [None]  # another refusal of an optional query
 
 
 def test_soql_describes_and_limits_go_through_the_same_salesforce(salesforce, session):

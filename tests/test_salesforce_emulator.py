@@ -428,6 +428,23 @@ def test_soql_errors(client: httpx.Client, soql: str, code: str) -> None:
     assert result["httpStatusCode"] == 400 and result["body"][0]["errorCode"] == code
 
 
+def test_a_statement_with_more_conditions_than_the_org_takes_is_too_complicated_inside_composite(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    sf.max_query_conditions = 4  # each IN value and each comparison counts
+    fits = "SELECT Id FROM Account WHERE Name IN ('a','b') OR (IsPersonAccount = true AND Phone LIKE '%1%2')"
+    too_many = "SELECT Id FROM Account WHERE Name IN ('a','b','c') OR (IsPersonAccount = true AND Phone LIKE '%1%2')"
+    response = client.post(f"{API}/composite", json={"compositeRequest": [
+        {"method": "GET", "url": f"{API}/query?q={httpx.QueryParams({'q': soql})['q']}", "referenceId": ref}
+        for ref, soql in (("fits", fits), ("too_many", too_many))]})
+
+    assert response.status_code == 200
+    results = {r["referenceId"]: r for r in response.json()["compositeResponse"]}
+    assert results["fits"]["httpStatusCode"] == 200
+    assert results["too_many"]["httpStatusCode"] == 400
+    assert results["too_many"]["body"] == [{"errorCode": "QUERY_TOO_COMPLICATED", "message": (
+        "Query is either selecting too many fields or the filter conditions are very complicated.")}]
+
+
 def test_get_uri_over_16384_bytes_is_414(client: httpx.Client) -> None:
     soql = "SELECT Id FROM Account WHERE Name IN (" + ",".join(f"'n{i}'" for i in range(3000)) + ")"
     assert client.get(f"{API}/query", params={"q": soql}).status_code == 414

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta, timezone
 from time import sleep
 from zoneinfo import ZoneInfo
 
-from conftest import by_key, edit_by_hand, sell
+from conftest import by_key, edit_by_hand, query_subrequests, sell, soql_of
 
 
 def transactions(salesforce) -> dict[str, dict]:
@@ -432,6 +433,66 @@ def test_phone_match_falls_back_to_usual_spellings_where_like_is_refused(cli, li
     assert result.code == 0, result.stderr
     written = transactions(salesforce)[f"182255-{sale}"]
     assert (written["Match_Status__c"], written["Account__c"]) == ("Phone", by_phone)
+
+
+def test_a_customer_lookup_salesforce_finds_too_complicated_is_asked_in_smaller_statements_with_like(
+        cli, lightspeed, salesforce, boutique):
+    rt = salesforce.person_account_record_type_id
+    expected = {}
+    for i in range(60):  # every other customer found by email, the others by a phone typed another way
+        if i % 2:
+            account = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": f"P{i}", "Phone": f"(415) 555-01{i:02d}"})
+            customer = lightspeed.add_customer(f"C{i}", "Test", email=f"c{i}@example.com",
+                                               phones={"Mobile": f"+1 415.555.01{i:02d}"})
+        else:
+            account = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": f"E{i}", "PersonEmail": f"c{i}@example.com"})
+            customer = lightspeed.add_customer(f"C{i}", "Test", email=f"c{i}@example.com", phones={"Mobile": f"415-555-01{i:02d}"})
+        expected[f"182255-{sell(lightspeed, boutique, customer)}"] = ("Phone" if i % 2 else "Email", account)
+    # The 60 customers' lookup holds about 300 conditions (key, email, three phone LIKEs each).
+    salesforce.max_query_conditions = 100
+
+    result = cli("sync", "--json", "-v")
+
+    assert result.code == 0, result.stderr
+    assert {key: (t["Match_Status__c"], t["Account__c"]) for key, t in transactions(salesforce).items()} == expected
+    assert result.stderr.count("Salesforce found a lookup too complicated; asking in smaller statements") == 1
+    account_lookups = [(statement, s["httpStatusCode"]) for s in query_subrequests(salesforce)
+                       if "FROM Account WHERE LS_Customer_ID__c IN" in (statement := soql_of(s))]
+    assert all(" LIKE '%" in statement and "Phone IN (" not in statement for statement, _ in account_lookups)
+    # Statements of at most 90,000, 45,000, 22,500 and 11,250 characters: one, refused; of 5,625: two, refused;
+    # of 2,812: four, of 15 customers or so, answered.
+    assert [status for _, status in account_lookups] == [400] * 6 + [200] * 4
+    # The cost: five refused lookup requests before the one that goes through, then one request of writes (the
+    # keys stamped on 60 accounts, 60 transactions, 60 lines).
+    assert result.json["salesforce_api_calls"] == 5 + 1 + 1
+
+
+def test_a_transaction_lookup_salesforce_finds_too_complicated_is_split(cli, lightspeed, salesforce, boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(200)]  # guests: their transactions are looked up by key
+    salesforce.max_query_conditions = 100
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert set(transactions(salesforce)) == {f"182255-{sale}" for sale in sales}
+    answered = [re.findall(r"'(182255-\d+)'", soql_of(s)) for s in query_subrequests(salesforce)
+                if "FROM Sales_Transaction__c" in soql_of(s) and s["httpStatusCode"] == 200]
+    assert set().union(*answered) == set(transactions(salesforce)) and max(map(len, answered)) <= 100
+
+
+def test_a_lookup_too_complicated_even_in_the_shortest_statements_fails_the_run(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                                      phones={"Mobile": "415-555-0134"}))
+    salesforce.max_query_conditions = 3  # one customer's lookup holds six
+
+    result = cli("sync")
+
+    assert result.code == 1
+    assert ("Salesforce found a lookup too complicated (QUERY_TOO_COMPLICATED: Query is either selecting too many "
+            "fields or the filter conditions are very complicated.) even in statements of at most 1,000 characters: "
+            "the run stopped; the next run starts again from the checkpoint") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert transactions(salesforce) == {}
 
 
 def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightspeed, salesforce, boutique):

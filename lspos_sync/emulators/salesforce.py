@@ -262,7 +262,7 @@ class SalesforceEmulator:
                  username: str = "integration@example.com", password: str = "sf-password",
                  security_token: str = "sf-security-token", jwt_public_key_pem: bytes | None = None,
                  daily_api_limit: int = 100_000, latency: float = 0.0, person_accounts: bool = True,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None, max_query_conditions: int | None = None) -> None:
         # The org's clock: system dates (CreatedDate...) and the end of an `outage` are on it, so a test can
         # move it with the Lightspeed emulator's.
         self._clock = clock or _system_clock
@@ -275,6 +275,9 @@ class SalesforceEmulator:
         self.person_accounts = person_accounts
         self.api_calls = 0
         self.like_supported = True  # False: a server whose SOQL refuses LIKE (to test the fallback)
+        # A statement whose WHERE holds more conditions (each comparison, each IN value) is refused with
+        # QUERY_TOO_COMPLICATED. The fact sheet gives no threshold (§3.2), so none unless a test sets one.
+        self.max_query_conditions = max_query_conditions
         # False: a server that answers describe subrequests inside /composite with 404 (to test the fallback)
         self.describe_in_composite = True
         self.requests: list[RequestRecord] = []
@@ -1173,6 +1176,9 @@ class SalesforceEmulator:
             raise ApiError(400, "MALFORMED_QUERY", "unexpected token: LIKE")  # a stricter SOQL dialect
         try:
             query = soql.parse(text)
+            if self.max_query_conditions is not None and query.conditions() > self.max_query_conditions:
+                raise soql.SoqlError("QUERY_TOO_COMPLICATED", "Query is either selecting too many fields or the "
+                                                              "filter conditions are very complicated.")
             sobject = self._objects_ci.get(query.sobject.lower())
             if sobject is None:
                 raise soql.SoqlError("INVALID_TYPE", f"sObject type '{query.sobject}' is not supported. If you are "

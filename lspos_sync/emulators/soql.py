@@ -158,6 +158,10 @@ class Query:
             else:
                 stack.append(node.part)
 
+    def conditions(self) -> int:
+        """How many conditions the WHERE clause holds: one per comparison, one per value of an IN list."""
+        return sum(len(c.value) if c.op in ("IN", "NOT IN") else 1 for c in self.comparisons())
+
     def matches(self, get: Callable[[str], Any]) -> bool:
         """Whether a row passes WHERE; `get(path)` returns the row's value for a (dotted) field path."""
         return self.where is None or _evaluate(self.where, get)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
+from lspos_sync.errors import QueryTooComplicated, RunFailed
 from lspos_sync.mapping import CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
+# The shortest statements a lookup is split into when Salesforce finds it too complicated: a few customers, or
+# a few dozen keys, a statement.
+MIN_SOQL = 1_000
 ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
 # With profile enrichment the lookups also read what enrichment may fill (only then: an org without
 # these fields readable still syncs).
@@ -18,6 +26,29 @@ PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
 
 def literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Budget:
+    """How long the run's lookup statements may be. Salesforce may refuse a statement well under the length limit
+    as too complicated (QUERY_TOO_COMPLICATED, fact sheet §3.2, no threshold given): the lookup is then asked
+    again whole in statements half as long, down to MIN_SOQL, and the run keeps the shorter length."""
+
+    def __init__(self) -> None:
+        self.limit = MAX_SOQL
+
+    def ask(self, lookup: Callable[[int], T]) -> T:
+        """`lookup(limit)`, which builds its statements no longer than `limit` and sends them; again with half
+        the limit each time Salesforce finds one too complicated."""
+        while True:
+            try:
+                return lookup(self.limit)
+            except QueryTooComplicated as refusal:
+                if self.limit <= MIN_SOQL:
+                    raise RunFailed(f"{refusal} even in statements of at most {MIN_SOQL:,} characters: the run "
+                                    "stopped; the next run starts again from the checkpoint") from None
+                if self.limit == MAX_SOQL:
+                    log.info("Salesforce found a lookup too complicated; asking in smaller statements")
+                self.limit = max(self.limit // 2, MIN_SOQL)
 
 
 def _in_batches(prefix: str, values: Iterable[str], limit: int = MAX_SOQL) -> list[str]:
@@ -56,19 +87,19 @@ def phone_spellings(e164: str) -> list[str]:
 
 
 def person_accounts(customers: Iterable[tuple[str, str | None, list[str]]], select: str = ACCOUNT_FIELDS,
-                    like: bool = True) -> list[str]:
-    """The accounts that customers (key, email, phones as E.164) may match, in as few statements as the length
-    limit allows: `LS_Customer_ID__c IN (...) OR (IsPersonAccount = true AND (PersonEmail IN (...) OR <phones>))`.
+                    like: bool = True, limit: int = MAX_SOQL) -> list[str]:
+    """The accounts that customers (key, email, phones as E.164) may match, in as few statements of at most
+    `limit` characters as there can be (one customer always goes in, however long): `LS_Customer_ID__c IN (...) OR (IsPersonAccount = true AND (PersonEmail IN (...) OR <phones>))`.
 
     Phones are stored in whatever format people typed, so equality cannot find them all. With `like`, each
     number is a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
     matches every way of writing it; the E.164 comparison afterwards drops the rare false positive. Without
     (a server that refuses LIKE), equality on the usual spellings, which any SOQL parser takes."""
-    return [statement for _, statement in person_account_groups(customers, select, like)]
+    return [statement for _, statement in person_account_groups(customers, select, like, limit)]
 
 
 def person_account_groups(customers: Iterable[tuple[str, str | None, list[str]]], select: str = ACCOUNT_FIELDS,
-                          like: bool = True) -> Iterator[tuple[list[str], str]]:
+                          like: bool = True, limit: int = MAX_SOQL) -> Iterator[tuple[list[str], str]]:
     """`person_accounts` one statement at a time, each with the keys of the customers it looks up: every account
     one of them may match is in that statement's answer."""
     keys: dict[str, None] = {}  # literals, in order, without repeats
@@ -82,7 +113,7 @@ def person_account_groups(customers: Iterable[tuple[str, str | None, list[str]]]
             [literal(spelling) for phone in numbers for spelling in phone_spellings(phone)]
         grow = sum(len(part) + 1 for part in parts) + sum(len(part) + 4 if like else 3 * (len(part) + 1)
                                                           for part in phone_parts)
-        if keys and size + grow > MAX_SOQL - len(select) - 250:  # 250: the statement around the lists
+        if keys and size + grow > limit - len(select) - 250:  # 250: the statement around the lists
             yield customer_keys, _person_accounts_statement(select, keys, emails, phones, like)
             keys, emails, phones, customer_keys, size = {}, {}, {}, [], 0
         keys[parts[0]] = None
@@ -112,16 +143,16 @@ def _person_accounts_statement(select: str, keys: dict[str, None], emails: dict[
     return f"SELECT {select} FROM Account WHERE {where}"
 
 
-def transactions_by_key(keys: Iterable[str], match_status: bool) -> list[str]:
+def transactions_by_key(keys: Iterable[str], match_status: bool, limit: int = MAX_SOQL) -> list[str]:
     """Each transaction's Id, account and (`match_status`) Match_Status__c, which tells a link made by hand: only
     where the mapping writes that field, since an org whose mapping switches it off may not have it."""
     select = f"Id, {SALE_KEY}, Account__c" + (", Match_Status__c" if match_status else "")
-    return _in_batches(f"SELECT {select} FROM {TRANSACTION} WHERE {SALE_KEY}", keys)
+    return _in_batches(f"SELECT {select} FROM {TRANSACTION} WHERE {SALE_KEY}", keys, limit)
 
 
-def lines_by_transaction(transaction_ids: Iterable[str]) -> list[str]:
+def lines_by_transaction(transaction_ids: Iterable[str], limit: int = MAX_SOQL) -> list[str]:
     return _in_batches(f"SELECT Id, {LINE_KEY}, Sales_Transaction__c FROM {LINE} WHERE Sales_Transaction__c",
-                       transaction_ids)
+                       transaction_ids, limit)
 
 
 def person_record_type(developer_name: str) -> str:

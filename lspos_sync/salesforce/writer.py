@@ -10,6 +10,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from lspos_sync.errors import QueryTooComplicated
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 from lspos_sync.retry import pause
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
@@ -28,6 +29,9 @@ TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUES
 _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANSACTION, SALE_KEY),
                   LINES: (LINE, LINE_KEY)}
 _OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
+# A query's answer as a request brings it back: its rows, None (an optional one refused), or the refusal of one
+# too complicated, raised once the writes that travelled with it are answered.
+_Answer = list[dict[str, Any]] | None | QueryTooComplicated
 
 
 def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
@@ -78,7 +82,8 @@ class CompositeWriter:  # a Writer
     def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
                 *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
         """The answers, each statement followed to its last page. A refused statement fails the run, unless its
-        index is `optional`: then its answer is None."""
+        index is `optional`: then its answer is None. One too complicated raises QueryTooComplicated, after every
+        request of the call is sent and its writes answered."""
         if not statements:
             return []
         self._sender.wait()
@@ -90,13 +95,16 @@ class CompositeWriter:  # a Writer
         fill = -(needed + len(statements)) % MAX_COLLECTIONS
         collections = self._take(needed + fill)
         asked = [(i, soql, i in optional) for i, soql in enumerate(statements)]
-        answers: list[list[dict[str, Any]] | None] = []
+        answers: list[_Answer] = []
         while collections or asked:  # in each request the writes first, then the queries
             group, collections = collections[:MAX_COLLECTIONS], collections[MAX_COLLECTIONS:]
             room = MAX_COLLECTIONS - len(group)
             answers += self._send(group, asked[:room])
             asked = asked[room:]
-        return answers
+        for answer in answers:
+            if isinstance(answer, QueryTooComplicated):
+                raise answer
+        return answers  # type: ignore[return-value]  # no refusal left in it
 
     def flush(self) -> None:
         self._sender.wait()
@@ -108,7 +116,7 @@ class CompositeWriter:  # a Writer
         return taken
 
     def _send(self, collections: list[tuple[str, list[Write]]],
-              asked: list[tuple[int, str, bool]]) -> list[list[dict[str, Any]] | None]:
+              asked: list[tuple[int, str, bool]]) -> list[_Answer]:
         """One request; then what Salesforce refused for a passing reason, again, with the queries behind it
         again so that they see it too."""
         answers = self._exchange(collections, asked)
@@ -132,7 +140,7 @@ class CompositeWriter:  # a Writer
         return answers
 
     def _exchange(self, collections: list[tuple[str, list[Write]]],
-                  asked: list[tuple[int, str, bool]]) -> list[list[dict[str, Any]] | None]:
+                  asked: list[tuple[int, str, bool]]) -> list[_Answer]:
         if collections:
             self._client.ensure_allowance()
         subrequests = [self._subrequest(kind, batch, f"{kind}_{i}") for i, (kind, batch) in enumerate(collections)]
@@ -142,8 +150,13 @@ class CompositeWriter:  # a Writer
             self._read(responses.get(f"{kind}_{i}"), batch)
             accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
             self.stats.records[kind] = self.stats.records.get(kind, 0) + accepted
-        return [self._client.query_answer(responses.get(request["referenceId"]), sobject, optional)
-                for (request, sobject), (_, _, optional) in zip(reading, asked)]
+        answers: list[_Answer] = []
+        for (request, sobject), (_, _, optional) in zip(reading, asked):
+            try:
+                answers.append(self._client.query_answer(responses.get(request["referenceId"]), sobject, optional))
+            except QueryTooComplicated as refusal:
+                answers.append(refusal)
+        return answers
 
     def _subrequest(self, kind: str, batch: list[Write], reference_id: str) -> dict[str, Any]:
         base = f"{self._client.data_path}/composite/sobjects"
