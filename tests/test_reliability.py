@@ -194,6 +194,19 @@ def test_request_limit_exceeded_ends_the_run_cleanly(cli, lightspeed, salesforce
     assert "REQUEST_LIMIT_EXCEEDED" in result.json["error"]
 
 
+def test_request_limit_exceeded_with_allowance_left_is_waited_out_as_the_concurrent_limit(cli, lightspeed, salesforce,
+                                                                                          boutique):
+    sell(lightspeed, boutique)
+    # the documented body, "TotalRequests Limit exceeded.", whichever limit it means (fact sheet §4)
+    salesforce.fail_next(1, status=403, path_contains="/composite", error_code="REQUEST_LIMIT_EXCEEDED")
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert len(salesforce.records("Sales_Transaction__c")) == 1
+    assert any(r.path.split("?")[0].rstrip("/").endswith("/limits") for r in salesforce.requests)
+
+
 def test_backfill_stopped_part_way_resumes_where_it_stopped(cli, lightspeed, salesforce, boutique):
     start = datetime.now(timezone.utc) - timedelta(days=2)
     sales = [sell(lightspeed, boutique, at=start + timedelta(seconds=20 * i)) for i in range(3500)]

@@ -564,8 +564,14 @@ class SalesforceEmulator:
             record.dropped = True
             raise DropConnection()
         if fault and not fault.drop:
-            response = Response(fault.status, [{"message": "The server is temporarily unavailable.",
-                                                "errorCode": fault.error_code}])
+            # The one documented wording of REQUEST_LIMIT_EXCEEDED (fact sheet §4, samples) whichever limit it
+            # means, the daily allocation or the concurrent long requests: a client tells them apart by the
+            # numbers, not by the message. Sforce-Limit-Info is on every REST answer (§4), errors included.
+            message = "TotalRequests Limit exceeded." if fault.error_code == "REQUEST_LIMIT_EXCEEDED" else \
+                "The server is temporarily unavailable."
+            response = Response(fault.status, [{"message": message, "errorCode": fault.error_code}])
+            if request.path.startswith("/services/data/"):
+                response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_calls}/{self.daily_api_limit}"
         else:
             response = self._route(request)
         record.status = response.status

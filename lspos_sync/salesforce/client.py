@@ -234,8 +234,10 @@ class SalesforceClient:
                 renewed = True
             elif status == 403:
                 code = _error_code(content)
-                if code == "REQUEST_LIMIT_EXCEEDED" and "concurrent" in str(content).lower():
-                    self._backoff(attempt, "too many concurrent long requests in the org")  # §4: back off
+                if code == "REQUEST_LIMIT_EXCEEDED" and self._allowance_left(sf):
+                    # §4: the same code for too many concurrent long requests, to be waited out
+                    self._backoff(attempt, "too many concurrent long requests in the org (REQUEST_LIMIT_EXCEEDED "
+                                           "with daily allowance left)")
                     continue
                 if code == "REQUEST_LIMIT_EXCEEDED":
                     raise RunFailed("Salesforce API request limit exceeded (REQUEST_LIMIT_EXCEEDED): the org's daily "
@@ -249,6 +251,23 @@ class SalesforceClient:
                 raise RunFailed(f"Salesforce answered HTTP {status} to {what}: "
                                 f"{_error_code(content) or str(content)[:200]}")
         raise RunFailed(f"Salesforce kept failing on {what}")
+
+    def _allowance_left(self, sf: Salesforce) -> bool:
+        """Whether the org's daily allowance has calls left, by `/limits` (fact sheet §4: REQUEST_LIMIT_EXCEEDED is
+        either limit, told apart by the numbers). A refused `/limits` means the daily one."""
+        import requests
+        from simple_salesforce.exceptions import SalesforceError
+
+        self.api_calls += 1
+        try:
+            daily = (sf.limits() or {}).get("DailyApiRequests") or {}
+        except SalesforceError:
+            return False
+        except requests.RequestException:  # no answer: asked again with the request, within its attempts
+            return True
+        if daily.get("Max"):
+            self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
+        return int(daily.get("Remaining", 0)) > 0
 
     @staticmethod
     def _backoff(attempt: int, what: str) -> None:
