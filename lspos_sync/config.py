@@ -12,6 +12,8 @@ from typing import Mapping
 from lspos_sync.errors import ConfigError
 from lspos_sync.state import default_state_path
 
+MIN_API_VERSION = 46.0  # sObject Collections upsert by external ID
+
 DEFAULT_LIGHTSPEED_API_URL = "https://api.lightspeedapp.com/API/V3"
 DEFAULT_LIGHTSPEED_TOKEN_URL = "https://cloud.lightspeedapp.com/auth/oauth/token"
 
@@ -197,9 +199,12 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
     domain = get("SALESFORCE_DOMAIN", "login") or "login"
     api_version = (get("SALESFORCE_API_VERSION", "62.0") or "62.0").lstrip("vV")
     try:
-        float(api_version)
+        version = float(api_version)
     except ValueError:
         raise ConfigError(f"SALESFORCE_API_VERSION: {api_version!r} is not a version such as 62.0") from None
+    if version < MIN_API_VERSION:  # sObject Collections upsert, and its `created` flag (fact sheet §1.1, §1.3)
+        raise ConfigError(f"SALESFORCE_API_VERSION: {api_version} is older than {MIN_API_VERSION}, the first version "
+                          "with sObject Collections upsert, which every write uses")
     account_id = get("LIGHTSPEED_ACCOUNT_ID", "") or ""
     if account_id and not account_id.isdigit():
         raise ConfigError(f"LIGHTSPEED_ACCOUNT_ID: {account_id!r} is not a Lightspeed account number")

@@ -174,6 +174,7 @@ def test_state_file_is_private_to_its_owner(cli, lightspeed, salesforce, boutiqu
     ({"SALESFORCE_INSTANCE_URL": ""}, "SALESFORCE_INSTANCE_URL"),
     ({"LSPOS_LOOKBACK_MINUTES": "half an hour"}, "LSPOS_LOOKBACK_MINUTES"),
     ({"LSPOS_SYNC_START": "March"}, "LSPOS_SYNC_START"),
+    ({"SALESFORCE_API_VERSION": "45.0"}, "SALESFORCE_API_VERSION: 45.0 is older than 46.0"),
 ])
 def test_bad_configuration_exits_2(cli, variables, message):
     result = cli("sync", env=variables)
