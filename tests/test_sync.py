@@ -7,6 +7,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from time import sleep
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from conftest import by_key, edit_by_hand, query_subrequests, sell, soql_of
 
 
@@ -310,6 +312,26 @@ def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, light
 
     assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
     assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"
+
+
+@pytest.mark.parametrize("refused", ["Category.json", "Shop.json"])
+def test_a_reference_list_lightspeed_refuses_leaves_its_names_empty_and_the_sales_written(cli, lightspeed, salesforce,
+                                                                                         boutique, refused):
+    sale = sell(lightspeed, boutique)
+    lightspeed.fail_next(10, status=404, path_suffix=refused)  # no such endpoint (or 403: no scope)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert written["Total__c"] > 0
+    assert f"refused the {refused.removesuffix('.json')} list" in result.stderr
+    [gap] = result.json["gaps"]
+    assert gap["sale_key"] == f"182255-{sale}"  # named as incomplete, its names left empty
+    if refused == "Shop.json":
+        assert written["Shop_Name__c"] is None
+    else:
+        assert all(line["Category__c"] is None for line in lines(salesforce).values())
 
 
 def test_an_app_without_the_void_scope_still_sees_voids_that_move_the_sale(cli, lightspeed, salesforce, boutique):
