@@ -334,6 +334,20 @@ def test_a_reference_list_lightspeed_refuses_leaves_its_names_empty_and_the_sale
         assert all(line["Category__c"] is None for line in lines(salesforce).values())
 
 
+def test_a_400_asking_to_try_again_later_is_retried_not_taken_as_a_refused_filter(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    lightspeed.fail_next(1, status=400, path_suffix="Sale.json", only_with="updatetime",
+                         message="Please try again later.")
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert f"182255-{sale}" in transactions(salesforce)
+    pages = [r for r in lightspeed.requests if r.path.endswith("Sale.json")]
+    assert [r.status for r in pages] == [400, 200] and all("updatetime" in r.query for r in pages)
+    assert "updateTime" not in result.stderr  # the reading stayed on updatetime
+
+
 def test_an_app_without_the_void_scope_still_sees_voids_that_move_the_sale(cli, lightspeed, salesforce, boutique):
     lightspeed.scopes = "employee:register_read employee:customers_read"  # no employee:admin_void_sale
     two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)  # older than the look-back

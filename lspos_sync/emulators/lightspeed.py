@@ -115,6 +115,7 @@ class _Fault:
     status: int = 0
     retry_after: int | None = None
     only_with: str | None = None  # a query parameter the request must carry
+    message: str = "Injected failure"
 
 
 @dataclass
@@ -547,11 +548,12 @@ class LightspeedAccount:
             return next(reversed(self._refresh_tokens), "")
 
     def fail_next(self, count: int = 1, status: int = 500, path_suffix: str = "Sale.json",
-                  retry_after: int | None = None, only_with: str | None = None) -> None:
+                  retry_after: int | None = None, only_with: str | None = None,
+                  message: str = "Injected failure") -> None:
         """The next `count` requests to a path ending so fail with `status`; with `only_with`, only those that
         carry that query parameter (`updatetime`: a window's pages, not reads by ID)."""
         with self._lock:
-            self._fails.append(_Fault(count, path_suffix, status, retry_after, only_with))
+            self._fails.append(_Fault(count, path_suffix, status, retry_after, only_with, message))
 
     def drop_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
         with self._lock:
@@ -645,7 +647,7 @@ class LightspeedAccount:
             body = _error_body(429, "Rate Limit Exceeded: Please decrease your request volume.",
                                "RateLimitedException")
         else:
-            body = _error_body(status, "Injected failure")
+            body = _error_body(status, fault.message)
         return Response(status, body, headers)
 
     def _token(self, request: Request) -> Response:

@@ -424,7 +424,8 @@ class LightspeedClient:
                 log.info("Lightspeed timed out on a page; asking for %s sales a page",
                          (params or {}).get("limit") or httpx.URL(url).params.get("limit"))
                 continue
-            if status >= 500:
+            if status >= 500 or (status == 400 and "try again" in _message(response).lower()):
+                # 400 "Please try again later." is a passing refusal (fact sheet §8, tap-lightspeed-rseries)
                 self._backoff(attempt, f"HTTP {status} on {_path(url)}")
                 continue
             if status in (400, 403, 404, 422):
