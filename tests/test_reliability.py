@@ -92,13 +92,16 @@ def test_lock_contention_is_retried_until_the_rows_are_free(cli, lightspeed, sal
     assert_exactly_once(salesforce, lightspeed, sales)
 
 
-def test_heavy_pages_that_time_out_are_read_in_smaller_pages(cli, lightspeed, salesforce, boutique):
+@pytest.mark.parametrize("status", [500, 504])
+def test_heavy_pages_that_fail_are_read_in_smaller_pages(cli, lightspeed, salesforce, boutique, status):
     sales = [sell(lightspeed, boutique) for _ in range(120)]
-    lightspeed.max_sale_page = 30
+    lightspeed.max_sale_page, lightspeed.heavy_page_status = 30, status
     result = cli("sync")
     assert result.code == 0, result.stderr
     assert_exactly_once(salesforce, lightspeed, sales)
-    assert lightspeed.request_count("Sale.json", status=504) >= 1
+    assert lightspeed.request_count("Sale.json", status=status) >= 1
+    window = [r for r in lightspeed.requests if r.path.endswith("Sale.json") and r.status == 200]
+    assert {r.query.get("limit", ["?"])[0] for r in window[-3:]} <= {"25"}  # read on in the smaller size
 
 
 def test_transient_lightspeed_errors_and_dropped_connections_are_retried(cli, lightspeed, salesforce, boutique):

@@ -385,6 +385,19 @@ class LightspeedClient:
     def _get(self, url: str, params: dict[str, str] | None, read: Callable[[bytes], R]) -> R:
         """`read(body)` of the first good answer; a body it cannot read (ValueError) is asked for again."""
         refreshed = False
+
+        def smaller(why: str) -> bool:
+            """The same page asked for with half as many rows (the next links keep the size), if it can shrink:
+            a heavy page fails with 500s or timeouts (fact sheet §2)."""
+            nonlocal url, params
+            shrunk = _smaller_page(url, params)
+            if shrunk is None:
+                return False
+            url, params = shrunk
+            log.info("Lightspeed %s on a page; asking for %s rows a page", why,
+                     (params or {}).get("limit") or httpx.URL(url).params.get("limit"))
+            return True
+
         for attempt in range(_ATTEMPTS):
             cost = self._room()
             token = self._auth.access_token()
@@ -398,6 +411,8 @@ class LightspeedClient:
             except httpx.TransportError as error:
                 self._answered(cost, None)
                 self._backoff(attempt, f"{type(error).__name__} on {_path(url)}")
+                if isinstance(error, httpx.TimeoutException) and attempt >= 1:
+                    smaller("timed out twice")
                 continue
             self._answered(cost, response)
             self._note_date(response.headers.get("date"), time.monotonic())
@@ -418,15 +433,13 @@ class LightspeedClient:
                          response.headers.get("x-ls-api-ratelimit-type", "429"), delay)
                 time.sleep(delay)
                 continue
-            if status == 504 and (smaller := _smaller_page(url, params)) is not None:
-                # A heavy page timed out: ask for fewer sales a page; the next links carry the smaller limit.
-                url, params = smaller
-                log.info("Lightspeed timed out on a page; asking for %s sales a page",
-                         (params or {}).get("limit") or httpx.URL(url).params.get("limit"))
+            if status == 504 and smaller("timed out"):
                 continue
             if status >= 500 or (status == 400 and "try again" in _message(response).lower()):
                 # 400 "Please try again later." is a passing refusal (fact sheet §8, tap-lightspeed-rseries)
                 self._backoff(attempt, f"HTTP {status} on {_path(url)}")
+                if status >= 500 and attempt >= 1:  # the same page failed twice: maybe it is too heavy
+                    smaller(f"answered HTTP {status} twice")
                 continue
             if status in (400, 403, 404, 422):
                 raise _Refused(f"HTTP {status}: {_message(response)}")
