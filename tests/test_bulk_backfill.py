@@ -197,6 +197,50 @@ def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, l
         assert run.bulk("rejects", "list", "--json").json["rejects"] == []
 
 
+@pytest.mark.parametrize("sobject, refusals, rows", [("Sales_Transaction__c", 1, 3), ("Sales_Transaction__c", 2, 3),
+                                                     ("Sales_Line_Item__c", 2, 6)])
+def test_rows_refused_by_a_lock_storm_are_sent_again_in_the_same_run(cli, lightspeed, salesforce, boutique, sobject,
+                                                                     refusals, rows):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sales = [sell(lightspeed, boutique, ana if i else None, lines=((1, "20.00"), (2, "5.50")),
+                  at=start + timedelta(minutes=i)) for i in range(3)]
+    salesforce.lock_storm(refusals, sobject)
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["rejected"] == [] and result.json["sales"]["written"] == 3
+    assert salesforce.lock_storm_left == 0
+    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
+        sorted(f"182255-{sale}" for sale in sales)
+    assert len(salesforce.records("Sales_Line_Item__c")) == 6
+    jobs = [job for job in salesforce.bulk.jobs() if job["object"] == sobject]
+    assert [job["numberRecordsFailed"] for job in jobs] == [rows] * refusals + [0]
+
+
+def test_a_lock_storm_outlasting_the_retries_parks_the_sales_and_a_later_run_writes_them(cli, lightspeed,
+                                                                                        salesforce, boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    sales = [sell(lightspeed, boutique, lines=((1, "20.00"), (2, "5.50")), at=start + timedelta(minutes=i))
+             for i in range(2)]
+    salesforce.lock_storm(5, "Sales_Transaction__c")  # the first send and its 4 retries
+
+    parked = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert parked.code == 3, parked.stderr
+    assert sorted(r["sale_key"] for r in parked.json["rejected"]) == sorted(f"182255-{sale}" for sale in sales)
+    assert all(r["reason"].startswith("transactions: UNABLE_TO_LOCK_ROW: unable to obtain exclusive access")
+               for r in parked.json["rejected"])
+    assert salesforce.records("Sales_Transaction__c") == salesforce.records("Sales_Line_Item__c") == []
+    later = cli("backfill", "--from", datetime.now(timezone.utc).isoformat(), "--bulk", "--json")
+    assert later.code == 0, later.stderr
+    assert later.json["sales"]["retried"] == 2 and later.json["rejected"] == []
+    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
+        sorted(f"182255-{sale}" for sale in sales)
+    assert len(salesforce.records("Sales_Line_Item__c")) == 4
+
+
 def test_a_job_failing_as_a_whole_ends_the_run_with_one_line_and_removes_its_files(cli, lightspeed, salesforce,
                                                                                   boutique, tmp_path):
     start = datetime.now(timezone.utc) - timedelta(days=1)

@@ -430,6 +430,36 @@ def test_injected_faults_apply_to_bulk_requests(sf: SalesforceEmulator, bulk: Bu
     assert len(sf.records("Sales_Transaction__c")) == 2
 
 
+def test_a_lock_storm_refuses_every_row_of_a_batch_of_its_object_and_saves_none(sf: SalesforceEmulator,
+                                                                                bulk: Bulk) -> None:
+    sf.lock_storm(2, "Sales_Transaction__c")
+    person = sf.person_account_record_type_id
+    accounts = bulk.run("Account", f"LS_Customer_ID__c,RecordTypeId,LastName\n1-1,{person},Lima\n",
+                        external_id="LS_Customer_ID__c")
+    assert accounts["numberRecordsFailed"] == 0 and sf.lock_storm_left == 2
+    locked = bulk.run("Sales_Transaction__c", SALES_CSV, external_id="LS_Sale_ID__c")
+    assert (locked["state"], locked["numberRecordsProcessed"], locked["numberRecordsFailed"]) == ("JobComplete", 2, 2)
+    assert [(r["LS_Sale_ID__c"], r["sf__Id"], r["sf__Error"]) for r in bulk.rows(locked["id"], "failedResults")] == [
+        (key, "", "UNABLE_TO_LOCK_ROW:unable to obtain exclusive access to this record:--") for key in ("1-1", "1-2")]
+    assert sf.records("Sales_Transaction__c") == [] and sf.lock_storm_left == 1
+    updated = bulk.run("Sales_Transaction__c", "LS_Sale_ID__c,Status__c,Match_Status__c,Total__c\n"
+                       + "".join(f"1-{i},Completed,Guest,1\n" for i in range(10_001)), external_id="LS_Sale_ID__c")
+    failed = bulk.rows(updated["id"], "failedResults")
+    assert len(failed) == 10_000 and {r["sf__Error"].split(":")[0] for r in failed} == {"UNABLE_TO_LOCK_ROW"}
+    assert [t["LS_Sale_ID__c"] for t in sf.records("Sales_Transaction__c")] == ["1-10000"]  # the second batch
+    assert sf.lock_storm_left == 0
+
+
+def test_a_lock_storm_names_the_record_of_a_refused_update_row(sf: SalesforceEmulator, bulk: Bulk) -> None:
+    sf.lock_storm(1)
+    record_id = sf.insert("Account", {"Name": "Acme"})
+    info = bulk.run("Account", f"Id,Name\n{record_id},Acme Ltd\n", operation="update")
+    [row] = bulk.rows(info["id"], "failedResults")
+    assert (row["sf__Id"], row["sf__Error"]) == (record_id, "UNABLE_TO_LOCK_ROW:unable to obtain exclusive access "
+                                                           "to this record:--")
+    assert sf.records("Account")[0]["Name"] == "Acme"
+
+
 def test_an_expired_session_is_refused_on_bulk_requests(sf: SalesforceEmulator, bulk: Bulk) -> None:
     sf.expire_sessions()
     response = bulk.create("Sales_Transaction__c", external_id="LS_Sale_ID__c")

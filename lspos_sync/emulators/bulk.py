@@ -27,6 +27,9 @@ LINE_ENDINGS = {"LF": "\n", "CRLF": "\r\n"}
 RESULTS = ("successfulresults", "failedresults", "unprocessedrecords")
 NULL = "#N/A"  # a cell that empties its field; an empty cell leaves the field as it is
 _FINAL = ("JobComplete", "Failed", "Aborted")
+BATCH_ROWS = 10_000  # Salesforce cuts a job's rows into batches of 10,000 (fact sheet §6)
+_LOCKED = [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record",
+            "fields": []}]
 
 
 @dataclass
@@ -228,8 +231,11 @@ class BulkIngest:
         failure = self._failures.pop(0) if self._failures else None
         limit = failure.after_rows if failure else None
         keys = self._key_counts(job, header, data) if job.operation == "upsert" else Counter()
-        for row in itertools.islice(self._rows(job, data), limit):
-            job.outcomes.append(self._process(job, header, row, keys))
+        locked = False
+        for number, row in enumerate(itertools.islice(self._rows(job, data), limit)):
+            if number % BATCH_ROWS == 0:  # a lock storm refuses a whole batch, as it does a whole collection
+                locked = self.org._take_lock_storm({job.object})
+            job.outcomes.append(self._locked(header, row) if locked else self._process(job, header, row, keys))
         if failure:
             job.final_state, job.error_message = "Failed", failure.message
 
@@ -334,6 +340,12 @@ class BulkIngest:
             return _Outcome(org._save(sobject, values, existing), created=existing is None)
         except RecordError as error:
             return _Outcome(record_id if _normalize_id(record_id) else "", error=_sf_error(error.errors))
+
+    def _locked(self, header: list[tuple[str, Field]], row: list[str]) -> _Outcome:
+        """A row of a batch refused by a lock storm: nothing saved; an update's row names its record."""
+        record_id = next((cell for (relationship, f), cell in zip(header, row)
+                          if not relationship and f.name == "Id"), "")
+        return _Outcome(record_id if _normalize_id(record_id) else "", error=_sf_error(_LOCKED))
 
     def _existing_id(self, sobject: str, raw_id: str) -> str:
         record_id = _normalize_id(raw_id)

@@ -522,7 +522,7 @@ class SalesforceEmulator:
 
     @property
     def lock_storm_left(self) -> int:
-        """How many Collections writes the lock storms armed will still refuse."""
+        """How many Collections writes or bulk batches the lock storms armed will still refuse."""
         with self._lock:
             return sum(storm[0] for storm in self._lock_storms)
 
@@ -532,9 +532,10 @@ class SalesforceEmulator:
         self._outage_until = until
 
     def lock_storm(self, count: int, sobject: str | None = None) -> None:
-        """Another integration holds the rows: the next `count` sObject Collections writes (of `sobject`, or
-        of any object) fail as a whole, every record with UNABLE_TO_LOCK_ROW and nothing saved, as Salesforce
-        fails a whole batch when one of its records cannot be locked (fact sheet §4)."""
+        """Another integration holds the rows: the next `count` sObject Collections writes or Bulk API 2.0
+        batches (a job's rows, 10,000 at a time) of `sobject`, or of any object, fail as a whole, every record
+        with UNABLE_TO_LOCK_ROW and nothing saved, as Salesforce fails a whole batch when one of its records
+        cannot be locked (fact sheet §4)."""
         with self._lock:
             self._lock_storms.append([count, sobject])
 

@@ -21,6 +21,7 @@ from pydantic_core import from_json, to_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
+from lspos_sync.salesforce.writer import TRANSIENT_CODES
 
 if TYPE_CHECKING:
     from simple_salesforce.bulk2 import _Bulk2Client
@@ -37,6 +38,8 @@ _FINAL = ("JobComplete", "Failed", "Aborted")
 _ATTEMPTS = 5
 _FIRST_POLL = 0.1  # seconds before the first poll, doubled after each up to _LONGEST_POLL
 _LONGEST_POLL = 10.0
+# Rows refused for a passing reason: sent again as often, after pauses as long, as on the composite path.
+_RETRIES, _RETRY_PAUSE = 4, 1.0
 
 
 def cell(value: Any) -> str:
@@ -297,7 +300,12 @@ class BulkWriter:
     `on_failed(kind, key, reason)` is told each refused row, by the key that names it (the customer key of a new
     account, the Id of an updated one, the sale key of a transaction, of a line, of a deleted line);
     `on_written[kind](key, id, created)`, where given, each row written (reading them costs a call a job).
-    Queries go straight to the REST API: nothing a round holds is read before it is flushed."""
+    Queries go straight to the REST API: nothing a round holds is read before it is flushed.
+
+    Rows refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same records, a
+    busy server) go again in a new job of the same object and operation, after a growing pause, up to 4 times,
+    as the composite writer sends its records again; only then is a kind done and the next sent, so a
+    line never meets a transaction refused for a passing reason, only one still refused after the retries."""
 
     def __init__(self, client: SalesforceClient, directory: Path, composite: Any,
                  on_failed: Callable[[str, str, str], None],
@@ -352,16 +360,34 @@ class BulkWriter:
             if spool is None:
                 continue
             sobject = names.obj(_OBJECTS[kind])
-            for path in spool.uploads():
-                job = self._jobs.upsert(sobject, external[kind], path) if kind in external \
-                    else self._jobs.update(sobject, path)
-                path.unlink()
-                self.stats.records[kind] = self.stats.records.get(kind, 0) + job.processed - job.failed
-                for row in self._jobs.failed_rows(job):
-                    self._on_failed(kind, row.get(keyed_by[kind], ""), _sf_error(row.get("sf__Error", "")))
-                if (written := self._on_written.get(kind)) is not None:
-                    for row in self._jobs.successful_rows(job):
-                        written(row.get(keyed_by[kind], ""), row["sf__Id"], row.get("sf__Created") == "true")
+            uploads = spool.uploads()
+            for attempt in range(_RETRIES + 1):
+                # The rows refused for a passing reason, kept on disk as the round's rows are, to go again.
+                again = RowSpool(self._directory, f"{kind}-again-{attempt + 1}") if attempt < _RETRIES else None
+                for path in uploads:
+                    job = self._jobs.upsert(sobject, external[kind], path) if kind in external \
+                        else self._jobs.update(sobject, path)
+                    path.unlink()
+                    self.stats.records[kind] = self.stats.records.get(kind, 0) + job.processed - job.failed
+                    for row in self._jobs.failed_rows(job):
+                        error = row.pop("sf__Error", "")
+                        row.pop("sf__Id", None)
+                        if again is not None and _transient(error):
+                            again.add(row)
+                        else:
+                            self._on_failed(kind, row.get(keyed_by[kind], ""), _sf_error(error))
+                    if (written := self._on_written.get(kind)) is not None:
+                        for row in self._jobs.successful_rows(job):
+                            written(row.get(keyed_by[kind], ""), row["sf__Id"], row.get("sf__Created") == "true")
+                if again is None:
+                    break
+                uploads = again.uploads()
+                if not again.rows:
+                    break
+                delay = pause(attempt, base=_RETRY_PAUSE)
+                log.info("Salesforce refused %d %s row(s) for a passing reason; retrying in %.1f s", again.rows,
+                         sobject, delay, extra={"phase": "bulk"})
+                time.sleep(delay)
         if self._deletes:
             deletes, self._deletes = self._deletes, []
             self.delete(deletes)
@@ -388,6 +414,11 @@ def _sf_error(text: str) -> str:
 
 
 _SF_ERROR = re.compile(r"([A-Z][A-Z_]*):(.*?):([\w,]*) ?--")
+
+
+def _transient(text: str) -> bool:
+    """Whether an `sf__Error` names a code that means "not now" rather than "no"."""
+    return any(code in TRANSIENT_CODES for code, _, _ in _SF_ERROR.findall(text))
 
 
 # The object of each kind of write (in the contract's names).
