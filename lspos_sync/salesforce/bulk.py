@@ -379,11 +379,9 @@ class BulkWriter:
                     if (written := self._on_written.get(kind)) is not None:
                         for row in self._jobs.successful_rows(job):
                             written(row.get(keyed_by[kind], ""), row["sf__Id"], row.get("sf__Created") == "true")
-                if again is None:
+                if again is None or not again.rows:
                     break
                 uploads = again.uploads()
-                if not again.rows:
-                    break
                 delay = pause(attempt, base=_RETRY_PAUSE)
                 log.info("Salesforce refused %d %s row(s) for a passing reason; retrying in %.1f s", again.rows,
                          sobject, delay, extra={"phase": "bulk"})
