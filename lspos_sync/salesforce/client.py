@@ -104,9 +104,7 @@ class SalesforceClient:
             except RunFailed as error:  # an org (or proxy) that hides /limits: the headers will tell
                 log.info("Salesforce /limits unavailable (%s); relying on Sforce-Limit-Info", error)
                 limits = {}
-            daily = limits.get("DailyApiRequests") or {}
-            if daily.get("Max"):
-                self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
+            self._note_daily(limits)
         if self._usage is None:
             return
         used, allowance = self._usage
@@ -260,14 +258,20 @@ class SalesforceClient:
 
         self.api_calls += 1
         try:
-            daily = (sf.limits() or {}).get("DailyApiRequests") or {}
+            limits = sf.limits() or {}
         except SalesforceError:
             return False
         except requests.RequestException:  # no answer: asked again with the request, within its attempts
             return True
+        return int(self._note_daily(limits).get("Remaining", 0)) > 0
+
+    def _note_daily(self, limits: dict[str, Any]) -> dict[str, Any]:
+        """The daily allowance of a `/limits` answer (`DailyApiRequests`), noted as the usage the reserve is
+        checked against."""
+        daily = limits.get("DailyApiRequests") or {}
         if daily.get("Max"):
             self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
-        return int(daily.get("Remaining", 0)) > 0
+        return daily
 
     @staticmethod
     def _backoff(attempt: int, what: str) -> None:
