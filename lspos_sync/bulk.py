@@ -24,7 +24,6 @@ import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -263,14 +262,15 @@ class BulkBackfill:
         """Each customer of the round decided by the rules of customers.py, looked up by the resolver as the
         composite path looks them up, five statements as long as SOQL allows to a `/composite` request (the
         Person Account record type with the first)."""
-        db = current.db
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
-        rows = db.execute("SELECT customer_key, customer, added FROM customers ORDER BY seq")
+        read: dict[str, tuple[Customer, bytes | None, tuple[str, str | None, list[str]]]] = {}  # until decided
 
         def people() -> Iterator[tuple[str, str | None, list[str]]]:
-            for customer_key, blob, _ in db.execute("SELECT customer_key, customer, added FROM customers ORDER BY seq"):
+            for customer_key, blob, added in current.db.execute(
+                    "SELECT customer_key, customer, added FROM customers ORDER BY seq"):
                 customer = _thaw(blob)
-                yield customer_key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
+                read[customer_key] = (customer, added, self.resolver.person(customer_key, customer))
+                yield read[customer_key][2]
 
         waiting: list[str] = []
         groups = queries.person_account_groups(people(), select, like=self.resolver.like,
@@ -278,16 +278,18 @@ class BulkBackfill:
         for count, (keys, _) in enumerate(groups, 1):
             waiting += keys
             if count % MAX_COLLECTIONS == 0:
-                self._decide_customers(current, writer, len(waiting), rows)
+                self._decide_customers(current, writer, [(key, *read.pop(key)) for key in waiting])
                 waiting = []
         if waiting:
-            self._decide_customers(current, writer, len(waiting), rows)
+            self._decide_customers(current, writer, [(key, *read.pop(key)) for key in waiting])
 
-    def _decide_customers(self, current: _Round, writer: BulkWriter, count: int, rows: Iterator[tuple]) -> None:
-        """The next `count` customers of the round, looked up together and decided."""
-        customers = [(customer_key, _thaw(blob), added) for customer_key, blob, added in islice(rows, count)]
-        candidates = self.resolver.look_up({key: customer for key, customer, _ in customers}, [])[0]
-        for customer_key, customer, added in customers:
+    def _decide_customers(self, current: _Round, writer: BulkWriter,
+                          customers: list[tuple[str, Customer, bytes | None, tuple[str, str | None, list[str]]]]
+                          ) -> None:
+        """Customers of the round (key, customer, added fields, what the lookups match it by), looked up together
+        and decided."""
+        candidates = self.resolver.look_up_people([person for *_, person in customers], [])[0]
+        for customer_key, customer, added, _ in customers:
             self._decide_one(current, writer, customer_key, customer, candidates, added)
 
     def _decide_one(self, current: _Round, writer: BulkWriter, customer_key: str, customer: Customer,

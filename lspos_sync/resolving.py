@@ -127,9 +127,16 @@ class Resolver:
         """Candidate Person Accounts for the customers, the transactions already there for the sale keys, and
         (once a run) the Person Account record type: one round of `/composite` requests (more if Salesforce finds a
         statement too complicated: then all of it again in shorter ones, `self.budget`)."""
+        return self.look_up_people([self.person(key, customer) for key, customer in customers.items()], sale_keys)
+
+    def person(self, key: str, customer: Customer) -> tuple[str, str | None, list[str]]:
+        """What the lookups match a customer by: its key, its email and its phones as E.164."""
+        return key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
+
+    def look_up_people(self, people: list[tuple[str, str | None, list[str]]],
+                       sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+        """`look_up`, for customers already turned into what the lookups match them by (`person`)."""
         select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
-        people = [(key, normalise_email(primary_email(customer)), customer_phones(customer, self.region))
-                  for key, customer in customers.items()]
         return self.budget.ask(lambda limit: self._look_up(people, select, sale_keys, limit))
 
     def _look_up(self, people: list[tuple[str, str | None, list[str]]], select: str, sale_keys: list[str],
