@@ -3,6 +3,8 @@ against the org's describe; the real program against both emulators, and the tra
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import json
 
 import pytest
@@ -118,7 +120,8 @@ def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspee
     salesforce.remove_field("Sales_Transaction__c", "Match_Status__c")
     mapping = tmp_path / "m.toml"
     mapping.write_text("[fields.Sales_Transaction__c]\nMatch_Status__c = false\n")
-    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"),
+                at=datetime.now(timezone.utc) - timedelta(minutes=10))  # so the change below moves its update time
     assert cli("sync", "--mapping", str(mapping)).code == 0
     [account] = [a["Id"] for a in salesforce.records("Account") if a.get("IsPersonAccount")]
     lightspeed.set_sale_customer(sale, None)

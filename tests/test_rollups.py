@@ -87,7 +87,8 @@ def test_rollups_no_longer_count_a_sale_for_the_account_the_sync_unlinked_it_fro
                                                                                   boutique):
     crm = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
                                         "LastName": "Lima", "PersonEmail": "ana@example.com"})
-    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"),
+                at=datetime.now(timezone.utc) - timedelta(minutes=10))  # so the change below moves its update time
     assert cli("sync", env=ROLLUPS).code == 0
     assert salesforce.get("Account", crm)["Purchase_Count__c"] == 1
     lightspeed.set_sale_customer(sale, None)  # rung up to the wrong customer: taken off at the till

@@ -446,7 +446,8 @@ def test_a_sale_linked_by_the_sync_whose_customer_turns_ambiguous_is_written_amb
 
 def test_a_sale_whose_customer_is_removed_in_lightspeed_becomes_a_guest_with_no_account(
         cli, lightspeed, salesforce, boutique):
-    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"),
+                at=datetime.now(timezone.utc) - timedelta(minutes=10))  # so the change below moves its update time
     assert cli("sync").code == 0
     assert transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"] == "Created"
     lightspeed.set_sale_customer(sale, None)
