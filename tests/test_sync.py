@@ -679,6 +679,33 @@ def test_with_the_updatetime_filter_refused_an_edit_after_completion_is_still_wr
     assert f"sort=-{spelling}" in again.stderr
 
 
+def test_on_the_timestamp_reading_a_sale_edited_after_its_window_is_written_by_the_run_whose_window_holds_its_timestamp(
+        cli, lightspeed, salesforce, boutique):
+    # Lightspeed refuses every reading on the update time: the window is on timeStamp, which an edit after
+    # completion does not move (§9). A sale completed before the sync's start and edited after it lies in the
+    # backfill's window by timeStamp, and in no sync's: the backfill must write it, as it is now.
+    now = datetime.now(timezone.utc)
+    start = now - timedelta(hours=1)  # LSPOS_SYNC_START; the history before it goes by backfill
+    sale = sell(lightspeed, boutique, lines=((1, "10.00"),), at=start - timedelta(hours=2))
+    line = int(lightspeed.sale(sale)["SaleLines"]["SaleLine"]["saleLineID"])
+    lightspeed.set_line_quantity(line, 3, at=start + timedelta(minutes=10))  # edited after the start
+
+    def refuse_the_update_time() -> None:  # the four readings on it, each refused on its first page
+        lightspeed.fail_next(4, status=400, path_suffix="Sale.json", only_with="load_relations",
+                             message="Unsupported sort or filter: updatetime")
+
+    refuse_the_update_time()
+    backfill = cli("backfill", "--from", (start - timedelta(days=1)).isoformat(), "--to", start.isoformat(),
+                   "--no-bulk", "--json")
+    refuse_the_update_time()
+    sync = cli("sync", "--json", env={"LSPOS_SYNC_START": start.isoformat()})
+
+    assert backfill.code == 0 and sync.code == 0, (backfill.stderr, sync.stderr)
+    assert "falling back to timeStamp" in backfill.stderr and "falling back to timeStamp" in sync.stderr
+    assert backfill.json["sales"]["written"] == 1 and sync.json["sales"]["written"] == 0
+    assert transactions(salesforce)[f"182255-{sale}"]["Total__c"] == 30.0
+
+
 def test_with_the_updatetime_filter_refused_paging_stops_at_the_first_sale_older_than_the_window(
         cli, lightspeed, salesforce, boutique):
     lightspeed.reject_updatetime_filter = True
