@@ -291,6 +291,51 @@ def test_sale_that_comes_without_its_customer_gets_it_from_the_customer_endpoint
     assert lightspeed.request_count("Customer.json") == 1
 
 
+def test_a_sale_written_guest_because_its_customer_was_not_sent_is_linked_once_lightspeed_sends_it(
+        cli, lightspeed, salesforce, boutique):
+    # The content hash covers what the sale writes, not its link: a sale re-read with the same hash is written
+    # again when its last write was Guest though it names a customer, by the look-back as by a backfill.
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    bea = lightspeed.add_customer("Bea", "Reis", email="bea@example.com")
+    sale = sell(lightspeed, boutique, ana, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    other = sell(lightspeed, boutique, bea, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    lightspeed.corrupt_sale(sale, Customer="")  # the relation came back empty
+    lightspeed.edit_customer(ana, firstName=None)  # and Customer.json answers a customer that does not read
+
+    first = cli("sync", "--json")
+    assert first.code == 0, first.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"] == "Guest"
+    assert [g["sale_key"] for g in first.json["gaps"]] == [f"182255-{sale}"]
+
+    lightspeed.edit_customer(ana, firstName="Ana")  # Lightspeed sends the customer again
+    again = cli("sync", "--json")  # the look-back re-reads both sales
+
+    assert again.code == 0, again.stderr
+    assert (again.json["sales"]["written"], again.json["sales"]["unchanged"]) == (1, 1)  # the linked one rests
+    written = transactions(salesforce)[f"182255-{sale}"]
+    [account] = [a for a in person_accounts(salesforce) if a["LS_Customer_ID__c"] == f"182255-{ana}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Created", account["Id"])
+    assert cli("sync", "--json").json["sales"]["written"] == 0  # linked now: re-read, it rests too
+
+
+def test_a_backfill_links_a_sale_written_guest_because_its_customer_was_not_sent(cli, lightspeed, salesforce,
+                                                                                 boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    three_hours_ago = datetime.now(timezone.utc) - timedelta(hours=3)  # older than the look-back
+    sale = sell(lightspeed, boutique, ana, at=three_hours_ago)
+    lightspeed.corrupt_sale(sale, Customer="")
+    lightspeed.edit_customer(ana, firstName=None)
+    assert cli("sync").code == 0
+    lightspeed.edit_customer(ana, firstName="Ana")
+    assert cli("sync", "--json").json["sales"]["read"] == 0  # out of the look-back: the docs' remedy is a backfill
+
+    backfill = cli("backfill", "--from", (three_hours_ago - timedelta(hours=1)).isoformat(), "--json")
+
+    assert backfill.code == 0, backfill.stderr
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"] is not None) == ("Created", True)
+
+
 def test_account_keyed_by_another_lightspeed_account_is_linked_not_rekeyed(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     shared = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com",
