@@ -1,0 +1,88 @@
+"""Review of the command line and configuration against the contract (§1, §2, §5): each test is a promise the
+contract makes that the product did not keep when this review ran it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import Cli, sell
+
+
+def test_one_run_at_a_time_per_state_store_even_when_the_store_is_named_through_a_symlink(
+        cli, lightspeed, boutique, state_path, tmp_path):
+    """§4 "One run at a time, per state store: a second `sync` while one runs exits 4 at once"; exit code 4:
+    "another run holds the lock; this one did nothing". The lock must follow the store, not the spelling of its
+    path: a second run that reaches the same SQLite file through a symlink (e.g. /var/lib/lspos -> /data/lspos)
+    ran side by side with the first."""
+    sell(lightspeed, boutique)
+    assert cli("checkpoint", "reset", "--to", "2020-01-01", "--yes").code == 0
+    linked = tmp_path / "elsewhere.db"
+    linked.symlink_to(state_path)
+    lightspeed.after_request = lambda request: time.sleep(1.0)  # the first run is slow: it holds the lock a while
+    first = cli.start("sync")
+    try:
+        deadline = time.monotonic() + 30
+        while not lightspeed.requests and time.monotonic() < deadline:  # it has the lock once it reads Lightspeed
+            time.sleep(0.05)
+        assert lightspeed.requests, "the first run never reached Lightspeed"
+        same_path = cli("sync", "--json")
+        assert first.poll() is None, "the first run ended too soon: the test proves nothing"
+        through_link = cli("sync", "--json", "--state", str(linked))
+    finally:
+        first.communicate(timeout=120)
+        lightspeed.after_request = None
+    assert same_path.code == 4, same_path.stderr  # the same path: refused, as promised
+    assert through_link.code == 4, (through_link.stdout, through_link.stderr)  # the same store through a link
+
+
+def test_a_successful_sync_under_cron_prints_only_its_summary_line_with_profile_enrichment_on(
+        cli, lightspeed, salesforce, boutique):
+    """§1 "Under cron the output is plain, line-oriented and quiet on success except for one summary line." With
+    LSPOS_ENRICH_PROFILES on (§5), a successful run (exit 0) that fills an empty field of a matched account also
+    prints `filled empty fields of account ...` on stderr, one line per account, on every such run."""
+    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Roy",
+                                  "PersonEmail": "jo.roy@example.com"})
+    customer = lightspeed.add_customer("Jo", "Roy", email="jo.roy@example.com", phones={"Mobile": "+14155550134"})
+    sell(lightspeed, boutique, customer_id=customer)
+    result = cli("sync", env={"LSPOS_ENRICH_PROFILES": "true"})
+    assert result.code == 0, result.stderr
+    account = next(a for a in salesforce.records("Account") if a.get("PersonEmail") == "jo.roy@example.com")
+    assert account.get("PersonMobilePhone"), "the account was not enriched: the test proves nothing"
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+    assert result.stderr == "", result.stderr
+
+
+def test_an_env_file_that_cannot_be_read_is_a_configuration_error_exit_2(tmp_path):
+    """Exit code 2: "usage or configuration error"; §2: "a .env file fills in what the environment lacks".
+    A .env that is not UTF-8 (a password with an accented letter saved as Latin-1) ends in exit 1 as
+    `unexpected UnicodeDecodeError`, as if the run had failed, instead of exit 2 naming the file."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env_file = workdir / "lspos.env"
+    env_file.write_bytes(b"LIGHTSPEED_ACCOUNT_ID=182255\nSALESFORCE_PASSWORD=caf\xe9\n")
+    cli = Cli({"LSPOS_STATE_PATH": str(tmp_path / "state.db")}, workdir)
+    result = cli("checkpoint", "show", "--json", "--env-file", str(env_file))
+    assert result.code == 2, (result.code, result.stdout, result.stderr)
+    assert result.json["exit_code"] == 2
+    assert "lspos.env" in result.json["error"]
+
+
+def test_python_dash_m_lspos_sync_is_the_same_program_as_the_console_script():
+    """§1 "console script `lspos-sync` (`python -m lspos_sync` is the same program)". Run as `python -m`, the
+    program names itself `python -m lspos_sync` in --version, --help and every usage error, where the console
+    script says `lspos-sync`."""
+    script = Path(sys.executable).parent / "lspos-sync"
+    assert script.exists(), script
+
+    def both(*args: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+        return (subprocess.run([sys.executable, "-m", "lspos_sync", *args], capture_output=True, text=True),
+                subprocess.run([str(script), *args], capture_output=True, text=True))
+
+    module, console = both("--version")
+    assert (module.returncode, module.stdout) == (console.returncode, console.stdout)
+    module, console = both("sync", "--bogus")
+    assert (module.returncode, module.stderr) == (console.returncode, console.stderr)
