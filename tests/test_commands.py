@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import sell
+from conftest import Cli, sell
 
 DAY = timedelta(days=1)
 
@@ -156,6 +156,21 @@ def test_env_file_fills_in_what_the_environment_lacks(cli, tmp_path, lightspeed,
     result = cli("sync", "--env-file", str(env_file), "--json", env={"LIGHTSPEED_CLIENT_ID": ""})
     assert result.code == 0, result.stderr
     assert result.json["account_id"] == "182255"  # the environment wins over the file
+
+
+def test_an_env_file_that_cannot_be_read_is_a_configuration_error_exit_2(tmp_path):
+    """Exit code 2: "usage or configuration error"; §2: "a .env file fills in what the environment lacks".
+    A .env that is not UTF-8 (a password with an accented letter saved as Latin-1) is exit 2 naming the file,
+    not a failed run."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env_file = workdir / "lspos.env"
+    env_file.write_bytes(b"LIGHTSPEED_ACCOUNT_ID=182255\nSALESFORCE_PASSWORD=caf\xe9\n")
+    cli = Cli({"LSPOS_STATE_PATH": str(tmp_path / "state.db")}, workdir)
+    result = cli("checkpoint", "show", "--json", "--env-file", str(env_file))
+    assert result.code == 2, (result.code, result.stdout, result.stderr)
+    assert result.json["exit_code"] == 2
+    assert "lspos.env" in result.json["error"]
 
 
 def test_json_stdout_is_exactly_one_object_even_on_failure(cli):
