@@ -201,6 +201,14 @@ def test_python_m_and_console_script_are_the_same_program(cli):
     through_module = cli("sync", "--json", "--bogus")
     assert through_script.returncode == through_module.code == 2
     assert json.loads(through_script.stdout) == json.loads(through_module.stdout)
+    # Both name themselves `lspos-sync`, in --version, --help and every usage error.
+    for args in (("--version",), ("--help",), ("sync", "--bogus")):
+        through_script = subprocess.run([script, *args], capture_output=True, text=True,
+                                        env=cli._environment(None), cwd=cli.cwd)
+        through_module = cli(*args)
+        assert (through_module.code, through_module.stdout, through_module.stderr) == \
+            (through_script.returncode, through_script.stdout, through_script.stderr)
+    assert through_module.stderr.endswith("See 'lspos-sync sync --help'.\n"), through_module.stderr
 
 
 def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):
