@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from lspos_sync import certificates
 from lspos_sync.config import Settings, load_settings, parse_when, read_environment
 from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.output import Output, mask_contact
@@ -66,7 +67,9 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
     output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     try:
-        settings = load_settings(read_environment(options.env_file), options.state_path, options.mapping_path)
+        environment = read_environment(options.env_file)
+        certificates.adopt(environment)
+        settings = load_settings(environment, options.state_path, options.mapping_path)
         output.secrets = settings.secrets
         code = body(settings, output)
     except SyncError as error:
