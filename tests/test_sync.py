@@ -305,6 +305,7 @@ def test_a_sale_written_guest_because_its_customer_was_not_sent_is_linked_once_l
     first = cli("sync", "--json")
     assert first.code == 0, first.stderr
     assert transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"] == "Guest"
+    assert transactions(salesforce)[f"182255-{other}"]["Match_Status__c"] == "Created"
     assert [g["sale_key"] for g in first.json["gaps"]] == [f"182255-{sale}"]
 
     lightspeed.edit_customer(ana, firstName="Ana")  # Lightspeed sends the customer again
