@@ -29,6 +29,8 @@ class RollUps:
         self.resolver = resolver
         self.field_map = field_map
         self.dry_run = dry_run
+        # the fields kept: a roll-up field the mapping switches off is neither read nor written (the org may lack it)
+        self.fields = tuple(f for f in rollups.FIELDS if field_map.is_on(mapping.ACCOUNT, f))
         # A real run keeps the accounts whose transactions changed in the state store, batch by batch, so that
         # a run that stops before its roll-ups leaves them to the next one. A dry-run keeps them here, with what
         # it would write (by account Id, or customer key for accounts it would create) and the sale keys to
@@ -85,10 +87,11 @@ class RollUps:
         """Reads the aggregates and current values of `ids`, and writes (or, in a dry-run, lists) the changes."""
         groups: dict[str, list[dict]] = {}
         current: dict[str, dict] = {}
-        if ids:
+        if ids and self.fields:
             excluded = self._superseded if self.dry_run else None
             answers = self.resolver.budget.ask(lambda limit: self.writer.queries(
-                [statement for pair in rollups.aggregate_statements(ids, excluded, limit) for statement in pair]))
+                [statement for pair in rollups.aggregate_statements(ids, excluded, limit, self.fields)
+                 for statement in pair]))
             for aggregate, accounts in zip(answers[::2], answers[1::2]):
                 for row in aggregate or ():
                     groups.setdefault(row["Account__c"], []).append(row)
@@ -98,7 +101,8 @@ class RollUps:
         for ref in ids + created:
             if ref in existing and ref not in current:
                 continue  # the account is gone from Salesforce
-            new = rollups.values(groups.get(ref, ()), self._planned.get(ref, ()))
+            computed = rollups.values(groups.get(ref, ()), self._planned.get(ref, ()))
+            new = {name: computed[name] for name in self.fields}
             moves = rollups.changed(current.get(ref), new)
             if not moves:
                 continue

@@ -33,9 +33,9 @@ class Contribution:
 
 
 def aggregate_statements(account_ids: list[str], excluded: dict[str, list[str]] | None = None,
-                         limit: int = MAX_SOQL) -> list[list[str]]:
+                         limit: int = MAX_SOQL, fields: tuple[str, ...] = FIELDS) -> list[list[str]]:
     """Per chunk of accounts, the aggregate statement (plus, in a dry-run, the sale keys left out of it) and the
-    statement reading the accounts' current values, each at most `limit` characters long."""
+    statement reading the accounts' current values of `fields`, each at most `limit` characters long."""
     chunks: list[list[str]] = []
     current: list[str] = []
     size = 0
@@ -58,7 +58,7 @@ def aggregate_statements(account_ids: list[str], excluded: dict[str, list[str]] 
         statements.append([
             f"SELECT Account__c, Status__c, SUM(Total__c) spend, COUNT(Id) n, MIN(Transaction_Date__c) earliest, "
             f"MAX(Transaction_Date__c) latest FROM {TRANSACTION} WHERE {where} GROUP BY Account__c, Status__c",
-            f"SELECT Id, {', '.join(FIELDS)} FROM Account WHERE Id IN ({','.join(literal(i) for i in chunk)})",
+            f"SELECT Id, {', '.join(fields)} FROM Account WHERE Id IN ({','.join(literal(i) for i in chunk)})",
         ])
     return statements
 
@@ -81,9 +81,10 @@ def values(groups: Iterable[dict[str, Any]], extra: Iterable[Contribution] = ())
 
 
 def changed(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The fields whose value moves, as (before, after); datetimes compared as instants, numbers as numbers."""
+    """The fields of `new` whose value moves, as (before, after); datetimes compared as instants, numbers as
+    numbers."""
     moves = {}
-    for name in FIELDS:
+    for name in new:
         before = (current or {}).get(name)
         after = new[name]
         if name in (FIRST, LAST):

@@ -207,3 +207,23 @@ def test_accounts_a_failed_run_touched_are_rolled_up_by_the_next_run(cli, lights
     assert fixed.code == 0 and fixed.json["sales"]["written"] == 0  # nothing new: the store remembered
     account = account_of(salesforce, "ana@example.com")
     assert (account["Lifetime_Spend__c"], account["Purchase_Count__c"]) == (50.0, 1)
+
+
+def test_a_rollup_field_switched_off_is_left_alone_and_the_others_are_kept_exact(cli, lightspeed, salesforce, boutique,
+                                                                               tmp_path):
+    salesforce.remove_field("Account", "Lifetime_Spend__c")  # the org keeps no spend
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("[fields.Account]\nLifetime_Spend__c = false\n")
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sell(lightspeed, boutique, ana, at=datetime.now(timezone.utc) - timedelta(minutes=10))
+    assert cli("mapping", "check", "--mapping", str(mapping), env=ROLLUPS).code == 0  # says the mapping fits
+
+    result = cli("sync", "--mapping", str(mapping), "--json", env=ROLLUPS)
+
+    assert result.code == 0, result.stdout  # neither read nor written
+    account = account_of(salesforce, "ana@example.com")
+    assert (account["Purchase_Count__c"], "Lifetime_Spend__c" in account) == (1, False)
+    sell(lightspeed, boutique, ana, lines=((1, "80.00"),))
+    preview = cli("dry-run", "--mapping", str(mapping), "--json", env=ROLLUPS)
+    [change] = preview.json["rollups"]["changes"]
+    assert set(change["fields"]) == {"Purchase_Count__c", "Last_Purchase_Date__c"}  # no spend that would move
