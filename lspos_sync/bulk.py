@@ -113,8 +113,9 @@ class BulkBackfill:
         self.roll_up = roll_up
         self.on_batch = on_batch
         self.composite = CompositeWriter(salesforce)  # lookups, and deletes of stale lines
+        enriched = field_map.enrichable() if enrich_profiles else ()
         self.resolver = Resolver(account_id, self.composite, phone_region=phone_region,
-                                 person_record_type=person_record_type, enrich_profiles=enrich_profiles,
+                                 person_record_type=person_record_type, enriched=enriched,
                                  check_all=False, kept=PLANNED_SALES,  # the decisions of the sales being planned
                                  match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
         self.reader = Reader(lightspeed, field_map, park=self._park)
@@ -262,7 +263,6 @@ class BulkBackfill:
         """Each customer of the round decided by the rules of customers.py, looked up by the resolver as the
         composite path looks them up, five statements as long as SOQL allows to a `/composite` request (the
         Person Account record type with the first)."""
-        select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
         read: dict[str, tuple[Customer, bytes | None, tuple[str, str | None, list[str]]]] = {}  # until decided
 
         def people() -> Iterator[tuple[str, str | None, list[str]]]:
@@ -273,7 +273,7 @@ class BulkBackfill:
                 yield read[customer_key][2]
 
         waiting: list[str] = []
-        groups = queries.person_account_groups(people(), select, like=self.resolver.like,
+        groups = queries.person_account_groups(people(), self.resolver.account_fields, like=self.resolver.like,
                                                limit=self.resolver.budget.limit)
         for count, (keys, _) in enumerate(groups, 1):
             waiting += keys
@@ -353,7 +353,7 @@ class BulkBackfill:
         the writer; which sales depend on it is in the round's file."""
         write = account_write(customer_key, customer, resolution, (), account_id=self.account_id,
                               record_type_id=self.resolver.person_record_type_id, enrich_profiles=self.enrich_profiles,
-                              added=from_json(added) if added else None)
+                              field_map=self.field_map, added=from_json(added) if added else None)
         if write is None:
             return
         writer.write([write])

@@ -205,7 +205,7 @@ class CustomerFeed:
             added = self.field_map.added_values(mapping.ACCOUNT, {"customer": self._raw.get(customer.customer_id)})
         return account_write(key, customer, resolution, (f"customer:{key}",),  # never a sale's key
                              account_id=self.account_id, record_type_id=self._record_type_id,
-                             enrich_profiles=self.enrich_profiles, added=added)
+                             enrich_profiles=self.enrich_profiles, field_map=self.field_map, added=added)
 
     def _digest(self, customer: Customer) -> str:
         """A fingerprint of what the customer would write: equal, the customer is settled as it is."""

@@ -53,9 +53,10 @@ class Engine:
         self.store = store
         self.writer = writer
         self.on_batch = on_batch
+        enriched = field_map.enrichable() if enrich_profiles else ()
         # (never fewer than three batches' worth of decisions: the batch written and the one on its way use theirs)
         self.resolver = Resolver(account_id, writer, phone_region=phone_region, person_record_type=person_record_type,
-                                 enrich_profiles=enrich_profiles, check_all=dry_run or roll_up,
+                                 enriched=enriched, check_all=dry_run or roll_up,
                                  kept=max(RESOLVED_KEPT, 3 * BATCH_SALES),
                                  match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
         self.rollups = RollUps(account_id, store, writer, self.resolver, field_map, dry_run=dry_run) \

@@ -129,6 +129,10 @@ class FieldMap:
     def is_on(self, obj: str, default: str) -> bool:
         return (obj, default) not in self.off
 
+    def enrichable(self) -> tuple[str, ...]:
+        """The profile fields LSPOS_ENRICH_PROFILES may fill and the lookups read for it: those not switched off."""
+        return tuple(f for f in ENRICHABLE if self.is_on(ACCOUNT, f))
+
     @property
     def needs_raw(self) -> bool:
         """Whether added fields need the Lightspeed payloads as sent (not only the parsed models)."""

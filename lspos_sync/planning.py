@@ -154,7 +154,7 @@ class Planner:
         write = account_write(customer_key, customer, resolution,
                               tuple(built[sale.sale_id][0][mapping.SALE_KEY] for sale in sales),
                               account_id=self.account_id, record_type_id=self.resolver.person_record_type_id,
-                              enrich_profiles=self.enrich_profiles, added=added)
+                              enrich_profiles=self.enrich_profiles, field_map=self.field_map, added=added)
         return [write] if write else []
 
     def _add_mapped_fields(self, sale: Sale, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> None:
@@ -179,7 +179,7 @@ class Planner:
 
 
 def account_write(customer_key: str, customer: Customer, resolution: Resolution, sale_keys: tuple[str, ...], *,
-                  account_id: str, record_type_id: Callable[[], str], enrich_profiles: bool,
+                  account_id: str, record_type_id: Callable[[], str], enrich_profiles: bool, field_map: FieldMap,
                   added: dict[str, Any] | None = None) -> Write | None:
     """The account write a customer's resolution calls for, whether the customer came with a sale or alone
     (customer_feed.py): create the Person Account (with the mapping file's `added` fields), or stamp the key on
@@ -188,11 +188,18 @@ def account_write(customer_key: str, customer: Customer, resolution: Resolution,
     if resolution.create:
         record = mapping.person_account_record(customer, account_id, record_type_id(), {**profile, **(added or {})})
         return Write(CREATE_ACCOUNTS, {k: v for k, v in record.items() if v is not None}, sale_keys, customer_key)
-    known = resolution.account.profile if resolution.account else None
-    fill = {f: v for f, v in profile.items() if not known.get(f)} if enrich_profiles and known is not None else {}
+    fill = _blanks(customer_key, resolution, profile, field_map) if enrich_profiles else {}
     if not (resolution.stamp_key or fill):
         return None
     record = {"attributes": {"type": mapping.ACCOUNT}, "id": resolution.account_id, **fill}
     if resolution.stamp_key:
         record[mapping.CUSTOMER_KEY] = customer_key
     return Write(UPDATE_ACCOUNTS, record, sale_keys, customer_key, tuple(fill))
+
+
+def _blanks(customer_key: str, resolution: Resolution, profile: dict[str, Any], field_map: FieldMap) -> dict[str, Any]:
+    """What enrichment fills on the matched account: its empty fields that the mapping writes."""
+    account = resolution.account
+    if account is None:
+        return {}
+    return {name: profile[name] for name in field_map.enrichable() if name in profile and not account.profile.get(name)}

@@ -35,12 +35,13 @@ class Found:
 
 class Resolver:
     def __init__(self, account_id: str, writer: Writer, *, phone_region: str, person_record_type: str,
-                 enrich_profiles: bool, check_all: bool, kept: int, match_status: bool) -> None:
+                 enriched: tuple[str, ...], check_all: bool, kept: int, match_status: bool) -> None:
         self.account_id = account_id
         self.writer = writer
         self.region = phone_region
         self.person_record_type = person_record_type
-        self.enrich_profiles = enrich_profiles
+        # what the lookups read of an Account: with LSPOS_ENRICH_PROFILES, also the profile fields it may fill
+        self.account_fields = queries.account_fields(enriched)
         self.check_all = check_all  # a dry-run's preview and the roll-ups look up every sale's transaction
         self.match_status = match_status  # the mapping writes Match_Status__c: the lookups read it back
         # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
@@ -136,8 +137,7 @@ class Resolver:
     def look_up_people(self, people: list[tuple[str, str | None, list[str]]],
                        sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
         """`look_up`, for customers already turned into what the lookups match them by (`person`)."""
-        select = queries.ENRICHED_ACCOUNT_FIELDS if self.enrich_profiles else queries.ACCOUNT_FIELDS
-        return self.budget.ask(lambda limit: self._look_up(people, select, sale_keys, limit))
+        return self.budget.ask(lambda limit: self._look_up(people, self.account_fields, sale_keys, limit))
 
     def _look_up(self, people: list[tuple[str, str | None, list[str]]], select: str, sale_keys: list[str],
                  limit: int) -> tuple[Candidates, dict[str, dict]]:

