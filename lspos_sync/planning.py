@@ -198,8 +198,11 @@ def account_write(customer_key: str, customer: Customer, resolution: Resolution,
 
 
 def _blanks(customer_key: str, resolution: Resolution, profile: dict[str, Any], field_map: FieldMap) -> dict[str, Any]:
-    """What enrichment fills on the matched account: its empty fields that the mapping writes."""
+    """What enrichment fills on the matched account: its empty fields that the mapping writes, and only from the
+    customer the account is keyed to, already or by this write. Another client matched to it (a couple sharing a
+    phone) is linked and fills nothing: one customer per account, whose later lookups see what it filled, so no
+    field is filled twice in a run."""
     account = resolution.account
-    if account is None:
+    if account is None or not (resolution.stamp_key or account.customer_key == customer_key):
         return {}
     return {name: profile[name] for name in field_map.enrichable() if name in profile and not account.profile.get(name)}

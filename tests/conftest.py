@@ -118,6 +118,19 @@ def sell(lightspeed, boutique: Boutique, customer_id=None, lines=((1, "120.00"),
     return lightspeed.add_sale(boutique.shop, sale_lines, customer_id=customer_id, payments=payments, **kwargs)
 
 
+def two_clients_sharing_a_home_phone(lightspeed, salesforce) -> tuple[str, int, int]:
+    """One Person Account typed in the CRM with only a home number; two clients at the till (a couple) share it.
+    Both match that one account by phone; the first gets the key (docs/sync-rules.md). The account's Id, Ana's and
+    Bo's customer IDs."""
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "Phone": "415-555-0100"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Home": "415-555-0100"},
+                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
+    bo = lightspeed.add_customer("Bo", "Lima", email="bo@example.com", phones={"Home": "415-555-0100"},
+                                 dob=datetime(1979, 1, 2, 5, tzinfo=timezone.utc))
+    return typed, ana, bo
+
+
 def by_key(records: list[dict], field: str) -> dict[str, dict]:
     return {r[field]: r for r in records}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import edit_by_hand, query_subrequests, sell, soql_of
+from conftest import edit_by_hand, query_subrequests, sell, soql_of, two_clients_sharing_a_home_phone
 from lspos_sync.bulk import remove_leftovers
 from lspos_sync.state import StateStore
 
@@ -451,6 +451,22 @@ def test_a_bulk_backfill_brings_clients_without_a_sale_too(cli, lightspeed, sale
     assert result.code == 0, result.stderr
     keyed = {a["LS_Customer_ID__c"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c")}
     assert f"182255-{lonely}" in keyed and len(keyed) == 2
+
+
+def test_bulk_backfill_enrichment_never_overwrites_a_field_another_client_of_the_round_filled(
+        cli, lightspeed, salesforce, boutique):
+    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
+    sell(lightspeed, boutique, ana)
+    sell(lightspeed, boutique, bo)
+
+    result = cli("backfill", "--from", (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(), "--bulk",
+                 "--json", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    account = salesforce.get("Account", typed)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
+    assert [e["customer_key"] for e in result.json["enriched"]] == [f"182255-{ana}"]
 
 
 def test_round_files_of_a_killed_run_are_removed_and_a_live_run_s_are_kept(tmp_path):

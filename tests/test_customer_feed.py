@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from conftest import by_key, sell
+from conftest import by_key, sell, two_clients_sharing_a_home_phone
 from lspos_sync.emulators.salesforce import Field
 
 FEED = {"LSPOS_SYNC_CUSTOMERS": "true"}
@@ -152,6 +152,19 @@ def test_a_linked_account_with_blanks_is_filled_when_enrichment_is_on(cli, light
     assert result.json["customers"]["fill"] == 1
     account = salesforce.get("Account", account["Id"])
     assert (account["PersonMailingCity"], account["FirstName"]) == ("Paris", "Ana")  # a name is never overwritten
+
+
+def test_customer_feed_enrichment_never_overwrites_a_field_another_client_of_the_batch_filled(
+        cli, lightspeed, salesforce):
+    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
+
+    result = cli("sync", "--json", env=ENRICH)
+
+    assert result.code == 0, result.stderr
+    account = salesforce.get("Account", typed)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
+    assert (result.json["customers"]["stamp"], result.json["customers"]["nothing"]) == (1, 1)  # Bo: linked only
 
 
 def test_an_idle_run_costs_no_salesforce_call(cli, lightspeed, salesforce):

@@ -4,74 +4,11 @@ both emulators."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 from conftest import by_key, sell
-from lspos_sync.emulators.salesforce import Field
 
 FEED = {"LSPOS_SYNC_CUSTOMERS": "true"}
-ENRICH = {"LSPOS_ENRICH_PROFILES": "true"}
-
-
-def person_accounts(salesforce) -> list[dict]:
-    return [a for a in salesforce.records("Account") if a.get("IsPersonAccount")]
-
-
-def two_clients_sharing_a_home_phone(lightspeed, salesforce) -> tuple[str, int, int]:
-    """One Person Account typed in the CRM with only a home number; two clients at the till (a couple) share it.
-    Both match that one account by phone; the first gets the key (contract §4, docs/field-mapping.md)."""
-    rt = salesforce.person_account_record_type_id
-    typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "Phone": "415-555-0100"})
-    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", phones={"Home": "415-555-0100"},
-                                  dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
-    bo = lightspeed.add_customer("Bo", "Lima", email="bo@example.com", phones={"Home": "415-555-0100"},
-                                 dob=datetime(1979, 1, 2, 5, tzinfo=timezone.utc))
-    return typed, ana, bo
-
-
-# -- LSPOS_ENRICH_PROFILES: "fills the empty ... never overwrites" (contract §5)
-
-def test_enrichment_never_overwrites_a_field_another_client_of_the_batch_filled(cli, lightspeed, salesforce, boutique):
-    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
-    sell(lightspeed, boutique, ana)
-    sell(lightspeed, boutique, bo)
-
-    result = cli("sync", "--json", env=ENRICH)
-
-    assert result.code == 0, result.stderr
-    account = salesforce.get("Account", typed)
-    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
-    # Ana's email and birthday filled the blanks; Bo's then overwrote them (observed: bo@example.com, 1979-01-02)
-    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
-
-
-def test_customer_feed_enrichment_never_overwrites_a_field_another_client_of_the_batch_filled(
-        cli, lightspeed, salesforce):
-    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
-
-    result = cli("sync", "--json", env={**FEED, **ENRICH})
-
-    assert result.code == 0, result.stderr
-    account = salesforce.get("Account", typed)
-    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
-    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
-
-
-def test_bulk_backfill_enrichment_never_overwrites_a_field_another_client_of_the_round_filled(
-        cli, lightspeed, salesforce, boutique):
-    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
-    sell(lightspeed, boutique, ana)
-    sell(lightspeed, boutique, bo)
-
-    result = cli("backfill", "--from", (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(), "--bulk",
-                 "--json", env=ENRICH)
-
-    assert result.code == 0, result.stderr
-    account = salesforce.get("Account", typed)
-    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
-    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
 
 
 # -- LSPOS_MAPPING: "false switches it off: it is not written, and its value is left as it is" (docs/mapping.md)

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import by_key, edit_by_hand, query_subrequests, sell, soql_of
+from conftest import by_key, edit_by_hand, query_subrequests, sell, soql_of, two_clients_sharing_a_home_phone
 
 
 def transactions(salesforce) -> dict[str, dict]:
@@ -633,6 +633,38 @@ def test_without_enrichment_a_matched_account_gets_only_its_key(cli, lightspeed,
     assert cli("sync").code == 0
     account = salesforce.get("Account", known)
     assert account["PersonMobilePhone"] is None and account["LS_Customer_ID__c"]
+
+
+def test_enrichment_never_overwrites_a_field_another_client_of_the_batch_filled(cli, lightspeed, salesforce, boutique):
+    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
+    sell(lightspeed, boutique, ana)
+    sell(lightspeed, boutique, bo)
+
+    result = cli("sync", "--json", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    account = salesforce.get("Account", typed)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    # filled from Ana, whose key it now carries; Bo's sale is linked to it, and Bo fills nothing
+    assert (account["PersonEmail"], account["PersonBirthdate"]) == ("ana@example.com", "1981-04-09")
+    assert [(e["customer_key"], e["fields"]) for e in result.json["enriched"]] == \
+        [(f"182255-{ana}", ["PersonEmail", "PersonBirthdate"])]
+    assert {t["Account__c"] for t in salesforce.records("Sales_Transaction__c")} == {typed}
+
+
+def test_enrichment_fills_nothing_from_a_client_matched_to_an_account_keyed_to_another(cli, lightspeed, salesforce,
+                                                                                      boutique):
+    typed, ana, bo = two_clients_sharing_a_home_phone(lightspeed, salesforce)
+    edit_by_hand(salesforce, "Account", typed, {"LS_Customer_ID__c": f"182255-{ana}"})  # Ana's, from an earlier run
+    sell(lightspeed, boutique, bo)
+
+    result = cli("sync", "--json", env={"LSPOS_ENRICH_PROFILES": "true"})
+
+    assert result.code == 0, result.stderr
+    [transaction] = salesforce.records("Sales_Transaction__c")
+    assert (transaction["Match_Status__c"], transaction["Account__c"]) == ("Phone", typed)  # Bo's sale is linked
+    account = salesforce.get("Account", typed)
+    assert (account["PersonEmail"], account["PersonBirthdate"], result.json["enriched"]) == (None, None, [])
 
 
 def test_a_sale_read_twice_in_a_run_is_named_once(cli, lightspeed, salesforce, boutique):
