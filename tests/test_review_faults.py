@@ -1,0 +1,167 @@
+"""Review of fault and drift scenarios (branch review-faults): each test is a scenario the contract covers and in
+which, at the time of writing, the product does something else. They fail on purpose; the product is not fixed
+here. Each docstring says what happens instead and where in the code."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from conftest import sell
+from test_bulk_backfill import TwoOrgs
+
+
+def _transactions(org) -> dict[str, dict]:
+    return {t["LS_Sale_ID__c"]: t for t in org.records("Sales_Transaction__c")}
+
+
+def _accounts(org) -> dict[str, dict]:
+    return {a["Id"]: a for a in org.records("Account")}
+
+
+def test_bulk_round_does_not_link_a_new_customer_to_another_new_account_by_a_phone_it_does_not_hold(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    """Two new customers share a work number. The first gets a Person Account whose `Phone` is its *Home* number
+    (contract §3: PersonMobilePhone = Mobile, Phone = the first Home/Work): the shared work number is on no account.
+
+    Composite path: the second customer's lookup finds nobody with that number, so it gets an account of its own.
+    Bulk path (bulk.py `_against_new_accounts`, the `pending` index filled at bulk.py:345-347 with *every* phone of
+    the customer, `customer_phones`, all useTypes): the second customer is linked `Phone` to the first customer's
+    new account, by a number that account does not hold: the wrong client, and not the composite path's result
+    (contract §4 Bulk API: "the same records, with the same result")."""
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    ida = lightspeed.add_customer("Ida", "Home", phones={"Home": "212 555 0101", "Work": "212 555 0199"})
+    jo = lightspeed.add_customer("Jo", "Office", phones={"Work": "212 555 0199"})  # Ida's colleague
+    first = sell(lightspeed, boutique, ida, at=start)
+    second = sell(lightspeed, boutique, jo, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        for org, path in ((salesforce, "composite"), (other, "bulk")):
+            accounts, written = _accounts(org), _transactions(org)
+            linked = accounts[written[f"182255-{second}"]["Account__c"]]
+            assert accounts[written[f"182255-{first}"]["Account__c"]]["LS_Customer_ID__c"] == f"182255-{ida}"
+            assert (written[f"182255-{second}"]["Match_Status__c"], linked["LS_Customer_ID__c"]) == \
+                ("Created", f"182255-{jo}"), \
+                f"{path}: Jo's sale went to {linked.get('Name')!r} (phones {linked.get('Phone')!r}, " \
+                f"{linked.get('PersonMobilePhone')!r}) as {written[f'182255-{second}']['Match_Status__c']}"
+
+
+def test_a_sale_written_unlinked_because_its_customer_was_not_sent_is_linked_once_lightspeed_sends_it(
+        cli, lightspeed, salesforce, boutique):
+    """A sale whose customer Lightspeed did not send (the Customer relation empty and Customer.json leaving the
+    customer out: a malformed payload, `client._valid`) is written Guest and named incomplete: fine. Once Lightspeed
+    sends the customer again, re-reading the sale (the look-back) and the remedy the docs give for such gaps (
+    failure-modes.md: "edit the sale or run a backfill over its date to write it again") should link it.
+
+    They do not: the content hash (mapping.content_hash over transaction_record + line_records) leaves out the
+    customer and the link, and `Planner.changed` (planning.py:77-81) skips a sale whose hash is unchanged unless its
+    last match was Ambiguous; a backfill's `verify_unchanged` only checks the transaction still exists. The sale
+    stays Guest with no account for good, though its client is known."""
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sale = sell(lightspeed, boutique, ana, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    lightspeed.corrupt_sale(sale, Customer="")  # the relation came back empty
+    lightspeed.edit_customer(ana, firstName=None)  # and Customer.json answers a customer that does not read
+
+    first = cli("sync", "--json")
+    assert first.code == 0, first.stderr
+    assert _transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"] == "Guest"
+    assert [g["sale_key"] for g in first.json["gaps"]] == [f"182255-{sale}"]
+
+    lightspeed.edit_customer(ana, firstName="Ana")  # Lightspeed sends the customer again
+    again = cli("sync", "--json")  # the look-back re-reads the sale
+    assert again.code == 0, again.stderr
+    after_sync = _transactions(salesforce)[f"182255-{sale}"]["Match_Status__c"]
+    backfill = cli("backfill", "--from", (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(), "--json")
+    assert backfill.code == 0, backfill.stderr
+
+    written = _transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"] is not None) == ("Created", True), \
+        f"after the look-back sync: {after_sync}; after a backfill: {written['Match_Status__c']}, " \
+        f"Account__c {written['Account__c']} (sync wrote {again.json['sales']['written']}, " \
+        f"backfill wrote {backfill.json['sales']['written']})"
+
+
+def test_a_parked_sale_written_later_in_the_same_run_is_not_reported_rejected(cli, lightspeed, salesforce, boutique):
+    """A parked sale is retried first (still refused), then met again in the window's pages (the look-back) and
+    written. Salesforce holds it, the state store no longer parks it, yet the run exits 3 and lists it as rejected:
+    `summary.rejected` is a list appended by each attempt (settling.py:314) and never cleared by a later success,
+    and `RunSummary.exit_code` (summary.py:63) is 3 whenever it is not empty. Contract §1: 3 means rejected records
+    "kept locally and retried by later runs"; none is."""
+    sale = sell(lightspeed, boutique)
+    refusals = iter(range(2))  # a record lock or a rule on another object: the first two saves are refused
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(refusals, None) is not None,
+                                   "Busy with another integration")
+    assert cli("sync").code == 3  # parked
+
+    result = cli("sync", "--json")  # retried first (refused again), then written from the pages
+
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+    assert cli("rejects", "list", "--json").json["rejects"] == []
+    assert (result.code, result.json["rejected"]) == (0, []), (result.code, result.json["rejected"])
+
+
+def test_a_line_moved_to_another_sale_is_written_under_it_in_the_run_that_reads_the_move(
+        cli, lightspeed, salesforce, boutique):
+    """A line moved from sale A to sale B (both read again, both changed). In the batch that holds both, B's
+    line upsert (`Sales_Transaction__r` -> B) comes before A's stale-line delete (writing.ORDER: LINES before
+    DELETE_LINES), and the master-detail is not reparentable (docs/data-model.md): B's line is refused with
+    INVALID_FIELD_FOR_INSERT_UPDATE, B is parked (exit 3) and the line, deleted as A's stale line, is in
+    Salesforce under no sale until a later run retries B."""
+    a = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")),
+             at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    b = sell(lightspeed, boutique, lines=((1, "30.00"),), at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    assert cli("sync").code == 0
+    moved = int(lightspeed.sale(a)["SaleLines"]["SaleLine"][1]["saleLineID"])
+    with lightspeed._lock:  # the merchant moves the line to the other ticket
+        line = lightspeed._lines[moved]
+        lightspeed._sales[a].lines.remove(line)
+        line.sale_id = b
+        lightspeed._sales[b].lines.append(line)
+        now = datetime.now(timezone.utc)
+        lightspeed._touch(lightspeed._sales[a], now)
+        lightspeed._touch(lightspeed._sales[b], now)
+
+    result = cli("sync", "--json")
+
+    lines = {r["LS_Sale_Line_ID__c"]: r["Sales_Transaction__c"] for r in salesforce.records("Sales_Line_Item__c")}
+    assert (result.code, lines.get(f"182255-{moved}")) == (0, _transactions(salesforce)[f"182255-{b}"]["Id"]), \
+        (result.code, result.json["rejected"], lines)
+
+
+def test_on_the_timestamp_reading_a_sale_edited_after_a_backfill_window_is_still_written_once(
+        cli, lightspeed, salesforce, boutique):
+    """Where Lightspeed refuses the updatetime filter and sort (the last reading, `timeStamp`, client.py:62), a
+    backfill up to LSPOS_SYNC_START and the syncs from it must still write every sale once; docs/sync-rules.md
+    allows only "edits after completion may then be missed".
+
+    A sale completed before the start and edited after it: the backfill's server filter (timeStamp, pinned at the
+    completion) returns it, but the client-side window check (reading.py:238-240) compares the sale's *update* time
+    with the window and drops it; the sync's window, on timeStamp too, never holds its completion time. Both exit 0
+    and the sale is never written."""
+    now = datetime.now(timezone.utc)
+    start = now - timedelta(hours=1)  # LSPOS_SYNC_START; the history before it goes by backfill
+    sale = sell(lightspeed, boutique, lines=((1, "10.00"),), at=start - timedelta(hours=2))
+    line = int(lightspeed.sale(sale)["SaleLines"]["SaleLine"]["saleLineID"])
+    lightspeed.set_line_quantity(line, 3, at=start + timedelta(minutes=10))  # edited after the start
+
+    def refuse_updatetime() -> None:  # readings 1-3 refused on their first page (each asks for the relations)
+        lightspeed.fail_next(3, status=400, path_suffix="Sale.json", only_with="load_relations",
+                             message="Unsupported sort or filter: updatetime")
+
+    refuse_updatetime()
+    backfill = cli("backfill", "--from", (start - timedelta(days=1)).isoformat(), "--to", start.isoformat(),
+                   "--no-bulk", "--json")
+    refuse_updatetime()
+    sync = cli("sync", "--json", env={"LSPOS_SYNC_START": start.isoformat()})
+
+    assert backfill.code == 0 and sync.code == 0, (backfill.stderr, sync.stderr)
+    assert "timeStamp" in backfill.stderr  # on the last reading
+    assert f"182255-{sale}" in _transactions(salesforce), \
+        f"never written: backfill read {backfill.json['sales']['read']}, wrote {backfill.json['sales']['written']}; " \
+        f"sync read {sync.json['sales']['read']}"
