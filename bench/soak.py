@@ -49,7 +49,7 @@ START = datetime(2026, 11, 2, 7, 0, tzinfo=timezone.utc)  # a Monday morning; th
 QUIET_RUNS = 3  # fault-free runs at the end, before the final checks
 # The faults a run may get (the outage is scheduled apart: once a simulated day, it spans six runs).
 FAULTS = ("kill", "lightspeed_5xx", "lightspeed_drop", "salesforce_5xx", "salesforce_drop",
-          "salesforce_lost_response", "row_lock_storm", "lost_token_refresh")
+          "salesforce_lost_response", "row_lock_storm", "upsert_race", "lost_token_refresh")
 # The exit codes of the contract (§1) each fault may bring, as docs/failure-modes.md describes the tool's answer:
 # 1 when a retry budget runs out (the checkpoint held), 3 when records are parked. A kill is death by SIGKILL, or
 # 0 when the run finished first. Without a fault, 0.
@@ -62,6 +62,7 @@ ALLOWED_EXITS: dict[str | None, set[int]] = {
     "salesforce_drop": {0, 1},
     "salesforce_lost_response": {0, 1, 3},  # 3: a replayed delete of a line already deleted parks its sale once
     "row_lock_storm": {0, 3},
+    "upsert_race": {0},  # the raced upserts go again once and match the other client's records
     "lost_token_refresh": {0},  # the refresh is retried with the old token, which still works
     "salesforce_outage": {1},
 }
@@ -351,6 +352,11 @@ class Soak:
             sobject = rng.choice((None, "Sales_Transaction__c", "Sales_Line_Item__c", "Account"))
             sf.lock_storm(count, sobject)
             return f"{count} collection write(s) of {sobject or 'any object'} refused with UNABLE_TO_LOCK_ROW"
+        if fault == "upsert_race":
+            count = rng.choice((1, 2, 4))
+            sobject = rng.choice((None, "Sales_Transaction__c", "Sales_Line_Item__c", "Account"))
+            sf.upsert_race(count, sobject)
+            return f"{count} upsert(s) of new keys of {sobject or 'any object'} lost a race (DUPLICATE_VALUE)"
         if fault == "lost_token_refresh":
             ls.expire_access_tokens()
             ls.drop_next(1, path_suffix=TOKEN_PATH)

@@ -219,6 +219,45 @@ def test_rows_refused_by_a_lock_storm_are_sent_again_in_the_same_run(cli, lights
     assert [job["numberRecordsFailed"] for job in jobs] == [rows] * refusals + [0]
 
 
+@pytest.mark.parametrize("sobject", ["Account", "Sales_Transaction__c", "Sales_Line_Item__c"])
+def test_rows_that_raced_another_clients_upsert_of_the_same_key_are_sent_again_once(cli, lightspeed, salesforce,
+                                                                                    boutique, sobject):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    customers = [lightspeed.add_customer(name, "Lima", email=f"{name.lower()}@example.com") for name in ("Ana", "Bea")]
+    sales = [sell(lightspeed, boutique, customers[i % 2], lines=((1, "20.00"), (2, "5.50")),
+                  at=start + timedelta(minutes=i)) for i in range(3)]
+    salesforce.upsert_race(2, sobject)
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["rejected"] == [] and result.json["sales"]["written"] == 3
+    accounts = {a["LS_Customer_ID__c"]: a["Id"] for a in salesforce.records("Account")}
+    assert len(accounts) == 2 == len(salesforce.records("Account"))
+    linked = {t["LS_Sale_ID__c"]: t["Account__c"] for t in salesforce.records("Sales_Transaction__c")}
+    assert linked == {f"182255-{sale}": accounts[f"182255-{customers[i % 2]}"] for i, sale in enumerate(sales)}
+    assert len({line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")}) == \
+        len(salesforce.records("Sales_Line_Item__c")) == 6
+    jobs = [job for job in salesforce.bulk.jobs() if job["object"] == sobject]
+    assert [job["numberRecordsFailed"] for job in jobs] == [2, 0]
+
+
+def test_a_row_refused_as_a_duplicate_for_good_is_sent_again_once_then_parked(cli, lightspeed, salesforce,
+                                                                            boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    sale = sell(lightspeed, boutique, at=start)
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: True,
+                                   "duplicate value found: Ticket_Number__c duplicates value on record with id: "
+                                   "a0B000000000001", error_code="DUPLICATE_VALUE")
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert result.code == 3, result.stderr
+    assert [r["sale_key"] for r in result.json["rejected"]] == [f"182255-{sale}"]
+    jobs = [job for job in salesforce.bulk.jobs() if job["object"] == "Sales_Transaction__c"]
+    assert [job["numberRecordsFailed"] for job in jobs] == [1, 1]  # the first job and one more
+
+
 def test_a_lock_storm_outlasting_the_retries_parks_the_sales_and_a_later_run_writes_them(cli, lightspeed,
                                                                                         salesforce, boutique):
     start = datetime.now(timezone.utc) - timedelta(days=1)

@@ -397,6 +397,70 @@ def test_a_refused_updatetime_filter_is_refused_in_both_spellings_and_sorting_on
     assert [int(r["saleID"]) for r in rows] == [made[0], *reversed(made[1:])]
 
 
+# -- an account that spells the update time `updateTime`, as the 2016 tutorial does (which one the live API uses is
+# unconfirmed, §4.6)
+
+def test_spelled_updateTime_every_sale_carries_updateTime_and_none_carries_updatetime(emu, clock):
+    ids = seed_store(emu)
+    emu.updatetime_spelling = "updateTime"
+    made = [emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 1, "unit_price": "5"}],
+                         customer_id=ids["customer"], at=clock.advance(60)) for _ in range(3)]
+    emu.add_line(made[0], {"item_id": ids["item"], "quantity": 1, "unit_price": "5"}, at=clock.advance(60))
+    with client(emu) as http:
+        pages = [http.get("Sale.json", params={"load_relations": ALL, "limit": "2"})]
+        pages.append(http.get(pages[0].json()["@attributes"]["next"]))
+        alone = http.get(f"Sale/{made[0]}.json", params={"load_relations": ALL})
+    listed = pages[0].json()["Sale"] + [pages[1].json()["Sale"]]
+    assert [int(s["saleID"]) for s in listed] == made
+    assert all("updatetime" not in response.text for response in (*pages, alone))
+    assert [s["updateTime"] for s in listed] == ["2026-03-01T09:34:00+00:00", "2026-03-01T09:32:00+00:00",
+                                                 "2026-03-01T09:33:00+00:00"]  # the edit moved the first one's
+    assert alone.json()["Sale"]["updateTime"] == "2026-03-01T09:34:00+00:00" == emu.sale(made[0])["updateTime"]
+    assert "updatetime" not in emu.sale(made[0])
+
+
+def test_spelled_updateTime_the_filter_and_sort_are_on_updateTime_and_updatetime_is_an_unknown_field(emu, clock):
+    ids = seed_store(emu)
+    emu.updatetime_spelling = "updateTime"
+    made = [emu.add_sale(ids["shop"], [], at=T0 + timedelta(minutes=minutes)) for minutes in (0, 10, 20, 30)]
+    emu.add_line(made[0], {"item_id": ids["item"], "quantity": 1, "unit_price": "5"}, at=T0 + timedelta(minutes=40))
+    with client(emu) as http:
+        # from 09:45 UTC in another offset style: compared as text, "...T05:45:00-0400" would take in 09:40 too
+        window = collect(http, "Sale.json", {"updateTime": "><,2026-03-01T05:45:00-0400,2026-03-01T10:10:00Z",
+                                             "sort": "updateTime", "limit": "1"})
+        newest_first = collect(http, "Sale.json", {"sort": "-updateTime", "limit": "3"})
+        refused = [http.get("Sale.json", params=params) for params in (
+            {"updatetime": "><,2026-03-01T09:40:00+00:00,2026-03-01T10:10:00+00:00"}, {"sort": "updatetime"},
+            {"sort": "-updatetime"})]
+        unknown = [http.get("Sale.json", params=params) for params in (
+            {"noSuchField": "><,2026-03-01T09:40:00+00:00,2026-03-01T10:10:00+00:00"}, {"sort": "noSuchField"},
+            {"sort": "-noSuchField"})]
+    assert [int(s["saleID"]) for s in window] == [made[2], made[3], made[0]]
+    assert [int(s["saleID"]) for s in newest_first] == [made[0], made[3], made[2], made[1]]
+    for response, other in zip(refused, unknown):  # the answer any unknown field gets, naming this one
+        assert response.status_code == other.status_code == 400
+        assert response.json() == json.loads(other.text.replace("noSuchField", "updatetime"))
+    assert "Sortable fields: saleID, timeStamp, completeTime, updateTime" in refused[1].json()["message"]
+
+
+def test_spelled_updateTime_the_refused_filter_switch_refuses_updateTime(emu, clock):
+    ids = seed_store(emu)
+    emu.add_sale(ids["shop"], [])
+    emu.updatetime_spelling = "updateTime"
+    emu.reject_updatetime_filter = True
+    with client(emu) as http:
+        filtered = http.get("Sale.json", params={"updateTime": ">,2026-01-01T00:00:00Z"})
+        sorted_ = http.get("Sale.json", params={"sort": "-updateTime"})
+    assert filtered.status_code == 400 and "'updateTime' cannot be used as a search filter" in filtered.text
+    assert sorted_.status_code == 200
+
+
+def test_an_update_time_spelling_not_seen_in_any_source_is_refused(emu):
+    with pytest.raises(ValueError, match="updatetime, updateTime"):
+        emu.updatetime_spelling = "UpdateTime"
+    assert emu.updatetime_spelling == "updatetime"
+
+
 def test_wrong_account_and_unknown_paths_are_404_with_a_lightspeed_error_body(emu):
     with client(emu) as http:
         wrong = http.get(f"{emu.api_url}/Account/999/Sale.json")

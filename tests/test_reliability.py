@@ -92,6 +92,48 @@ def test_lock_contention_is_retried_until_the_rows_are_free(cli, lightspeed, sal
     assert_exactly_once(salesforce, lightspeed, sales)
 
 
+@pytest.mark.parametrize("sobject", ["Account", "Sales_Transaction__c", "Sales_Line_Item__c"])
+def test_an_upsert_that_raced_another_clients_upsert_of_the_same_key_is_sent_again_in_the_run(cli, lightspeed,
+                                                                                             salesforce, boutique,
+                                                                                             sobject):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    bea = lightspeed.add_customer("Bea", "Reis", email="bea@example.com")
+    sales = [sell(lightspeed, boutique, customer) for customer in (ana, bea, ana)]
+    salesforce.upsert_race(2, sobject)  # another client wrote two of the new keys a moment before this run
+    result = cli("sync", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["rejected"] == []
+    assert_exactly_once(salesforce, lightspeed, sales)
+    accounts = {a["LS_Customer_ID__c"]: a["Id"] for a in salesforce.records("Account")}
+    linked = {t["LS_Sale_ID__c"]: t["Account__c"] for t in salesforce.records("Sales_Transaction__c")}
+    assert [linked[f"182255-{sale}"] for sale in sales] == \
+        [accounts[f"182255-{customer}"] for customer in (ana, bea, ana)]
+    records = [rec for sub in _collections(salesforce, sobject) for rec in sub["body"]["records"]]
+    assert len(records) == len({r[_KEYS[sobject]] for r in records}) + 2  # the two raced records went twice
+
+
+def test_an_upsert_refused_as_a_duplicate_for_good_is_sent_again_once_then_parked(cli, lightspeed, salesforce,
+                                                                                 boutique):
+    sale = sell(lightspeed, boutique)
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: True,
+                                   "duplicate value found: Ticket_Number__c duplicates value on record with id: "
+                                   "a0B000000000001", error_code="DUPLICATE_VALUE")
+    result = cli("sync", "--json")
+    assert result.code == 3, result.stderr
+    assert [r["sale_key"] for r in result.json["rejected"]] == [f"182255-{sale}"]
+    assert len(_collections(salesforce, "Sales_Transaction__c")) == 2  # the first sending and one more
+
+
+_KEYS = {"Account": "LS_Customer_ID__c", "Sales_Transaction__c": "LS_Sale_ID__c",
+         "Sales_Line_Item__c": "LS_Sale_Line_ID__c"}
+
+
+def _collections(salesforce, sobject: str) -> list[dict]:
+    """The upsert collections of `sobject` the run sent."""
+    return [sub for r in salesforce.requests if r.path.endswith("/composite") for sub in r.subrequests
+            if sub["method"] == "PATCH" and f"/composite/sobjects/{sobject}/{_KEYS[sobject]}" in sub["url"]]
+
+
 @pytest.mark.parametrize("status", [500, 504])
 def test_heavy_pages_that_fail_are_read_in_smaller_pages(cli, lightspeed, salesforce, boutique, status):
     sales = [sell(lightspeed, boutique) for _ in range(120)]

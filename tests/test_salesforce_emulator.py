@@ -176,6 +176,21 @@ def test_a_key_repeated_in_one_upsert_fails_both_records(client: httpx.Client) -
     assert results[0]["errors"][0]["statusCode"] == "DUPLICATE_VALUE"
 
 
+def test_an_upsert_that_loses_a_race_is_refused_as_a_duplicate_and_matches_the_winner_when_sent_again(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    sf.upsert_race(1, "Sales_Transaction__c")
+    body = {"allOrNone": True, "records": [_sale("1-1", Total__c=10), _sale("1-2", Total__c=3)]}
+    lost, rolled_back = client.patch(UPSERT_SALES, json=body).json()
+    [winner] = sf.records("Sales_Transaction__c")  # the other client's commit outlives this request's rollback
+    assert lost == {"success": False, "errors": [{
+        "statusCode": "DUPLICATE_VALUE", "fields": [],
+        "message": f"duplicate value found: LS_Sale_ID__c duplicates value on record with id: {winner['Id']}"}]}
+    assert rolled_back["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    again = client.patch(UPSERT_SALES, json=body).json()
+    assert [(r["success"], r["created"]) for r in again] == [(True, False), (True, True)]
+    assert again[0]["id"] == winner["Id"] and len(sf.records("Sales_Transaction__c")) == 2
+
+
 def test_restricted_picklist_and_unknown_field(sf: SalesforceEmulator, client: httpx.Client) -> None:
     [result] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Match_Status__c="Maybe")]}).json()
     assert result["errors"][0]["statusCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"

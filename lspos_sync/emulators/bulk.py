@@ -337,6 +337,8 @@ class BulkIngest:
                 raise RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", [job.external_id or ""])
             existing_id = org._unique[(sobject, job.external_id or "")].get(key.casefold())
             existing = org._rows[sobject][existing_id] if existing_id else None
+            if existing is None:
+                org._lose_race(sobject, job.external_id or "", values)
             return _Outcome(org._save(sobject, values, existing), created=existing is None)
         except RecordError as error:
             return _Outcome(record_id if _normalize_id(record_id) else "", error=_sf_error(error.errors))

@@ -9,10 +9,15 @@ takes the PESSIMISTIC reading, so clients are tested against the worst case:
 * a refund is a new sale and leaves every timestamp of the original alone (§9);
 * filtering on `updatetime` works, but `reject_updatetime_filter = True` turns it into a 400 (§2); sorting
   on it, ascending or descending (`sort=-updatetime`, §2 [S9]), works either way;
+* whether the live API spells the Sale's last update `updatetime` (the Sale reference) or `updateTime` (the 2016
+  tutorial) is unconfirmed (§4.6), so the emulator speaks either: `updatetime` by default, and with
+  `updatetime_spelling = "updateTime"` the other throughout, in every Sale it returns and as the field it filters
+  and sorts on (`updateTime=><,a,b`, `sort=-updateTime`); the spelling not in use is then an unknown field;
 * a customer's Contact edits (email, phones, address) move only the Contact's `timeStamp`, not the Customer's
   (§5: whether they move the Customer's is not documented); a loaded relation is searchable one level deep,
   e.g. `Customer.json?Contact.timeStamp=...&load_relations=["Contact"]`, and not without loading it (§2);
-* an unknown query parameter (e.g. `updateTime` in the tutorial's casing, §4.6) is a 400, not ignored;
+* an unknown query parameter (e.g. the spelling of the update time the account does not use, §4.6) is a 400,
+  not ignored;
 * a `+` in a timestamp filter not sent as `%2B` decodes as a space and is a 400 (§2);
 * a full last page still carries a `next` URL, whose page is empty and has no `Sale` key (§3);
 * `drop_next` drops the response AFTER the request took effect, as when a response is lost on the wire;
@@ -38,7 +43,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from email.utils import formatdate
@@ -51,7 +56,9 @@ from lspos_sync.emulators.http import DropConnection, EmulatorServer, Request, R
 TOKEN_PATH = "/auth/oauth/token"
 _ROUTE = re.compile(
     r"/API/V3/Account(?:/(?P<acct>[^/]+?)(?:/(?P<kind>[A-Za-z]+)(?:/(?P<id>[^/]+?))?)?)?(?P<ext>\.json)?")
-_TIME_FIELDS = frozenset({"timeStamp", "updatetime", "completeTime", "createTime"})
+# §4.6: the Sale reference's spelling, then the 2016 tutorial's (`LightspeedAccount.updatetime_spelling`)
+_UPDATETIME_SPELLINGS = ("updatetime", "updateTime")
+_TIME_FIELDS = frozenset({"timeStamp", *_UPDATETIME_SPELLINGS, "completeTime", "createTime"})
 _CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived", "count"})
 COUNT_COST = 10  # §2: `count=1` costs 10 drips
 _OPS = frozenset({">", ">=", "<", "<=", "!=", "><", "IN", "~", "!~", "="})
@@ -87,6 +94,11 @@ _KINDS = {
     "SaleVoid": _Kind("saleVoidID", frozenset({"saleVoidID", "saleID", "createTime", "shopID", "employeeID"}),
                       ("saleVoidID",)),
 }
+# The Sale entity as an account that spells its last update one way or the other names its fields.
+_SALE_KINDS = {spelling: replace(
+    _KINDS["Sale"], filterable=frozenset(spelling if f == "updatetime" else f for f in _KINDS["Sale"].filterable),
+    sortable=tuple(spelling if f == "updatetime" else f for f in _KINDS["Sale"].sortable))
+    for spelling in _UPDATETIME_SPELLINGS}
 # A loaded relation's own fields can be searched, one level deep (§2 [S4]): `Contact.timeStamp=><,...`.
 _RELATION_FIELD = re.compile(r"(?P<relation>[A-Za-z]+)\.(?P<field>[A-Za-z]+)")
 _COMPARE = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
@@ -261,7 +273,8 @@ class LightspeedAccount:
         # The scopes the app was authorised with (docs/setup.md asks for these three); each access token carries
         # those of its grant, and SaleVoid needs employee:admin_void_sale (fact sheet, endpoint table).
         self.scopes = "employee:register_read employee:customers_read employee:admin_void_sale"
-        self.reject_updatetime_filter = False
+        self.reject_updatetime_filter = False  # a 400 for a filter on the update time, in this account's spelling
+        self.updatetime_spelling = "updatetime"
         # Faults and hooks for tests: Sale pages larger than this fail with `heavy_page_status` (§2: relations "can
         # cause 500s or timeouts"; §4.8 lists 500, 502 and 503 among the codes used, not 504); a callback after
         # each request.
@@ -288,6 +301,23 @@ class LightspeedAccount:
         self._lines: dict[int, _Line] = {}
 
     # ------------------------------------------------------------------ configuration
+    @property
+    def updatetime_spelling(self) -> str:
+        """How this account spells the Sale's last update, in the Sales it returns and as a filter or sort field:
+        `updatetime` (the Sale reference) or `updateTime` (the 2016 tutorial). Which one the live API uses is
+        unconfirmed (§4.6); the other spelling is answered as any unknown field is (400)."""
+        return self._updatetime_spelling
+
+    @updatetime_spelling.setter
+    def updatetime_spelling(self, spelling: str) -> None:
+        if spelling not in _UPDATETIME_SPELLINGS:
+            raise ValueError(f"updatetime_spelling is one of {', '.join(_UPDATETIME_SPELLINGS)}, not {spelling!r}")
+        self._updatetime_spelling = spelling
+
+    def _kind(self, name: str) -> _Kind | None:
+        """An entity's fields as this account names them."""
+        return _SALE_KINDS[self._updatetime_spelling] if name == "Sale" else _KINDS.get(name)
+
     @property
     def api_url(self) -> str:
         return f"{self._cloud._base_url}/API/V3"
@@ -724,7 +754,7 @@ class LightspeedAccount:
             return Response(403, _error_body(403, "Not Authorized: Insufficient rights to perform the request",
                                              "InsufficientRightsException"))
         match = _ROUTE.fullmatch(request.path)
-        kind = _KINDS.get(match["kind"]) if match and match["kind"] else None
+        kind = self._kind(match["kind"]) if match and match["kind"] else None
         if match and match["kind"] == "SaleVoid" and not {"employee:admin_void_sale", "employee:all"} & set(
                 self._access[token].scope.split()):
             # the errors page [S7]: 403 for a token accepted but lacking access (its wording here is the emulator's)
@@ -935,10 +965,10 @@ class LightspeedAccount:
             inner = relation["field"]
             test = self._filter_value(inner, raw)
             return lambda row: test((row.get(relation["relation"]) or {}).get(inner))
-        if field_name not in _KINDS[name].filterable:
+        if field_name not in self._kind(name).filterable:
             raise _ApiError(400, f"Invalid query parameter '{field_name}' for {name}")
-        if name == "Sale" and field_name == "updatetime" and self.reject_updatetime_filter:
-            raise _ApiError(400, "Field 'updatetime' cannot be used as a search filter")
+        if name == "Sale" and field_name == self._updatetime_spelling and self.reject_updatetime_filter:
+            raise _ApiError(400, f"Field '{field_name}' cannot be used as a search filter")
         test = self._filter_value(field_name, raw)
         return lambda row: test(row.get(field_name))
 
@@ -991,7 +1021,7 @@ class LightspeedAccount:
             "saleID": str(sale.id), "timeStamp": _ts(sale.stamp), "discountPercent": "0",
             "completed": _bool(sale.completed_at is not None), "archived": "false", "voided": _bool(sale.voided),
             "enablePromotions": "true", "isTaxInclusive": "false", "createTime": _ts(sale.created),
-            "updatetime": _ts(sale.updated),  # §4.6: the Sale reference's spelling
+            self._updatetime_spelling: _ts(sale.updated),  # §4.6: the Sale reference's spelling, or the tutorial's
         }
         if sale.completed_at is not None:  # open sales carry no completeTime (docs sample 302)
             row["completeTime"] = _ts(sale.completed_at)

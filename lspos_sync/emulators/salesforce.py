@@ -288,6 +288,7 @@ class SalesforceEmulator:
         self._faults: list[_Fault] = []
         self._outage_until: dt.datetime | None = None
         self._lock_storms: list[list] = []  # [remaining, sobject or None]
+        self._races: list[list] = []  # [remaining, sobject or None]
         self._rules: list[tuple[str, Callable[[dict], bool], str, str]] = []
         self._cursors: dict[str, list[dict]] = {}
         self._ids = itertools.count(1)
@@ -519,6 +520,7 @@ class SalesforceEmulator:
         self._faults.clear()
         self._outage_until = None
         self._lock_storms.clear()
+        self._races.clear()
 
     @property
     def lock_storm_left(self) -> int:
@@ -538,6 +540,15 @@ class SalesforceEmulator:
         cannot be locked (fact sheet §4)."""
         with self._lock:
             self._lock_storms.append([count, sobject])
+
+    def upsert_race(self, count: int, sobject: str | None = None) -> None:
+        """Another client upserts the same new keys at the same moment (a second run on another state store, an
+        integration of its own): the next `count` upserts by external ID of a key the org does not hold yet, of
+        `sobject` or of any object, lose the race. The other client's record is saved, with the same values and
+        not undone by this request's rollback, and this upsert is refused DUPLICATE_VALUE, as public reports of
+        concurrent upserts describe (fact sheet §4 [S42]); the same upsert sent again matches that record."""
+        with self._lock:
+            self._races.append([count, sobject])
 
     def drop_next(self, count: int = 1, path_contains: str = "/composite", after_commit: bool = True,
                   body_contains: str = "") -> None:
@@ -996,6 +1007,8 @@ class SalesforceEmulator:
             # External ID fields are Unique, so a key matches at most one record (no DUPLICATE_EXTERNAL_ID here).
             existing_id = self._unique[(sobject, ext.name)].get(key.casefold())
             existing = self._rows[sobject][existing_id] if existing_id else None
+            if existing is None:
+                self._lose_race(sobject, ext.name, values)
             return {"id": self._save(sobject, values, existing), "success": True, "errors": [],
                     "created": existing is None}
 
@@ -1301,6 +1314,19 @@ class SalesforceEmulator:
         self._set_live("RecordType", record_id, row)
         self._undo.clear()
         return record_id
+
+    def _lose_race(self, sobject: str, field_name: str, values: dict[str, Any]) -> None:
+        """When a race is armed for `sobject`: the other client's upsert of the same new key commits first (its
+        own transaction: kept whatever this request does), and this one is refused."""
+        race = next((r for r in self._races if r[0] > 0 and r[1] in (None, sobject)), None)
+        if race is None:
+            return
+        race[0] -= 1
+        mark = len(self._undo)
+        winner = self._save(sobject, dict(values), None)
+        del self._undo[mark:]
+        raise RecordError("DUPLICATE_VALUE", f"duplicate value found: {field_name} duplicates value on record with "
+                          f"id: {winner}")
 
     def _take_lock_storm(self, sobjects: set[str]) -> bool:
         for storm in self._lock_storms:

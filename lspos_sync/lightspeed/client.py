@@ -47,7 +47,10 @@ class SaleReading:
 
     filtered_on: str | None  # the field the window is filtered on; None: no filter, stop once past the window
     sort: str
-    warning: str = ""  # what the run logs once, when it settles on this reading
+    note: str = ""  # what the run logs once, when it settles on this reading
+    # Whether the reading may miss a sale's changes: only then is settling on it a warning. The others miss
+    # nothing, and an API that always refuses the first would otherwise have every cron run warn.
+    lossy: bool = False
 
 
 # Best first; a run moves down the list for each one Lightspeed refuses (fact sheet §2, §4.6, §9).
@@ -59,8 +62,10 @@ _READINGS = (
     # reading the sales changed since the window's end too.
     SaleReading(None, "-updatetime", "reading the sales newest change first (sort=-updatetime) without a filter, "
                 "down to the window's start"),
+    SaleReading(None, "-updateTime", "reading the sales newest change first (sort=-updateTime) without a filter, "
+                "down to the window's start"),
     SaleReading("timeStamp", "timeStamp",
-                "falling back to timeStamp, which may not move when a completed sale is edited"),
+                "falling back to timeStamp, which may not move when a completed sale is edited", lossy=True),
 )
 
 
@@ -238,11 +243,13 @@ class LightspeedClient:
         self._reading += 1
 
     def _settled(self) -> None:
-        """Says once which reading the run uses, when it is not the first."""
+        """Says once which reading the run uses, when it is not the first: a warning only for one that may miss
+        changes."""
         if self._reading and not self._warned:
             self._warned = True
-            log.warning("Lightspeed refused filtering on updatetime (%s); %s", self._refusal,
-                        _READINGS[self._reading].warning)
+            reading = _READINGS[self._reading]
+            log.log(logging.WARNING if reading.lossy else logging.INFO,
+                    "Lightspeed refused filtering on updatetime (%s); %s", self._refusal, reading.note)
 
     def count_sales(self, since: datetime, until: datetime) -> int:
         """How many completed sales `sales(since, until)` would read: one request (`count=1`, 10 drips), which

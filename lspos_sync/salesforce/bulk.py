@@ -21,7 +21,7 @@ from pydantic_core import from_json, to_json
 
 from lspos_sync.errors import RunFailed
 from lspos_sync.retry import pause
-from lspos_sync.salesforce.writer import TRANSIENT_CODES
+from lspos_sync.salesforce.writer import RACED, TRANSIENT_CODES
 
 if TYPE_CHECKING:
     from simple_salesforce.bulk2 import _Bulk2Client
@@ -303,7 +303,8 @@ class BulkWriter:
     Queries go straight to the REST API: nothing a round holds is read before it is flushed.
 
     Rows refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same records, a
-    busy server) go again in a new job of the same object and operation, after a growing pause, up to 4 times,
+    busy server) go again in a new job of the same object and operation, after a growing pause, up to 4 times
+    (an upsert refused DUPLICATE_VALUE, which raced another client's upsert of the same new key, once),
     as the composite writer sends its records again; only then is a kind done and the next sent, so a
     line never meets a transaction refused for a passing reason, only one still refused after the retries."""
 
@@ -372,7 +373,8 @@ class BulkWriter:
                     for row in self._jobs.failed_rows(job):
                         error = row.pop("sf__Error", "")
                         row.pop("sf__Id", None)
-                        if again is not None and _transient(error):
+                        if again is not None and (_transient(error) or (attempt == 0 and kind in external
+                                                                         and _raced(error))):
                             again.add(row)
                         else:
                             self._on_failed(kind, row.get(keyed_by[kind], ""), _sf_error(error))
@@ -422,3 +424,8 @@ def _transient(text: str) -> bool:
 # The object of each kind of write (in the contract's names).
 _OBJECTS = {"create_accounts": "Account", "update_accounts": "Account", "transactions": "Sales_Transaction__c",
             "lines": "Sales_Line_Item__c"}
+
+
+def _raced(text: str) -> bool:
+    """Whether an `sf__Error` says an upsert raced another (DUPLICATE_VALUE)."""
+    return any(code == RACED for code, _, _ in _SF_ERROR.findall(text))

@@ -26,6 +26,9 @@ HOLD = MAX_COLLECTIONS - 1
 # Codes that mean "not now" rather than "no" (fact sheet §4).
 TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
                              "QUERY_TIMEOUT", "INSERT_UPDATE_DELETE_NOT_ALLOWED_DURING_MAINTENANCE"})
+# An upsert refused with this code most likely raced another client's upsert of the same new key (fact sheet
+# §4): sent once more it matches that record. Once only: a value duplicated for good stays a refusal.
+RACED = "DUPLICATE_VALUE"
 _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANSACTION, SALE_KEY),
                   LINES: (LINE, LINE_KEY)}
 _OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
@@ -56,7 +59,8 @@ class CompositeWriter:  # a Writer
 
     Records refused for a passing reason (UNABLE_TO_LOCK_ROW while another integration holds the same
     accounts, a busy server) are sent again, with what depends on them, after a growing pause and before
-    anything else; every write is an upsert, update or delete by key, so sending it twice is harmless.
+    anything else; every write is an upsert, update or delete by key, so sending it twice is harmless. An upsert
+    refused DUPLICATE_VALUE (a race with another client upserting the same new key) goes again once.
 
     The full requests `write` sends go out from a thread of the writer's own (`_Sender`), one at a time and in
     order, so that the run maps and hashes its next batch while Salesforce works on this one. Everything else
@@ -119,7 +123,7 @@ class CompositeWriter:  # a Writer
               asked: list[tuple[int, str, bool]]) -> list[_Answer]:
         """One request; then what Salesforce refused for a passing reason, again, with the queries behind it
         again so that they see it too."""
-        answers = self._exchange(collections, asked)
+        answers = self._exchange(collections, asked, first=True)
         for attempt in range(self._retries):
             retry_sales = {key for _, batch in collections for w in batch if w.transient for key in w.sale_keys}
             if not retry_sales:
@@ -131,7 +135,7 @@ class CompositeWriter:  # a Writer
             delay = pause(attempt, base=self._pause)
             log.info("Salesforce refused %d record(s) for a passing reason; retrying in %.1f s", len(again), delay)
             time.sleep(delay)
-            answers = self._exchange(chunks(again), asked)
+            answers = self._exchange(chunks(again), asked, first=False)
         # Answered only now, retries done: the run settles a sale as soon as all its writes are answered,
         # maybe while this runs on the sending thread.
         for _, batch in collections:
@@ -140,14 +144,16 @@ class CompositeWriter:  # a Writer
         return answers
 
     def _exchange(self, collections: list[tuple[str, list[Write]]],
-                  asked: list[tuple[int, str, bool]]) -> list[_Answer]:
+                  asked: list[tuple[int, str, bool]], first: bool) -> list[_Answer]:
+        """One request: the collections' results set on their writes, and the queries' answers. `first`: the
+        collections' first sending, after which an upsert that raced is sent again."""
         if collections:
             self._client.ensure_allowance()
         subrequests = [self._subrequest(kind, batch, f"{kind}_{i}") for i, (kind, batch) in enumerate(collections)]
         reading = [self._client.query_request(soql, f"q{i}") for i, soql, _ in asked]
         responses = {r.get("referenceId"): r for r in self._client.composite(subrequests + [r for r, _ in reading])}
         for i, (kind, batch) in enumerate(collections):
-            self._read(responses.get(f"{kind}_{i}"), batch)
+            self._read(responses.get(f"{kind}_{i}"), batch, first and kind in _UPSERT_TARGET)
             accepted = sum(1 for write in batch if not write.error)  # what Salesforce holds, not what was sent
             self.stats.records[kind] = self.stats.records.get(kind, 0) + accepted
         answers: list[_Answer] = []
@@ -174,7 +180,7 @@ class CompositeWriter:  # a Writer
                 "body": {"allOrNone": False, "records": records}}
 
     @staticmethod
-    def _read(response: dict[str, Any] | None, batch: list[Write]) -> None:
+    def _read(response: dict[str, Any] | None, batch: list[Write], race_again: bool) -> None:
         if response is None:
             for write in batch:
                 write.error = "NO_RESULT: Salesforce returned no result for this subrequest"
@@ -194,8 +200,9 @@ class CompositeWriter:  # a Writer
                 write.created = result.get("created")
                 write.record = None
             else:
+                codes = _codes(result.get("errors"))
                 write.error = _errors(result.get("errors")) or "rejected without a reason"
-                write.transient = _transient(result.get("errors"))
+                write.transient = bool(codes & TRANSIENT_CODES) or (race_again and RACED in codes)
 
 
 class _Sender:
