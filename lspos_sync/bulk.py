@@ -459,10 +459,10 @@ class BulkBackfill:
             if reasons:
                 reason = "; ".join(dict.fromkeys(reasons))
                 rejected[sale_key] = (sale_id, reason)
-                summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+                summary.parked(sale_key, sale_id, reason)
             else:
                 written[sale_key] = (digest, status if customer_key and customer_found and status else GUEST)
-                summary.written += 1
+                summary.wrote(sale_key)
             if len(written) + len(rejected) >= _OUTCOMES:
                 self.store.record_outcomes(self.account_id, written, rejected)
                 written.clear()
@@ -503,7 +503,7 @@ class BulkBackfill:
     def _park(self, sale_id: int, reason: str, summary: RunSummary) -> None:
         """A sale Lightspeed sent malformed: parked, to be read again by later runs (as the settler parks it)."""
         sale_key = mapping.key(self.account_id, sale_id)
-        summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+        summary.parked(sale_key, sale_id, reason)
         self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
 

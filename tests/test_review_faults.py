@@ -87,25 +87,6 @@ def test_a_sale_written_unlinked_because_its_customer_was_not_sent_is_linked_onc
         f"backfill wrote {backfill.json['sales']['written']})"
 
 
-def test_a_parked_sale_written_later_in_the_same_run_is_not_reported_rejected(cli, lightspeed, salesforce, boutique):
-    """A parked sale is retried first (still refused), then met again in the window's pages (the look-back) and
-    written. Salesforce holds it, the state store no longer parks it, yet the run exits 3 and lists it as rejected:
-    `summary.rejected` is a list appended by each attempt (settling.py:314) and never cleared by a later success,
-    and `RunSummary.exit_code` (summary.py:63) is 3 whenever it is not empty. Contract §1: 3 means rejected records
-    "kept locally and retried by later runs"; none is."""
-    sale = sell(lightspeed, boutique)
-    refusals = iter(range(2))  # a record lock or a rule on another object: the first two saves are refused
-    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(refusals, None) is not None,
-                                   "Busy with another integration")
-    assert cli("sync").code == 3  # parked
-
-    result = cli("sync", "--json")  # retried first (refused again), then written from the pages
-
-    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
-    assert cli("rejects", "list", "--json").json["rejects"] == []
-    assert (result.code, result.json["rejected"]) == (0, []), (result.code, result.json["rejected"])
-
-
 def test_a_line_moved_to_another_sale_is_written_under_it_in_the_run_that_reads_the_move(
         cli, lightspeed, salesforce, boutique):
     """A line moved from sale A to sale B (both read again, both changed). In the batch that holds both, B's
