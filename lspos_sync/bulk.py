@@ -150,7 +150,7 @@ class BulkBackfill:
             with closing(self.reader.window_pages(window, ahead=BATCH_SALES)) as pages:
                 for batch in batches(self.reader.sales(pages, summary, window), BATCH_SALES):
                     for sale in batch:
-                        moment = sale.last_update
+                        moment = self.reader.place(sale)
                         if moment is not None:
                             in_order = in_order and (latest is None or moment >= latest)
                             latest = max(latest, moment) if latest else moment

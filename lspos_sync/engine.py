@@ -109,7 +109,7 @@ class Engine:
             batch = batch[:limit - done] if limit is not None else batch
             if batch:
                 for sale in batch:
-                    moment = sale.last_update
+                    moment = self.reader.place(sale)
                     if moment is not None:
                         in_order = in_order and (latest is None or moment >= latest)
                         latest = max(latest, moment) if latest else moment

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from lspos_sync import mapping, rollups
-from lspos_sync.customers import AMBIGUOUS, CREATED, Resolution, hand_link
+from lspos_sync.customers import AMBIGUOUS, CREATED, GUEST, Resolution, hand_link
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.reading import Reader
 from lspos_sync.resolving import Built, Found, Resolver
@@ -64,8 +64,10 @@ class Planner:
         return built
 
     def changed(self, sales: list[Sale], built: Built, summary: RunSummary) -> tuple[list[Sale], dict[str, tuple[str, str]]]:
-        """The sales to write (those whose hash differs from their last write), and what the state store knows
-        of the batch's sales: (hash, match status) by sale key."""
+        """The sales to write, and what the state store knows of the batch's sales: (hash, match status) by sale
+        key. A sale is written when its hash differs from its last write, and whatever the hash when that write
+        left its client undecided: Ambiguous, or Guest though the sale names a customer (Lightspeed did not send
+        the customer then). The hash covers what the sale writes, not the link, which depends on the CRM too."""
         known = self.store.written([t[mapping.SALE_KEY] for t, _, _ in built.values()])
         if self.verify_unchanged and known:
             # backfill repairs: a sale counts as unchanged only while Salesforce still has it
@@ -75,7 +77,8 @@ class Planner:
         for sale in sales:
             transaction, lines, digest = built[sale.sale_id]
             previous = known.get(transaction[mapping.SALE_KEY])
-            if previous and previous[0] == digest and previous[1] != AMBIGUOUS:
+            if previous and previous[0] == digest and previous[1] != AMBIGUOUS and not (
+                    previous[1] == GUEST and sale.customer_id is not None):
                 summary.unchanged += 1
                 if self.dry_run:  # the per-sale preview; a real run keeps no per-sale list, so memory stays flat
                     summary.plans.append(self._sale_plan(sale, transaction, lines, previous[1], None, "", "unchanged"))

@@ -15,6 +15,8 @@ from lspos_sync.lightspeed.wire import InvalidPayload, RawSale
 from lspos_sync.summary import RunSummary, Window
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from lspos_sync.lightspeed.models import Category, Sale, Shop
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ class Reader:
         """Whether the window's pages come oldest change first: settled before the first of them comes."""
         return self.lightspeed.oldest_first
 
+    def place(self, sale: Sale) -> datetime | None:
+        """Where a sale lies in the window as it is read: its last update; on the reading that filters on
+        `timeStamp`, its `timeStamp`. A sale edited after the window keeps a `timeStamp` inside it there, and no
+        later window on `timeStamp` would hold it."""
+        return sale.time_stamp if self.lightspeed.on_time_stamp else sale.last_update
+
     def voided(self, window: Window) -> list[int]:
         return self.lightspeed.voided_sale_ids(window.since, window.until)
 
@@ -70,9 +78,10 @@ class Reader:
                 if not sale.completed:
                     summary.skipped_open += 1  # written once it completes: completion moves its update time
                     continue
-                moment = sale.last_update
-                if window is not None and moment is not None and not window.since <= moment <= window.until:
-                    continue  # outside the window, whatever the server's filter did
+                if window is not None:
+                    moment = self.place(sale)
+                    if moment is not None and not window.since <= moment <= window.until:
+                        continue  # outside the window, whatever the server's filter did
                 if self.field_map.needs_raw:
                     self._payloads[sale.sale_id] = payload
                 yield sale

@@ -190,6 +190,11 @@ class LightspeedClient:
 
     # -- reading
     @property
+    def on_time_stamp(self) -> bool:
+        """Whether the window is filtered on `timeStamp` (the last reading), not on the update time."""
+        return _READINGS[self._reading].filtered_on == "timeStamp"
+
+    @property
     def oldest_first(self) -> bool:
         """Whether the window's pages come oldest change first (the reading in use; settled by the first page)."""
         return not _READINGS[self._reading].sort.startswith("-")
