@@ -298,7 +298,7 @@ class BulkBackfill:
 
         As on the composite path, the first customer to match an unkeyed account gets it keyed (claims it); the
         others are linked only. A customer matching no account but one created earlier in the round (same email,
-        or phone) is linked to that one, as the composite path finds it by lookup in a later batch."""
+        or a phone it holds) is linked to that one, as the composite path finds it by lookup in a later batch."""
         db = current.db
         resolution = resolve(customer, customer_key, candidates, self.region)
         account_ref = None
@@ -313,7 +313,9 @@ class BulkBackfill:
         db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
                    (customer_key, resolution.status, resolution.account_id, account_ref, resolution.reason,
                     to_json(list(resolution.candidates))))
-        self._account_write(db, writer, customer_key, customer, resolution, added)
+        write = self._account_write(db, writer, customer_key, customer, resolution, added)
+        if write is not None and write.kind == CREATE_ACCOUNTS:
+            self._hold(db, customer_key, write.record)
 
     def _against_new_accounts(self, db: sqlite3.Connection, customer_key: str, customer: Customer,
                               resolution: Resolution) -> tuple[Resolution, str | None]:
@@ -342,24 +344,34 @@ class BulkBackfill:
         if len(by_phone) > 1:
             return Resolution(AMBIGUOUS, reason=f"{len(by_phone)} accounts share the customer's phone",
                               candidates=tuple(by_phone)), None
-        db.executemany("INSERT INTO pending VALUES (?, ?, ?)",
-                       ([("email", email, customer_key)] if email else []) +
-                       [("phone", phone, customer_key) for phone in phones])
         return resolution, None
 
+    def _hold(self, db: sqlite3.Connection, customer_key: str, record: dict[str, Any]) -> None:
+        """An account created in the round, indexed by what the record holds, read as a lookup reads the account
+        once in Salesforce (its email, and its phones as E.164): a later customer of the round matches it exactly
+        when the composite path's lookup would find it. Not by every phone of the customer: `Phone` holds only the
+        first Home or Work number."""
+        names = self.field_map
+        held = queries.person_account({"Id": customer_key, **names.incoming(mapping.ACCOUNT, names.outgoing(
+            mapping.ACCOUNT, record))}, self.region)
+        db.executemany("INSERT INTO pending VALUES (?, ?, ?)",
+                       ([("email", held.email, customer_key)] if held.email else []) +
+                       [("phone", phone, customer_key) for phone in held.phones])
+
     def _account_write(self, db: sqlite3.Connection, writer: BulkWriter, customer_key: str, customer: Customer,
-                       resolution: Resolution, added: bytes | None) -> None:
+                       resolution: Resolution, added: bytes | None) -> Write | None:
         """The planner's account write for the customer (create it, or stamp the key and fill empty fields), to
         the writer; which sales depend on it is in the round's file."""
         write = account_write(customer_key, customer, resolution, (), account_id=self.account_id,
                               record_type_id=self.resolver.person_record_type_id, enrich_profiles=self.enrich_profiles,
                               field_map=self.field_map, added=from_json(added) if added else None)
         if write is None:
-            return
+            return None
         writer.write([write])
         key = customer_key if write.kind == CREATE_ACCOUNTS else resolution.account_id
         db.execute("INSERT INTO account_writes VALUES (?, ?, ?, ?)",
                    (write.kind, key, customer_key, to_json(list(write.filled)) if write.filled else None))
+        return write
 
     def _hand_over(self, current: _Round, writer: BulkWriter, summary: RunSummary) -> None:
         """The round's sales planned by the Planner, as on the composite path, a batch at a time, with their
@@ -459,10 +471,10 @@ class BulkBackfill:
             if reasons:
                 reason = "; ".join(dict.fromkeys(reasons))
                 rejected[sale_key] = (sale_id, reason)
-                summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+                summary.parked(sale_key, sale_id, reason)
             else:
                 written[sale_key] = (digest, status if customer_key and customer_found and status else GUEST)
-                summary.written += 1
+                summary.wrote(sale_key)
             if len(written) + len(rejected) >= _OUTCOMES:
                 self.store.record_outcomes(self.account_id, written, rejected)
                 written.clear()
@@ -503,7 +515,7 @@ class BulkBackfill:
     def _park(self, sale_id: int, reason: str, summary: RunSummary) -> None:
         """A sale Lightspeed sent malformed: parked, to be read again by later runs (as the settler parks it)."""
         sale_key = mapping.key(self.account_id, sale_id)
-        summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+        summary.parked(sale_key, sale_id, reason)
         self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
 

@@ -49,7 +49,7 @@ class Settler:
     def park(self, sale_id: int, reason: str, summary: RunSummary) -> None:
         """A sale that is not written (Lightspeed sent it malformed): parked, to be read again by later runs."""
         sale_key = mapping.key(self.account_id, sale_id)
-        summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+        summary.parked(sale_key, sale_id, reason)
         if not self.dry_run:
             self.store.record_outcomes(self.account_id, {}, {sale_key: (sale_id, reason)})
 
@@ -116,10 +116,10 @@ class Settler:
                 reason = _dedupe(errors[sale_key])
                 sale_plan.action, sale_plan.error = "rejected", reason
                 rejected[sale_key] = (sale_id, reason)
-                summary.rejected.append({"sale_key": sale_key, "sale_id": sale_id, "reason": reason})
+                summary.parked(sale_key, sale_id, reason)
             else:
                 written[sale_key] = (digest, sale_plan.match)
-                summary.written += 1
+                summary.wrote(sale_key)
             if self.dry_run:
                 summary.plans.append(sale_plan)
         if not self.dry_run and plan.sales:

@@ -47,7 +47,9 @@ class RunSummary:
     unchanged: int = 0
     skipped_open: int = 0
     records: dict[str, int] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
+    # by sale key, the sales parked as last tried: a sale written later in the run (parked again at the start, then
+    # read from the pages) is not parked any more, and leaves it
+    rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
     # by sale key, so that a sale read twice in a run (look-back, void feed, re-read page) is named once, as last read
     ambiguous: dict[str, dict[str, Any]] = field(default_factory=dict)
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)  # sales written with data Lightspeed did not send
@@ -58,6 +60,13 @@ class RunSummary:
     retried: int = 0
     customers: dict[str, Any] | None = None  # LSPOS_SYNC_CUSTOMERS: the customer feed's report (customer_feed.py)
 
+    def parked(self, sale_key: str, sale_id: int, reason: str) -> None:
+        self.rejected[sale_key] = {"sale_key": sale_key, "sale_id": sale_id, "reason": reason}
+
+    def wrote(self, sale_key: str) -> None:
+        self.written += 1
+        self.rejected.pop(sale_key, None)
+
     @property
     def exit_code(self) -> int:
         return 3 if self.rejected or (self.rollups and self.rollups["rejected"]) or (
@@ -65,7 +74,7 @@ class RunSummary:
 
 
 def summary_dict(summary: RunSummary, *, include_plans: bool) -> dict[str, Any]:
-    rejected = list({reject["sale_key"]: reject for reject in summary.rejected}.values())  # each sale once, as last tried
+    rejected = list(summary.rejected.values())
     result: dict[str, Any] = {
         "command": summary.command,
         "account_id": summary.account_id,

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The kinds of write, in the order they are sent inside and across requests: accounts exist before the
-# transactions that point at them, transactions before their lines, and stale lines go last.
+# transactions that point at them, transactions before their lines, and stale lines are deleted before the lines
+# are written: a line moved to another sale of the batch is deleted under its old sale before it is written under
+# its new one (the master-detail is not reparentable: Salesforce refuses to move an existing line).
 CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES = (
     "create_accounts", "update_accounts", "transactions", "lines", "delete_lines")
-ORDER = (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES, DELETE_LINES)
+ORDER = (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, DELETE_LINES, LINES)
 
 
 @dataclass(slots=True)  # a run holds one per record of a batch on its way

@@ -163,6 +163,52 @@ def test_a_bulk_backfill_leaves_the_same_records_as_a_composite_backfill(cli, li
     assert bulk.json["ambiguous"] and bulk.json["ambiguous"] == composite.json["ambiguous"]
 
 
+def test_bulk_round_does_not_link_a_new_customer_to_another_new_account_by_a_phone_it_does_not_hold(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    """Two new customers share a work number; the first also has a home number, and its new account holds only
+    that one in `Phone` (contract §3: Phone = the first Home or Work). The composite path's lookup finds nobody
+    with the work number and creates the second an account of its own; a round matches against what the accounts
+    it creates hold, not every phone of their customers, and does the same."""
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    ida = lightspeed.add_customer("Ida", "Home", phones={"Home": "212 555 0101", "Work": "212 555 0199"})
+    jo = lightspeed.add_customer("Jo", "Office", phones={"Work": "212 555 0199"})  # Ida's colleague
+    first = sell(lightspeed, boutique, ida, at=start)
+    second = sell(lightspeed, boutique, jo, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        for org in (salesforce, other):
+            keys = {a["Id"]: a["LS_Customer_ID__c"] for a in org.records("Account")}
+            written = {t["LS_Sale_ID__c"]: t for t in org.records("Sales_Transaction__c")}
+            assert keys[written[f"182255-{first}"]["Account__c"]] == f"182255-{ida}"
+            assert (written[f"182255-{second}"]["Match_Status__c"], keys[written[f"182255-{second}"]["Account__c"]]) \
+                == ("Created", f"182255-{jo}")
+
+
+def test_a_bulk_backfill_writes_a_line_moved_to_another_sale_under_it(cli, lightspeed, salesforce, boutique):
+    """As on the composite path: the round's stale lines are deleted before its lines job, so a line moved from
+    one sale to another is written anew under its new sale (the master-detail is not reparentable)."""
+    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    new = sell(lightspeed, boutique, lines=((1, "30.00"),), at=at)
+    old = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=at)
+    assert cli("sync").code == 0
+    moved = int(lightspeed.sale(old)["SaleLines"]["SaleLine"][1]["saleLineID"])
+    lightspeed.move_line(moved, new)
+
+    result = cli("backfill", "--from", (at - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert (result.code, result.json["rejected"]) == (0, [])
+    parents = {r["LS_Sale_Line_ID__c"]: r["Sales_Transaction__c"] for r in salesforce.records("Sales_Line_Item__c")}
+    ids = {t["LS_Sale_ID__c"]: t["Id"] for t in salesforce.records("Sales_Transaction__c")}
+    assert parents[f"182255-{moved}"] == ids[f"182255-{new}"] and len(parents) == 3
+
+
 def test_rows_a_job_fails_are_parked_with_salesforce_s_reason_and_retried(cli, lightspeed, salesforce, boutique,
                                                                           tmp_path):
     from lspos_sync.emulators.salesforce import SalesforceEmulator

@@ -36,6 +36,23 @@ def test_rejected_sale_is_parked_listed_and_retried_until_it_goes_through(cli, l
     assert {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")} == {f"182255-{good}", f"182255-{bad}"}
 
 
+def test_a_parked_sale_written_later_in_the_same_run_is_not_reported_rejected(cli, lightspeed, salesforce, boutique):
+    """A parked sale retried first and refused again, then met in the window's pages (the look-back) and written:
+    the run lists what is still parked at its end, so neither the sale nor exit 3 (contract §1: records "kept
+    locally and retried by later runs")."""
+    sale = sell(lightspeed, boutique)
+    refusals = iter(range(2))  # a record lock or a rule on another object: the first two saves are refused
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(refusals, None) is not None,
+                                   "Busy with another integration")
+    assert cli("sync").code == 3  # parked
+
+    result = cli("sync", "--json")  # retried first (refused again), then written from the pages
+
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+    assert cli("rejects", "list", "--json").json["rejects"] == []
+    assert (result.code, result.json["rejected"], result.json["sales"]["written"]) == (0, [], 1)
+
+
 def test_a_rejected_new_account_holds_its_sales_back(cli, lightspeed, salesforce, boutique):
     salesforce.add_validation_rule("Account", lambda r: (r.get("LastName") or "") == "Blocked", "No")
     blocked = sell(lightspeed, boutique, lightspeed.add_customer("Al", "Blocked", email="al@example.com"))

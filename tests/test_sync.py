@@ -107,6 +107,49 @@ def _sale_lines(lightspeed, sale_id: int) -> list[dict]:
     return found if isinstance(found, list) else [found]
 
 
+def test_a_line_moved_to_another_sale_is_written_under_it_in_the_run_that_reads_the_move(
+        cli, lightspeed, salesforce, boutique):
+    """Both sales change at once and are read in one batch: the old sale's stale line is deleted before the
+    batch's lines are written, so the line is written anew under its new sale. (The master-detail is not
+    reparentable: upserted while still under the old sale, the line would be refused.)"""
+    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    old = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=at)
+    new = sell(lightspeed, boutique, lines=((1, "30.00"),), at=at)
+    assert cli("sync").code == 0
+    moved = int(_sale_lines(lightspeed, old)[1]["saleLineID"])
+    lightspeed.move_line(moved, new)
+
+    result = cli("sync", "--json")
+
+    assert (result.code, result.json["rejected"]) == (0, [])
+    assert lines(salesforce)[f"182255-{moved}"]["Sales_Transaction__c"] == transactions(salesforce)[f"182255-{new}"]["Id"]
+    assert len(lines(salesforce)) == 3
+
+
+def test_a_line_moved_to_a_sale_written_in_an_earlier_batch_is_written_under_it_by_the_next_run(
+        cli, lightspeed, salesforce, boutique):
+    """The limit docs/sync-rules.md states ("A line moved to another sale"): where the new sale is written in an
+    earlier batch than the old one, the line is still under the old sale when its upsert goes, and is refused;
+    the new sale is parked (exit 3 once), the line deleted with the old sale's stale lines, and the next run,
+    retrying the new sale first, writes the line under it."""
+    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    new = sell(lightspeed, boutique, lines=((1, "30.00"),), at=at)  # read first: the same update time, a lower ID
+    old = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=at)
+    assert cli("sync").code == 0
+    moved = int(_sale_lines(lightspeed, old)[1]["saleLineID"])
+    lightspeed.move_line(moved, new)
+
+    first = cli("sync", "--json", constants={"engine.BATCH_SALES": 1})
+
+    assert first.code == 3
+    [parked] = first.json["rejected"]
+    assert parked["sale_key"] == f"182255-{new}" and "INVALID_FIELD_FOR_INSERT_UPDATE" in parked["reason"]
+    assert f"182255-{moved}" not in lines(salesforce)
+    again = cli("sync", "--json")
+    assert (again.code, again.json["sales"]["retried"], again.json["rejected"]) == (0, 1, [])
+    assert lines(salesforce)[f"182255-{moved}"]["Sales_Transaction__c"] == transactions(salesforce)[f"182255-{new}"]["Id"]
+
+
 def test_refund_is_its_own_sale_with_negative_quantities(cli, lightspeed, salesforce, boutique):
     original = sell(lightspeed, boutique, lines=((1, "80.00"), (1, "20.00")))
     refund = lightspeed.refund_sale(original)

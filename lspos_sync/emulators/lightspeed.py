@@ -506,6 +506,17 @@ class LightspeedAccount:
             sale.lines.remove(self._lines.pop(sale_line_id))
             self._touch(sale, self._now(at))
 
+    def move_line(self, sale_line_id: int, to_sale_id: int, at: datetime | None = None) -> None:
+        """The merchant moves a line to another ticket: the line keeps its ID, both sales change at once."""
+        with self._lock:
+            at = self._now(at)
+            line = self._lines[sale_line_id]
+            self._sales[line.sale_id].lines.remove(line)
+            self._touch(self._sales[line.sale_id], at)
+            line.sale_id = to_sale_id
+            self._sales[to_sale_id].lines.append(line)
+            self._touch(self._sales[to_sale_id], at)
+
     def set_sale_customer(self, sale_id: int, customer_id: int | None, at: datetime | None = None) -> None:
         """The sale's customer changed at the till; None takes it off (`customerID` "0")."""
         with self._lock:

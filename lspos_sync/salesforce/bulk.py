@@ -294,7 +294,7 @@ class BulkWriter:
     in `flush` as Bulk API 2.0 ingest jobs, accounts first (new ones upserted by LS_Customer_ID__c, matched ones
     updated by Id), then transactions, then lines (upserts by external ID; a line names its transaction by a
     `Sales_Transaction__r.LS_Sale_ID__c` column); stale lines are deleted by Id through the Composite API, as the
-    composite path deletes them.
+    composite path deletes them, before the lines job (a line moved to another sale of the round is written anew).
 
     The writes themselves are not kept (a round holds a hundred thousand sales): their outcomes come back by row.
     `on_failed(kind, key, reason)` is told each refused row, by the key that names it (the customer key of a new
@@ -357,6 +357,9 @@ class BulkWriter:
         external = {CREATE_ACCOUNTS: names.field("Account", CUSTOMER_KEY), TRANSACTIONS: sale_key,
                     LINES: names.field(LINE, LINE_KEY)}
         for kind in (CREATE_ACCOUNTS, UPDATE_ACCOUNTS, TRANSACTIONS, LINES):
+            if kind == LINES and self._deletes:  # stale lines before lines, as on the composite path (writing.ORDER)
+                deletes, self._deletes = self._deletes, []
+                self.delete(deletes)
             spool = self._spools.pop(kind, None)
             if spool is None:
                 continue
@@ -388,9 +391,6 @@ class BulkWriter:
                 log.info("Salesforce refused %d %s row(s) for a passing reason; retrying in %.1f s", again.rows,
                          sobject, delay, extra={"phase": "bulk"})
                 time.sleep(delay)
-        if self._deletes:
-            deletes, self._deletes = self._deletes, []
-            self.delete(deletes)
 
     def delete(self, deletes: list[Any]) -> None:
         """Stale lines, by Id, through the Composite API; each refusal told to `on_failed` by sale key."""
