@@ -191,6 +191,43 @@ def test_an_upsert_that_loses_a_race_is_refused_as_a_duplicate_and_matches_the_w
     assert again[0]["id"] == winner["Id"] and len(sf.records("Sales_Transaction__c")) == 2
 
 
+def _sale_key_not_unique(sf: SalesforceEmulator) -> None:
+    """LS_Sale_ID__c made External ID but not Unique, as an admin may create it (fact sheet §1.3)."""
+    sf.remove_field("Sales_Transaction__c", "LS_Sale_ID__c")
+    sf.add_field("Sales_Transaction__c", Field("LS_Sale_ID__c", "text", 40, external_id=True, unique=False))
+
+
+def test_an_external_id_that_is_not_unique_describes_so_and_takes_a_second_record_with_its_key(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    _sale_key_not_unique(sf)
+    described = _fields(_describe(client, "Sales_Transaction__c"))["LS_Sale_ID__c"]
+    assert (described["externalId"], described["unique"], described["idLookup"]) == (True, False, True)
+    sf.upsert_race(1, "Sales_Transaction__c")  # two clients create the same new key: nothing refuses either
+    [ours] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Total__c=10)]}).json()
+    assert ours["success"] and ours["created"]
+    assert len(sf.records("Sales_Transaction__c")) == 2
+
+
+def test_an_upsert_or_reference_by_an_external_id_matching_several_records_is_duplicate_external_id(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    _sale_key_not_unique(sf)
+    first, second = (sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": key, "Status__c": "Completed"})
+                     for key in ("1-1", "1-1"))
+    [upserted, other] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-2")]}).json()
+    assert upserted == {"success": False, "errors": [{
+        "statusCode": "DUPLICATE_EXTERNAL_ID", "fields": ["LS_Sale_ID__c"],
+        "message": f"LS Sale ID: more than one record found for external id field: [{first}, {second}]"}]}
+    assert other["success"] and other["created"]
+    [line] = client.patch(UPSERT_LINES, json={"records": [_line("1-1-1", "1-1")]}).json()
+    assert line["errors"][0]["statusCode"] == "DUPLICATE_EXTERNAL_ID"
+    by_row = client.patch(f"{API}/sobjects/Sales_Transaction__c/LS_Sale_ID__c/1-1", json={"Total__c": 1})
+    assert by_row.status_code == 300  # §1.3: several matches -> 300, listing them
+    assert by_row.json() == [f"{API}/sobjects/Sales_Transaction__c/{first}",
+                             f"{API}/sobjects/Sales_Transaction__c/{second}"]
+    assert client.get(f"{API}/sobjects/Sales_Transaction__c/LS_Sale_ID__c/1-1").status_code == 300
+    assert {r["Total__c"] for r in sf.records("Sales_Transaction__c")} == {None}
+
+
 def test_restricted_picklist_and_unknown_field(sf: SalesforceEmulator, client: httpx.Client) -> None:
     [result] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Match_Status__c="Maybe")]}).json()
     assert result["errors"][0]["statusCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"

@@ -77,7 +77,10 @@ class Field:
     label: str = ""
     required: bool = False
     writable: bool = True
-    external_id: bool = False  # External ID and Unique (case-insensitive)
+    external_id: bool = False  # External ID, and Unique (case-insensitive) unless `unique` is False
+    # An External ID field need not be Unique (fact sheet §1.3: "External ID without Unique needs View All Data",
+    # and several matches are 300 / DUPLICATE_EXTERNAL_ID). None: as `external_id`.
+    unique: bool | None = None
     reference_to: str | None = None
     relationship: str | None = None
     master_detail: bool = False
@@ -92,6 +95,10 @@ class Field:
     @property
     def read_only(self) -> bool:
         return not self.writable or self.calculated
+
+    @property
+    def is_unique(self) -> bool:
+        return self.external_id if self.unique is None else self.unique
 
 
 @dataclass
@@ -465,8 +472,8 @@ class SalesforceEmulator:
         """`new` as the org would accept it on `sobject`, with a lookup's relationship name filled in."""
         if new.kind not in _DESCRIBE_TYPES:
             raise ValueError(f"{new.name}: unknown kind {new.kind!r}; one of {', '.join(_DESCRIBE_TYPES)}")
-        if new.external_id and new.kind not in ("text", "email"):
-            raise ValueError(f"{new.name}: the emulator's external ID fields are text or email")
+        if (new.external_id or new.unique) and new.kind not in ("text", "email"):
+            raise ValueError(f"{new.name}: the emulator's external ID and unique fields are text or email")
         if new.kind == "reference":
             if new.reference_to is None or (new.reference_to.lower() not in self._objects_ci
                                             and new.reference_to != creating):
@@ -496,7 +503,7 @@ class SalesforceEmulator:
         self._unique = {
             (name, f.name): {row[f.name].casefold(): record_id for record_id, row in self._rows[name].items()
                              if row.get(f.name) is not None}
-            for name, fields in self._schema.items() for f in fields.values() if f.external_id}
+            for name, fields in self._schema.items() for f in fields.values() if f.is_unique}
 
     # ---- faults ------------------------------------------------------------------------------------
 
@@ -546,7 +553,9 @@ class SalesforceEmulator:
         integration of its own): the next `count` upserts by external ID of a key the org does not hold yet, of
         `sobject` or of any object, lose the race. The other client's record is saved, with the same values and
         not undone by this request's rollback, and this upsert is refused DUPLICATE_VALUE, as public reports of
-        concurrent upserts describe (fact sheet §4 [S42]); the same upsert sent again matches that record."""
+        concurrent upserts describe (fact sheet §4 [S42]); the same upsert sent again matches that record. On an
+        External ID field that is not Unique nothing refuses it: both records are saved, and the key then matches
+        two (DUPLICATE_EXTERNAL_ID)."""
         with self._lock:
             self._races.append([count, sobject])
 
@@ -855,7 +864,7 @@ class SalesforceEmulator:
             "soapType": _SOAP_TYPES.get(f.kind, "xsd:string"),
             "sortable": f.sortable,
             "type": _DESCRIBE_TYPES[f.kind],
-            "unique": f.external_id,
+            "unique": f.is_unique,
             # a master-detail field that does not allow reparenting describes as not updateable
             "updateable": not f.read_only and not f.master_detail,
             "writeRequiresMasterRead": False,
@@ -907,7 +916,10 @@ class SalesforceEmulator:
                             version: str) -> Response:
         _allow(method, "GET", "PATCH", "DELETE")
         ext = self._external_id_field(sobject, ext_name)
-        existing_id = self._unique[(sobject, ext.name)].get(value.casefold())
+        matches = self._matching_ids(sobject, ext.name, value)
+        if len(matches) > 1:  # fact sheet §1.3: several matches -> 300, the matching records listed
+            return Response(300, [self._url(version, sobject, record_id) for record_id in matches])
+        existing_id = matches[0] if matches else None
         if method == "PATCH":
             values = self._deserialize(sobject, _as_record(body))
             values.setdefault(ext.name, value)
@@ -935,6 +947,25 @@ class SalesforceEmulator:
         if found is None or not found.external_id:
             raise ApiError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {name}")
         return found
+
+    def _matching_ids(self, sobject: str, field_name: str, key: str) -> list[str]:
+        """The live records whose `field_name` holds `key` (without regard to case): at most one on a Unique
+        field, any number on an External ID field that is not Unique."""
+        index = self._unique.get((sobject, field_name))
+        if index is not None:
+            found = index.get(key.casefold())
+            return [found] if found else []
+        return [record_id for record_id, row in self._rows[sobject].items()
+                if row.get(field_name) is not None and row[field_name].casefold() == key.casefold()]
+
+    def _match_one(self, sobject: str, ext: Field, key: str) -> str | None:
+        """The one record an upsert or a foreign-key reference by external ID matches, None for none; several
+        (a field that is External ID but not Unique) fail the record with DUPLICATE_EXTERNAL_ID (§1.3, §4)."""
+        matches = self._matching_ids(sobject, ext.name, key)
+        if len(matches) > 1:
+            raise RecordError("DUPLICATE_EXTERNAL_ID", f"{_label(ext)}: more than one record found for external id "
+                              f"field: [{', '.join(matches)}]", [ext.name])
+        return matches[0] if matches else None
 
     # ---- sObject Collections -----------------------------------------------------------------------
 
@@ -1004,8 +1035,7 @@ class SalesforceEmulator:
                 raise RecordError("MISSING_ARGUMENT", f"{ext.name} not specified", [ext.name])
             if keys.count(key.casefold()) > 1:  # as SOAP and Bulk upsert answer a key repeated in one call
                 raise RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", [ext.name])
-            # External ID fields are Unique, so a key matches at most one record (no DUPLICATE_EXTERNAL_ID here).
-            existing_id = self._unique[(sobject, ext.name)].get(key.casefold())
+            existing_id = self._match_one(sobject, ext, key)
             existing = self._rows[sobject][existing_id] if existing_id else None
             if existing is None:
                 self._lose_race(sobject, ext.name, values)
@@ -1325,6 +1355,8 @@ class SalesforceEmulator:
         mark = len(self._undo)
         winner = self._save(sobject, dict(values), None)
         del self._undo[mark:]
+        if (sobject, field_name) not in self._unique:
+            return  # not a Unique field: nothing refuses this create, and the key now names two records
         raise RecordError("DUPLICATE_VALUE", f"duplicate value found: {field_name} duplicates value on record with "
                           f"id: {winner}")
 
@@ -1483,7 +1515,7 @@ class SalesforceEmulator:
             target = ref.reference_to or ""
             ext = self._fields_ci[target][keys[0].lower()]
             key = value[keys[0]]
-            parent = self._unique[(target, ext.name)].get(_as_text(key).casefold()) if key not in (None, "") else None
+            parent = self._match_one(target, ext, _as_text(key)) if key not in (None, "") else None
             if parent is None:
                 raise RecordError("INVALID_FIELD", f"Foreign key external ID: {'' if key is None else key} not found "
                                   f"for field {ext.name} in entity {target}")
