@@ -318,6 +318,26 @@ def test_reauthorising_gives_a_refresh_token_that_starts_a_new_chain_on_its_acco
     assert (emu.refresh_count, other.refresh_count) == (1, 0)
 
 
+@pytest.mark.parametrize("scopes, refused", [
+    ("employee:register_read employee:customers_read employee:admin_void_sale", set()),
+    ("employee:all", set()),
+    ("employee:register employee:customers_read", {"SaleVoid.json"}),
+    ("employee:customers_read employee:admin_void_sale", {"Sale.json"}),
+    ("employee:register_read", {"Customer.json", "SaleVoid.json"}),
+])
+def test_each_entity_needs_a_scope_that_reads_it(emu, scopes, refused):
+    # §1: register_read (or register) reads sales, customers_read customers, admin_void_sale the void records; all
+    # reads everything; the sheet names no scope for shops, items or payment types
+    emu.scopes = scopes
+    with client(emu) as http:
+        answers = {path: http.get(path) for path in ("Sale.json", "Customer.json", "SaleVoid.json", "Shop.json",
+                                                     "Item.json", "PaymentType.json")}
+    assert {path for path, answer in answers.items() if answer.status_code == 403} == refused
+    assert all(answer.status_code == 200 for path, answer in answers.items() if path not in refused)
+    for path in refused:
+        assert answers[path].json()["errorClass"] == "InsufficientRightsException"
+
+
 def test_json_refresh_with_scope_is_rejected_and_bad_client_is_invalid_client(emu):
     body = {"grant_type": "refresh_token", "refresh_token": "ls-refresh-0", "client_id": emu.client_id,
             "client_secret": emu.client_secret}

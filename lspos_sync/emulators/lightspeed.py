@@ -61,6 +61,13 @@ _UPDATETIME_SPELLINGS = ("updatetime", "updateTime")
 _TIME_FIELDS = frozenset({"timeStamp", *_UPDATETIME_SPELLINGS, "completeTime", "createTime"})
 _CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived", "count"})
 COUNT_COST = 10  # §2: `count=1` costs 10 drips
+# §1: the scopes that read an entity (employee:register_read "gives read access to sales history", employee:register
+# "create plus read", employee:customers_read "reads customers", employee:all everything; SaleVoid needs
+# employee:admin_void_sale). A token whose grant has none of them is refused 403. The sheet names no scope for
+# the other entities, so they are open to any token.
+_SCOPES = {"Sale": frozenset({"employee:register_read", "employee:register", "employee:all"}),
+           "Customer": frozenset({"employee:customers_read", "employee:all"}),
+           "SaleVoid": frozenset({"employee:admin_void_sale", "employee:all"})}
 _OPS = frozenset({">", ">=", "<", "<=", "!=", "><", "IN", "~", "!~", "="})
 _CENT = Decimal("0.01")
 
@@ -755,8 +762,8 @@ class LightspeedAccount:
                                              "InsufficientRightsException"))
         match = _ROUTE.fullmatch(request.path)
         kind = self._kind(match["kind"]) if match and match["kind"] else None
-        if match and match["kind"] == "SaleVoid" and not {"employee:admin_void_sale", "employee:all"} & set(
-                self._access[token].scope.split()):
+        needed = _SCOPES.get(match["kind"] or "") if match else None
+        if needed and not needed & set(self._access[token].scope.split()):
             # the errors page [S7]: 403 for a token accepted but lacking access (its wording here is the emulator's)
             return Response(403, _error_body(403, "Not Authorized: Insufficient rights to perform the request",
                                              "InsufficientRightsException"))
