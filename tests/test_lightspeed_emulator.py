@@ -288,6 +288,28 @@ def test_a_refresh_whose_response_was_dropped_can_be_retried(emu):
     assert emu.refresh_count == 1 and refresh(emu, "ls-refresh-0").status_code == 200
 
 
+def test_a_refresh_token_left_unused_for_30_days_has_expired(emu, clock):
+    # §7: "unused refresh tokens expire after 30 days"
+    clock.advance(30 * 86400)
+    assert refresh(emu, "ls-refresh-0").status_code == 200  # 30 days to the second: still good
+    clock.advance(30 * 86400 + 1)
+    expired = refresh(emu)
+    assert expired.status_code == 400 and expired.json()["error"] == "invalid_grant"
+    emu.refresh_token_lifetime = None
+    assert refresh(emu, emu.reauthorise()).status_code == 200
+
+
+def test_more_than_five_token_requests_a_minute_are_refused_429(emu):
+    # §7: at most 5 refresh attempts a minute per connection; Lightspeed limits clients that refresh too much
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    answers = [refresh(emu, "ls-refresh-0") for _ in range(6)]  # retries of one token, as after lost answers
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    assert answers[-1].json()["error"] == "too_many_requests" and 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+    assert refresh(other, "ls-refresh-b").status_code == 200  # per connection: another account's are its own
+    emu.max_token_requests_per_minute = None
+    assert refresh(emu, "ls-refresh-0").status_code == 200
+
+
 def test_expired_access_token_is_401(emu, clock):
     with client(emu) as http:
         assert http.get("Sale.json").status_code == 200
