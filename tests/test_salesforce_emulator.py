@@ -502,6 +502,34 @@ def test_get_uri_over_16384_bytes_is_414(client: httpx.Client) -> None:
     assert client.get(f"{API}/query", params={"q": soql}).status_code == 414
 
 
+def test_uri_and_headers_over_16384_bytes_are_431(client: httpx.Client) -> None:
+    soql = "SELECT Id FROM Account WHERE Name IN (" + ",".join(f"'n{i}'" for i in range(900)) + ")"
+    assert client.get(f"{API}/query", params={"q": soql}).status_code == 200  # the URI alone is under the cap
+    padded = client.get(f"{API}/query", params={"q": soql}, headers={"X-Padding": "x" * 6000})
+    assert padded.status_code == 431  # fact sheet §3.2: URI plus headers are capped at 16,384 bytes
+
+
+@pytest.mark.parametrize("version, path, method, status", [
+    ("41.0", "composite/sobjects", "POST", 404),  # Collections from 42.0
+    ("42.0", "composite/sobjects", "POST", 200),
+    ("45.0", "composite/sobjects/Sales_Transaction__c/LS_Sale_ID__c", "PATCH", 404),  # their upsert from 46.0
+    ("46.0", "composite/sobjects/Sales_Transaction__c/LS_Sale_ID__c", "PATCH", 200),
+])
+def test_collections_exist_from_the_api_versions_the_reference_gives(client: httpx.Client, version: str, path: str,
+                                                                     method: str, status: int) -> None:
+    response = client.request(method, f"/services/data/v{version}/{path}", json={"records": [_sale("1-1")]})
+    assert response.status_code == status, response.text
+
+
+def test_collections_inside_composite_exist_from_43(client: httpx.Client) -> None:
+    def composite(version: str) -> dict:
+        sub = {"method": "POST", "url": f"/services/data/v{version}/composite/sobjects", "referenceId": "c",
+               "body": {"records": [_sale(f"1-{version}")]}}
+        return client.post(f"{API}/composite", json={"compositeRequest": [sub]}).json()["compositeResponse"][0]
+
+    assert composite("42.0")["httpStatusCode"] == 404 and composite("43.0")["httpStatusCode"] == 200
+
+
 # ---- faults, counting, auth ------------------------------------------------------------------------
 
 

@@ -31,7 +31,9 @@ COLLECTION_LIMIT = 200  # records per sObject Collections request
 CHUNK_LIMIT = 10  # runs of same-type records per Collections create
 COMPOSITE_LIMIT = 25  # subrequests per /composite
 COMPOSITE_HEAVY_LIMIT = 5  # of which Collections or query/queryAll
-MAX_URI_BYTES = 16_384
+MAX_URI_BYTES = 16_384  # the URI and the headers together
+# fact sheet §1.1, §1.2: sObject Collections from API 42.0, their upsert from 46.0, inside /composite from 43.0
+COLLECTIONS_VERSION, COLLECTIONS_UPSERT_VERSION, COLLECTIONS_IN_COMPOSITE_VERSION = 42.0, 46.0, 43.0
 OLDEST_VERSION = 31
 SOAP_LOGIN_LAST_VERSION = 64.0  # login() is gone from API v65.0 on (fact sheet §0)
 ORG_ID = "00D5g00000HqORGEAA"
@@ -615,8 +617,13 @@ class SalesforceEmulator:
         return None
 
     def _route(self, request: Request) -> Response:
-        if len(request.raw_target.encode()) > MAX_URI_BYTES:
+        # §3.2, §4: the URI plus the headers are capped at 16,384 bytes: 414 when the URI alone is too long, 431
+        # when the headers take it over
+        uri = len(request.raw_target.encode())
+        if uri > MAX_URI_BYTES:
             return Response(414, "URI Too Long", content_type="text/plain")
+        if uri + sum(len(k) + len(v.encode()) + 4 for k, v in request.headers.items()) > MAX_URI_BYTES:
+            return Response(431, "Request Header Fields Too Large", content_type="text/plain")
         if request.path == "/services/oauth2/token" and request.method == "POST":
             return self._oauth_token(request)
         soap = _SOAP_PATH.match(request.path)
@@ -770,6 +777,11 @@ class SalesforceEmulator:
             case ["composite"] if top_level:
                 _allow(method, "POST")
                 return self._composite(body, version)
+            case ["composite", "sobjects", *_] if float(version) < COLLECTIONS_VERSION or (
+                    not top_level and float(version) < COLLECTIONS_IN_COMPOSITE_VERSION):
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            case ["composite", "sobjects", _, _] if float(version) < COLLECTIONS_UPSERT_VERSION:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
             case ["composite", "sobjects"]:
                 _allow(method, "POST", "PATCH", "DELETE")
                 if method == "DELETE":
