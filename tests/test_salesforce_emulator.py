@@ -170,6 +170,15 @@ def test_person_fields_on_a_business_account_are_refused(sf: SalesforceEmulator)
         sf.insert("Account", {"Name": "Acme", "PersonEmail": "a@acme.com"})
 
 
+def test_upsert_results_may_leave_out_created_as_a_reference_example_does(sf: SalesforceEmulator,
+                                                                         client: httpx.Client) -> None:
+    sf.upsert_results_say_created = False  # fact sheet §1.3: treat `created` (and a failure's `id`) as optional
+    first = client.patch(UPSERT_SALES, json={"records": [_sale("1-1")]}).json()
+    again = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-1")]}).json()
+    assert first == [{"id": first[0]["id"], "success": True, "errors": []}]
+    assert all("created" not in r for r in again)
+
+
 def test_a_key_repeated_in_one_upsert_fails_both_records(client: httpx.Client) -> None:
     results = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-1"), _sale("1-2")]}).json()
     assert [r["success"] for r in results] == [False, False, True]

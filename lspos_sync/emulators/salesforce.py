@@ -289,6 +289,9 @@ class SalesforceEmulator:
         self.max_query_conditions = max_query_conditions
         # False: a server that answers describe subrequests inside /composite with 404 (to test the fallback)
         self.describe_in_composite = True
+        # fact sheet §1.3: `created` is in a Collections upsert's per-record results from v46, but "one doc example
+        # even omits created on a success, so treat both as optional"; False leaves it out of every result
+        self.upsert_results_say_created = True
         self.requests: list[RequestRecord] = []
         ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
         self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
@@ -1051,8 +1054,8 @@ class SalesforceEmulator:
             existing = self._rows[sobject][existing_id] if existing_id else None
             if existing is None:
                 self._lose_race(sobject, ext.name, values)
-            return {"id": self._save(sobject, values, existing), "success": True, "errors": [],
-                    "created": existing is None}
+            result = {"id": self._save(sobject, values, existing), "success": True, "errors": []}
+            return {**result, "created": existing is None} if self.upsert_results_say_created else result
 
         return Response(200, self._run_collection([lambda v=v: upsert(v) for v in prepared], all_or_none, {sobject}))
 
