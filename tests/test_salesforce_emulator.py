@@ -664,6 +664,14 @@ def test_soap_login_returns_a_session_and_faults_on_bad_credentials(sf: Salesfor
                         session=session, scratch_url=sf.instance_url)
 
 
+def test_an_org_with_soap_login_off_faults_every_login(sf: SalesforceEmulator) -> None:
+    sf.soap_login_enabled = False  # fact sheet §0: off by default in orgs created in Winter '26 or later
+    answer = httpx.post(f"{sf.instance_url}/services/Soap/u/62.0", verify=ssl.create_default_context(
+        cafile=str(sf.ca_bundle)), headers={"content-type": "text/xml", "SOAPAction": "login"},
+        content=SOAP_LOGIN.format(username=sf.username, password=sf.password + sf.security_token))
+    assert answer.status_code == 500 and "<sf:exceptionCode>INVALID_OPERATION</sf:exceptionCode>" in answer.text
+
+
 def test_simple_salesforce_composite_and_query(sf: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     session = _requests_session(sf, monkeypatch)
     client = Salesforce(session_id=sf.access_token, instance_url=sf.instance_url, version="62.0", session=session)

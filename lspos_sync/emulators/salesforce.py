@@ -292,6 +292,9 @@ class SalesforceEmulator:
         # fact sheet §1.3: `created` is in a Collections upsert's per-record results from v46, but "one doc example
         # even omits created on a success, so treat both as optional"; False leaves it out of every result
         self.upsert_results_say_created = True
+        # fact sheet §0: SOAP login() "is off by default in orgs created in Winter '26 or later"; False: such an org
+        # (the fault's wording is the emulator's)
+        self.soap_login_enabled = True
         self.requests: list[RequestRecord] = []
         ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
         self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
@@ -723,6 +726,8 @@ class SalesforceEmulator:
             return _soap_fault("INVALID_REQUEST", "The request body is not valid XML.")
         if float(version) > SOAP_LOGIN_LAST_VERSION:
             return _soap_fault("INVALID_OPERATION", f"login() is not available in API version {version}")
+        if not self.soap_login_enabled:
+            return _soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org.")
         if (values.get("username"), values.get("password")) != (self.username, self.password + self.security_token):
             return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
         server = f"{self.instance_url}/services/Soap/u/{version}/{ORG_ID[:15]}"
