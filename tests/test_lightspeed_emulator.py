@@ -288,6 +288,28 @@ def test_a_refresh_whose_response_was_dropped_can_be_retried(emu):
     assert emu.refresh_count == 1 and refresh(emu, "ls-refresh-0").status_code == 200
 
 
+def test_a_refresh_token_left_unused_for_30_days_has_expired(emu, clock):
+    # §7: "unused refresh tokens expire after 30 days"
+    clock.advance(30 * 86400)
+    assert refresh(emu, "ls-refresh-0").status_code == 200  # 30 days to the second: still good
+    clock.advance(30 * 86400 + 1)
+    expired = refresh(emu)
+    assert expired.status_code == 400 and expired.json()["error"] == "invalid_grant"
+    emu.refresh_token_lifetime = None
+    assert refresh(emu, emu.reauthorise()).status_code == 200
+
+
+def test_more_than_five_token_requests_a_minute_are_refused_429(emu):
+    # §7: at most 5 refresh attempts a minute per connection; Lightspeed limits clients that refresh too much
+    other = emu.add_account("190001", refresh_token="ls-refresh-b")
+    answers = [refresh(emu, "ls-refresh-0") for _ in range(6)]  # retries of one token, as after lost answers
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    assert answers[-1].json()["error"] == "too_many_requests" and 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+    assert refresh(other, "ls-refresh-b").status_code == 200  # per connection: another account's are its own
+    emu.max_token_requests_per_minute = None
+    assert refresh(emu, "ls-refresh-0").status_code == 200
+
+
 def test_expired_access_token_is_401(emu, clock):
     with client(emu) as http:
         assert http.get("Sale.json").status_code == 200
@@ -316,6 +338,26 @@ def test_reauthorising_gives_a_refresh_token_that_starts_a_new_chain_on_its_acco
     assert refresh(emu, fresh).json()["error"] == "invalid_grant"  # rotated away once the new token was used
     assert refresh(emu, "ls-refresh-0").json()["error"] == "invalid_grant"  # the revoked chain stays revoked
     assert (emu.refresh_count, other.refresh_count) == (1, 0)
+
+
+@pytest.mark.parametrize("scopes, refused", [
+    ("employee:register_read employee:customers_read employee:admin_void_sale", set()),
+    ("employee:all", set()),
+    ("employee:register employee:customers_read", {"SaleVoid.json"}),
+    ("employee:customers_read employee:admin_void_sale", {"Sale.json"}),
+    ("employee:register_read", {"Customer.json", "SaleVoid.json"}),
+])
+def test_each_entity_needs_a_scope_that_reads_it(emu, scopes, refused):
+    # §1: register_read (or register) reads sales, customers_read customers, admin_void_sale the void records; all
+    # reads everything; the sheet names no scope for shops, items or payment types
+    emu.scopes = scopes
+    with client(emu) as http:
+        answers = {path: http.get(path) for path in ("Sale.json", "Customer.json", "SaleVoid.json", "Shop.json",
+                                                     "Item.json", "PaymentType.json")}
+    assert {path for path, answer in answers.items() if answer.status_code == 403} == refused
+    assert all(answer.status_code == 200 for path, answer in answers.items() if path not in refused)
+    for path in refused:
+        assert answers[path].json()["errorClass"] == "InsufficientRightsException"
 
 
 def test_json_refresh_with_scope_is_rejected_and_bad_client_is_invalid_client(emu):

@@ -238,6 +238,21 @@ def test_relationship_column_finds_the_parent_by_its_external_id(sf: SalesforceE
                                             "[Sales_Transaction__c]:Sales_Transaction__c --")
 
 
+def test_a_row_whose_key_matches_several_records_fails_with_duplicate_external_id(sf: SalesforceEmulator,
+                                                                                   bulk: Bulk) -> None:
+    from lspos_sync.emulators.salesforce import Field
+
+    sf.remove_field("Sales_Transaction__c", "LS_Sale_ID__c")  # External ID, not Unique (fact sheet §1.3)
+    sf.add_field("Sales_Transaction__c", Field("LS_Sale_ID__c", "text", 40, external_id=True, unique=False))
+    for _ in range(2):
+        sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": "1-1", "Status__c": "Completed"})
+    info = bulk.run("Sales_Transaction__c", SALES_CSV, external_id="LS_Sale_ID__c")
+    assert (info["numberRecordsProcessed"], info["numberRecordsFailed"]) == (2, 1)
+    [failed] = bulk.rows(info["id"], "failedResults")
+    assert failed["LS_Sale_ID__c"] == "1-1" and failed["sf__Id"] == ""
+    assert failed["sf__Error"].startswith("DUPLICATE_EXTERNAL_ID:LS Sale ID: more than one record found")
+
+
 def test_an_empty_cell_leaves_a_field_as_it_is_and_na_empties_it(sf: SalesforceEmulator, bulk: Bulk) -> None:
     sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": "1-1", "Status__c": "Completed", "Match_Status__c": "Email",
                                        "Ticket_Number__c": "T-1", "Shop_Name__c": "Paris", "Total__c": 10})

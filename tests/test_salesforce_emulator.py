@@ -170,6 +170,15 @@ def test_person_fields_on_a_business_account_are_refused(sf: SalesforceEmulator)
         sf.insert("Account", {"Name": "Acme", "PersonEmail": "a@acme.com"})
 
 
+def test_upsert_results_may_leave_out_created_as_a_reference_example_does(sf: SalesforceEmulator,
+                                                                         client: httpx.Client) -> None:
+    sf.upsert_results_say_created = False  # fact sheet §1.3: treat `created` (and a failure's `id`) as optional
+    first = client.patch(UPSERT_SALES, json={"records": [_sale("1-1")]}).json()
+    again = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-1")]}).json()
+    assert first == [{"id": first[0]["id"], "success": True, "errors": []}]
+    assert all("created" not in r for r in again)
+
+
 def test_a_key_repeated_in_one_upsert_fails_both_records(client: httpx.Client) -> None:
     results = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-1"), _sale("1-2")]}).json()
     assert [r["success"] for r in results] == [False, False, True]
@@ -189,6 +198,43 @@ def test_an_upsert_that_loses_a_race_is_refused_as_a_duplicate_and_matches_the_w
     again = client.patch(UPSERT_SALES, json=body).json()
     assert [(r["success"], r["created"]) for r in again] == [(True, False), (True, True)]
     assert again[0]["id"] == winner["Id"] and len(sf.records("Sales_Transaction__c")) == 2
+
+
+def _sale_key_not_unique(sf: SalesforceEmulator) -> None:
+    """LS_Sale_ID__c made External ID but not Unique, as an admin may create it (fact sheet §1.3)."""
+    sf.remove_field("Sales_Transaction__c", "LS_Sale_ID__c")
+    sf.add_field("Sales_Transaction__c", Field("LS_Sale_ID__c", "text", 40, external_id=True, unique=False))
+
+
+def test_an_external_id_that_is_not_unique_describes_so_and_takes_a_second_record_with_its_key(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    _sale_key_not_unique(sf)
+    described = _fields(_describe(client, "Sales_Transaction__c"))["LS_Sale_ID__c"]
+    assert (described["externalId"], described["unique"], described["idLookup"]) == (True, False, True)
+    sf.upsert_race(1, "Sales_Transaction__c")  # two clients create the same new key: nothing refuses either
+    [ours] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Total__c=10)]}).json()
+    assert ours["success"] and ours["created"]
+    assert len(sf.records("Sales_Transaction__c")) == 2
+
+
+def test_an_upsert_or_reference_by_an_external_id_matching_several_records_is_duplicate_external_id(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    _sale_key_not_unique(sf)
+    first, second = (sf.insert("Sales_Transaction__c", {"LS_Sale_ID__c": key, "Status__c": "Completed"})
+                     for key in ("1-1", "1-1"))
+    [upserted, other] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1"), _sale("1-2")]}).json()
+    assert upserted == {"success": False, "errors": [{
+        "statusCode": "DUPLICATE_EXTERNAL_ID", "fields": ["LS_Sale_ID__c"],
+        "message": f"LS Sale ID: more than one record found for external id field: [{first}, {second}]"}]}
+    assert other["success"] and other["created"]
+    [line] = client.patch(UPSERT_LINES, json={"records": [_line("1-1-1", "1-1")]}).json()
+    assert line["errors"][0]["statusCode"] == "DUPLICATE_EXTERNAL_ID"
+    by_row = client.patch(f"{API}/sobjects/Sales_Transaction__c/LS_Sale_ID__c/1-1", json={"Total__c": 1})
+    assert by_row.status_code == 300  # §1.3: several matches -> 300, listing them
+    assert by_row.json() == [f"{API}/sobjects/Sales_Transaction__c/{first}",
+                             f"{API}/sobjects/Sales_Transaction__c/{second}"]
+    assert client.get(f"{API}/sobjects/Sales_Transaction__c/LS_Sale_ID__c/1-1").status_code == 300
+    assert {r["Total__c"] for r in sf.records("Sales_Transaction__c")} == {None}
 
 
 def test_restricted_picklist_and_unknown_field(sf: SalesforceEmulator, client: httpx.Client) -> None:
@@ -465,6 +511,34 @@ def test_get_uri_over_16384_bytes_is_414(client: httpx.Client) -> None:
     assert client.get(f"{API}/query", params={"q": soql}).status_code == 414
 
 
+def test_uri_and_headers_over_16384_bytes_are_431(client: httpx.Client) -> None:
+    soql = "SELECT Id FROM Account WHERE Name IN (" + ",".join(f"'n{i}'" for i in range(900)) + ")"
+    assert client.get(f"{API}/query", params={"q": soql}).status_code == 200  # the URI alone is under the cap
+    padded = client.get(f"{API}/query", params={"q": soql}, headers={"X-Padding": "x" * 6000})
+    assert padded.status_code == 431  # fact sheet §3.2: URI plus headers are capped at 16,384 bytes
+
+
+@pytest.mark.parametrize("version, path, method, status", [
+    ("41.0", "composite/sobjects", "POST", 404),  # Collections from 42.0
+    ("42.0", "composite/sobjects", "POST", 200),
+    ("45.0", "composite/sobjects/Sales_Transaction__c/LS_Sale_ID__c", "PATCH", 404),  # their upsert from 46.0
+    ("46.0", "composite/sobjects/Sales_Transaction__c/LS_Sale_ID__c", "PATCH", 200),
+])
+def test_collections_exist_from_the_api_versions_the_reference_gives(client: httpx.Client, version: str, path: str,
+                                                                     method: str, status: int) -> None:
+    response = client.request(method, f"/services/data/v{version}/{path}", json={"records": [_sale("1-1")]})
+    assert response.status_code == status, response.text
+
+
+def test_collections_inside_composite_exist_from_43(client: httpx.Client) -> None:
+    def composite(version: str) -> dict:
+        sub = {"method": "POST", "url": f"/services/data/v{version}/composite/sobjects", "referenceId": "c",
+               "body": {"records": [_sale(f"1-{version}")]}}
+        return client.post(f"{API}/composite", json={"compositeRequest": [sub]}).json()["compositeResponse"][0]
+
+    assert composite("42.0")["httpStatusCode"] == 404 and composite("43.0")["httpStatusCode"] == 200
+
+
 # ---- faults, counting, auth ------------------------------------------------------------------------
 
 
@@ -588,6 +662,14 @@ def test_soap_login_returns_a_session_and_faults_on_bad_credentials(sf: Salesfor
     with pytest.raises(SalesforceAuthenticationFailed, match="INVALID_LOGIN"):
         SalesforceLogin(username=sf.username, password="x", security_token="y", sf_version="62.0",
                         session=session, scratch_url=sf.instance_url)
+
+
+def test_an_org_with_soap_login_off_faults_every_login(sf: SalesforceEmulator) -> None:
+    sf.soap_login_enabled = False  # fact sheet §0: off by default in orgs created in Winter '26 or later
+    answer = httpx.post(f"{sf.instance_url}/services/Soap/u/62.0", verify=ssl.create_default_context(
+        cafile=str(sf.ca_bundle)), headers={"content-type": "text/xml", "SOAPAction": "login"},
+        content=SOAP_LOGIN.format(username=sf.username, password=sf.password + sf.security_token))
+    assert answer.status_code == 500 and "<sf:exceptionCode>INVALID_OPERATION</sf:exceptionCode>" in answer.text
 
 
 def test_simple_salesforce_composite_and_query(sf: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -335,7 +335,7 @@ class BulkIngest:
                 raise RecordError("MISSING_ARGUMENT", f"{job.external_id} not specified", [job.external_id or ""])
             if keys[key.casefold()] > 1:
                 raise RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", [job.external_id or ""])
-            existing_id = org._unique[(sobject, job.external_id or "")].get(key.casefold())
+            existing_id = org._match_one(sobject, org._schema[sobject][job.external_id or ""], key)
             existing = org._rows[sobject][existing_id] if existing_id else None
             if existing is None:
                 org._lose_race(sobject, job.external_id or "", values)

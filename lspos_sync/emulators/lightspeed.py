@@ -62,6 +62,13 @@ _UPDATETIME_SPELLINGS = ("updatetime", "updateTime")
 _TIME_FIELDS = frozenset({"timeStamp", *_UPDATETIME_SPELLINGS, "completeTime", "createTime"})
 _CONTROL = frozenset({"limit", "sort", "load_relations", "after", "before", "archived", "count"})
 COUNT_COST = 10  # §2: `count=1` costs 10 drips
+# §1: the scopes that read an entity (employee:register_read "gives read access to sales history", employee:register
+# "create plus read", employee:customers_read "reads customers", employee:all everything; SaleVoid needs
+# employee:admin_void_sale). A token whose grant has none of them is refused 403. The sheet names no scope for
+# the other entities, so they are open to any token.
+_SCOPES = {"Sale": frozenset({"employee:register_read", "employee:register", "employee:all"}),
+           "Customer": frozenset({"employee:customers_read", "employee:all"}),
+           "SaleVoid": frozenset({"employee:admin_void_sale", "employee:all"})}
 _OPS = frozenset({">", ">=", "<", "<=", "!=", "><", "IN", "~", "!~", "="})
 _CENT = Decimal("0.01")
 
@@ -287,7 +294,15 @@ class LightspeedAccount:
         self.requests: list[RequestRecord] = []
         self.refresh_count = 0
         self._clock, self._lock = cloud._clock, cloud._lock
-        self._refresh_tokens: dict[str, None] = {refresh_token: None}  # valid refresh tokens, oldest first
+        # valid refresh tokens, oldest first, each with when it was issued (on the emulator's clock)
+        self._refresh_tokens: dict[str, datetime] = {refresh_token: self._now()}
+        # §7: "unused refresh tokens expire after 30 days"; None: never
+        self.refresh_token_lifetime: timedelta | None = timedelta(days=30)
+        # §7: a refresh "can be retried ... (at most 5 attempts per minute per connection)", and Lightspeed
+        # "rate-limits or blocks clients that refresh excessively": more token requests than this in 60 s (on the
+        # emulator's clock, as token expiry) are answered 429 (the status is the emulator's reading); None: no limit
+        self.max_token_requests_per_minute: int | None = 5
+        self._token_requests: list[datetime] = []  # this account's recent token requests
         self._refresh_history = {refresh_token}  # every refresh token this account ever had, to route old ones
         self.issued: list[str] = []  # every access and refresh token minted, for tests that look for leaks
         self._access: dict[str, _Grant] = {}
@@ -634,7 +649,7 @@ class LightspeedAccount:
         (§7); it starts a chain of its own. Tokens of earlier chains are untouched: `revoke_all_tokens` ends them."""
         with self._lock:
             refresh_token = f"def50200{secrets.token_hex(300 + secrets.randbelow(100))}"
-            self._refresh_tokens[refresh_token] = None
+            self._refresh_tokens[refresh_token] = self._now()
             self._refresh_history.add(refresh_token)
             self.issued.append(refresh_token)
             return refresh_token
@@ -698,6 +713,15 @@ class LightspeedAccount:
     def _token(self, request: Request) -> Response:
         if request.method != "POST":
             return _oauth_error(405, "invalid_request", "The token endpoint only accepts POST")
+        now = self._now()
+        self._token_requests = [t for t in self._token_requests if now - t < timedelta(minutes=1)] + [now]
+        if self.max_token_requests_per_minute is not None \
+                and len(self._token_requests) > self.max_token_requests_per_minute:
+            wait = 60.0 - (now - self._token_requests[-1 - self.max_token_requests_per_minute]).total_seconds()
+            response = _oauth_error(429, "too_many_requests", "Too many token requests: at most "
+                                    f"{self.max_token_requests_per_minute} a minute per connection")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
         form = _token_form(request)
         if form is None:
             return _oauth_error(400, "invalid_request", "The request body is not a JSON object")
@@ -712,6 +736,10 @@ class LightspeedAccount:
         parent = form.get("refresh_token", "")
         if parent not in self._refresh_tokens:
             return _oauth_error(400, "invalid_grant", "The refresh token is invalid. Token has been revoked")
+        if self.refresh_token_lifetime is not None \
+                and self._now() - self._refresh_tokens[parent] > self.refresh_token_lifetime:
+            del self._refresh_tokens[parent]
+            return _oauth_error(400, "invalid_grant", "The refresh token is invalid. Token has expired")
         if client != (self.client_id, self.client_secret):  # RFC 6749 §5.2: issued to another client
             return _oauth_error(400, "invalid_grant", "The refresh token was issued to another client")
         # §7 rotation: the access token that came with `parent`, and anything minted from it before, die now;
@@ -725,7 +753,7 @@ class LightspeedAccount:
         grant = _Grant(self._new_access_token(), f"def50200{secrets.token_hex(300 + secrets.randbelow(100))}",
                        parent, self._now() + timedelta(seconds=self.access_token_ttl), self.scopes)
         self._access[grant.access_token] = grant
-        self._refresh_tokens[grant.refresh_token] = None
+        self._refresh_tokens[grant.refresh_token] = self._now()
         self._refresh_history.add(grant.refresh_token)
         self.issued += [grant.access_token, grant.refresh_token]
         self._minted_from[parent] = grant
@@ -767,8 +795,8 @@ class LightspeedAccount:
                                              "InsufficientRightsException"))
         match = _ROUTE.fullmatch(request.path)
         kind = self._kind(match["kind"]) if match and match["kind"] else None
-        if match and match["kind"] == "SaleVoid" and not {"employee:admin_void_sale", "employee:all"} & set(
-                self._access[token].scope.split()):
+        needed = _SCOPES.get(match["kind"] or "") if match else None
+        if needed and not needed & set(self._access[token].scope.split()):
             # the errors page [S7]: 403 for a token accepted but lacking access (its wording here is the emulator's)
             return Response(403, _error_body(403, "Not Authorized: Insufficient rights to perform the request",
                                              "InsufficientRightsException"))

@@ -31,7 +31,9 @@ COLLECTION_LIMIT = 200  # records per sObject Collections request
 CHUNK_LIMIT = 10  # runs of same-type records per Collections create
 COMPOSITE_LIMIT = 25  # subrequests per /composite
 COMPOSITE_HEAVY_LIMIT = 5  # of which Collections or query/queryAll
-MAX_URI_BYTES = 16_384
+MAX_URI_BYTES = 16_384  # the URI and the headers together
+# fact sheet §1.1, §1.2: sObject Collections from API 42.0, their upsert from 46.0, inside /composite from 43.0
+COLLECTIONS_VERSION, COLLECTIONS_UPSERT_VERSION, COLLECTIONS_IN_COMPOSITE_VERSION = 42.0, 46.0, 43.0
 OLDEST_VERSION = 31
 SOAP_LOGIN_LAST_VERSION = 64.0  # login() is gone from API v65.0 on (fact sheet §0)
 ORG_ID = "00D5g00000HqORGEAA"
@@ -77,7 +79,10 @@ class Field:
     label: str = ""
     required: bool = False
     writable: bool = True
-    external_id: bool = False  # External ID and Unique (case-insensitive)
+    external_id: bool = False  # External ID, and Unique (case-insensitive) unless `unique` is False
+    # An External ID field need not be Unique (fact sheet §1.3: "External ID without Unique needs View All Data",
+    # and several matches are 300 / DUPLICATE_EXTERNAL_ID). None: as `external_id`.
+    unique: bool | None = None
     reference_to: str | None = None
     relationship: str | None = None
     master_detail: bool = False
@@ -92,6 +97,10 @@ class Field:
     @property
     def read_only(self) -> bool:
         return not self.writable or self.calculated
+
+    @property
+    def is_unique(self) -> bool:
+        return self.external_id if self.unique is None else self.unique
 
 
 @dataclass
@@ -280,6 +289,12 @@ class SalesforceEmulator:
         self.max_query_conditions = max_query_conditions
         # False: a server that answers describe subrequests inside /composite with 404 (to test the fallback)
         self.describe_in_composite = True
+        # fact sheet §1.3: `created` is in a Collections upsert's per-record results from v46, but "one doc example
+        # even omits created on a success, so treat both as optional"; False leaves it out of every result
+        self.upsert_results_say_created = True
+        # fact sheet §0: SOAP login() "is off by default in orgs created in Winter '26 or later"; False: such an org
+        # (the fault's wording is the emulator's)
+        self.soap_login_enabled = True
         self.requests: list[RequestRecord] = []
         ssl_context, self._ca_bundle = loopback_tls(Path(tls_dir))
         self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
@@ -465,8 +480,8 @@ class SalesforceEmulator:
         """`new` as the org would accept it on `sobject`, with a lookup's relationship name filled in."""
         if new.kind not in _DESCRIBE_TYPES:
             raise ValueError(f"{new.name}: unknown kind {new.kind!r}; one of {', '.join(_DESCRIBE_TYPES)}")
-        if new.external_id and new.kind not in ("text", "email"):
-            raise ValueError(f"{new.name}: the emulator's external ID fields are text or email")
+        if (new.external_id or new.unique) and new.kind not in ("text", "email"):
+            raise ValueError(f"{new.name}: the emulator's external ID and unique fields are text or email")
         if new.kind == "reference":
             if new.reference_to is None or (new.reference_to.lower() not in self._objects_ci
                                             and new.reference_to != creating):
@@ -496,7 +511,7 @@ class SalesforceEmulator:
         self._unique = {
             (name, f.name): {row[f.name].casefold(): record_id for record_id, row in self._rows[name].items()
                              if row.get(f.name) is not None}
-            for name, fields in self._schema.items() for f in fields.values() if f.external_id}
+            for name, fields in self._schema.items() for f in fields.values() if f.is_unique}
 
     # ---- faults ------------------------------------------------------------------------------------
 
@@ -546,7 +561,9 @@ class SalesforceEmulator:
         integration of its own): the next `count` upserts by external ID of a key the org does not hold yet, of
         `sobject` or of any object, lose the race. The other client's record is saved, with the same values and
         not undone by this request's rollback, and this upsert is refused DUPLICATE_VALUE, as public reports of
-        concurrent upserts describe (fact sheet §4 [S42]); the same upsert sent again matches that record."""
+        concurrent upserts describe (fact sheet §4 [S42]); the same upsert sent again matches that record. On an
+        External ID field that is not Unique nothing refuses it: both records are saved, and the key then matches
+        two (DUPLICATE_EXTERNAL_ID)."""
         with self._lock:
             self._races.append([count, sobject])
 
@@ -606,8 +623,13 @@ class SalesforceEmulator:
         return None
 
     def _route(self, request: Request) -> Response:
-        if len(request.raw_target.encode()) > MAX_URI_BYTES:
+        # §3.2, §4: the URI plus the headers are capped at 16,384 bytes: 414 when the URI alone is too long, 431
+        # when the headers take it over
+        uri = len(request.raw_target.encode())
+        if uri > MAX_URI_BYTES:
             return Response(414, "URI Too Long", content_type="text/plain")
+        if uri + sum(len(k) + len(v.encode()) + 4 for k, v in request.headers.items()) > MAX_URI_BYTES:
+            return Response(431, "Request Header Fields Too Large", content_type="text/plain")
         if request.path == "/services/oauth2/token" and request.method == "POST":
             return self._oauth_token(request)
         soap = _SOAP_PATH.match(request.path)
@@ -704,6 +726,8 @@ class SalesforceEmulator:
             return _soap_fault("INVALID_REQUEST", "The request body is not valid XML.")
         if float(version) > SOAP_LOGIN_LAST_VERSION:
             return _soap_fault("INVALID_OPERATION", f"login() is not available in API version {version}")
+        if not self.soap_login_enabled:
+            return _soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org.")
         if (values.get("username"), values.get("password")) != (self.username, self.password + self.security_token):
             return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
         server = f"{self.instance_url}/services/Soap/u/{version}/{ORG_ID[:15]}"
@@ -761,6 +785,11 @@ class SalesforceEmulator:
             case ["composite"] if top_level:
                 _allow(method, "POST")
                 return self._composite(body, version)
+            case ["composite", "sobjects", *_] if float(version) < COLLECTIONS_VERSION or (
+                    not top_level and float(version) < COLLECTIONS_IN_COMPOSITE_VERSION):
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            case ["composite", "sobjects", _, _] if float(version) < COLLECTIONS_UPSERT_VERSION:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
             case ["composite", "sobjects"]:
                 _allow(method, "POST", "PATCH", "DELETE")
                 if method == "DELETE":
@@ -855,7 +884,7 @@ class SalesforceEmulator:
             "soapType": _SOAP_TYPES.get(f.kind, "xsd:string"),
             "sortable": f.sortable,
             "type": _DESCRIBE_TYPES[f.kind],
-            "unique": f.external_id,
+            "unique": f.is_unique,
             # a master-detail field that does not allow reparenting describes as not updateable
             "updateable": not f.read_only and not f.master_detail,
             "writeRequiresMasterRead": False,
@@ -907,7 +936,10 @@ class SalesforceEmulator:
                             version: str) -> Response:
         _allow(method, "GET", "PATCH", "DELETE")
         ext = self._external_id_field(sobject, ext_name)
-        existing_id = self._unique[(sobject, ext.name)].get(value.casefold())
+        matches = self._matching_ids(sobject, ext.name, value)
+        if len(matches) > 1:  # fact sheet §1.3: several matches -> 300, the matching records listed
+            return Response(300, [self._url(version, sobject, record_id) for record_id in matches])
+        existing_id = matches[0] if matches else None
         if method == "PATCH":
             values = self._deserialize(sobject, _as_record(body))
             values.setdefault(ext.name, value)
@@ -935,6 +967,25 @@ class SalesforceEmulator:
         if found is None or not found.external_id:
             raise ApiError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {name}")
         return found
+
+    def _matching_ids(self, sobject: str, field_name: str, key: str) -> list[str]:
+        """The live records whose `field_name` holds `key` (without regard to case): at most one on a Unique
+        field, any number on an External ID field that is not Unique."""
+        index = self._unique.get((sobject, field_name))
+        if index is not None:
+            found = index.get(key.casefold())
+            return [found] if found else []
+        return [record_id for record_id, row in self._rows[sobject].items()
+                if row.get(field_name) is not None and row[field_name].casefold() == key.casefold()]
+
+    def _match_one(self, sobject: str, ext: Field, key: str) -> str | None:
+        """The one record an upsert or a foreign-key reference by external ID matches, None for none; several
+        (a field that is External ID but not Unique) fail the record with DUPLICATE_EXTERNAL_ID (§1.3, §4)."""
+        matches = self._matching_ids(sobject, ext.name, key)
+        if len(matches) > 1:
+            raise RecordError("DUPLICATE_EXTERNAL_ID", f"{_label(ext)}: more than one record found for external id "
+                              f"field: [{', '.join(matches)}]", [ext.name])
+        return matches[0] if matches else None
 
     # ---- sObject Collections -----------------------------------------------------------------------
 
@@ -1004,13 +1055,12 @@ class SalesforceEmulator:
                 raise RecordError("MISSING_ARGUMENT", f"{ext.name} not specified", [ext.name])
             if keys.count(key.casefold()) > 1:  # as SOAP and Bulk upsert answer a key repeated in one call
                 raise RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", [ext.name])
-            # External ID fields are Unique, so a key matches at most one record (no DUPLICATE_EXTERNAL_ID here).
-            existing_id = self._unique[(sobject, ext.name)].get(key.casefold())
+            existing_id = self._match_one(sobject, ext, key)
             existing = self._rows[sobject][existing_id] if existing_id else None
             if existing is None:
                 self._lose_race(sobject, ext.name, values)
-            return {"id": self._save(sobject, values, existing), "success": True, "errors": [],
-                    "created": existing is None}
+            result = {"id": self._save(sobject, values, existing), "success": True, "errors": []}
+            return {**result, "created": existing is None} if self.upsert_results_say_created else result
 
         return Response(200, self._run_collection([lambda v=v: upsert(v) for v in prepared], all_or_none, {sobject}))
 
@@ -1325,6 +1375,8 @@ class SalesforceEmulator:
         mark = len(self._undo)
         winner = self._save(sobject, dict(values), None)
         del self._undo[mark:]
+        if (sobject, field_name) not in self._unique:
+            return  # not a Unique field: nothing refuses this create, and the key now names two records
         raise RecordError("DUPLICATE_VALUE", f"duplicate value found: {field_name} duplicates value on record with "
                           f"id: {winner}")
 
@@ -1483,7 +1535,7 @@ class SalesforceEmulator:
             target = ref.reference_to or ""
             ext = self._fields_ci[target][keys[0].lower()]
             key = value[keys[0]]
-            parent = self._unique[(target, ext.name)].get(_as_text(key).casefold()) if key not in (None, "") else None
+            parent = self._match_one(target, ext, _as_text(key)) if key not in (None, "") else None
             if parent is None:
                 raise RecordError("INVALID_FIELD", f"Foreign key external ID: {'' if key is None else key} not found "
                                   f"for field {ext.name} in entity {target}")
