@@ -398,10 +398,11 @@ class Soak:
             detail = self.arm(fault, at)
             self.lightspeed.requests.clear()  # each run's requests only: a week's would fill the memory
             self.salesforce.requests.clear()
-            storms = self.salesforce.lock_storm_left
+            storms, races = self.salesforce.lock_storm_left, self.salesforce.upsert_races_left
             run = self._one_run(index, at, fault, detail)
             previous_end = self.clock.now()
-            run.bit = self._trouble() or self.salesforce.lock_storm_left < storms or run.exit_code == -signal.SIGKILL
+            run.bit = (self._trouble() or self.salesforce.lock_storm_left < storms
+                       or self.salesforce.upsert_races_left < races or run.exit_code == -signal.SIGKILL)
             self.disarm()
             if run.exit_code == 0:
                 run.checked = True

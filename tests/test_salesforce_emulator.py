@@ -188,8 +188,10 @@ def test_a_key_repeated_in_one_upsert_fails_both_records(client: httpx.Client) -
 def test_an_upsert_that_loses_a_race_is_refused_as_a_duplicate_and_matches_the_winner_when_sent_again(
         sf: SalesforceEmulator, client: httpx.Client) -> None:
     sf.upsert_race(1, "Sales_Transaction__c")
+    assert sf.upsert_races_left == 1
     body = {"allOrNone": True, "records": [_sale("1-1", Total__c=10), _sale("1-2", Total__c=3)]}
     lost, rolled_back = client.patch(UPSERT_SALES, json=body).json()
+    assert sf.upsert_races_left == 0
     [winner] = sf.records("Sales_Transaction__c")  # the other client's commit outlives this request's rollback
     assert lost == {"success": False, "errors": [{
         "statusCode": "DUPLICATE_VALUE", "fields": [],

@@ -538,6 +538,12 @@ class SalesforceEmulator:
         self._races.clear()
 
     @property
+    def upsert_races_left(self) -> int:
+        """How many upserts of a new key the races armed will still make lose."""
+        with self._lock:
+            return sum(race[0] for race in self._races)
+
+    @property
     def lock_storm_left(self) -> int:
         """How many Collections writes or bulk batches the lock storms armed will still refuse."""
         with self._lock:
