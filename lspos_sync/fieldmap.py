@@ -277,6 +277,10 @@ class FieldMap:
                                  f"not {expected}")
                 elif kind == "key" and not found.get("externalId"):
                     lines.append(f"mapping: field {where} is not an External ID; lspos-sync upserts on it")
+                elif kind == "key" and not found.get("unique"):
+                    # upserts racing on a key that is not Unique both create (fact sheet §1.3, §4): two records
+                    lines.append(f"mapping: field {where} is an External ID but not Unique; lspos-sync upserts on "
+                                 "it, and two upserts of one new key would make two records")
                 if default not in ROLLUP_FIELDS and not found.get("createable"):
                     lines.append(f"mapping: field {where} is not createable (read-only, a formula, or no "
                                  "field-level access for the integration user)")

@@ -204,6 +204,20 @@ def test_mapping_check_lists_every_problem_on_its_own_line_and_exits_2(cli, sale
     assert len(problems) == 7, problems
 
 
+@pytest.mark.parametrize("sobject, key", [("Sales_Transaction__c", "LS_Sale_ID__c"), ("Account", "LS_Customer_ID__c"),
+                                         ("Sales_Line_Item__c", "LS_Sale_Line_ID__c")])
+def test_mapping_check_refuses_a_key_that_is_an_external_id_but_not_unique(cli, salesforce, sobject, key):
+    salesforce.remove_field(sobject, key)  # as an admin may create it: External ID, Unique left unticked
+    salesforce.add_field(sobject, Field(key, "text", 40, external_id=True, unique=False))
+
+    result = cli("mapping", "check")
+
+    assert result.code == 2
+    assert [line for line in result.stderr.splitlines() if "mapping:" in line] == [
+        f"Error: mapping: field {sobject}.{key} is an External ID but not Unique; lspos-sync upserts on it, and two "
+        "upserts of one new key would make two records"]
+
+
 def test_a_run_with_a_mapping_the_org_does_not_fit_exits_2_before_any_write(
         cli, lightspeed, salesforce, boutique, mapping_file):
     sell(lightspeed, boutique)
