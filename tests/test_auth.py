@@ -140,6 +140,31 @@ def test_username_password_login(tmp_path, lightspeed, salesforce, state_path, b
     assert bad.code == 1 and "SALESFORCE_PASSWORD" in bad.stderr
 
 
+def test_username_password_login_at_an_api_version_without_soap_login_logs_in_at_the_last_one_with_it(
+        tmp_path, lightspeed, salesforce, state_path, boutique):
+    salesforce.api_version = "66.0"
+    sell(lightspeed, boutique)
+    cli = _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, SALESFORCE_USERNAME="integration@example.com",
+                          SALESFORCE_PASSWORD="sf-password", SALESFORCE_SECURITY_TOKEN="sf-security-token",
+                          SALESFORCE_API_VERSION="66.0")
+    result = cli("sync")
+    assert result.code == 0, result.stderr
+    assert [r.path for r in salesforce.requests if "/Soap/u/" in r.path] == ["/services/Soap/u/64.0"]
+    assert any(r.path.startswith("/services/data/v66.0/") for r in salesforce.requests)
+
+
+def test_an_org_without_soap_login_is_told_apart_from_wrong_credentials(tmp_path, lightspeed, salesforce,
+                                                                        state_path, boutique):
+    salesforce.soap_login_enabled = False  # an org created in Winter '26 or later (fact sheet §0)
+    sell(lightspeed, boutique)
+    cli = _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, SALESFORCE_USERNAME="integration@example.com",
+                          SALESFORCE_PASSWORD="sf-password", SALESFORCE_SECURITY_TOKEN="sf-security-token")
+    result = cli("sync")
+    assert result.code == 1
+    assert "does not offer the SOAP login()" in result.stderr and "JWT bearer" in result.stderr
+    assert "check SALESFORCE_USERNAME" not in result.stderr
+
+
 def test_expired_bare_access_token_exits_1_naming_the_variable(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique)
     salesforce.expire_sessions()

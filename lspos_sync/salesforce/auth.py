@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 
 _ATTEMPTS = 3
+# The last API version with the SOAP login() (fact sheet §0: gone from v65.0 on).
+SOAP_LOGIN_VERSION = 64.0
 _SALESFORCE_HOSTS = ".salesforce.com"
 
 
@@ -64,9 +66,11 @@ def authenticate(settings: SalesforceSettings, http: requests.Session) -> Sessio
     return _password(settings, http)
 
 
-def _login(settings: SalesforceSettings, send: Callable[[], tuple[str, str]], what: str, variables: str) -> Session:
+def _login(settings: SalesforceSettings, send: Callable[[], tuple[str, str]], what: str, variables: str,
+           advice: dict[str, str] | None = None) -> Session:
     """A login by simple-salesforce, which answers (token, instance host), tried again on a dropped connection
-    or a server error (a login changes nothing)."""
+    or a server error (a login changes nothing). A refusal says what to check: `variables`, or the `advice` for
+    its code where one is given (a refusal that is not about the credentials)."""
     import requests
     from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 
@@ -84,8 +88,8 @@ def _login(settings: SalesforceSettings, send: Callable[[], tuple[str, str]], wh
             # The code is the HTTP status only when the answer was neither JSON nor a SOAP fault.
             if last or not (isinstance(error.code, int) and error.code >= 500):
                 detail = error.auth_message or error.code or "no reason given"
-                raise SalesforceAuthError(f"Salesforce refused the {what} login ({detail}): check {variables}") \
-                    from None
+                hint = (advice or {}).get(str(error.code), f"check {variables}")
+                raise SalesforceAuthError(f"Salesforce refused the {what} login ({detail}): {hint}") from None
         else:
             return Session(token, f"https://{instance}".rstrip("/"), renewable=True)
         time.sleep(2 ** attempt)
@@ -171,13 +175,20 @@ def _client_credentials(settings: SalesforceSettings, http: requests.Session) ->
 
 
 def _password(settings: SalesforceSettings, http: requests.Session) -> Session:
-    """The legacy SOAP username/password login (Salesforce retires it in 2027)."""
+    """The legacy SOAP username/password login (Salesforce retires it in 2027). It logs in at API version
+    SOAP_LOGIN_VERSION at the latest: `login()` is gone from v65.0 on (fact sheet §0), and a session it opens is
+    good for the REST API at any version."""
     from simple_salesforce import SalesforceLogin
 
     domain = salesforce_domain(settings)
+    version = min(float(settings.api_version), SOAP_LOGIN_VERSION)
     # The security token travels appended to the password, escaped with it (SalesforceLogin escapes only the password).
     return _login(settings, lambda: SalesforceLogin(
         session=http, username=settings.username, password=(settings.password or "") + (settings.security_token or ""),
-        security_token="", sf_version=settings.api_version, client_id="lspos-sync", domain=domain or "login",
+        security_token="", sf_version=f"{version:.1f}", client_id="lspos-sync", domain=domain or "login",
         scratch_url=None if domain is not None else login_host(settings)),
-        "username/password", "SALESFORCE_USERNAME, SALESFORCE_PASSWORD and SALESFORCE_SECURITY_TOKEN")
+        "username/password", "SALESFORCE_USERNAME, SALESFORCE_PASSWORD and SALESFORCE_SECURITY_TOKEN",
+        advice={"INVALID_OPERATION": "this org does not offer the SOAP login() (off by default in orgs created in "
+                                     "Winter '26 or later): log in with JWT bearer (SALESFORCE_CONSUMER_KEY, "
+                                     "SALESFORCE_PRIVATE_KEY_FILE) or client credentials (SALESFORCE_CLIENT_ID, "
+                                     "SALESFORCE_CLIENT_SECRET) instead"})
