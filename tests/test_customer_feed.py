@@ -42,6 +42,17 @@ def test_the_feed_is_off_by_default(cli, lightspeed, salesforce):
     assert person_accounts(salesforce) == [] and lightspeed.request_count("Customer.json") == 0
 
 
+def test_an_app_without_the_customers_scope_is_told_which_scope_the_feed_needs(cli, lightspeed, salesforce):
+    lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    lightspeed.scopes = "employee:register_read employee:admin_void_sale"  # no employee:customers_read
+
+    result = cli("sync", "--json", env=FEED)
+
+    assert result.code == 1
+    assert "HTTP 403" in result.json["error"] and "needs the scope employee:customers_read" in result.json["error"]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_matched_account_gets_its_key_and_nothing_else(cli, lightspeed, salesforce):
     rt = salesforce.person_account_record_type_id
     typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima",

@@ -454,7 +454,7 @@ class LightspeedClient:
                     smaller(f"answered HTTP {status} twice")
                 continue
             if status in (400, 403, 404, 422):
-                raise _Refused(f"HTTP {status}: {_message(response)}")
+                raise _Refused(f"HTTP {status}: {_message(response)}" + (_scope_hint(url) if status == 403 else ""))
             raise RunFailed(f"Lightspeed answered HTTP {status} on {_path(url)}: {_message(response)}")
         raise RunFailed(f"Lightspeed kept failing on {_path(url)} after {_ATTEMPTS} attempts")
 
@@ -548,6 +548,17 @@ def _smaller_page(url: str, params: dict[str, str] | None) -> tuple[str, dict[st
     if params is not None:
         return url, {**params, "limit": str(smaller)}
     return str(httpx.URL(url).copy_set_param("limit", str(smaller))), None
+
+
+# The scope each entity is read with (fact sheet §1): a 403 there most likely means the app lacks it.
+_SCOPES = {"Sale": "employee:register_read", "Customer": "employee:customers_read",
+           "SaleVoid": "employee:admin_void_sale"}
+
+
+def _scope_hint(url: str) -> str:
+    entity = _path(url).rsplit("/", 1)[-1].split(".", 1)[0]
+    scope = _SCOPES.get(entity)
+    return f" (reading {entity} needs the scope {scope}: authorise the app with it, docs/setup.md)" if scope else ""
 
 
 class _Refused(RunFailed):
