@@ -133,7 +133,11 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
             start = _sync_start(settings, store.checkpoint(settings.account_id)) if since is None else lambda now: since
 
             def window(now: datetime) -> Window:
-                return Window(start(now), min(until or now, now))
+                begin, end = start(now), min(until or now, now)
+                if until is not None and begin > end:  # --to alone, before where the next sync starts
+                    raise ConfigError(f"--to ({iso(until)}) is before the window's start ({iso(begin)}, where the "
+                                      "next sync starts); give --from as well")
+                return Window(begin, end)
 
             return _execute("dry-run", settings, output, store, window, limit=limit)
 

@@ -84,6 +84,18 @@ def test_dry_run_after_a_sync_says_update_or_unchanged(cli, lightspeed, salesfor
     assert actions == {same: "unchanged", changed: "update"}
 
 
+def test_dry_run_to_before_where_the_next_sync_starts_is_a_usage_error(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    assert cli("sync").code == 0  # the next sync starts at the checkpoint less the look-back
+
+    result = cli("dry-run", "--to", ago(3).isoformat(), "--json")
+
+    assert result.code == 2, result.stderr
+    assert json.loads(result.stdout)["outcome"] == "failed"
+    assert "--to" in json.loads(result.stdout)["error"] and "give --from as well" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_dry_run_limit_caps_the_preview(cli, lightspeed, salesforce, boutique):
     for _ in range(5):
         sell(lightspeed, boutique)
