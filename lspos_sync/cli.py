@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from lspos_sync import certificates
 from lspos_sync.config import Settings, load_settings, parse_when, read_environment
 from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.output import Output, mask_contact
@@ -66,7 +67,9 @@ def run_command(name: str, options: Context, body: Callable[[Settings, Output], 
     output = Output(bool(options.as_json), options.verbose, options.log_format or "text")
     output.setup_logging()
     try:
-        settings = load_settings(read_environment(options.env_file), options.state_path, options.mapping_path)
+        environment = read_environment(options.env_file)
+        certificates.adopt(environment)
+        settings = load_settings(environment, options.state_path, options.mapping_path)
         output.secrets = settings.secrets
         code = body(settings, output)
     except SyncError as error:
@@ -86,7 +89,8 @@ def _fail(name: str, output: Output, message: str, exit_code: int) -> None:
 
 
 def run() -> None:
-    """The console script: click's own errors (a bad option, Ctrl-C) still give one JSON object with --json."""
+    """The console script and `python -m lspos_sync`: click's own errors (a bad option, Ctrl-C) still give one JSON
+    object with --json."""
     # A run makes millions of short-lived objects (pages, models, records) and few cycles: the collector's
     # default (a young collection every 700 allocations) took 1.5 of a 10,000-sale sync's 7.2 CPU s. The modules
     # imported so far are frozen out of it, and it runs less often: 0.72 -> 0.52 CPU s per 1,000 sales, peak RSS
@@ -94,7 +98,8 @@ def run() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        main(standalone_mode=False)
+        # Named `lspos-sync` however it was started: `python -m lspos_sync` is the same program (contract §1).
+        main(prog_name="lspos-sync", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as error:  # no command at all: the help, as click shows it
         error.show()
         _usage_failure(str(error.format_message()), 2)

@@ -153,7 +153,13 @@ def read_environment(env_file: Path | None) -> dict[str, str]:
     if path.is_file():
         from dotenv import dotenv_values
 
-        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        try:
+            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                              f"{error.start}): save it as UTF-8") from None
+        except OSError as error:
+            raise ConfigError(f"{path} cannot be read: {error.strerror or error}") from None
     # A variable set but empty in the environment does not blank out the file's value.
     values.update({k: v for k, v in os.environ.items() if v != "" or k not in values})
     return values

@@ -257,11 +257,12 @@ _LABELS = {CREATE: ("created", "to create"), STAMP: ("keyed", "to key"), FILL: (
            UNCHANGED: ("unchanged",) * 2, REJECTED: ("rejected",) * 2}
 
 
-def report_lines(customers: dict[str, Any] | None, preview: bool) -> tuple[list[str], list[str], str]:
+def report_lines(customers: dict[str, Any] | None, preview: bool) -> tuple[list[str], list[str], list[str], str]:
     """For the plain report: the dry-run's line per customer, the notes for stderr (ambiguous and rejected
-    customers, fields filled), and what the summary line adds; nothing when the feed is off."""
+    customers), the fields filled (or, in a preview, to fill), and what the summary line adds; nothing when the
+    feed is off."""
     if customers is None:
-        return [], [], ""
+        return [], [], [], ""
     lines = []
     for plan in customers.get("plans", []):
         account = f" -> {plan['account_id']}" if plan["account_id"] else ""
@@ -273,7 +274,7 @@ def report_lines(customers: dict[str, Any] | None, preview: bool) -> tuple[list[
              for c in customers["rejected_customers"]]
     notes += [f"ambiguous customer {c['customer_key']}: {c['reason']} (candidates {', '.join(c['candidates'])}); "
               "nothing written" for c in customers["ambiguous_customers"]]
-    notes += [f"{'would fill' if preview else 'filled'} empty fields of account {c['account_id'] or 'to create'} "
-              f"({c['customer_key']}): {', '.join(c['fields'])}" for c in customers["enriched"]]
+    fills = [f"{'would fill' if preview else 'filled'} empty fields of account {c['account_id'] or 'to create'} "
+             f"({c['customer_key']}): {', '.join(c['fields'])}" for c in customers["enriched"]]
     done = ", ".join(f"{customers[action]} {_LABELS[action][preview]}" for action in ACTIONS if customers[action])
-    return lines, notes, f"; {customers['read']} customer(s) read" + (f" ({done})" if done else "")
+    return lines, notes, fills, f"; {customers['read']} customer(s) read" + (f" ({done})" if done else "")

@@ -321,7 +321,7 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
     sales with data Lightspeed did not send listed, each sale once, so the operator sees exactly which need
     attention."""
     preview = summary.command == "dry-run"
-    lines, customer_notes, customer_counts = customer_feed.report_lines(summary.customers, preview)
+    lines, customer_notes, fills, customer_counts = customer_feed.report_lines(summary.customers, preview)
     if preview:
         for change in (data.get("mapping") or {}).get("changes", []):
             output.note(f"mapping: {change}")
@@ -347,9 +347,15 @@ def _report(summary: RunSummary, data: dict, output: "Output") -> list[str]:
                     "is known")
     for note in customer_notes:
         output.note(note)
-    for account in summary.enriched:
-        output.note(f"{'would fill' if summary.command == 'dry-run' else 'filled'} empty fields of account "
-                    f"{account['account_id']} ({account['customer_key']}): {', '.join(account['fields'])}")
+    fills += [f"{'would fill' if preview else 'filled'} empty fields of account {account['account_id']} "
+              f"({account['customer_key']}): {', '.join(account['fields'])}" for account in summary.enriched]
+    for fill in fills:
+        # A fill is no fault: the preview lists it, a run logs it at INFO (-v, JSON logs), so cron's stderr stays
+        # quiet on success (contract §1).
+        if preview:
+            output.note(fill)
+        else:
+            log.info("%s", fill)
     rolled = summary.rollups
     for change in (rolled or {}).get("changes", []):
         moves = ", ".join(f"{name} {move['from']} -> {move['to']}" for name, move in change["fields"].items())

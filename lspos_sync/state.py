@@ -151,6 +151,8 @@ class StateStore:
         # Tokens live here: the file is private to its owner from the first byte.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         os.chmod(self.path, 0o600)
+        # The store's locks are named from its real path: a run that reaches the file through a symlink takes the same.
+        self._real_path = os.path.realpath(self.path)
         # One connection, shared with the thread that reads Lightspeed ahead (it stores rotated tokens);
         # every use holds the mutex.
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -212,7 +214,7 @@ class StateStore:
         self._locks.append(path)
 
     def lock_path(self, account_id: str) -> str:
-        return f"{self.path}.{account_id}.lock"
+        return f"{self._real_path}.{account_id}.lock"
 
     def release_lock(self) -> None:
         for path in self._locks:
@@ -236,7 +238,7 @@ class StateStore:
     @contextmanager
     def _waiting_lock(self, suffix: str) -> Iterator[None]:
         """An flock on `<state>.<suffix>`, waited for (unlike the run lock, which is refused at once)."""
-        fd = os.open(f"{self.path}.{suffix}", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(f"{self._real_path}.{suffix}", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import sell
+from conftest import Cli, sell
 
 DAY = timedelta(days=1)
 
@@ -170,6 +170,21 @@ def test_env_file_fills_in_what_the_environment_lacks(cli, tmp_path, lightspeed,
     assert result.json["account_id"] == "182255"  # the environment wins over the file
 
 
+def test_an_env_file_that_cannot_be_read_is_a_configuration_error_exit_2(tmp_path):
+    """Exit code 2: "usage or configuration error"; §2: "a .env file fills in what the environment lacks".
+    A .env that is not UTF-8 (a password with an accented letter saved as Latin-1) is exit 2 naming the file,
+    not a failed run."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env_file = workdir / "lspos.env"
+    env_file.write_bytes(b"LIGHTSPEED_ACCOUNT_ID=182255\nSALESFORCE_PASSWORD=caf\xe9\n")
+    cli = Cli({"LSPOS_STATE_PATH": str(tmp_path / "state.db")}, workdir)
+    result = cli("checkpoint", "show", "--json", "--env-file", str(env_file))
+    assert result.code == 2, (result.code, result.stdout, result.stderr)
+    assert result.json["exit_code"] == 2
+    assert "lspos.env" in result.json["error"]
+
+
 def test_json_stdout_is_exactly_one_object_even_on_failure(cli):
     result = cli("sync", "--json", env={"SALESFORCE_ACCESS_TOKEN": "", "SALESFORCE_INSTANCE_URL": ""})
     assert result.code == 2
@@ -198,6 +213,14 @@ def test_python_m_and_console_script_are_the_same_program(cli):
     through_module = cli("sync", "--json", "--bogus")
     assert through_script.returncode == through_module.code == 2
     assert json.loads(through_script.stdout) == json.loads(through_module.stdout)
+    # Both name themselves `lspos-sync`, in --version, --help and every usage error.
+    for args in (("--version",), ("--help",), ("sync", "--bogus")):
+        through_script = subprocess.run([script, *args], capture_output=True, text=True,
+                                        env=cli._environment(None), cwd=cli.cwd)
+        through_module = cli(*args)
+        assert (through_module.code, through_module.stdout, through_module.stderr) == \
+            (through_script.returncode, through_script.stdout, through_script.stderr)
+    assert through_module.stderr.endswith("See 'lspos-sync sync --help'.\n"), through_module.stderr
 
 
 def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):

@@ -129,6 +129,7 @@ def test_enrichment_fills_blanks_and_overwrites_nothing_typed(cli, lightspeed, s
     assert result.json["customers"]["stamp"] == 1  # matched by phone
     [filled] = result.json["customers"]["enriched"]
     assert filled["fields"] == ["Phone", "PersonBirthdate", "PersonMailingStreet", "PersonMailingPostalCode"]
+    assert result.stderr == ""  # a fill is no fault: logged at INFO, not on a quiet run's stderr
     account = salesforce.get("Account", typed)
     assert account["LS_Customer_ID__c"] == f"182255-{ana}"
     assert (account["Phone"], account["PersonBirthdate"], account["PersonMailingStreet"],

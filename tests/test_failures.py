@@ -111,6 +111,33 @@ def test_lock_of_a_killed_run_is_taken_over(cli, lightspeed, salesforce, boutiqu
     assert len(salesforce.records("Sales_Transaction__c")) == 150
 
 
+def test_one_run_at_a_time_per_state_store_even_when_the_store_is_named_through_a_symlink(
+        cli, lightspeed, boutique, state_path, tmp_path):
+    """§4 "One run at a time, per state store: a second `sync` while one runs exits 4 at once"; exit code 4:
+    "another run holds the lock; this one did nothing". The lock must follow the store, not the spelling of its
+    path: a second run that reaches the same SQLite file through a symlink (e.g. /var/lib/lspos -> /data/lspos)
+    is refused too."""
+    sell(lightspeed, boutique)
+    assert cli("checkpoint", "reset", "--to", "2020-01-01", "--yes").code == 0
+    linked = tmp_path / "elsewhere.db"
+    linked.symlink_to(state_path)
+    lightspeed.after_request = lambda request: time.sleep(1.0)  # the first run is slow: it holds the lock a while
+    first = cli.start("sync")
+    try:
+        deadline = time.monotonic() + 30
+        while not lightspeed.requests and time.monotonic() < deadline:  # it has the lock once it reads Lightspeed
+            time.sleep(0.05)
+        assert lightspeed.requests, "the first run never reached Lightspeed"
+        same_path = cli("sync", "--json")
+        assert first.poll() is None, "the first run ended too soon: the test proves nothing"
+        through_link = cli("sync", "--json", "--state", str(linked))
+    finally:
+        first.communicate(timeout=120)
+        lightspeed.after_request = None
+    assert same_path.code == 4, same_path.stderr  # the same path: refused, as promised
+    assert through_link.code == 4, (through_link.stdout, through_link.stderr)  # the same store through a link
+
+
 def test_a_person_account_record_type_the_org_lacks_exits_2_naming_the_variable(cli, lightspeed, salesforce,
                                                                                  boutique):
     sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", email="bo@example.com"))

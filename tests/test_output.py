@@ -40,3 +40,20 @@ def test_plain_sync_is_one_summary_line_on_success(cli, lightspeed, salesforce, 
     sell(lightspeed, boutique)
     result = cli("sync")
     assert result.code == 0 and result.stderr == "" and len(result.stdout.splitlines()) == 1
+
+
+def test_a_successful_sync_under_cron_prints_only_its_summary_line_with_profile_enrichment_on(
+        cli, lightspeed, salesforce, boutique):
+    """§1 "Under cron the output is plain, line-oriented and quiet on success except for one summary line." With
+    LSPOS_ENRICH_PROFILES on (§5), the accounts a run fills are no fault: logged at INFO (-v, JSON logs), not
+    printed on stderr by a plain run."""
+    salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id, "LastName": "Roy",
+                                  "PersonEmail": "jo.roy@example.com"})
+    customer = lightspeed.add_customer("Jo", "Roy", email="jo.roy@example.com", phones={"Mobile": "+14155550134"})
+    sell(lightspeed, boutique, customer_id=customer)
+    result = cli("sync", env={"LSPOS_ENRICH_PROFILES": "true"})
+    assert result.code == 0, result.stderr
+    account = next(a for a in salesforce.records("Account") if a.get("PersonEmail") == "jo.roy@example.com")
+    assert account.get("PersonMobilePhone"), "the account was not enriched: the test proves nothing"
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+    assert result.stderr == "", result.stderr

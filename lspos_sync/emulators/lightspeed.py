@@ -48,10 +48,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from email.utils import formatdate
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode
 
-from lspos_sync.emulators.http import DropConnection, EmulatorServer, Request, Response
+from lspos_sync.emulators.http import DropConnection, EmulatorServer, Request, Response, loopback_tls
 
 TOKEN_PATH = "/auth/oauth/token"
 _ROUTE = re.compile(
@@ -1084,16 +1085,21 @@ class LightspeedAccount:
 
 class LightspeedEmulator(LightspeedAccount):
     """The Lightspeed cloud on 127.0.0.1 (one API base URL, one token URL) and the handle of its first account;
-    `add_account` registers more accounts on the same server."""
+    `add_account` registers more accounts on the same server. Plain HTTP, or HTTPS given `tls_dir` (a throwaway CA
+    written there as `ca_bundle`, as the Salesforce emulator does)."""
 
     def __init__(self, account_id: str = "182255", client_id: str = "ls-client-id",
                  client_secret: str = "ls-client-secret", refresh_token: str = "ls-refresh-0",
                  bucket_size: float = 90.0, drip_rate: float = 1.0, burst_limit: int = 20,
                  access_token_ttl: int = 3600, latency: float = 0.0,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, tls_dir: Path | None = None) -> None:
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.RLock()
-        self._server = EmulatorServer(self._handle, latency=latency)
+        self.ca_bundle: Path | None = None  # the CA a client must trust, when served over HTTPS
+        ssl_context = None
+        if tls_dir is not None:
+            ssl_context, self.ca_bundle = loopback_tls(Path(tls_dir))
+        self._server = EmulatorServer(self._handle, ssl_context, latency=latency)
         self._base_url = ""
         self._accounts: dict[str, LightspeedAccount] = {account_id: self}
         super().__init__(self, account_id, client_id, client_secret, refresh_token, bucket_size, drip_rate,
