@@ -68,7 +68,8 @@ class Engine:
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
             account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
             look_up=lambda customers: self.resolver.look_up(customers, [])[0],
-            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
+            record_type_id=self.resolver.person_record_type_id, foresee=self.resolver.foresee,
+            field_map=field_map) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
