@@ -142,14 +142,17 @@ class BulkBackfill:
             if parked:
                 log.info("retrying %d rejected sale(s) first", len(parked))
                 summary.retried = len(parked)
+            read_first: set[int] = set()  # as the engine: each sale once a run, the pages skip these
             for sale_ids in (parked, self.reader.voided(window)):
+                sale_ids = [sale_id for sale_id in sale_ids if sale_id not in read_first]
                 if sale_ids:
                     for batch in batches(self.reader.sales(self.reader.pages_by_id(sale_ids), summary, None),
                                          BATCH_SALES):
+                        read_first.update(sale.sale_id for sale in batch)
                         current = self._gather(current, batch, summary, None)
             latest, in_order = None, True
             with closing(self.reader.window_pages(window, ahead=BATCH_SALES)) as pages:
-                for batch in batches(self.reader.sales(pages, summary, window), BATCH_SALES):
+                for batch in batches(self.reader.sales(pages, summary, window, skip=read_first), BATCH_SALES):
                     for sale in batch:
                         moment = self.reader.place(sale)
                         if moment is not None:

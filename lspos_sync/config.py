@@ -225,7 +225,7 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
             get(f"LIGHTSPEED_ACCOUNT_{listed}_{name}") or get(f"LIGHTSPEED_{name}")
             for name in ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN"))
     state_path = state_override or (Path(get("LSPOS_STATE_PATH")) if get("LSPOS_STATE_PATH") else default_state_path())
-    return Settings(
+    settings = Settings(
         account_id=account_id,
         client_id=get("LIGHTSPEED_CLIENT_ID"),
         client_secret=get("LIGHTSPEED_CLIENT_SECRET"),
@@ -260,3 +260,10 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
         secrets=tuple(v for name in SECRET_VARIABLES if (v := get(name))) + tuple(
             v for credentials in accounts.values() for v in credentials[1:] if v),
     )
+    if settings.mapping_path is not None:
+        # Checked like every other variable, whatever the command: a broken mapping file (or one LSPOS_ROLLUPS cannot
+        # use) is exit 2 at start, before anything is read (docs/mapping.md). Without one nothing can be wrong.
+        from lspos_sync import fieldmap
+
+        fieldmap.for_settings(settings)
+    return settings

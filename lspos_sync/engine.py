@@ -69,7 +69,8 @@ class Engine:
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
             account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
             look_up=lambda customers: self.resolver.look_up(customers, [])[0],
-            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
+            record_type_id=self.resolver.person_record_type_id, foresee=self.resolver.foresee,
+            field_map=field_map) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -82,15 +83,18 @@ class Engine:
         with closing(self.reader.window_pages(window, ahead=min(BATCH_SALES, limit or BATCH_SALES))) as pages:
             if self.customer_feed is not None:
                 summary.customers = self.customer_feed.run(window.since, window.until, limit)
-            if retry_rejects:
-                self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary)
+            read_first = self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary) \
+                if retry_rejects else set()
             if limit is None:
                 # Voids first: a void that moves no timestamp of its sale is seen only here, and the checkpoint
                 # moves with the pages below, so a run that stops half-way must not have skipped this.
-                self._process_ids(self.reader.voided(window), summary)
-            # Parked sales and voids are written and settled before the pages: met again there, unchanged.
+                voided = [sale_id for sale_id in self.reader.voided(window) if sale_id not in read_first]
+                read_first |= self._process_ids(voided, summary)
+            # Parked sales and voids are written and settled before the pages, which skip them: each sale once a
+            # run. Read again, a dry-run (no hash kept) would plan it twice, a backfill check it in Salesforce
+            # twice, and a parked sale voided since be written twice.
             self.settler.drain(summary)
-            self._read_window(pages, window, summary, progress, limit)
+            self._read_window(pages, window, summary, progress, limit, read_first)
         self.settler.drain(summary)
         if self.rollups:
             self.rollups.run(summary)
@@ -104,9 +108,10 @@ class Engine:
         return summary
 
     def _read_window(self, pages: Iterator[list], window: Window, summary: RunSummary,
-                     progress: Callable[[datetime], None] | None, limit: int | None) -> None:
+                     progress: Callable[[datetime], None] | None, limit: int | None, read_first: set[int]) -> None:
         done, latest, in_order = 0, None, True
-        for batch in batches(self.reader.sales(pages, summary, window), min(BATCH_SALES, limit or BATCH_SALES)):
+        for batch in batches(self.reader.sales(pages, summary, window, skip=read_first),
+                             min(BATCH_SALES, limit or BATCH_SALES)):
             batch = batch[:limit - done] if limit is not None else batch
             if batch:
                 for sale in batch:
@@ -134,16 +139,21 @@ class Engine:
         summary.records = dict(self.writer.stats.records)
         return summary
 
-    def _retry_parked(self, sale_ids: list[int], summary: RunSummary) -> None:
-        if sale_ids:
-            log.info("retrying %d rejected sale(s) first", len(sale_ids))
-            summary.retried = len(sale_ids)
-            self._process_ids(sale_ids, summary)
+    def _retry_parked(self, sale_ids: list[int], summary: RunSummary) -> set[int]:
+        if not sale_ids:
+            return set()
+        log.info("retrying %d rejected sale(s) first", len(sale_ids))
+        summary.retried = len(sale_ids)
+        return self._process_ids(sale_ids, summary)
 
-    def _process_ids(self, sale_ids: list[int], summary: RunSummary) -> None:
-        """Given sales, read afresh from Lightspeed whatever their time, and written like any other."""
+    def _process_ids(self, sale_ids: list[int], summary: RunSummary) -> set[int]:
+        """Given sales, read afresh from Lightspeed whatever their time, and written like any other; the ids of
+        those read."""
+        read: set[int] = set()
         for batch in batches(self.reader.sales(self.reader.pages_by_id(sale_ids), summary, None), BATCH_SALES):
+            read.update(sale.sale_id for sale in batch)
             self._process(batch, summary)
+        return read
 
     def _process(self, sales: list[Sale], summary: RunSummary, progress: datetime | None = None) -> None:
         """One batch: read what it lacks, plan, hand the plan to the writer, settle what is answered."""

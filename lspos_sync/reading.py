@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator, TypeVar
 
 from lspos_sync.fieldmap import FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
@@ -60,10 +60,13 @@ class Reader:
         return self.lightspeed.sales_by_id(sale_ids, raw=self.field_map.needs_raw)
 
     def sales(self, pages: Iterable[list[Sale | dict[str, Any]]], summary: RunSummary,
-              window: Window | None) -> Iterator[Sale]:
-        """Validated, completed sales in the window; a sale Lightspeed sent malformed is parked, not fatal."""
+              window: Window | None, skip: Container[int] = frozenset()) -> Iterator[Sale]:
+        """Validated, completed sales in the window, but those in `skip` (read earlier in the run); a sale
+        Lightspeed sent malformed is parked, not fatal."""
         for page in pages:
             for payload in page:
+                if skip and _sale_id(payload) in skip:
+                    continue
                 summary.sales_read += 1
                 if payload.__class__ is not dict:  # a Sale, read with its page
                     sale = payload
@@ -124,6 +127,14 @@ class Reader:
         for sale in sales:
             self._payloads.pop(sale.sale_id, None)
         self._raw_customers.clear()
+
+
+def _sale_id(payload: Sale | dict[str, Any]) -> int | None:
+    """The sale's id, read or not; None when a payload has none that reads."""
+    if not isinstance(payload, dict):
+        return payload.sale_id
+    value = str(payload.get("saleID"))
+    return int(value) if value.isdigit() else None
 
 
 class ReadAhead:

@@ -47,6 +47,8 @@ class Resolver:
         # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
         # again if it comes back (by then it has its key), so memory stays flat over long windows.
         self.decisions: _Recent[str, Resolution] = _Recent(kept)
+        # dry-run with LSPOS_SYNC_CUSTOMERS: how the customers the feed would write resolve once written (`foresee`)
+        self.foreseen: dict[str, Resolution] = {}
         self._record_type_id: str | None = None  # "" when the org has none
         self.like = True  # until Salesforce refuses a phone LIKE
         # How long the lookup statements may be, for the run: shorter once Salesforce finds one too complicated
@@ -60,6 +62,8 @@ class Resolver:
         """Decides the batch's customers not decided yet and reads the transactions (and their stale lines)
         that the writes depend on."""
         customers = {self.customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
+        for key in customers.keys() & (self.foreseen.keys() - self.decisions.keys()):
+            self.decisions[key] = self.foreseen[key]  # dry-run: as the customer feed would leave its account
         unresolved = {k: c for k, c in customers.items() if k not in self.decisions}
         for key in customers.keys() - unresolved.keys():
             self.decisions.move_to_end(key)  # this batch's decisions are the newest: the last to be forgotten
@@ -93,6 +97,11 @@ class Resolver:
         if customer_key is None:
             return resolve(None, None, found.candidates, self.region)
         return Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
+
+    def foresee(self, customer_key: str, resolution: Resolution) -> None:
+        """dry-run: the customer feed would write this customer's account, which the lookups of a run that writes
+        nothing never see; its sales resolve as the sync, which reads the account written, would resolve them."""
+        self.foreseen[customer_key] = resolution
 
     def keep_decision_only(self, customer_key: str) -> None:
         """The run remembers the decision, not the account as found (memory stays flat over long windows), and

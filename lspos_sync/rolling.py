@@ -48,8 +48,9 @@ class RollUps:
             # a parked sale counts too: its transaction may have gone through without its lines
             resolution = self.resolver.decisions.get(customer_key) if customer_key else None
             after = resolution.account_id if resolution and sale_plan.match != AMBIGUOUS else None
-            if after is None and sale_plan.match == CREATED and self.dry_run:
-                after = customer_key  # an account the dry-run would create: known by its key
+            created = sale_plan.match == CREATED or (resolution is not None and resolution.account_key is not None)
+            if after is None and created and self.dry_run:
+                after = customer_key  # an account the dry-run (or its customer feed) would create: known by its key
             elif kept:
                 after = before  # a link made by hand, which the sync keeps
             for account in (before, after):

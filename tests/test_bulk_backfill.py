@@ -407,6 +407,23 @@ def test_a_bulk_backfill_killed_in_the_middle_of_a_job_resumes_exactly(cli, ligh
     assert again.json["sales"]["written"] == 0 and again.json["sales"]["unchanged"] == 6
 
 
+def test_a_bulk_backfill_reads_a_parked_or_voided_sale_once(cli, lightspeed, salesforce, boutique):
+    parked, voided = (sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(minutes=5)) for _ in "ab")
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda record: record["LS_Sale_ID__c"] == f"182255-{parked}",
+                                   "not today")
+    assert cli("sync").code == 3
+    salesforce.clear_validation_rules()
+    lightspeed.void_sale(parked)  # retried as parked, in the SaleVoid feed and on the pages
+    lightspeed.void_sale(voided)  # in the SaleVoid feed and on the pages
+
+    result = cli("backfill", "--bulk", "--from", (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(), "--json")
+
+    assert result.code == 0, result.stderr
+    # observed before: "5 read" for these two sales
+    assert (result.json["sales"]["read"], result.json["sales"]["written"], result.json["sales"]["retried"]) == (2, 2, 1)
+    assert result.json["records"] == {"transactions": 2, "lines": 2}
+
+
 def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, lightspeed, salesforce, boutique):
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
     ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # new: its account is created

@@ -84,6 +84,19 @@ def test_dry_run_after_a_sync_says_update_or_unchanged(cli, lightspeed, salesfor
     assert actions == {same: "unchanged", changed: "update"}
 
 
+def test_dry_run_previews_a_voided_sale_once(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    assert cli("sync").code == 0
+    lightspeed.void_sale(sale)
+
+    preview = cli("dry-run", "--json")
+
+    assert preview.code == 0, preview.stderr
+    # observed: two plans for sale 1 (SaleVoid feed, then the page) and "2 would write" for one sale
+    assert [p["sale_id"] for p in preview.json["plans"]] == [sale]
+    assert preview.json["sales"]["written"] == 1
+
+
 def test_dry_run_to_before_where_the_next_sync_starts_is_a_usage_error(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique)
     assert cli("sync").code == 0  # the next sync starts at the checkpoint less the look-back

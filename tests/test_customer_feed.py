@@ -229,6 +229,46 @@ def test_dry_run_names_each_customer_decision_and_writes_nothing(cli, lightspeed
     assert "3 customer(s) read (1 to create, 1 to key, 1 archived)" in plain.stdout
 
 
+def test_dry_run_with_the_customer_feed_previews_a_new_clients_sale_as_the_sync_writes_it(cli, lightspeed, salesforce,
+                                                                                          boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    sale = sell(lightspeed, boutique, ana)
+
+    preview = cli("dry-run", "--json", env=FEED)
+    written = cli("sync", "--json", env=FEED)
+
+    assert preview.code == written.code == 0
+    match = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]["Match_Status__c"]
+    assert match == "Linked"
+    assert written.json["records"]["create_accounts"] == 1
+    [plan] = preview.json["plans"]
+    # observed: the preview says "Created" and counts two account creations for the one client
+    assert (plan["match"], preview.json["records"]["create_accounts"]) == (match, 1)
+
+
+
+
+def test_dry_run_previews_the_sale_of_a_client_the_feed_keys_and_fills_as_the_sync_writes_it(
+        cli, lightspeed, salesforce, boutique):
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Chen", "PersonEmail": "bo@example.com"})
+    bo = lightspeed.add_customer("Bo", "Chen", email="bo@example.com", phones={"Mobile": "415-555-0134"})
+    sale = sell(lightspeed, boutique, bo)
+
+    preview = cli("dry-run", "--json", env=ENRICH)
+    written = cli("sync", "--json", env=ENRICH)
+
+    assert preview.code == written.code == 0
+    assert by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]["Match_Status__c"] \
+        == "Linked"
+    [plan] = preview.json["plans"]
+    assert (plan["match"], plan["account_id"], plan["reason"]) == ("Linked", typed, f"LS_Customer_ID__c = 182255-{bo}")
+    # one key stamped and one phone filled, by the feed: the sale writes neither again
+    assert preview.json["records"] == written.json["records"] == {"update_accounts": 1, "transactions": 1, "lines": 1}
+    assert preview.json["customers"]["enriched"] == written.json["customers"]["enriched"] == [
+        {"account_id": typed, "customer_key": f"182255-{bo}", "fields": ["PersonMobilePhone"]}]
+
+
 def test_a_customer_salesforce_refuses_is_parked_and_retried(cli, lightspeed, salesforce):
     salesforce.add_validation_rule("Account", lambda r: r.get("LastName") == "Lima", "No Limas today")
     ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")

@@ -321,6 +321,18 @@ def test_a_bad_mapping_file_exits_2_before_anything_is_read(cli, lightspeed, sal
     assert lightspeed.request_count() == 0 and salesforce.api_calls == 0
 
 
+def test_a_bad_mapping_file_stops_every_command_with_exit_2(cli, tmp_path):
+    """docs/mapping.md: problems in the file itself "stop every command at start with exit 2"."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[objects]\nAccount = "Client__c"\n')
+
+    for command in (("checkpoint", "show"), ("status",), ("rejects", "list")):
+        result = cli(*command, "--mapping", str(bad))
+        assert result.code == 2, (command, result.code, result.stdout)
+        assert result.stderr == "Error: mapping: [objects] Account: Person Accounts are always Account; it cannot be " \
+                                "renamed\n"
+
+
 def test_soql_is_renamed_outside_string_literals_only():
     names = fieldmap.FieldMap(objects={"Sales_Transaction__c": "POS_Sale__c"},
                               renames={("Sales_Transaction__c", "Total__c"): "Gross__c"})

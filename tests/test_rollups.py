@@ -129,6 +129,23 @@ def test_dry_run_shows_the_rollups_it_would_change_and_writes_none(cli, lightspe
     assert salesforce.records("Sales_Transaction__c") == []
 
 
+def test_dry_run_with_the_customer_feed_shows_the_rollups_of_the_accounts_the_feed_would_key_or_create(
+        cli, lightspeed, salesforce, boutique):
+    crm = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                        "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # the feed would key the CRM's account
+    zoe = lightspeed.add_customer("Zoé", "Faure", email="zoe@example.com")  # the feed would create one
+    sell(lightspeed, boutique, ana, lines=((1, "120.00"),))
+    sell(lightspeed, boutique, zoe, lines=((1, "80.00"),))
+
+    data = cli("dry-run", "--json", env={**ROLLUPS, "LSPOS_SYNC_CUSTOMERS": "true"}).json
+
+    assert [plan["match"] for plan in data["plans"]] == ["Linked", "Linked"]  # by key, as the sync writes them
+    changes = {change["account_id"] or change["customer_key"]: change["fields"] for change in data["rollups"]["changes"]}
+    assert changes[crm]["Lifetime_Spend__c"] == {"from": None, "to": 120.0}
+    assert changes[f"182255-{zoe}"]["Lifetime_Spend__c"] == {"from": None, "to": 80.0}
+
+
 def test_dry_run_rollups_replace_what_salesforce_holds_for_sales_it_would_rewrite(cli, lightspeed, salesforce, boutique):
     ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
     sale = sell(lightspeed, boutique, ana, lines=((1, "120.00"),))

@@ -724,6 +724,40 @@ def test_a_sale_read_twice_in_a_run_is_named_once(cli, lightspeed, salesforce, b
     assert result.stderr.count(f"ambiguous 182255-{sale}") == 1
 
 
+def test_a_voided_sale_is_read_once_a_run_from_the_void_feed(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    assert cli("sync").code == 0
+    lightspeed.void_sale(sale)  # in the SaleVoid feed, and on the pages (the void moved its update time)
+
+    result = cli("sync", "--json")
+    again = cli("backfill", "--from", (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(), "--json")
+
+    assert result.code == again.code == 0, result.stderr + again.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    sales = result.json["sales"]
+    assert (sales["read"], sales["written"], sales["unchanged"]) == (1, 1, 0)
+    # checked in Salesforce once, not once more when met on the pages (that was a second call)
+    assert (again.json["sales"]["read"], again.json["sales"]["unchanged"]) == (1, 1)
+    assert again.json["salesforce_api_calls"] == 1
+
+
+def test_a_parked_sale_voided_since_is_written_once(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda record: True, "not today")
+    assert cli("sync").code == 3
+    salesforce.clear_validation_rules()
+    lightspeed.void_sale(sale)  # retried as parked, in the SaleVoid feed, and on the pages
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    # observed before: written twice (2 transactions, 2 lines, 4 Salesforce calls), "3 read" for one sale
+    assert result.json["records"] == {"transactions": 1, "lines": 1}
+    assert (result.json["sales"]["read"], result.json["sales"]["written"], result.json["sales"]["retried"]) == (1, 1, 1)
+    assert result.json["salesforce_api_calls"] == 2
+
+
 def test_a_line_whose_item_lightspeed_did_not_send_is_written_and_named(cli, lightspeed, salesforce, boutique):
     without_category = lightspeed.add_item("Gift wrap", custom_sku="WRAP", category_id=404)  # no such Category
     sale = lightspeed.add_sale(boutique.shop, [{"item_id": 777, "quantity": 1, "unit_price": "30"},  # no such Item
