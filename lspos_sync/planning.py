@@ -131,7 +131,11 @@ class Planner:
             for line in lines:  # hashed already: the record itself goes, typed
                 line["attributes"] = _LINE_TYPE
                 writes.append(Write(LINES, line, keys))
-            writes.extend(Write(DELETE_LINES, line_id, keys) for line_id in found.stale.get(sale_key, ()))
+            # A line moved to another sale of the batch: that sale depends on the delete too, so that a delete
+            # refused for a passing reason is sent again with its write of the line (writer.CompositeWriter).
+            writes.extend(Write(DELETE_LINES, line_id, keys + ((found.moved[line_id],) if line_id in found.moved
+                                                               else ()))
+                          for line_id in found.stale.get(sale_key, ()))
             action = "update" if sale_key in existing else "create"
             plan.plans[sale_key] = self._sale_plan(
                 sale, transaction, lines, resolution.status, resolution.account_id or kept,

@@ -5,7 +5,7 @@ of recent batches."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lspos_sync import mapping
@@ -31,6 +31,9 @@ class Found:
     existing: dict[str, dict]  # the transactions already there (their Account__c, Match_Status__c), by sale key
     checked: set[str]  # sale keys whose transaction was looked up before writing
     stale: dict[str, list[str]]  # Ids of lines Salesforce has and Lightspeed no longer, by sale key
+    # Of those, the lines another sale of the batch holds now (moved in Lightspeed): Id -> that sale's key. Its
+    # write of the line waits on the delete (the master-detail is not reparentable).
+    moved: dict[str, str] = field(default_factory=dict)
 
 
 class Resolver:
@@ -84,10 +87,11 @@ class Resolver:
         if late:  # found ambiguous just now
             existing.update(self.existing(late))
             checked.update(late)
+        moved: dict[str, str] = {}
         stale = self.stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
                                  {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
-                                  for t, lines, _ in built.values()}) if existing else {}
-        return Found(customers, candidates, existing, checked, stale)
+                                  for t, lines, _ in built.values()}, moved) if existing else {}
+        return Found(customers, candidates, existing, checked, stale, moved)
 
     def decision(self, sale: Sale, found: Found) -> Resolution:
         """The account the sale goes to."""
@@ -179,9 +183,12 @@ class Resolver:
             queries.transactions_by_key(sale_keys, self.match_status, limit)))
         return {record[mapping.SALE_KEY]: record for records in answers for record in records or ()}
 
-    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]]) -> dict[str, list[str]]:
+    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]],
+                    moved: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
-        transactions (Id -> sale key) and the line keys each has now."""
+        transactions (Id -> sale key) and the line keys each has now. With `moved`, each of those lines that
+        another of the sales has now is noted there: its Id -> that sale's key."""
+        holder = {line: sale for sale, lines in current.items() for line in lines} if moved is not None else {}
         stale: dict[str, list[str]] = {}
         answers = self.budget.ask(lambda limit: self.writer.queries(queries.lines_by_transaction(key_of, limit),
                                                                     after_lines=True))
@@ -190,6 +197,8 @@ class Resolver:
                 sale_key = key_of.get(record["Sales_Transaction__c"])
                 if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
                     stale.setdefault(sale_key, []).append(record["Id"])
+                    if moved is not None and (new_sale := holder.get(record[mapping.LINE_KEY])) is not None:
+                        moved[record["Id"]] = new_sale
         return stale
 
     def person_record_type_id(self) -> str:

@@ -126,6 +126,26 @@ def test_a_line_moved_to_another_sale_is_written_under_it_in_the_run_that_reads_
     assert len(lines(salesforce)) == 3
 
 
+def test_a_moved_line_whose_old_sale_delete_hit_a_lock_is_written_under_its_new_sale_in_the_same_run(
+        cli, lightspeed, salesforce, boutique):
+    # The old sale's stale-line delete goes before the lines; the line's write under its new sale depends on it,
+    # so a delete refused for a passing reason is sent again together with that write.
+    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    old = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=at)
+    new = sell(lightspeed, boutique, lines=((1, "30.00"),), at=at)
+    assert cli("sync").code == 0
+    moved = int(_sale_lines(lightspeed, old)[1]["saleLineID"])
+    lightspeed.move_line(moved, new)
+    salesforce.lock_storm(1, "Sales_Line_Item__c")  # another integration holds A's lines a moment: the delete
+
+    result = cli("sync", "--json")
+
+    assert salesforce.lock_storm_left == 0  # the lock did bite (on the delete, now the first line write)
+    assert (result.code, result.json["rejected"]) == (0, []), result.json["rejected"]
+    assert lines(salesforce)[f"182255-{moved}"]["Sales_Transaction__c"] == \
+        transactions(salesforce)[f"182255-{new}"]["Id"]
+
+
 def test_a_line_moved_to_a_sale_written_in_an_earlier_batch_is_written_under_it_by_the_next_run(
         cli, lightspeed, salesforce, boutique):
     """The limit docs/sync-rules.md states ("A line moved to another sale"): where the new sale is written in an
