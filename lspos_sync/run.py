@@ -83,6 +83,8 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
             def window(now: datetime) -> Window:
                 nonlocal end
                 end = min(until or now, now)
+                if since > end:  # (--from after --to is refused before anything is read)
+                    raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
                 return Window(max(since, resume or since), end)
 
             def advance(moment: datetime) -> None:
@@ -134,6 +136,8 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
             def window(now: datetime) -> Window:
                 begin, end = start(now), min(until or now, now)
+                if since is not None and begin > end:  # (--from after --to is refused before anything is read)
+                    raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
                 if until is not None and begin > end:  # --to alone, before where the next sync starts
                     raise ConfigError(f"--to ({iso(until)}) is before the window's start ({iso(begin)}, where the "
                                       "next sync starts); give --from as well")

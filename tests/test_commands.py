@@ -109,6 +109,20 @@ def test_dry_run_to_before_where_the_next_sync_starts_is_a_usage_error(cli, ligh
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["dry-run", "backfill"])
+def test_from_after_lightspeeds_now_is_a_usage_error(cli, lightspeed, salesforce, boutique, command):
+    sell(lightspeed, boutique)
+    tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+
+    alone = cli(command, "--from", tomorrow.isoformat(), "--json")
+    both = cli(command, "--from", tomorrow.isoformat(), "--to", (tomorrow + timedelta(days=1)).isoformat())
+
+    assert alone.code == 2, alone.stdout
+    assert "is after Lightspeed's now" in json.loads(alone.stdout)["error"]
+    assert both.code == 2 and "give --from as well" not in both.stderr, both.stderr
+    assert salesforce.records("Sales_Transaction__c") == []
+
+
 def test_dry_run_limit_caps_the_preview(cli, lightspeed, salesforce, boutique):
     for _ in range(5):
         sell(lightspeed, boutique)
