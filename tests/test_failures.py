@@ -36,21 +36,23 @@ def test_rejected_sale_is_parked_listed_and_retried_until_it_goes_through(cli, l
     assert {r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")} == {f"182255-{good}", f"182255-{bad}"}
 
 
-def test_a_parked_sale_written_later_in_the_same_run_is_not_reported_rejected(cli, lightspeed, salesforce, boutique):
-    """A parked sale retried first and refused again, then met in the window's pages (the look-back) and written:
-    the run lists what is still parked at its end, so neither the sale nor exit 3 (contract §1: records "kept
-    locally and retried by later runs")."""
+def test_a_parked_sale_refused_again_at_its_retry_waits_for_the_next_run(cli, lightspeed, salesforce, boutique):
+    # Retried first, read afresh by ID; refused again, it is not sent again from the window's pages (the
+    # look-back holds it): one attempt a run, listed once, exit 3; a later run writes it once the refusal clears.
     sale = sell(lightspeed, boutique)
-    refusals = iter(range(2))  # a record lock or a rule on another object: the first two saves are refused
+    refusals = iter(range(2))  # a rule on another object, say: the first two saves are refused
     salesforce.add_validation_rule("Sales_Transaction__c", lambda r: next(refusals, None) is not None,
                                    "Busy with another integration")
     assert cli("sync").code == 3  # parked
 
-    result = cli("sync", "--json")  # retried first (refused again), then written from the pages
+    again = cli("sync", "--json")  # retried first and refused again; skipped on the pages
 
+    assert (again.code, [r["sale_key"] for r in again.json["rejected"]]) == (3, [f"182255-{sale}"])
+    assert again.json["sales"]["written"] == 0 and salesforce.records("Sales_Transaction__c") == []
+    later = cli("sync", "--json")
+    assert (later.code, later.json["rejected"], later.json["sales"]["written"]) == (0, [], 1)
     assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
     assert cli("rejects", "list", "--json").json["rejects"] == []
-    assert (result.code, result.json["rejected"], result.json["sales"]["written"]) == (0, [], 1)
 
 
 def test_a_rejected_new_account_holds_its_sales_back(cli, lightspeed, salesforce, boutique):
