@@ -14,7 +14,7 @@ from lspos_sync.config import Settings
 from lspos_sync.engine import Engine, RunSummary, Window, summary_dict
 from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.lightspeed.auth import LightspeedAuth
-from lspos_sync.lightspeed.client import LightspeedClient, http_client
+from lspos_sync.lightspeed.client import CLOCK_TOLERANCE, LightspeedClient, http_client
 from lspos_sync.output import RUN
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter, RecordingSink
@@ -83,7 +83,7 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
             def window(now: datetime) -> Window:
                 nonlocal end
                 end = min(until or now, now)
-                if since > end:  # (--from after --to is refused before anything is read)
+                if since > end + CLOCK_TOLERANCE:  # (--from after --to is refused before anything is read)
                     raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
                 return Window(max(since, resume or since), end)
 
@@ -136,9 +136,10 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
             def window(now: datetime) -> Window:
                 begin, end = start(now), min(until or now, now)
-                if since is not None and begin > end:  # (--from after --to is refused before anything is read)
-                    raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
-                if until is not None and begin > end:  # --to alone, before where the next sync starts
+                if since is not None:  # (--from after --to is refused before anything is read)
+                    if begin > end + CLOCK_TOLERANCE:  # a second or so over: a --from of the host's now
+                        raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
+                elif until is not None and begin > end:  # --to alone, before where the next sync starts
                     raise ConfigError(f"--to ({iso(until)}) is before the window's start ({iso(begin)}, where the "
                                       "next sync starts); give --from as well")
                 return Window(begin, end)

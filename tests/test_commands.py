@@ -121,6 +121,8 @@ def test_from_after_lightspeeds_now_is_a_usage_error(cli, lightspeed, salesforce
     assert "is after Lightspeed's now" in json.loads(alone.stdout)["error"]
     assert both.code == 2 and "give --from as well" not in both.stderr, both.stderr
     assert salesforce.records("Sales_Transaction__c") == []
+    # the host's now is not refused (Lightspeed's clock, whole seconds, may read a second earlier)
+    assert cli(command, "--from", datetime.now(timezone.utc).isoformat()).code == 0
 
 
 def test_dry_run_limit_caps_the_preview(cli, lightspeed, salesforce, boutique):
