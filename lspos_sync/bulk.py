@@ -299,20 +299,22 @@ class BulkBackfill:
                     candidates: Candidates, added: bytes | None) -> None:
         """One customer's decision, and the account write it calls for (kept in the round's accounts spool).
 
-        As on the composite path, the first customer to match an unkeyed account gets it keyed (claims it); the
-        others are linked only. A customer matching no account but one created earlier in the round (same email,
-        or a phone it holds) is linked to that one, as the composite path finds it by lookup in a later batch."""
+        The accounts created earlier in the round count as candidates, as the composite path's lookup finds them
+        in a later batch: a customer matching one of them (same email, or a phone it holds) is linked to it, by
+        the same precedence (a key, then the email, then a phone; more than one at a step: ambiguous). As on the
+        composite path, the first customer to match an unkeyed account gets it keyed (claims it); the others are
+        linked only."""
         db = current.db
         resolution = resolve(customer, customer_key, candidates, self.region)
         account_ref = None
+        if resolution.create or resolution.status == PHONE:
+            resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         if resolution.stamp_key and db.execute("INSERT OR IGNORE INTO claimed VALUES (?)",
                                                (resolution.account_id,)).rowcount == 0:
             # as claim_accounts: an unkeyed account matched by two customers is keyed to the first only
             resolution = Resolution(resolution.status, resolution.account_id,
                                     resolution.reason + " (keyed to another customer in this run: linked only)",
                                     account=resolution.account)
-        if resolution.create:
-            resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
                    (customer_key, resolution.status, resolution.account_id, account_ref, resolution.reason,
                     to_json(list(resolution.candidates))))
@@ -322,6 +324,11 @@ class BulkBackfill:
 
     def _against_new_accounts(self, db: sqlite3.Connection, customer_key: str, customer: Customer,
                               resolution: Resolution) -> tuple[Resolution, str | None]:
+        """The customer's resolution with the round's new accounts among the candidates: `resolution` is the
+        lookup's, to create or by phone (a CRM account). A new account holding the customer's email wins over a
+        CRM account found by phone (the email comes first). A new account matches only what no CRM account did
+        at the same step (it was created because none did, and the round's lookups were all made before), so a
+        CRM account and a new one never tie."""
         email = normalise_email(primary_email(customer))
         phones = customer_phones(customer, self.region)
         if email:
@@ -333,6 +340,8 @@ class BulkBackfill:
             if len(found) > 1:
                 return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
                                   candidates=tuple(found)), None
+        if resolution.status == PHONE:
+            return resolution, None  # the CRM account found by phone
         by_phone: list[str] = []
         matched = ""
         for phone in phones:

@@ -559,3 +559,31 @@ def _dead_pid() -> int:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     return ended.pid
+
+
+def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not_matched_by_phone(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    # The round's new accounts are candidates, as the composite path's lookup finds them in a later batch: Eli
+    # has Eva's email (Eva new in the round) and the mobile of an account typed in the CRM (Yan); email beats phone.
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    eva = lightspeed.add_customer("Eva", "Same", email="same@example.com")
+    eli = lightspeed.add_customer("Eli", "Same", email="same@example.com", phones={"Mobile": "415-555-0190"})
+    sell(lightspeed, boutique, eva, at=start)
+    second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        for org in (salesforce, other):
+            org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": "Yan",
+                                   "LastName": "Typed", "PersonMobilePhone": "(415) 555-0190"})
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        # the two sales in separate composite batches, as a window with >1000 sales between them has them
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        composite, bulk = org_state(salesforce), org_state(other)
+        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
+        assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
+        assert bulk == composite
