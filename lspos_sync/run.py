@@ -83,8 +83,7 @@ def bounded(settings: Settings, output: "Output", since: datetime, until: dateti
             def window(now: datetime) -> Window:
                 nonlocal end
                 end = min(until or now, now)
-                if since > end + CLOCK_TOLERANCE:  # (--from after --to is refused before anything is read)
-                    raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
+                _from_before(since, now)
                 return Window(max(since, resume or since), end)
 
             def advance(moment: datetime) -> None:
@@ -136,9 +135,8 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
             def window(now: datetime) -> Window:
                 begin, end = start(now), min(until or now, now)
-                if since is not None:  # (--from after --to is refused before anything is read)
-                    if begin > end + CLOCK_TOLERANCE:  # a second or so over: a --from of the host's now
-                        raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
+                if since is not None:
+                    _from_before(since, now)
                 elif until is not None and begin > end:  # --to alone, before where the next sync starts
                     raise ConfigError(f"--to ({iso(until)}) is before the window's start ({iso(begin)}, where the "
                                       "next sync starts); give --from as well")
@@ -195,10 +193,16 @@ def _one_of_several(command: str, settings: Settings, output: "Output",
                       [f"{command} account {settings.account_id}: failed: {message}"], error.exit_code)
 
 
+def _from_before(since: datetime, now: datetime) -> None:
+    """--from must not lie after Lightspeed's now (--from after --to is refused before anything is read). A second
+    or so over is a --from of the host's now: Date has whole seconds."""
+    if since > now + CLOCK_TOLERANCE:
+        raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
+
+
 def _require(settings: Settings) -> None:
     settings.require_lightspeed()
     settings.require_salesforce()
-    fieldmap.for_settings(settings)  # a broken mapping file stops the run before anything is read
 
 
 def check_org_mapping(settings: Settings, output: "Output") -> int:
