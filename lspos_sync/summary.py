@@ -47,8 +47,8 @@ class RunSummary:
     unchanged: int = 0
     skipped_open: int = 0
     records: dict[str, int] = field(default_factory=dict)
-    # by sale key, the sales parked as last tried: a sale written later in the run (parked again at the start, then
-    # read from the pages) is not parked any more, and leaves it
+    # by sale key, the sales parked as last tried: one written after it was parked in the run (a sale read again in
+    # the window's pages; a parked sale retried first is not, the pages skip it) is not parked any more, and leaves it
     rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
     # by sale key, so that a sale read twice in a run (look-back, void feed, re-read page) is named once, as last read
     ambiguous: dict[str, dict[str, Any]] = field(default_factory=dict)
