@@ -66,6 +66,8 @@ class Engine:
         self.reader = Reader(lightspeed, field_map, park=self.settler.park)
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=dry_run,
                                verify_unchanged=verify_unchanged, enrich_profiles=enrich_profiles, roll_up=roll_up)
+        # The field a line's upsert is refused on when the line is still under another sale's transaction.
+        self.line_parent = field_map.field(mapping.LINE, "Sales_Transaction__c")
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
             account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
             look_up=lambda customers: self.resolver.look_up(customers, [])[0],
@@ -96,6 +98,7 @@ class Engine:
             self.settler.drain(summary)
             self._read_window(pages, window, summary, progress, limit, read_first)
         self.settler.drain(summary)
+        self._rewrite_moved_lines(summary)
         if self.rollups:
             self.rollups.run(summary)
         if progress and limit is None:
@@ -128,6 +131,20 @@ class Engine:
                 done += len(batch)
             if limit is not None and done >= limit:
                 break
+
+    def _rewrite_moved_lines(self, summary: RunSummary) -> None:
+        """Sales refused because a line of theirs was still under another sale's transaction: a line moved, its
+        old sale written in a later batch (docs/sync-rules.md, "A line moved to another sale"). That sale's stale
+        lines are deleted by now, so they are written again, once; costs nothing when no sale was refused so."""
+        refused = [parked["sale_id"] for parked in summary.rejected.values()
+                   if "INVALID_FIELD_FOR_INSERT_UPDATE" in parked["reason"] and self.line_parent in parked["reason"]]
+        if not refused:
+            return
+        log.info("writing again %d sale(s) with a line that was under another sale", len(refused))
+        read = summary.sales_read
+        self._process_ids(refused, summary)
+        summary.sales_read = read  # read twice, counted once
+        self.settler.drain(summary)
 
     def retry(self, sale_ids: list[int]) -> RunSummary:
         """`rejects retry`: only the given parked sales, read afresh from Lightspeed and written again."""
