@@ -184,6 +184,16 @@ def entered_midnight(zone: str, day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(zone)).astimezone(timezone.utc)
 
 
+def test_a_completed_sale_without_a_completion_time_is_named_with_the_date_left_empty():
+    # The recorded 2016 page holds completed sales with no completeTime at all: Transaction_Date__c (completeTime,
+    # contract §3) is then left empty, a gap the run must name (contract §4, "Data Lightspeed could not explain").
+    sale = sample_sale("fixture_v1_sale_query_page2_load_relations_all.json")
+    assert sale.completed and sale.complete_time is None
+    assert mapping.transaction_record(sale, "1", SHOPS)["Transaction_Date__c"] is None
+    assert [gap["left_empty"] for gap in mapping.gaps(sale, "1", SHOPS, {}) if gap["line"] is None] == [
+        ["Transaction_Date__c"]]
+
+
 def test_what_lightspeed_did_not_send_is_named_with_the_fields_left_empty():
     sale = Sale.of({"saleID": "5", "shopID": "9", "customerID": "42", "completed": "true",
                     "SaleLines": {"SaleLine": [
