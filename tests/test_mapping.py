@@ -196,6 +196,7 @@ def test_a_completed_sale_without_a_completion_time_is_named_with_the_date_left_
 
 def test_what_lightspeed_did_not_send_is_named_with_the_fields_left_empty():
     sale = Sale.of({"saleID": "5", "shopID": "9", "customerID": "42", "completed": "true",
+                    "completeTime": "2026-03-01T10:00:00+00:00",
                     "SaleLines": {"SaleLine": [
                         {"saleLineID": "51", "itemID": "77"},  # the Item relation did not come
                         {"saleLineID": "52", "itemID": "0"},  # a line with no item: nothing missing
