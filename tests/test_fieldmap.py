@@ -118,6 +118,24 @@ def test_a_new_mapping_writes_unchanged_sales_again(cli, lightspeed, salesforce,
     assert written["LS_Sale_ID__c"] == f"182255-{sale}" and written["Register_ID__c"] == "1"
 
 
+def test_a_change_to_a_switched_off_field_alone_costs_no_salesforce_call(cli, lightspeed, salesforce, boutique,
+                                                                        tmp_path):
+    # A sale unchanged in what it writes is not written again: a field switched off is not written, so a change
+    # to its value alone (the shop renamed; no timestamp of the sale moves) leaves nothing to write.
+    mapping = tmp_path / "m.toml"
+    mapping.write_text("[fields.Sales_Transaction__c]\nShop_Name__c = false\n")
+    sell(lightspeed, boutique)
+    assert cli("sync", "--mapping", str(mapping)).code == 0
+    lightspeed.rename_shop(boutique.shop, "Rue du Faubourg Saint-Honoré")
+    calls = salesforce.api_calls
+
+    again = cli("sync", "--mapping", str(mapping), "--json")
+
+    assert again.code == 0, again.stderr
+    assert again.json["sales"]["unchanged"] == 1 and again.json["sales"]["written"] == 0
+    assert salesforce.api_calls == calls + 1  # the mapping's describe, nothing more
+
+
 def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspeed, salesforce, boutique, tmp_path):
     salesforce.remove_field("Sales_Transaction__c", "Match_Status__c")
     mapping = tmp_path / "m.toml"
