@@ -136,6 +136,24 @@ def test_a_change_to_a_switched_off_field_alone_costs_no_salesforce_call(cli, li
     assert salesforce.api_calls == calls + 1  # the mapping's describe, nothing more
 
 
+def test_an_added_number_too_large_for_a_float_is_written_empty_not_sent_as_infinity(cli, lightspeed, salesforce,
+                                                                                   boutique, tmp_path):
+    # "An attribute that is missing, empty or not of the type is written as empty rather than failing the sale"
+    # (docs/mapping.md). "1e400" is a finite Decimal but no float: sent as it was, the request body held
+    # `Infinity`, which is not JSON (RFC 8259), and Salesforce refuses the whole request.
+    salesforce.add_field("Sales_Transaction__c", Field("Tips__c", "number", 16, 2))
+    mapping = tmp_path / "m.toml"
+    mapping.write_text('[fields.Sales_Transaction__c]\nTips__c = { from = "sale.calcTips", type = "number" }\n')
+    sale = sell(lightspeed, boutique)
+    lightspeed.corrupt_sale(sale, calcTips="1e400")
+
+    result = cli("sync", "--mapping", str(mapping), "--json")
+
+    assert result.code == 0, result.stdout + result.stderr
+    [written] = salesforce.records("Sales_Transaction__c")
+    assert written["LS_Sale_ID__c"] == f"182255-{sale}" and written["Tips__c"] is None
+
+
 def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspeed, salesforce, boutique, tmp_path):
     salesforce.remove_field("Sales_Transaction__c", "Match_Status__c")
     mapping = tmp_path / "m.toml"
