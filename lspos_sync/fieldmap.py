@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -220,7 +221,8 @@ class FieldMap:
             number = Decimal(text)
             if not number.is_finite():
                 return None
-            return money(number) if addition.type == "currency" else float(number)
+            value = money(number) if addition.type == "currency" else float(number)
+            return value if math.isfinite(value) else None  # "1e400" is no float: JSON has no Infinity
         except (InvalidOperation, ValueError):
             return None  # not a number or a time: left empty rather than failing the sale
 
