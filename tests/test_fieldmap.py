@@ -396,6 +396,19 @@ def test_outgoing_records_rename_relationship_references_and_drop_switched_off_f
                     "POS_Sale__r": {"POS_Sale_ID__c": "1-1"}, "Quantity__c": 1.0}
 
 
+def test_an_added_field_from_a_foreign_key_lightspeed_sends_as_0_is_written_empty():
+    # "No foreign key" is "0", not null (fact sheet §4.3): the models read it as no key, and so must an added field.
+    names = fieldmap.FieldMap(additions={"Sales_Transaction__c": (
+        fieldmap.Addition("Quote_ID__c", "sale.quoteID", "text"), fieldmap.Addition("Quote__c", "sale.quoteID", "number"),
+        fieldmap.Addition("Register_ID__c", "sale.registerID", "text"),
+        fieldmap.Addition("Change__c", "sale.change", "number"))})
+
+    added = names.added_values("Sales_Transaction__c",
+                               {"sale": {"quoteID": "0", "registerID": "1", "change": "0"}})
+
+    assert added == {"Quote_ID__c": None, "Quote__c": None, "Register_ID__c": "1", "Change__c": 0.0}
+
+
 def test_match_reasons_name_the_org_fields():
     names = fieldmap.FieldMap(renames={("Account", "PersonEmail"): "Client_Email__c",
                                        ("Account", "LS_Customer_ID__c"): "POS_Client_ID__c"})
