@@ -207,6 +207,8 @@ class FieldMap:
         if raw is None or raw == "" or isinstance(raw, (dict, list)):
             return None
         text = str(raw).strip()
+        if text == "0" and addition.path[-1].endswith("ID"):
+            return None  # a foreign key's "no key" (fact sheet §4.3), as the models read it
         try:
             if addition.type == "text":
                 value = clean_text(text, "")
