@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -206,6 +207,8 @@ class FieldMap:
         if raw is None or raw == "" or isinstance(raw, (dict, list)):
             return None
         text = str(raw).strip()
+        if text == "0" and addition.path[-1].endswith("ID"):
+            return None  # a foreign key's "no key" (fact sheet §4.3), as the models read it
         try:
             if addition.type == "text":
                 value = clean_text(text, "")
@@ -220,7 +223,8 @@ class FieldMap:
             number = Decimal(text)
             if not number.is_finite():
                 return None
-            return money(number) if addition.type == "currency" else float(number)
+            value = money(number) if addition.type == "currency" else float(number)
+            return value if math.isfinite(value) else None  # "1e400" is no float: JSON has no Infinity
         except (InvalidOperation, ValueError):
             return None  # not a number or a time: left empty rather than failing the sale
 

@@ -59,9 +59,17 @@ class Planner:
             lines = mapping.line_records(sale, self.account_id, self.reader.categories)
             if self.field_map.needs_raw:
                 self._add_mapped_fields(sale, transaction, lines)
-            built[sale.sale_id] = (transaction, lines,
-                                   mapping.content_hash(transaction, lines, self.field_map.fingerprint))
+            built[sale.sale_id] = (transaction, lines, self._content_hash(transaction, lines))
         return built
+
+    def _content_hash(self, transaction: dict[str, Any], lines: list[dict[str, Any]]) -> str:
+        """The hash of what the sale writes: a field the mapping switches off is not written, so a change to it
+        alone (a shop renamed, with Shop_Name__c off) is no reason to write the sale again."""
+        off = self.field_map.off
+        if off:
+            transaction = {k: v for k, v in transaction.items() if (mapping.TRANSACTION, k) not in off}
+            lines = [{k: v for k, v in line.items() if (mapping.LINE, k) not in off} for line in lines]
+        return mapping.content_hash(transaction, lines, self.field_map.fingerprint)
 
     def changed(self, sales: list[Sale], built: Built, summary: RunSummary) -> tuple[list[Sale], dict[str, tuple[str, str]]]:
         """The sales to write, and what the state store knows of the batch's sales: (hash, match status) by sale

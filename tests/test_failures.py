@@ -6,6 +6,8 @@ import fcntl
 import os
 import time
 
+import pytest
+
 from conftest import sell
 
 
@@ -194,6 +196,22 @@ def test_malformed_sale_from_lightspeed_is_parked_not_fatal(cli, lightspeed, sal
     assert result.code == 3, result.stderr
     assert result.json["rejected"][0]["sale_key"] == f"182255-{bad}"
     assert "INVALID_LIGHTSPEED_DATA" in result.json["rejected"][0]["reason"]
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{good}"]
+
+
+@pytest.mark.parametrize("total", ["1e30", "-123456789012345678901234567.5"])
+def test_an_amount_too_large_for_any_salesforce_number_is_parked_not_fatal(cli, lightspeed, salesforce, boutique,
+                                                                           total):
+    # Every number is a string (fact sheet §4.2): one no Salesforce field can hold, too large for the 28 digits
+    # of Decimal's default context, is the sale's problem, not the run's (the sales around it are written).
+    good = sell(lightspeed, boutique)
+    bad = sell(lightspeed, boutique)
+    lightspeed.corrupt_sale(bad, calcTotal=total)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 3, result.stderr
+    assert [r["sale_key"] for r in result.json["rejected"]] == [f"182255-{bad}"]
     assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{good}"]
 
 

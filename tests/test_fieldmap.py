@@ -118,6 +118,42 @@ def test_a_new_mapping_writes_unchanged_sales_again(cli, lightspeed, salesforce,
     assert written["LS_Sale_ID__c"] == f"182255-{sale}" and written["Register_ID__c"] == "1"
 
 
+def test_a_change_to_a_switched_off_field_alone_costs_no_salesforce_call(cli, lightspeed, salesforce, boutique,
+                                                                        tmp_path):
+    # A sale unchanged in what it writes is not written again: a field switched off is not written, so a change
+    # to its value alone (the shop renamed; no timestamp of the sale moves) leaves nothing to write.
+    mapping = tmp_path / "m.toml"
+    mapping.write_text("[fields.Sales_Transaction__c]\nShop_Name__c = false\n")
+    sell(lightspeed, boutique)
+    assert cli("sync", "--mapping", str(mapping)).code == 0
+    lightspeed.rename_shop(boutique.shop, "Rue du Faubourg Saint-Honoré")
+    calls = salesforce.api_calls
+
+    again = cli("sync", "--mapping", str(mapping), "--json")
+
+    assert again.code == 0, again.stderr
+    assert again.json["sales"]["unchanged"] == 1 and again.json["sales"]["written"] == 0
+    assert salesforce.api_calls == calls + 1  # the mapping's describe, nothing more
+
+
+def test_an_added_number_too_large_for_a_float_is_written_empty_not_sent_as_infinity(cli, lightspeed, salesforce,
+                                                                                   boutique, tmp_path):
+    # "An attribute that is missing, empty or not of the type is written as empty rather than failing the sale"
+    # (docs/mapping.md). "1e400" is a finite Decimal but no float: sent as it was, the request body held
+    # `Infinity`, which is not JSON (RFC 8259), and Salesforce refuses the whole request.
+    salesforce.add_field("Sales_Transaction__c", Field("Tips__c", "number", 16, 2))
+    mapping = tmp_path / "m.toml"
+    mapping.write_text('[fields.Sales_Transaction__c]\nTips__c = { from = "sale.calcTips", type = "number" }\n')
+    sale = sell(lightspeed, boutique)
+    lightspeed.corrupt_sale(sale, calcTips="1e400")
+
+    result = cli("sync", "--mapping", str(mapping), "--json")
+
+    assert result.code == 0, result.stdout + result.stderr
+    [written] = salesforce.records("Sales_Transaction__c")
+    assert written["LS_Sale_ID__c"] == f"182255-{sale}" and written["Tips__c"] is None
+
+
 def test_without_match_status_every_link_on_a_transaction_is_kept(cli, lightspeed, salesforce, boutique, tmp_path):
     salesforce.remove_field("Sales_Transaction__c", "Match_Status__c")
     mapping = tmp_path / "m.toml"
@@ -358,6 +394,19 @@ def test_outgoing_records_rename_relationship_references_and_drop_switched_off_f
 
     assert line == {"attributes": {"type": "Sales_Line_Item__c"}, "LS_Sale_Line_ID__c": "1-2",
                     "POS_Sale__r": {"POS_Sale_ID__c": "1-1"}, "Quantity__c": 1.0}
+
+
+def test_an_added_field_from_a_foreign_key_lightspeed_sends_as_0_is_written_empty():
+    # "No foreign key" is "0", not null (fact sheet §4.3): the models read it as no key, and so must an added field.
+    names = fieldmap.FieldMap(additions={"Sales_Transaction__c": (
+        fieldmap.Addition("Quote_ID__c", "sale.quoteID", "text"), fieldmap.Addition("Quote__c", "sale.quoteID", "number"),
+        fieldmap.Addition("Register_ID__c", "sale.registerID", "text"),
+        fieldmap.Addition("Change__c", "sale.change", "number"))})
+
+    added = names.added_values("Sales_Transaction__c",
+                               {"sale": {"quoteID": "0", "registerID": "1", "change": "0"}})
+
+    assert added == {"Quote_ID__c": None, "Quote__c": None, "Register_ID__c": "1", "Change__c": 0.0}
 
 
 def test_match_reasons_name_the_org_fields():

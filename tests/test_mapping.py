@@ -9,6 +9,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic_core import to_json
 
 from lspos_sync import mapping
 from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, Shop, one_or_many
@@ -56,6 +57,14 @@ def test_line_tax_is_summed_before_rounding_half_up():
     ("0.005", 0.01), ("-0.005", -0.01), ("2.675", 2.68), ("1.004999", 1.0), ("-34.485", -34.49)])
 def test_money_rounds_half_up_away_from_zero(value, rounded):
     assert mapping.money(Decimal(value)) == rounded
+
+
+@pytest.mark.parametrize("value", ["99999999999999.99", "70368744177664.01", "-88888888888888.87"])
+def test_money_sent_to_salesforce_keeps_every_cent_up_to_the_largest_currency_value(value):
+    # Currency(16, 2) holds 14 digits before the point; the JSON the client sends (pydantic_core.to_json) must
+    # carry the value rounded to cents, not the nearest binary float (99999999999999.98 for ...99).
+    sent = json.loads(to_json(mapping.money(Decimal(value))), parse_float=Decimal)
+    assert Decimal(sent) == Decimal(value)
 
 
 def test_a_negative_zero_amount_rounds_the_same_whatever_was_rounded_before():
@@ -175,8 +184,19 @@ def entered_midnight(zone: str, day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(zone)).astimezone(timezone.utc)
 
 
+def test_a_completed_sale_without_a_completion_time_is_named_with_the_date_left_empty():
+    # The recorded 2016 page holds completed sales with no completeTime at all: Transaction_Date__c (completeTime,
+    # contract §3) is then left empty, a gap the run must name (contract §4, "Data Lightspeed could not explain").
+    sale = sample_sale("fixture_v1_sale_query_page2_load_relations_all.json")
+    assert sale.completed and sale.complete_time is None
+    assert mapping.transaction_record(sale, "1", SHOPS)["Transaction_Date__c"] is None
+    assert [gap["left_empty"] for gap in mapping.gaps(sale, "1", SHOPS, {}) if gap["line"] is None] == [
+        ["Transaction_Date__c"]]
+
+
 def test_what_lightspeed_did_not_send_is_named_with_the_fields_left_empty():
     sale = Sale.of({"saleID": "5", "shopID": "9", "customerID": "42", "completed": "true",
+                    "completeTime": "2026-03-01T10:00:00+00:00",
                     "SaleLines": {"SaleLine": [
                         {"saleLineID": "51", "itemID": "77"},  # the Item relation did not come
                         {"saleLineID": "52", "itemID": "0"},  # a line with no item: nothing missing

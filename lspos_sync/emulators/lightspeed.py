@@ -380,6 +380,11 @@ class LightspeedAccount:
             }
             return shop_id
 
+    def rename_shop(self, shop_id: int, name: str, at: datetime | None = None) -> None:
+        """The merchant renames a shop: the Shop row changes (its timeStamp moves), none of its sales does."""
+        with self._lock:
+            self._rows["Shop"][shop_id].update(name=name, timeStamp=_ts(self._now(at)))
+
     def add_category(self, name: str) -> int:
         with self._lock:
             category_id = self._new_id("Category")

@@ -30,9 +30,15 @@ W = TypeVar("W", bound="LightspeedModel")
 
 
 _ZERO = Decimal(0)
+# No Salesforce number field holds more digits than 18 (Currency(16, 2) holds 14 before the point): an amount with
+# more before the point cannot be written anywhere, and one past 26 would not even round to cents in Decimal's
+# default context (28 digits).
+_AMOUNT_DIGITS = 18
 
 
 def _amount(value: Decimal) -> Decimal:
+    if value.adjusted() >= _AMOUNT_DIGITS:
+        raise PydanticCustomError("amount_range", "more than 18 digits before the point, more than Salesforce holds")
     # "-0" reads as 0 (as it always has: the content hash sees a zero's sign); "-0.00" keeps its sign.
     return _ZERO if not value and value.is_signed() and value.as_tuple().exponent == 0 else value
 
