@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from datetime import datetime, timezone
 
 import pytest
 
@@ -63,6 +64,71 @@ def test_two_accounts_sync_into_one_org_with_their_own_keys_checkpoints_and_toke
     assert cli("sync", env=several).code == 0
 
 
+def test_two_accounts_with_the_same_sale_line_and_customer_ids_write_separate_records(
+        cli, lightspeed, salesforce, boutique, second, several):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    bo = second.add_customer("Bo", "Moreau", email="bo@example.com")
+    sell(lightspeed, boutique, ana, lines=((1, "10.00"), (2, "20.00")))
+    sell(second, open_boutique(second), bo, lines=((1, "30.00"), (1, "40.00")))
+    assert ana == bo  # each account numbers its own customers, sales and lines from 1
+
+    assert cli("sync", env=several).code == 0
+
+    lines = by_key(salesforce.records("Sales_Line_Item__c"), "LS_Sale_Line_ID__c")
+    transactions = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")
+    assert set(lines) == {"182255-1", "182255-2", f"{SECOND}-1", f"{SECOND}-2"}
+    assert lines[f"{SECOND}-1"]["Sales_Transaction__c"] == transactions[f"{SECOND}-1"]["Id"]
+    people = by_key(salesforce.records("Account"), "LS_Customer_ID__c")
+    assert set(people) == {f"182255-{ana}", f"{SECOND}-{bo}"}
+    assert transactions[f"{SECOND}-1"]["Account__c"] == people[f"{SECOND}-{bo}"]["Id"]
+
+
+def test_a_void_and_a_removed_line_in_one_account_leave_the_other_accounts_records_alone(
+        cli, lightspeed, salesforce, boutique, second, several):
+    first_sale = sell(lightspeed, boutique, lines=((1, "10.00"), (2, "20.00")))
+    second_sale = sell(second, open_boutique(second), lines=((1, "30.00"), (1, "40.00")))
+    assert cli("sync", env=several).code == 0
+    second.void_sale(second_sale)
+    lightspeed.remove_line(first_sale, 1)  # the same saleLineID as the second account's first line
+
+    assert cli("sync", env=several).code == 0
+
+    transactions = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")
+    assert transactions[f"{SECOND}-{second_sale}"]["Status__c"] == "Voided"
+    assert transactions[f"182255-{first_sale}"]["Status__c"] == "Completed"
+    assert {line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")} == {
+        "182255-2", f"{SECOND}-1", f"{SECOND}-2"}  # the voided sale keeps its lines
+
+
+def test_a_client_of_both_accounts_has_one_person_account_whose_roll_ups_sum_both_and_whose_profile_is_its_own(
+        cli, lightspeed, salesforce, boutique, second, several):
+    env = {**several, "LSPOS_ENRICH_PROFILES": "true", "LSPOS_ROLLUPS": "true"}
+    ana_first = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    ana_second = second.add_customer("Ana", "Lima", email="Ana@Example.com", phones={"Mobile": "415-555-0199"},
+                                     dob=datetime(1981, 4, 9, 4, tzinfo=timezone.utc))
+    montaigne = open_boutique(second)
+    sell(lightspeed, boutique, ana_first, lines=((1, "100.00"),))
+    assert cli("sync", "--account", "182255", env=env).code == 0
+    sell(second, montaigne, ana_second, lines=((1, "50.00"),))
+    assert cli("sync", "--account", SECOND, env=env).code == 0
+    sell(lightspeed, boutique, ana_first, lines=((1, "7.00"),))
+    sell(second, montaigne, ana_second, lines=((1, "3.00"),))
+
+    # each account's sync on its own, as two cron entries run them
+    assert cli("sync", "--account", SECOND, env=env).code == 0
+    assert cli("sync", "--account", "182255", env=env).code == 0
+
+    [ana] = salesforce.records("Account")
+    assert ana["LS_Customer_ID__c"] == f"182255-{ana_first}"  # the first account created it; never re-keyed
+    statuses = {t["LS_Sale_ID__c"]: (t["Match_Status__c"], t["Account__c"])
+                for t in salesforce.records("Sales_Transaction__c")}
+    assert statuses == {"182255-1": ("Created", ana["Id"]), "182255-2": ("Linked", ana["Id"]),
+                        f"{SECOND}-1": ("Email", ana["Id"]), f"{SECOND}-2": ("Email", ana["Id"])}
+    assert (ana["Lifetime_Spend__c"], ana["Purchase_Count__c"]) == (160.0, 4)
+    # filled only from the customer whose key it carries: the other account's client fills nothing
+    assert ana["PersonMobilePhone"] is None and ana["PersonBirthdate"] is None
+
+
 def test_account_option_runs_only_that_account(cli, lightspeed, salesforce, boutique, second, several):
     sell(lightspeed, boutique)
     sell(second, open_boutique(second))
@@ -81,6 +147,14 @@ def test_an_account_not_configured_exits_2(cli, several):
     result = cli("sync", "--account", "999999", env=several)
 
     assert result.code == 2 and "not one of LIGHTSPEED_ACCOUNTS" in result.stderr
+
+
+@pytest.mark.parametrize("listed", ["182255;190001", "182255 190001", "abc,190001", "182255,-1"])
+def test_a_malformed_accounts_list_exits_2_with_one_line(cli, several, listed):
+    result = cli("sync", env={**several, "LIGHTSPEED_ACCOUNTS": listed})
+
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: LIGHTSPEED_ACCOUNTS: ")
 
 
 def test_one_account_failing_does_not_stop_the_other(cli, lightspeed, salesforce, boutique, second, several):
