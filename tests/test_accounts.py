@@ -228,6 +228,36 @@ def test_an_account_without_a_refresh_token_fails_alone_and_is_named(cli, lights
     assert other["exit_code"] == 2 and f"LIGHTSPEED_ACCOUNT_{SECOND}_REFRESH_TOKEN" in other["error"]
 
 
+@pytest.fixture
+def first_alone_has_a_client(lightspeed, several) -> dict[str, str]:
+    """Each merchant authorised its own app; the second account's client is not configured yet."""
+    return {**several, "LIGHTSPEED_CLIENT_ID": "", "LIGHTSPEED_CLIENT_SECRET": "",
+            "LIGHTSPEED_ACCOUNT_182255_CLIENT_ID": lightspeed.client_id,
+            "LIGHTSPEED_ACCOUNT_182255_CLIENT_SECRET": lightspeed.client_secret}
+
+
+def test_an_account_without_a_client_fails_alone_and_is_named(cli, lightspeed, salesforce, boutique,
+                                                                first_alone_has_a_client):
+    sell(lightspeed, boutique)
+
+    result = cli("sync", "--json", env=first_alone_has_a_client)
+
+    assert result.code == 2, result.stdout
+    first, other = result.json["accounts"]
+    assert first["outcome"] == "ok" and first["sales"]["written"] == 1
+    assert other["exit_code"] == 2 and f"LIGHTSPEED_ACCOUNT_{SECOND}_CLIENT_SECRET" in other["error"]
+
+
+def test_account_option_runs_that_account_while_another_lacks_its_client(cli, lightspeed, salesforce, boutique,
+                                                                          first_alone_has_a_client):
+    sell(lightspeed, boutique)
+
+    result = cli("sync", "--account", "182255", "--json", env=first_alone_has_a_client)
+
+    assert result.code == 0, result.stdout
+    assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == ["182255-1"]
+
+
 def test_an_account_may_have_its_own_client(cli, lightspeed, salesforce, boutique):
     other = lightspeed.add_account(SECOND, refresh_token="ls-refresh-x", client_id="montaigne-app",
                                    client_secret="montaigne-secret")
