@@ -292,6 +292,22 @@ def test_checkpoint_reset_acts_on_every_account_or_the_one_given(cli, lightspeed
     assert reset_all.json["accounts"][1]["previous"] == "2026-01-01T00:00:00+00:00"
 
 
+def test_checkpoint_reset_of_every_account_while_one_is_running_exits_4_and_resets_none(cli, second, several,
+                                                                                         state_path):
+    assert cli("checkpoint", "reset", "--to", "2026-01-01", "--yes", env=several).code == 0
+    holder = os.open(f"{state_path}.{SECOND}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a sync of the second account is under way
+    try:
+        result = cli("checkpoint", "reset", "--to", "2026-02-01", "--yes", env=several)
+    finally:
+        os.close(holder)
+
+    assert result.code == 4  # "another run holds the lock; this one did nothing" (contract §1)
+    checkpoints = cli("checkpoint", "show", "--json", env=several).json["checkpoints"]
+    assert {i: c["cursor"] for i, c in checkpoints.items()} == {"182255": "2026-01-01T00:00:00+00:00",
+                                                               SECOND: "2026-01-01T00:00:00+00:00"}
+
+
 def test_rejects_retry_refuses_a_key_that_is_not_a_sale_key(cli):
     result = cli("rejects", "retry", "182255")
 
