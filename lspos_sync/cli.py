@@ -7,7 +7,6 @@ import gc
 import json
 import logging
 import sys
-from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -363,16 +362,15 @@ def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, account: str
             if not click.confirm(f"{what[0].upper()}{what[1:]}?", err=True):
                 raise ConfigError("checkpoint reset cancelled")
         results, lines = [], []
-        with StateStore(settings.state_path) as store:
+        with StateStore(settings.state_path) as store:  # (closing it releases the locks)
+            for account_id in accounts:  # every lock first: a run holding one is exit 4 with nothing reset
+                store.acquire_lock(account_id)
             for account_id in accounts:
-                with ExitStack() as stack:
-                    store.acquire_lock(account_id)
-                    stack.callback(store.release_lock)
-                    previous = store.checkpoint(account_id)
-                    if target:
-                        store.set_checkpoint(account_id, target)
-                    else:
-                        store.clear_checkpoint(account_id)
+                previous = store.checkpoint(account_id)
+                if target:
+                    store.set_checkpoint(account_id, target)
+                else:
+                    store.clear_checkpoint(account_id)
                 results.append({"account_id": account_id, "previous": iso(previous) if previous else None,
                                 "checkpoint": iso(target) if target else None})
                 lines.append(f"account {account_id}: checkpoint {iso(target) if target else 'cleared'} "
