@@ -323,6 +323,14 @@ def test_checkpoint_takes_the_account_before_or_after_its_subcommand(cli, severa
     assert after.json["checkpoints"][SECOND]["cursor"] == "2026-01-01T00:00:00+00:00"
 
 
+def test_checkpoint_show_of_one_account_reports_that_accounts_last_run(cli, lightspeed, boutique, second, several):
+    assert cli("sync", "--account", "182255", env=several).code == 0  # the second account has not run yet
+
+    shown = cli("checkpoint", "show", "--account", SECOND, "--json", env=several).json
+
+    assert shown["checkpoints"][SECOND]["cursor"] is None and shown["last_run"] is None
+
+
 def test_reconcile_reports_each_account(cli, lightspeed, salesforce, boutique, second, several):
     sell(lightspeed, boutique)
     sell(second, open_boutique(second))
