@@ -309,7 +309,9 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
             cursors = store.checkpoints()
             if accounts:
                 cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
-            last = store.last_run()
+            # the last run of the accounts shown (of any account when none is configured or given)
+            last = max((run for account_id in accounts for run in store.recent_runs(1, account_id=account_id)),
+                       key=lambda run: run["id"], default=None) if accounts else store.last_run()
             ahead = {account_id: store.host_clock_ahead(account_id) for account_id in cursors}
         now = datetime.now(timezone.utc)
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
@@ -323,8 +325,11 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
                          + (f" ({lag} min ago)" if lag is not None and lag >= 0 else
                             " (later than Lightspeed's clock)" if lag is not None else ""))
         if last:
-            data["last_run"] = {k: last[k] for k in ("command", "started_at", "ended_at", "outcome", "exit_code")}
-            lines.append(f"last run: {last['command']} started {last['started_at']}, {last['outcome']}"
+            data["last_run"] = {k: last[k] for k in ("command", "account_id", "started_at", "ended_at", "outcome",
+                                                     "exit_code")}
+            lines.append(f"last run: {last['command']}"
+                         + (f" account {last['account_id']}" if settings.several_accounts and last["account_id"] else "")
+                         + f" started {last['started_at']}, {last['outcome']}"
                          + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))
         else:
             lines.append("last run: none")
