@@ -172,6 +172,29 @@ def test_one_account_failing_does_not_stop_the_other(cli, lightspeed, salesforce
     assert "account 182255: Error:" in result.stderr
 
 
+def test_a_rejected_sale_is_parked_and_retried_by_its_own_account_only(cli, lightspeed, salesforce, boutique,
+                                                                        second, several):
+    sell(lightspeed, boutique)
+    sell(second, open_boutique(second))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda t: t.get("LS_Sale_ID__c") == "182255-1",
+                                   "the period is closed")
+
+    result = cli("sync", "--json", env=several)
+
+    assert result.code == 3
+    first, other = result.json["accounts"]
+    assert (first["exit_code"], [r["sale_key"] for r in first["rejected"]]) == (3, ["182255-1"])
+    assert (other["exit_code"], other["rejected"]) == (0, [])
+    salesforce.clear_validation_rules()
+    other = cli("sync", "--account", SECOND, "--json", env=several).json["accounts"][0]
+    assert other["sales"]["retried"] == 0  # the first account's parked sale is not the second's to retry
+    assert [r["sale_key"] for r in cli("rejects", "list", "--json", env=several).json["rejects"]] == ["182255-1"]
+    first = cli("sync", "--account", "182255", "--json", env=several).json["accounts"][0]
+    assert first["sales"]["retried"] == 1 and first["exit_code"] == 0
+    assert cli("rejects", "list", "--json", env=several).json["rejects"] == []
+    assert "182255-1" in {t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")}
+
+
 def test_reauthorising_one_account_starts_a_new_chain_for_it_alone(cli, lightspeed, salesforce, boutique, second,
                                                                   several, state_path):
     assert cli("sync", env=several).code == 0
