@@ -368,6 +368,20 @@ def test_checkpoint_show_of_one_account_reports_that_accounts_last_run(cli, ligh
     assert shown["checkpoints"][SECOND]["cursor"] is None and shown["last_run"] is None
 
 
+def test_status_fails_while_one_accounts_last_sync_failed_and_names_that_account(cli, lightspeed, salesforce,
+                                                                                 boutique, second, several):
+    sell(second, open_boutique(second))
+    lightspeed.revoke_all_tokens()
+    assert cli("sync", env=several).code == 1
+    assert cli("sync", "--account", SECOND, env=several).code == 0  # the other account has run well since
+
+    result = cli("status", "--json", env=several)
+
+    assert result.code == 1
+    assert [p.split(" (")[0] for p in result.json["problems"]] == ["the last sync of account 182255"]
+    assert {i: run["outcome"] for i, run in result.json["last_runs"].items()} == {"182255": "failed", SECOND: "ok"}
+
+
 def test_reconcile_reports_each_account(cli, lightspeed, salesforce, boutique, second, several):
     sell(lightspeed, boutique)
     sell(second, open_boutique(second))
