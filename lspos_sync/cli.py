@@ -7,7 +7,6 @@ import gc
 import json
 import logging
 import sys
-from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -310,7 +309,9 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
             cursors = store.checkpoints()
             if accounts:
                 cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
-            last = store.last_run()
+            # the last run of the accounts shown (of any account when none is configured or given)
+            last = max((run for account_id in accounts for run in store.recent_runs(1, account_id=account_id)),
+                       key=lambda run: run["id"], default=None) if accounts else store.last_run()
             ahead = {account_id: store.host_clock_ahead(account_id) for account_id in cursors}
         now = datetime.now(timezone.utc)
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
@@ -324,8 +325,11 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
                          + (f" ({lag} min ago)" if lag is not None and lag >= 0 else
                             " (later than Lightspeed's clock)" if lag is not None else ""))
         if last:
-            data["last_run"] = {k: last[k] for k in ("command", "started_at", "ended_at", "outcome", "exit_code")}
-            lines.append(f"last run: {last['command']} started {last['started_at']}, {last['outcome']}"
+            data["last_run"] = {k: last[k] for k in ("command", "account_id", "started_at", "ended_at", "outcome",
+                                                     "exit_code")}
+            lines.append(f"last run: {last['command']}"
+                         + (f" account {last['account_id']}" if settings.several_accounts and last["account_id"] else "")
+                         + f" started {last['started_at']}, {last['outcome']}"
                          + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))
         else:
             lines.append("last run: none")
@@ -363,16 +367,15 @@ def checkpoint_reset(ctx: click.Context, to: str | None, yes: bool, account: str
             if not click.confirm(f"{what[0].upper()}{what[1:]}?", err=True):
                 raise ConfigError("checkpoint reset cancelled")
         results, lines = [], []
-        with StateStore(settings.state_path) as store:
+        with StateStore(settings.state_path) as store:  # (closing it releases the locks)
+            for account_id in accounts:  # every lock first: a run holding one is exit 4 with nothing reset
+                store.acquire_lock(account_id)
             for account_id in accounts:
-                with ExitStack() as stack:
-                    store.acquire_lock(account_id)
-                    stack.callback(store.release_lock)
-                    previous = store.checkpoint(account_id)
-                    if target:
-                        store.set_checkpoint(account_id, target)
-                    else:
-                        store.clear_checkpoint(account_id)
+                previous = store.checkpoint(account_id)
+                if target:
+                    store.set_checkpoint(account_id, target)
+                else:
+                    store.clear_checkpoint(account_id)
                 results.append({"account_id": account_id, "previous": iso(previous) if previous else None,
                                 "checkpoint": iso(target) if target else None})
                 lines.append(f"account {account_id}: checkpoint {iso(target) if target else 'cleared'} "

@@ -123,9 +123,10 @@ class Settings:
                        refresh_token=refresh_token, accounts={},
                        refresh_token_variable=f"{variable} (or LIGHTSPEED_REFRESH_TOKEN)")
 
-    def require_lightspeed(self) -> None:
+    def require_lightspeed(self, only: str | None = None) -> None:
+        """The Lightspeed variables are set: of every account of LIGHTSPEED_ACCOUNTS, or of the account `only`."""
         if self.accounts:
-            for account_id in self.accounts:
+            for account_id in [only] if only else self.accounts:
                 client_id, client_secret, _ = self.accounts[account_id]
                 missing = [f"LIGHTSPEED_ACCOUNT_{account_id}_{name} (or LIGHTSPEED_{name})" for name, value in
                            (("CLIENT_ID", client_id), ("CLIENT_SECRET", client_secret)) if not value]

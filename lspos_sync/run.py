@@ -156,7 +156,9 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
     one: exit 4 at once, nothing done); then each account runs even when another failed, and the report
     lists them: the exit code is 1 if any failed, else 2 if any was misconfigured, else 3 if any had
     rejected records, else 0."""
-    _require(settings)
+    if not settings.several_accounts:
+        settings.require_lightspeed()  # (with several, each account's own variables are checked as it runs)
+    settings.require_salesforce()
     selected = [account] if account else settings.account_ids
     chosen = [settings.for_account(account_id) for account_id in selected]  # an unknown --account: exit 2 here
     if not settings.several_accounts:
@@ -165,12 +167,18 @@ def each_account(command: str, settings: Settings, output: "Output", account: st
             raise ConfigError(f"nothing to do for account {chosen[0].account_id}")
         output.result(report.data, report.lines)
         return report.exit_code
+
+    def configured(account_settings: Settings) -> Report | None:
+        # An account's own variables (its client) are its own failure: the other accounts still run.
+        settings.require_lightspeed(account_settings.account_id)
+        return one(account_settings)
+
     with StateStore(settings.state_path) as locks:
         if locking:
             for account_settings in chosen:
                 locks.acquire_lock(account_settings.account_id)
         reports = [report for account_settings in chosen
-                   if (report := _one_of_several(command, account_settings, output, one)) is not None]
+                   if (report := _one_of_several(command, account_settings, output, configured)) is not None]
     codes = {report.exit_code for report in reports}
     code = next((c for c in (1, 2, 3) if c in codes), 0)
     outcome = {0: "ok", 1: "failed", 2: "failed", 3: "rejected"}[code]
@@ -198,11 +206,6 @@ def _from_before(since: datetime, now: datetime) -> None:
     or so over is a --from of the host's now: Date has whole seconds."""
     if since > now + CLOCK_TOLERANCE:
         raise ConfigError(f"--from ({iso(since)}) is after Lightspeed's now ({iso(now)})")
-
-
-def _require(settings: Settings) -> None:
-    settings.require_lightspeed()
-    settings.require_salesforce()
 
 
 def check_org_mapping(settings: Settings, output: "Output") -> int:
