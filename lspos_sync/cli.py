@@ -186,7 +186,8 @@ def backfill(ctx: click.Context, from_: str, to: str | None, bulk: bool | None, 
 
 
 @main.command("dry-run")
-@click.option("--from", "from_", metavar="WHEN", help="Start of the window (default: what the next sync reads).")
+@click.option("--from", "from_", metavar="WHEN",
+              help="Start of the window, previewed as a backfill of it (default: what the next sync reads).")
 @click.option("--to", "to", metavar="WHEN", help="End of the window (ISO 8601; default: now).")
 @click.option("--limit", type=click.IntRange(min=1), help="Preview at most N sales.")
 @account_option

@@ -142,7 +142,9 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
                                       "next sync starts); give --from as well")
                 return Window(begin, end)
 
-            return _execute("dry-run", settings, output, store, window, limit=limit)
+            # With --from it previews a backfill of the window: a sale unchanged since its last write is looked up
+            # in Salesforce, so that one deleted there by hand shows as restored, as the backfill restores it.
+            return _execute("dry-run", settings, output, store, window, limit=limit, as_backfill=since is not None)
 
     return each_account("dry-run", settings, output, account, one, locking=False)
 
@@ -248,9 +250,11 @@ def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[da
 
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore,
              window: Callable[[datetime], Window] | None, *, progress: Callable[[datetime], None] | None = None,
-             limit: int | None = None, retry: list[int] | None = None, bulk: bool | None = False) -> Report:
+             limit: int | None = None, retry: list[int] | None = None, bulk: bool | None = False,
+             as_backfill: bool = False) -> Report:
     """Runs the engine over `window(Lightspeed's now)`, or over the parked sales `retry`. `bulk` (backfill):
-    through Bulk API 2.0 ingest jobs; None: when the window holds more sales than LSPOS_BULK_THRESHOLD."""
+    through Bulk API 2.0 ingest jobs; None: when the window holds more sales than LSPOS_BULK_THRESHOLD.
+    `as_backfill` (dry-run --from): previews the window as a backfill writes it."""
     dry_run = command == "dry-run"
     names = fieldmap.for_settings(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id)
@@ -271,7 +275,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
 
         engine = Engine(settings.account_id, store, lightspeed, sink, dry_run=dry_run,
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
-                        verify_unchanged=command == "backfill", enrich_profiles=settings.enrich_profiles,
+                        verify_unchanged=command == "backfill" or as_backfill, enrich_profiles=settings.enrich_profiles,
                         field_map=names, roll_up=settings.rollups, on_batch=batch_done,
                         sync_customers=settings.sync_customers)
         try:

@@ -252,6 +252,31 @@ def test_python_m_and_console_script_are_the_same_program(cli):
     assert through_module.stderr.endswith("See 'lspos-sync sync --help'.\n"), through_module.stderr
 
 
+def test_dry_run_from_previews_the_restore_of_a_sale_deleted_in_salesforce_as_backfill_does_it(
+        cli, lightspeed, salesforce, boutique):
+    """dry-run --from previews a window as `backfill` over it writes it (docs/cli.md): a sale deleted in Salesforce
+    by hand, unchanged in Lightspeed, is restored by the backfill, so the preview says create, not unchanged."""
+    import ssl
+
+    import httpx
+
+    sale = sell(lightspeed, boutique, at=ago(2))
+    assert cli("backfill", "--from", ago(3).isoformat()).code == 0
+    [record] = salesforce.records("Sales_Transaction__c")
+    env = salesforce.env()
+    deleted = httpx.delete(f"{salesforce.instance_url}/services/data/v62.0/sobjects/Sales_Transaction__c/{record['Id']}",
+                           headers={"Authorization": f"Bearer {env['SALESFORCE_ACCESS_TOKEN']}"},
+                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
+    assert deleted.status_code == 204
+
+    preview = cli("dry-run", "--from", ago(3).isoformat(), "--json")
+
+    assert preview.code == 0, preview.stderr
+    assert [(p["sale_id"], p["action"]) for p in preview.json["plans"]] == [(sale, "create")]
+    assert salesforce.records("Sales_Transaction__c") == []  # nothing written
+    assert cli("backfill", "--from", ago(3).isoformat(), "--json").json["sales"]["written"] == 1
+
+
 def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):
     import ssl
 
