@@ -1,6 +1,7 @@
 """The Lightspeed models absorb every wire quirk, shown on the real bodies in the reference samples."""
 
 import json
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -61,6 +62,13 @@ def test_update_time_is_read_whatever_its_spelling():
     assert updated.update_time is not None
     lowercase = sales_in("docs_v3_sale_156_put_with_customer_contact_shop.json")[0]  # spelled updatetime
     assert lowercase.update_time is not None
+
+
+@pytest.mark.parametrize("spelling", ["UpdateTime", "UPDATETIME", "Updatetime"])
+def test_update_time_is_read_in_any_case_as_the_fact_sheet_advises(spelling):
+    payload = {"saleID": "7", "timeStamp": "2026-01-01T10:00:00+00:00", spelling: "2026-01-02T10:00:00+00:00"}
+    for sale in (Sale.of(payload), sale_page({"Sale": payload})[0]):
+        assert sale.update_time == sale.last_update == datetime(2026, 1, 2, 10, tzinfo=timezone.utc)
 
 
 def test_real_recorded_page_parses_every_sale_with_lines_as_object_or_list():

@@ -19,7 +19,7 @@ from functools import cache
 from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter,
-                      ValidationError)
+                      ValidationError, model_validator)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
@@ -257,6 +257,17 @@ class Sale(LightspeedModel):
     lines: Annotated[list[SaleLine], _relation("SaleLine")] = Field(default_factory=list, alias="SaleLines")
     payments: Annotated[list[SalePayment], _relation("SalePayment")] = Field(default_factory=list,
                                                                             alias="SalePayments")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _update_time_in_any_case(cls, payload: Any) -> Any:
+        """The fact sheet advises reading the update time's key whatever its case (§4.6): a spelling other than the
+        two known ones is read as `updatetime`. A payload with one of the two costs two lookups."""
+        if isinstance(payload, dict) and "updatetime" not in payload and "updateTime" not in payload:
+            spelled = next((key for key in payload if isinstance(key, str) and key.lower() == "updatetime"), None)
+            if spelled is not None:
+                return {**payload, "updatetime": payload[spelled]}
+        return payload
 
     @property
     def update_time(self) -> datetime | None:
