@@ -246,6 +246,14 @@ def test_restricted_picklist_and_unknown_field(sf: SalesforceEmulator, client: h
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_FIELD"
 
 
+def test_a_number_far_out_of_range_is_refused_per_record_and_nan_or_infinity_is_not_json(client: httpx.Client) -> None:
+    [result] = client.patch(UPSERT_SALES, json={"records": [_sale("1-1", Total__c=1e30)]}).json()
+    assert result["errors"][0]["statusCode"] == "NUMBER_OUTSIDE_VALID_RANGE"
+    body = '{"records": [{"attributes": {"type": "Sales_Transaction__c"}, "LS_Sale_ID__c": "1-2", "Total__c": Infinity}]}'
+    response = client.patch(UPSERT_SALES, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()[0]["errorCode"] == "JSON_PARSER_ERROR"
+
+
 def test_lines_and_account_resolve_parents_by_external_id(sf: SalesforceEmulator, client: httpx.Client) -> None:
     account_id = sf.insert("Account", {"RecordTypeId": sf.person_account_record_type_id, "LastName": "Hopper",
                                        "LS_Customer_ID__c": "1-7"})

@@ -1581,9 +1581,13 @@ def _as_record(body: Any) -> dict:
     return body
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw.strip() else None
+    try:  # NaN and Infinity are not JSON: Salesforce's parser refuses them, as Python's would not by default
+        return json.loads(raw, parse_constant=_no_constant) if raw.strip() else None
     except ValueError:  # not JSON, or not UTF-8
         raise ApiError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
 
@@ -1662,8 +1666,12 @@ def _coerce(f: Field, value: Any) -> Any:
             raise refuse() from None
         if not number.is_finite():
             raise refuse()
-        # More places than the field's scale are rounded half-up, as Salesforce does for number fields.
-        rounded = number.quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP)
+        # More places than the field's scale are rounded half-up, as Salesforce does for number fields. A number
+        # too large to round in 28 digits is far out of any field's range: refused NUMBER_OUTSIDE_VALID_RANGE later.
+        try:
+            rounded = number.quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP)
+        except InvalidOperation:
+            return float(number)
         return int(rounded) if f.kind == "int" else float(rounded)
     if f.kind == "datetime":
         if not isinstance(value, str):
