@@ -63,6 +63,18 @@ def test_phone_normalised_to_e164(raw, region, e164):
     assert normalise_phone(raw, region) == e164
 
 
+@pytest.mark.parametrize("placeholder", [
+    "000-000-0000",  # typed where a form demands a phone
+    "(111) 111-1111",
+    "555-0134",  # no area code: local only, no E.164 form
+    "06 12 34 56 78",  # a French mobile typed without +33 in a US shop: no such US number
+])
+def test_a_number_that_is_no_real_phone_number_matches_no_account(placeholder):
+    # Two strangers who both left a placeholder are not one person: only a number that exists compares as E.164.
+    resolution = decide(customer(None, [("Mobile", placeholder)]), account("A9", phones=[placeholder]))
+    assert (resolution.status, resolution.account_id) == ("Created", None)
+
+
 def test_key_is_stamped_only_on_an_account_without_one():
     assert decide(customer("ana@x.com"), account("A2", email="ana@x.com")).stamp_key is True
     assert decide(customer("ana@x.com"), account("A2", key="999-5", email="ana@x.com")).stamp_key is False
