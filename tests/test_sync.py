@@ -212,6 +212,21 @@ def test_customers_match_by_email_then_phone_and_get_their_key_stamped(cli, ligh
     assert transactions(salesforce)[f"182255-{next_sale}"]["Match_Status__c"] == "Linked"
 
 
+@pytest.mark.parametrize("stored", ["415-555-0134 x12", "(415) 555-0134 ext. 7", "+1 415 555 0134;ext=3"])
+def test_a_phone_the_crm_stored_with_an_extension_is_found_as_the_same_number(cli, lightspeed, salesforce, boutique,
+                                                                              stored):
+    # Contract §4: phones compare as E.164 "whatever format the CRM stored them in"; E.164 has no extension.
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Chen", "Phone": stored})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", phones={"Mobile": "415-555-0134"}))
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Phone", typed)
+    assert len(person_accounts(salesforce)) == 1  # nobody created
+
+
 def test_two_candidates_is_ambiguous_never_a_guess(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     for last in ("Lima", "Lima-Souza"):
