@@ -190,6 +190,14 @@ def test_missing_configuration_exits_2_naming_the_variable(cli):
     assert result.stderr.strip().splitlines()[-1].startswith("Error: missing configuration: LIGHTSPEED_CLIENT_ID")
 
 
+@pytest.mark.parametrize("region", ["UK", "XX"])
+def test_a_phone_region_no_numbering_plan_has_is_a_configuration_error(cli, region):
+    # "UK" for GB reads no number written without a country code: every such customer would be created anew.
+    result = cli("sync", env={"LSPOS_PHONE_REGION": region})
+    assert result.code == 2, (result.code, result.stderr)
+    assert "LSPOS_PHONE_REGION" in result.stderr
+
+
 def test_env_file_fills_in_what_the_environment_lacks(cli, tmp_path, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique)
     env_file = tmp_path / "lspos.env"
