@@ -27,7 +27,9 @@ def normalise_email(address: str | None) -> str | None:
 
 @lru_cache(maxsize=4096)
 def normalise_phone(number: str | None, region: str) -> str | None:
-    """E.164 (`+14155550134`) of a phone number written in any format, or None when it does not parse."""
+    """E.164 (`+14155550134`) of a phone number written in any format, or None when it is no real number: one
+    that does not parse, or that no numbering plan assigns (`000-000-0000`, a local number without its area code,
+    a foreign number typed without its country code). Those would link strangers who typed the same placeholder."""
     if not number or not any(ch.isdigit() for ch in number):
         return None
     import phonenumbers  # loaded on first use: its metadata is large and a no-op run never needs it
@@ -36,7 +38,7 @@ def normalise_phone(number: str | None, region: str) -> str | None:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(parsed):
+    if not phonenumbers.is_valid_number(parsed):
         return None
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if len(_NATIONAL) >= 4096:
