@@ -626,11 +626,11 @@ def test_a_customer_lookup_salesforce_finds_too_complicated_is_asked_in_smaller_
                        if "FROM Account WHERE LS_Customer_ID__c IN" in (statement := soql_of(s))]
     assert all(" LIKE '%" in statement and "Phone IN (" not in statement for statement, _ in account_lookups)
     # Statements of at most 90,000, 45,000, 22,500 and 11,250 characters: one, refused; of 5,625: two, refused;
-    # of 2,812: four, of 15 customers or so, answered.
-    assert [status for _, status in account_lookups] == [400] * 6 + [200] * 4
-    # The cost: five refused lookup requests before the one that goes through, then one request of writes (the
-    # keys stamped on 60 accounts, 60 transactions, 60 lines).
-    assert result.json["salesforce_api_calls"] == 5 + 1 + 1
+    # of 2,812: five, of 12 customers or so, answered.
+    assert [status for _, status in account_lookups] == [400] * 6 + [200] * 5
+    # The cost: five refused lookup requests before the two that go through (five statements and the record type,
+    # five to a request), then one request of writes (the keys stamped on 60 accounts, 60 transactions, 60 lines).
+    assert result.json["salesforce_api_calls"] == 5 + 2 + 1
 
 
 def test_a_transaction_lookup_salesforce_finds_too_complicated_is_split(cli, lightspeed, salesforce, boutique):

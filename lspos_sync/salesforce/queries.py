@@ -98,8 +98,9 @@ def person_accounts(customers: Iterable[tuple[str, str | None, list[str]]], sele
     `limit` characters as there can be (one customer always goes in, however long): `LS_Customer_ID__c IN (...) OR (IsPersonAccount = true AND (PersonEmail IN (...) OR <phones>))`.
 
     Phones are stored in whatever format people typed, so equality cannot find them all. With `like`, each
-    number is a LIKE pattern with a wildcard between its national digits (`%4%1%5%5%5%5%0%1%3%4`), which
-    matches every way of writing it; the E.164 comparison afterwards drops the rare false positive. Without
+    number is a LIKE pattern with a wildcard around and between its national digits (`%4%1%5%5%5%5%0%1%3%4%`),
+    which matches every way of writing it, an extension after it included (`415-555-0134 x12`); the E.164
+    comparison afterwards drops the rare false positive. Without
     (a server that refuses LIKE), equality on the usual spellings, which any SOQL parser takes."""
     return [statement for _, statement in person_account_groups(customers, select, like, limit)]
 
@@ -132,7 +133,7 @@ def person_account_groups(customers: Iterable[tuple[str, str | None, list[str]]]
 
 
 def _like_clause(e164: str) -> str:
-    pattern = literal("%" + "%".join(national_digits(e164)))
+    pattern = literal("%" + "%".join(national_digits(e164)) + "%")  # the last %: an extension may follow
     return " OR ".join(f"{field} LIKE {pattern}" for field in PHONE_FIELDS)
 
 
