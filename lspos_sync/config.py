@@ -203,6 +203,12 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
     region = (get("LSPOS_PHONE_REGION", "US") or "US").upper()
     if len(region) != 2 or not region.isalpha():
         raise ConfigError(f"LSPOS_PHONE_REGION: {region!r} is not a two-letter region code such as US or FR")
+    if region != "US":  # (the default needs no look-up: loading libphonenumber's regions takes 35 ms)
+        import phonenumbers
+
+        if region not in phonenumbers.SUPPORTED_REGIONS:  # "UK" would read no number written without +44
+            raise ConfigError(f"LSPOS_PHONE_REGION: {region!r} is not a region libphonenumber knows (ISO 3166 codes "
+                              "such as US, FR" + (", and GB for the United Kingdom)" if region == "UK" else ", GB)"))
     domain = get("SALESFORCE_DOMAIN", "login") or "login"
     api_version = (get("SALESFORCE_API_VERSION", "62.0") or "62.0").lstrip("vV")
     try:

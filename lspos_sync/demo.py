@@ -287,8 +287,8 @@ class _People:
                 number = ("1", f"{self.rng.choice(_AREA_CODES[shop.time_zone])}5550{self.rng.randint(100, 199)}")
             elif self.rng.random() < 0.8:
                 number = ("33", f"6{self.rng.randint(10_000_000, 99_999_999)}")
-            else:  # Londoners shopping in Paris, in the range Ofcom keeps for fiction
-                number = ("44", f"7700900{self.rng.randint(100, 999)}")
+            else:  # Londoners shopping in Paris, in the range Ofcom keeps for drama (020 7946 0xxx)
+                number = ("44", f"2079460{self.rng.randint(100, 999)}")
             if number not in self.phones:
                 self.phones.add(number)
                 return number
@@ -333,7 +333,8 @@ def _format_phone(digits: tuple[str, str], rng: random.Random) -> str:
     if country == "33":
         pairs = " ".join(national[i:i + 2] for i in range(1, 9, 2))
         return rng.choice((f"+33 {national[0]} {pairs}", f"+33{national}", f"+33 (0){national[0]} {pairs}"))
-    return rng.choice((f"+44 {national[:4]} {national[4:]}", f"+44{national}", f"+44 (0){national[:4]} {national[4:]}"))
+    area, rest = national[:2], f"{national[2:6]} {national[6:]}"
+    return rng.choice((f"+44 {area} {rest}", f"+44{national}", f"+44 (0){area} {rest}"))
 
 
 def _other_format(client: Client, rng: random.Random) -> str:
