@@ -290,6 +290,29 @@ def test_dry_run_previews_the_sale_of_another_client_matching_an_account_the_fee
     assert preview.json["records"].get("create_accounts") == 1
 
 
+def test_dry_run_previews_the_sale_of_a_client_the_feed_links_only_as_the_sync_writes_it(cli, lightspeed, salesforce,
+                                                                                         boutique):
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "PersonEmail": "family@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")  # the feed keys the account to her
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com", address={"city": "Lyon"})  # linked only
+    sale = sell(lightspeed, boutique, bo)
+
+    preview = cli("dry-run", "--json", env=ENRICH)
+    written = cli("sync", "--json", env=ENRICH)
+
+    assert preview.code == written.code == 0
+    assert salesforce.get("Account", typed)["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert salesforce.get("Account", typed)["PersonMailingCity"] is None  # Bo fills nothing: not his account
+    assert written.json["enriched"] == [] and written.json["records"]["update_accounts"] == 1
+    [plan] = preview.json["plans"]
+    assert (plan["match"], plan["account_id"]) == ("Email", typed)
+    # observed: the sale's preview would stamp Bo's key on the account the feed keys to Ana and fill its city
+    # (`enriched`: 182255-2 PersonMailingCity; `records`: two account updates)
+    assert "already keyed" in plan["reason"]
+    assert (preview.json["enriched"], preview.json["records"]) == (written.json["enriched"], written.json["records"])
+
+
 def test_a_customer_salesforce_refuses_is_parked_and_retried(cli, lightspeed, salesforce):
     salesforce.add_validation_rule("Account", lambda r: r.get("LastName") == "Lima", "No Limas today")
     ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
