@@ -10,12 +10,12 @@ what it settled in the state store, so that a customer read again unchanged cost
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from lspos_sync import mapping
-from lspos_sync.customers import AMBIGUOUS, LINKED, Candidates, Resolution, claim_accounts, resolve
+from lspos_sync.customers import AMBIGUOUS, Candidates, Resolution, claim_accounts, resolve
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.planning import account_write
@@ -86,8 +86,6 @@ class CustomerFeed:
       record type on the way;
     * `record_type_id()`: that record type's Id (`Resolver.person_record_type_id`), which fails the run with an
       actionable message when the org has none;
-    * `foresee(customer_key, resolution)` (dry-run): how a later sale of a customer the feed would write resolves
-      once that write is in (by key, `Linked`, as the sync writes it), since a dry-run's lookups never see it;
     * the returned `dict` is the run summary's `customers`; its `rejected_customers` make the exit code 3.
 
     Every account write goes through the run's writer and is answered (`flush`) before `run` returns, so nothing of
@@ -98,7 +96,7 @@ class CustomerFeed:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, writer: Writer, *,
                  dry_run: bool, region: str, enrich_profiles: bool,
                  look_up: Callable[[dict[str, Customer]], Candidates], record_type_id: Callable[[], str],
-                 foresee: Callable[[str, Resolution], None] | None = None, field_map: FieldMap = DEFAULT) -> None:
+                 field_map: FieldMap = DEFAULT) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -109,7 +107,6 @@ class CustomerFeed:
         self.field_map = field_map
         self._look_up = look_up
         self._record_type_id = record_type_id
-        self._foresee = foresee
         # Fingerprints change when what is written for an unchanged customer would: another mapping, enrichment.
         self._salt = f"customer:{field_map.fingerprint}:{'enrich' if enrich_profiles else 'plain'}"
         # payloads as sent, kept for the batch at hand only when the mapping adds fields
@@ -175,8 +172,6 @@ class CustomerFeed:
                 if write is not None:
                     plans[key].filled = [self.field_map.field(mapping.ACCOUNT, f) for f in write.filled]
                     writes.append(write)
-                    if self.dry_run and self._foresee is not None:
-                        self._foresee(key, _as_written(key, resolution, write))
             if writes:
                 self.writer.write(writes)
                 self.writer.flush()  # every write answered: nothing of the feed is left in flight
@@ -226,20 +221,6 @@ class CustomerFeed:
               reason: str) -> CustomerPlan:
         name = " ".join(part.strip() for part in (customer.first_name, customer.last_name) if part.strip())
         return CustomerPlan(customer.customer_id, key, name, action, match, account_id, reason)
-
-
-def _as_written(key: str, resolution: Resolution, write: Write) -> Resolution:
-    """How a later sale of the customer resolves once the feed's account write is in: by key (`Linked`) on the
-    account created or keyed, with the blanks it filled; else as matched, with those blanks filled."""
-    if write.kind == CREATE_ACCOUNTS:
-        return Resolution(LINKED, reason=f"LS_Customer_ID__c = {key}, the Person Account the customer feed would "
-                                         "create", account_key=key)
-    matched = resolution.account  # an update of a matched account: stamped, filled or both
-    account = replace(matched, customer_key=key if resolution.stamp_key else matched.customer_key,
-                      profile={**matched.profile, **{name: write.record[name] for name in write.filled}})
-    if resolution.stamp_key:
-        return Resolution(LINKED, resolution.account_id, f"LS_Customer_ID__c = {key}", account=account)
-    return replace(resolution, account=account)
 
 
 def _action(resolution: Resolution, write: Write | None) -> str:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 LINKED, EMAIL, PHONE, CREATED, GUEST, AMBIGUOUS = "Linked", "Email", "Phone", "Created", "Guest", "Ambiguous"
+# What a dry-run's run would do to an account before a lookup (`PersonAccount.by_run`).
+CREATE, KEY = "create", "key"
 
 # Deliberately plain: one @, no spaces, a dot in the domain. Salesforce rejects worse ones per record.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -88,6 +90,9 @@ class PersonAccount:
     phones: frozenset[str]  # E.164
     name: str = ""
     profile: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # fields as Salesforce has them
+    # dry-run (resolving.Foreseen): CREATE, an account the run would create, not in Salesforce (`id` is its customer
+    # key); KEY, one the run would stamp with `customer_key`
+    by_run: str = ""
 
 
 @dataclass(frozen=True, slots=True)  # slots: a run keeps one per customer
@@ -149,7 +154,7 @@ def resolve(customer: Customer | None, customer_key: str | None, candidates: Can
         return Resolution(GUEST, reason="no customer on the sale")
     linked = candidates.by_key.get(customer_key)
     if linked is not None:
-        return Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}", account=linked)
+        return _on(Resolution(LINKED, linked.id, reason=f"LS_Customer_ID__c = {customer_key}", account=linked))
 
     email = normalise_email(primary_email(customer))
     if email:
@@ -176,8 +181,19 @@ def resolve(customer: Customer | None, customer_key: str | None, candidates: Can
 
 def _matched(status: str, account: PersonAccount, reason: str) -> Resolution:
     if account.customer_key:
-        reason += f" (already keyed {account.customer_key}: linked, not re-keyed)"
-    return Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key, account=account)
+        by_run = " by this run" if account.by_run == KEY else ""
+        reason += f" (already keyed {account.customer_key}{by_run}: linked, not re-keyed)"
+    return _on(Resolution(status, account.id, reason=reason, stamp_key=not account.customer_key, account=account))
+
+
+def _on(resolution: Resolution) -> Resolution:
+    """A dry-run's link to an account the run would create: by its key (the planner writes `Account__r`), as the
+    sync links it to the account created by then."""
+    account = resolution.account
+    if account is None or account.by_run != CREATE:
+        return resolution
+    return Resolution(resolution.status, None, resolution.reason + ", the Person Account this run would create",
+                      account=account, account_key=account.customer_key)
 
 
 def hand_link(account_id: str | None, match_status: str | None) -> str | None:

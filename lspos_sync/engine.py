@@ -19,7 +19,7 @@ from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.planning import Plan, Planner
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Resolver
+from lspos_sync.resolving import Foreseen, Resolver
 from lspos_sync.rolling import RollUps
 from lspos_sync.settling import Settler
 from lspos_sync.state import StateStore
@@ -48,7 +48,8 @@ class Engine:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, writer: Writer, *,
                  dry_run: bool, phone_region: str, person_record_type: str, verify_unchanged: bool = False,
                  enrich_profiles: bool = False, field_map: FieldMap = DEFAULT, roll_up: bool = False,
-                 on_batch: Callable[[int, RunSummary], None] | None = None, sync_customers: bool = False) -> None:
+                 on_batch: Callable[[int, RunSummary], None] | None = None, sync_customers: bool = False,
+                 foreseen: Foreseen | None = None) -> None:
         self.account_id = account_id
         self.store = store
         self.writer = writer
@@ -58,7 +59,8 @@ class Engine:
         self.resolver = Resolver(account_id, writer, phone_region=phone_region, person_record_type=person_record_type,
                                  enriched=enriched, check_all=dry_run or roll_up,
                                  kept=max(RESOLVED_KEPT, 3 * BATCH_SALES),
-                                 match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
+                                 match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"),
+                                 foreseen=foreseen)
         self.rollups = RollUps(account_id, store, writer, self.resolver, field_map, dry_run=dry_run) \
             if roll_up else None
         self.settler = Settler(account_id, store, writer, self.resolver, field_map, dry_run=dry_run,
@@ -71,8 +73,7 @@ class Engine:
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
             account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
             look_up=lambda customers: self.resolver.look_up(customers, [])[0],
-            record_type_id=self.resolver.person_record_type_id, foresee=self.resolver.foresee,
-            field_map=field_map) if sync_customers else None
+            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:

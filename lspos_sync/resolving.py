@@ -5,21 +5,23 @@ of recent batches."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from lspos_sync import mapping
-from lspos_sync.customers import (CREATED, GUEST, Candidates, Resolution, claim_accounts, customer_phones,
-                                  normalise_email, primary_email, resolve)
+from lspos_sync.customers import (CREATE, CREATED, GUEST, KEY, Candidates, PersonAccount, Resolution, claim_accounts,
+                                  customer_phones, normalise_email, primary_email, resolve)
 from lspos_sync.errors import ConfigError
 from lspos_sync.salesforce import queries
-from lspos_sync.writing import Write, Writer
+from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
 
 if TYPE_CHECKING:
     from lspos_sync.lightspeed.models import Customer, Sale
 
 # A batch's records as mapped, by sale id: (transaction, lines, content hash).
 Built = dict[int, tuple[dict[str, Any], list[dict[str, Any]], str]]
+# What the lookups match a customer by: its key, its email and its phones as E.164 (`Resolver.person`).
+Person = tuple[str, str | None, list[str]]
 
 
 @dataclass
@@ -38,9 +40,11 @@ class Found:
 
 class Resolver:
     def __init__(self, account_id: str, writer: Writer, *, phone_region: str, person_record_type: str,
-                 enriched: tuple[str, ...], check_all: bool, kept: int, match_status: bool) -> None:
+                 enriched: tuple[str, ...], check_all: bool, kept: int, match_status: bool,
+                 foreseen: Foreseen | None = None) -> None:
         self.account_id = account_id
         self.writer = writer
+        self.foreseen = foreseen  # dry-run: the account writes the run would have made, laid over every lookup
         self.region = phone_region
         self.person_record_type = person_record_type
         # what the lookups read of an Account: with LSPOS_ENRICH_PROFILES, also the profile fields it may fill
@@ -50,8 +54,6 @@ class Resolver:
         # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
         # again if it comes back (by then it has its key), so memory stays flat over long windows.
         self.decisions: _Recent[str, Resolution] = _Recent(kept)
-        # dry-run with LSPOS_SYNC_CUSTOMERS: how the customers the feed would write resolve once written (`foresee`)
-        self.foreseen: dict[str, Resolution] = {}
         self._record_type_id: str | None = None  # "" when the org has none
         self.like = True  # until Salesforce refuses a phone LIKE
         # How long the lookup statements may be, for the run: shorter once Salesforce finds one too complicated
@@ -65,8 +67,6 @@ class Resolver:
         """Decides the batch's customers not decided yet and reads the transactions (and their stale lines)
         that the writes depend on."""
         customers = {self.customer_key(s): s.customer for s in sales if s.customer_id is not None and s.customer}
-        for key in customers.keys() & (self.foreseen.keys() - self.decisions.keys()):
-            self.decisions[key] = self.foreseen[key]  # dry-run: as the customer feed would leave its account
         unresolved = {k: c for k, c in customers.items() if k not in self.decisions}
         for key in customers.keys() - unresolved.keys():
             self.decisions.move_to_end(key)  # this batch's decisions are the newest: the last to be forgotten
@@ -101,11 +101,6 @@ class Resolver:
         if customer_key is None:
             return resolve(None, None, found.candidates, self.region)
         return Resolution(GUEST, reason=f"customer {sale.customer_id} not found in Lightspeed")
-
-    def foresee(self, customer_key: str, resolution: Resolution) -> None:
-        """dry-run: the customer feed would write this customer's account, which the lookups of a run that writes
-        nothing never see; its sales resolve as the sync, which reads the account written, would resolve them."""
-        self.foreseen[customer_key] = resolution
 
     def keep_decision_only(self, customer_key: str) -> None:
         """The run remembers the decision, not the account as found (memory stays flat over long windows), and
@@ -143,22 +138,23 @@ class Resolver:
         statement too complicated: then all of it again in shorter ones, `self.budget`)."""
         return self.look_up_people([self.person(key, customer) for key, customer in customers.items()], sale_keys)
 
-    def person(self, key: str, customer: Customer) -> tuple[str, str | None, list[str]]:
+    def person(self, key: str, customer: Customer) -> Person:
         """What the lookups match a customer by: its key, its email and its phones as E.164."""
         return key, normalise_email(primary_email(customer)), customer_phones(customer, self.region)
 
-    def look_up_people(self, people: list[tuple[str, str | None, list[str]]],
-                       sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
+    def look_up_people(self, people: list[Person], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
         """`look_up`, for customers already turned into what the lookups match them by (`person`)."""
         return self.budget.ask(lambda limit: self._look_up(people, self.account_fields, sale_keys, limit))
 
-    def _look_up(self, people: list[tuple[str, str | None, list[str]]], select: str, sale_keys: list[str],
+    def _look_up(self, people: list[Person], select: str, sale_keys: list[str],
                  limit: int) -> tuple[Candidates, dict[str, dict]]:
         by_account = queries.person_accounts(people, select, like=self.like, limit=limit)
+        # dry-run: the accounts the run would have changed so that these customers match them by now
+        by_id = queries.accounts_by_id(self.foreseen.reached(people), select, limit) if self.foreseen else []
         by_sale = queries.transactions_by_key(sale_keys, self.match_status, limit)
         record_type = [queries.person_record_type(self.person_record_type)] \
             if people and self._record_type_id is None else []
-        answers = self.writer.queries(by_account + by_sale + record_type,
+        answers = self.writer.queries(by_account + by_id + by_sale + record_type,
                                       frozenset(range(len(by_account))) if self.like else frozenset())
         account_answers = answers[:len(by_account)]
         if None in account_answers:
@@ -170,11 +166,16 @@ class Resolver:
             found = answers[-1] or []
             self._record_type_id = found[0]["Id"] if found else ""
         candidates = Candidates()
-        for records in account_answers:
+        for records in account_answers + answers[len(by_account):len(by_account) + len(by_id)]:
             for record in records or ():
-                candidates.add(queries.person_account(record, self.region))
+                candidates.add(self.foreseen.as_written(record) if self.foreseen
+                               else queries.person_account(record, self.region))
+        if self.foreseen:
+            for account in self.foreseen.created_for(people):
+                candidates.add(account)
+        transactions = len(by_account) + len(by_id)
         existing = {record[mapping.SALE_KEY]: record
-                    for records in answers[len(by_account):len(by_account) + len(by_sale)] for record in records or ()}
+                    for records in answers[transactions:transactions + len(by_sale)] for record in records or ()}
         return candidates, existing
 
     def existing(self, sale_keys: list[str]) -> dict[str, dict]:
@@ -203,6 +204,74 @@ class Resolver:
 
     def person_record_type_id(self) -> str:
         return record_type_id(self._record_type_id, self.person_record_type)  # read with the batch's lookups
+
+
+class Foreseen:
+    """dry-run: the account writes the run would have made, laid over what its lookups find.
+
+    A dry-run writes nothing, so its lookups see Salesforce as it was before the run, where a sync's see what the
+    sync wrote before them: the customer feed's accounts, those of the parked sales' and the SaleVoid feed's
+    batches, of earlier batches, and (LIGHTSPEED_ACCOUNTS) of the accounts synced before. The dry-run's writer
+    (`RecordingSink`) records each account write here as it is handed over, as Salesforce would hold it; the
+    resolver's lookups (the sales' and the customer feed's) then find the accounts the run would create, as
+    candidates with their customer key standing in for the Id (`PersonAccount.by_run`), and the accounts it
+    would change with the key it would stamp and the blanks it would fill. One for the whole dry-run, handed to
+    each account's run in turn; a real run has none.
+    """
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.created = Candidates()  # the accounts the run would create, as a lookup would find them
+        self.changes: dict[str, dict[str, Any]] = {}  # account Id -> the fields the run would set on it
+        # what those fields make an account match that it may not have matched before: a key stamped, an email or
+        # a phone (E.164) filled -> the accounts' Ids
+        self._reached_by: dict[str, set[str]] = {}
+
+    def record(self, kind: str, record: dict[str, Any]) -> None:
+        """An account write (create, or update by Id), the record as Salesforce would hold it: in the contract's
+        names, without what the mapping switches off."""
+        if kind == CREATE_ACCOUNTS:
+            key = record[mapping.CUSTOMER_KEY]
+            self.created.add(replace(queries.person_account({"Id": key, **record}, self.region), by_run=CREATE))
+            return
+        account_id = record.get("id")
+        if not account_id:
+            return
+        fields = {name: value for name, value in record.items() if name not in ("attributes", "id")}
+        self.changes.setdefault(account_id, {}).update(fields)
+        reached = queries.person_account({"Id": account_id, **fields}, self.region)
+        for value in (reached.customer_key, reached.email, *reached.phones):
+            if value:
+                self._reached_by.setdefault(value, set()).add(account_id)
+
+    def reached(self, people: Iterable[Person]) -> list[str]:
+        """The Ids of the accounts the customers may match by a field the run would set: a lookup of Salesforce
+        as it is does not find them by it."""
+        ids: dict[str, None] = {}
+        for key, email, phones in people:
+            for value in (key, email, *phones):
+                if value in self._reached_by:
+                    ids.update(dict.fromkeys(sorted(self._reached_by[value])))
+        return list(ids)
+
+    def as_written(self, record: dict[str, Any]) -> PersonAccount:
+        """An account as a lookup found it, with what the run would set on it."""
+        changes = self.changes.get(record["Id"])
+        if not changes:
+            return queries.person_account(record, self.region)
+        account = queries.person_account({**record, **changes}, self.region)
+        stamped = not record.get(mapping.CUSTOMER_KEY) and account.customer_key
+        return replace(account, by_run=KEY) if stamped else account
+
+    def created_for(self, people: Iterable[Person]) -> Iterator[PersonAccount]:
+        """The accounts the run would create that the customers may match: by key, email or phone."""
+        for key, email, phones in people:
+            if (account := self.created.by_key.get(key)) is not None:
+                yield account
+            if email:
+                yield from self.created.by_email.get(email, ())
+            for phone in phones:
+                yield from self.created.by_phone.get(phone, ())
 
 
 def record_type_id(found: str | None, developer_name: str) -> str:

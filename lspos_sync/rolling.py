@@ -48,13 +48,17 @@ class RollUps:
             # a parked sale counts too: its transaction may have gone through without its lines
             resolution = self.resolver.decisions.get(customer_key) if customer_key else None
             after = resolution.account_id if resolution and sale_plan.match != AMBIGUOUS else None
-            created = sale_plan.match == CREATED or (resolution is not None and resolution.account_key is not None)
-            if after is None and created and self.dry_run:
-                after = customer_key  # an account the dry-run (or its customer feed) would create: known by its key
+            to_create = None  # dry-run: an account the run would create, known by its customer key
+            if after is None and self.dry_run and sale_plan.match != AMBIGUOUS:
+                # the customer's own, or another's it matched (resolution.account_key)
+                account_key = resolution.account_key if resolution else None
+                to_create = account_key or (customer_key if sale_plan.match == CREATED else None)
+            if to_create:
+                after = to_create
             elif kept:
                 after = before  # a link made by hand, which the sync keeps
             for account in (before, after):
-                if account and not (self.dry_run and account == customer_key):
+                if account and account != to_create:
                     touched.add(account)
             if self.dry_run and sale_plan.action != "rejected":
                 if before and was_there:
@@ -113,7 +117,7 @@ class RollUps:
                                           "customer_key": None if ref in current else ref,
                                           "fields": {names.field(mapping.ACCOUNT, f): {"from": a, "to": b}
                                                      for f, (a, b) in moves.items()}})
-            if ref in current:
+            if ref in current or self.dry_run:  # (a dry-run counts the write to an account it would create too)
                 writes.append(Write(UPDATE_ACCOUNTS, {"attributes": {"type": mapping.ACCOUNT}, "id": ref, **new},
                                     (f"rollup:{ref}",)))
         if writes:

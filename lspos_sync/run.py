@@ -16,6 +16,7 @@ from lspos_sync.errors import ConfigError, SyncError
 from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.client import CLOCK_TOLERANCE, LightspeedClient, http_client
 from lspos_sync.output import RUN
+from lspos_sync.resolving import Foreseen
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.writer import CompositeWriter, RecordingSink
 from lspos_sync.state import StateStore, iso
@@ -127,7 +128,9 @@ def retry_parked(settings: Settings, output: "Output", sale_keys: tuple[str, ...
 
 def preview(settings: Settings, output: "Output", since: datetime | None, until: datetime | None,
             limit: int | None, account: str | None = None) -> int:
-    """`dry-run`: reads both systems, writes to neither (nor to the checkpoint)."""
+    """`dry-run`: reads both systems, writes to neither (nor to the checkpoint). The account writes it would
+    make carry from one account of LIGHTSPEED_ACCOUNTS to the next, as a sync's do (`foreseen`)."""
+    foreseen = Foreseen(settings.phone_region)
 
     def one(settings: Settings) -> Report:
         with StateStore(settings.state_path) as store:
@@ -144,7 +147,8 @@ def preview(settings: Settings, output: "Output", since: datetime | None, until:
 
             # With --from it previews a backfill of the window: a sale unchanged since its last write is looked up
             # in Salesforce, so that one deleted there by hand shows as restored, as the backfill restores it.
-            return _execute("dry-run", settings, output, store, window, limit=limit, as_backfill=since is not None)
+            return _execute("dry-run", settings, output, store, window, limit=limit, as_backfill=since is not None,
+                            foreseen=foreseen)
 
     return each_account("dry-run", settings, output, account, one, locking=False)
 
@@ -251,11 +255,13 @@ def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[da
 def _execute(command: str, settings: Settings, output: "Output", store: StateStore,
              window: Callable[[datetime], Window] | None, *, progress: Callable[[datetime], None] | None = None,
              limit: int | None = None, retry: list[int] | None = None, bulk: bool | None = False,
-             as_backfill: bool = False) -> Report:
+             as_backfill: bool = False, foreseen: Foreseen | None = None) -> Report:
     """Runs the engine over `window(Lightspeed's now)`, or over the parked sales `retry`. `bulk` (backfill):
     through Bulk API 2.0 ingest jobs; None: when the window holds more sales than LSPOS_BULK_THRESHOLD.
-    `as_backfill` (dry-run --from): previews the window as a backfill writes it."""
+    `as_backfill` (dry-run --from): previews the window as a backfill writes it. `foreseen` (dry-run): the account
+    writes previewed so far, the previous accounts' and now this one's."""
     dry_run = command == "dry-run"
+    foreseen = (foreseen or Foreseen(settings.phone_region)) if dry_run else None
     names = fieldmap.for_settings(settings)
     run_id = None if dry_run else store.start_run(command, settings.account_id)
     RUN["id"] = run_id
@@ -267,7 +273,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
         lightspeed = LightspeedClient(http, settings.lightspeed_api_url, settings.account_id, auth)
         salesforce = SalesforceClient(settings.salesforce, reserve_percent=settings.api_reserve_percent,
                                       field_map=names)
-        sink = RecordingSink(salesforce) if dry_run else CompositeWriter(salesforce)
+        sink = RecordingSink(salesforce, foreseen) if foreseen is not None else CompositeWriter(salesforce)
         display: _Quiet | WindowBar | Spinner = _Quiet()  # what the run shows once its window is known
 
         def batch_done(sales: int, summary: RunSummary) -> None:
@@ -277,7 +283,7 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                         phone_region=settings.phone_region, person_record_type=settings.person_account_record_type,
                         verify_unchanged=command == "backfill" or as_backfill, enrich_profiles=settings.enrich_profiles,
                         field_map=names, roll_up=settings.rollups, on_batch=batch_done,
-                        sync_customers=settings.sync_customers)
+                        sync_customers=settings.sync_customers, foreseen=foreseen)
         try:
             if not names.identity:  # (LSPOS_ROLLUPS alone costs no describe: `mapping check` covers its fields)
                 fieldmap.check_org(settings, names, salesforce.describe)

@@ -306,6 +306,20 @@ def test_dry_run_and_backfill_report_each_account(cli, lightspeed, salesforce, b
     assert [t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")] == ["182255-1"]
 
 
+def test_dry_run_of_both_accounts_previews_one_person_account_for_a_client_of_both(cli, lightspeed, salesforce,
+                                                                                    boutique, second, several):
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com"))
+    sell(second, open_boutique(second), second.add_customer("Ana", "Lima", email="ana@example.com"))
+
+    preview = cli("dry-run", "--json", env=several)
+    synced = cli("sync", env=several)
+
+    assert synced.code == 0 and len(salesforce.records("Account")) == 1
+    planned = [[plan["match"] for plan in account["plans"]] for account in preview.json["accounts"]]
+    written = [[t["Match_Status__c"]] for t in salesforce.records("Sales_Transaction__c")]
+    assert planned == written == [["Created"], ["Email"]]  # what the next sync does: one account, found by email
+
+
 def test_checkpoint_reset_acts_on_every_account_or_the_one_given(cli, lightspeed, boutique, second, several):
     reset_one = cli("checkpoint", "reset", "--to", "2026-01-01", "--yes", "--account", SECOND, "--json", env=several)
     reset_all = cli("checkpoint", "reset", "--to", "2026-02-01", "--yes", "--json", env=several)

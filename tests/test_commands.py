@@ -97,6 +97,68 @@ def test_dry_run_previews_a_voided_sale_once(cli, lightspeed, salesforce, boutiq
     assert preview.json["sales"]["written"] == 1
 
 
+def test_dry_run_previews_a_client_matching_the_account_an_earlier_batch_creates_as_the_sync_links_it(
+        cli, lightspeed, salesforce, boutique):
+    # a couple sharing one email, both new to the CRM; their sales fall in two batches of the window
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com")
+    sales = [sell(lightspeed, boutique, ana), sell(lightspeed, boutique, bo)]
+    one_a_batch = {"engine.BATCH_SALES": 1}
+
+    preview = cli("dry-run", "--json", constants=one_a_batch)
+    assert cli("sync", constants=one_a_batch).code == 0
+
+    written = {t["LS_Sale_ID__c"]: t for t in salesforce.records("Sales_Transaction__c")}
+    # the sync creates Ana's account, and the next batch's lookup finds it by Bo's email
+    assert [written[f"182255-{s}"]["Match_Status__c"] for s in sales] == ["Created", "Email"]
+    plans = {p["sale_id"]: p for p in preview.json["plans"]}
+    # observed: the preview says Bo's account would be created too ("Created", a second Person Account)
+    assert [plans[s]["match"] for s in sales] == ["Created", "Email"]
+
+
+def test_dry_run_previews_a_client_matching_the_account_the_void_feed_creates_as_the_sync_links_it(
+        cli, lightspeed, salesforce, boutique):
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "Phone": "415-555-0100"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com", phones={"Home": "415-555-0100"})
+    voided = sell(lightspeed, boutique, ana, at=datetime.now(timezone.utc) - timedelta(minutes=9))
+    lightspeed.void_sale(voided)  # written from the SaleVoid feed, before the window's pages
+    sale = sell(lightspeed, boutique, bo)
+
+    preview = cli("dry-run", "--json")
+    assert cli("sync").code == 0
+
+    written = {t["LS_Sale_ID__c"]: t for t in salesforce.records("Sales_Transaction__c")}[f"182255-{sale}"]
+    anas = next(a["Id"] for a in salesforce.records("Account") if a.get("LS_Customer_ID__c") == f"182255-{ana}")
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Email", anas)  # email before phone
+    assert salesforce.get("Account", typed)["LS_Customer_ID__c"] is None
+    plan = next(p for p in preview.json["plans"] if p["sale_id"] == sale)
+    # observed: ("Phone", typed): the preview links Bo to the CRM account by phone and would stamp his key on it
+    assert (plan["match"], plan["account_id"]) == ("Email", None)
+
+
+def test_dry_run_previews_a_client_matching_an_account_by_the_email_an_earlier_batch_fills_as_the_sync_links_it(
+        cli, lightspeed, salesforce, boutique):
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "Phone": "415-555-0100"})
+    # Ana matches the CRM's account by phone: the sync keys it to her and fills its email; Bo has only that email
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com", phones={"Home": "415-555-0100"})
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com")
+    sales = [sell(lightspeed, boutique, ana), sell(lightspeed, boutique, bo)]
+    one_a_batch, enrich = {"engine.BATCH_SALES": 1}, {"LSPOS_ENRICH_PROFILES": "true"}
+
+    preview = cli("dry-run", "--json", env=enrich, constants=one_a_batch)
+    synced = cli("sync", "--json", env=enrich, constants=one_a_batch)
+
+    written = {t["LS_Sale_ID__c"]: t for t in salesforce.records("Sales_Transaction__c")}
+    assert [(written[f"182255-{s}"]["Match_Status__c"], written[f"182255-{s}"]["Account__c"]) for s in sales] == \
+        [("Phone", typed), ("Email", typed)]
+    plans = {p["sale_id"]: p for p in preview.json["plans"]}
+    assert [(plans[s]["match"], plans[s]["account_id"]) for s in sales] == [("Phone", typed), ("Email", typed)]
+    assert preview.json["records"] == synced.json["records"]
+
+
 def test_dry_run_to_before_where_the_next_sync_starts_is_a_usage_error(cli, lightspeed, salesforce, boutique):
     sell(lightspeed, boutique)
     assert cli("sync").code == 0  # the next sync starts at the checkpoint less the look-back

@@ -3,7 +3,7 @@ window brought to a Person Account by the rules of §4; the real program against
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from conftest import by_key, sell, two_clients_sharing_a_home_phone
 from lspos_sync.emulators.salesforce import Field
@@ -267,6 +267,50 @@ def test_dry_run_previews_the_sale_of_a_client_the_feed_keys_and_fills_as_the_sy
     assert preview.json["records"] == written.json["records"] == {"update_accounts": 1, "transactions": 1, "lines": 1}
     assert preview.json["customers"]["enriched"] == written.json["customers"]["enriched"] == [
         {"account_id": typed, "customer_key": f"182255-{bo}", "fields": ["PersonMobilePhone"]}]
+
+
+def test_dry_run_previews_the_sale_of_another_client_matching_an_account_the_feed_creates_as_the_sync_links_it(
+        cli, lightspeed, salesforce, boutique):
+    # Bo was entered long before the window (the feed does not read him); Ana, sharing his email, is new in it
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com",
+                                 at=datetime.now(timezone.utc) - timedelta(days=5))
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    sale = sell(lightspeed, boutique, bo)
+
+    preview = cli("dry-run", "--json", env=FEED)
+    assert cli("sync", env=FEED).code == 0
+
+    written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]
+    [anas] = person_accounts(salesforce)  # the feed creates Ana's; Bo's sale finds it by email
+    assert anas["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Email", anas["Id"])
+    [plan] = preview.json["plans"]
+    # observed: "Created", and a second Person Account to create in `records`
+    assert plan["match"] == "Email"
+    assert preview.json["records"].get("create_accounts") == 1
+
+
+def test_dry_run_previews_the_sale_of_a_client_the_feed_links_only_as_the_sync_writes_it(cli, lightspeed, salesforce,
+                                                                                         boutique):
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "PersonEmail": "family@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")  # the feed keys the account to her
+    bo = lightspeed.add_customer("Bo", "Lima", email="family@example.com", address={"city": "Lyon"})  # linked only
+    sale = sell(lightspeed, boutique, bo)
+
+    preview = cli("dry-run", "--json", env=ENRICH)
+    written = cli("sync", "--json", env=ENRICH)
+
+    assert preview.code == written.code == 0
+    assert salesforce.get("Account", typed)["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert salesforce.get("Account", typed)["PersonMailingCity"] is None  # Bo fills nothing: not his account
+    assert written.json["enriched"] == [] and written.json["records"]["update_accounts"] == 1
+    [plan] = preview.json["plans"]
+    assert (plan["match"], plan["account_id"]) == ("Email", typed)
+    # observed: the sale's preview would stamp Bo's key on the account the feed keys to Ana and fill its city
+    # (`enriched`: 182255-2 PersonMailingCity; `records`: two account updates)
+    assert "already keyed" in plan["reason"]
+    assert (preview.json["enriched"], preview.json["records"]) == (written.json["enriched"], written.json["records"])
 
 
 def test_a_customer_salesforce_refuses_is_parked_and_retried(cli, lightspeed, salesforce):

@@ -150,6 +150,10 @@ def _person_accounts_statement(select: str, keys: dict[str, None], emails: dict[
     return f"SELECT {select} FROM Account WHERE {where}"
 
 
+def accounts_by_id(ids: Iterable[str], select: str = ACCOUNT_FIELDS, limit: int = MAX_SOQL) -> list[str]:
+    return _in_batches(f"SELECT {select} FROM Account WHERE Id", ids, limit)
+
+
 def transactions_by_key(keys: Iterable[str], match_status: bool, limit: int = MAX_SOQL) -> list[str]:
     """Each transaction's Id, account and (`match_status`) Match_Status__c, which tells a link made by hand: only
     where the mapping writes that field, since an org whose mapping switches it off may not have it."""

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lspos_sync.errors import QueryTooComplicated
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
@@ -16,6 +16,9 @@ from lspos_sync.retry import pause
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
 from lspos_sync.writing import (CREATE_ACCOUNTS, DELETE_LINES, LINES, ORDER, TRANSACTIONS, UPDATE_ACCOUNTS, Write,
                                 WriteStats)
+
+if TYPE_CHECKING:
+    from lspos_sync.resolving import Foreseen
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +262,22 @@ class _Sender:
 
 class RecordingSink:  # a Writer
     """dry-run: the same writes, counted instead of sent; every one 'succeeds' (no error, no Id). Queries go
-    straight to Salesforce: nothing was written before them."""
+    straight to Salesforce, which has none of the writes: the account writes are recorded in `foreseen`, which the
+    resolver lays over what its lookups find (resolving.Foreseen)."""
 
-    def __init__(self, client: SalesforceClient) -> None:
+    def __init__(self, client: SalesforceClient, foreseen: Foreseen) -> None:
         self._client = client
+        self.foreseen = foreseen
         self.stats = WriteStats()
 
     def write(self, writes: list[Write]) -> None:
         for kind, batch in chunks(writes):
             self.stats.records[kind] = self.stats.records.get(kind, 0) + len(batch)
+        names = self._client.field_map
         for write in writes:
+            if write.kind in (CREATE_ACCOUNTS, UPDATE_ACCOUNTS):
+                # as the org would hold it: renamed there and back, a field the mapping switches off not written
+                self.foreseen.record(write.kind, names.incoming(ACCOUNT, names.outgoing(ACCOUNT, write.record)))
             write.answered = True
 
     def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
