@@ -466,10 +466,12 @@ class Soak:
         if fault == "lightspeed_5xx":
             count, status = rng.choice((1, 2, 3, 6)), rng.choice((500, 502, 503))
             suffix = rng.choice(("Sale.json", "Sale.json", "SaleVoid.json", "Shop.json"))
+            suffix = self._customer_suffix(suffix)
             ls.fail_next(count, status=status, path_suffix=suffix)
             return f"{count} x {status} on {suffix}"
         if fault == "lightspeed_drop":
             count, suffix = rng.choice((1, 2)), rng.choice(("Sale.json", "Sale.json", "SaleVoid.json", "Category.json"))
+            suffix = self._customer_suffix(suffix)
             ls.drop_next(count, path_suffix=suffix)
             return f"{count} dropped on {suffix}"
         if fault == "salesforce_5xx":
@@ -511,6 +513,10 @@ class Soak:
         if fault == "kill":
             return "kill -9"
         return ""
+
+    def _customer_suffix(self, suffix: str) -> str:
+        """With the customer feed, a third of the Lightspeed faults hit its Customer requests instead."""
+        return "Customer.json" if "customers" in self.features and self.frng.random() < 0.35 else suffix
 
     def _trouble(self) -> bool:
         """Whether a request of the run was refused with a 5xx or dropped, on either side."""
