@@ -2,6 +2,7 @@
 
     python bench/soak.py --days 7 --seed 1        # a simulated week; prints the figures
     python bench/soak.py --hours 4 --seed 3       # a few hours
+    python bench/soak.py --hours 12 --seed 1 --features rollups,customers,enrich   # contract §5's options on
 
 Each run is the installed program in a fresh process, as cron starts it. The emulators' clock and the program's
 clock are one simulated clock: it stands still between runs and jumps ten minutes, and during a run it goes at
@@ -20,6 +21,10 @@ after every run that exits 0, Salesforce holds exactly Lightspeed's completed sa
 account links, amounts); every exit code is one the contract documents, and one the fault may bring
 (`ALLOWED_EXITS`: 0 without a fault), and no run prints a traceback; at the end, after fault-free runs, no
 duplicate record and no parked sale.
+
+With `--features` (docs/failure-modes.md, "Soak"), the optional features are on in every run, the clients also
+come, change and leave without a sale, and the roll-ups, the clients' Person Accounts and their profiles (typed
+values kept, blanks filled) are checked too.
 """
 
 from __future__ import annotations
