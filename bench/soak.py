@@ -2,6 +2,7 @@
 
     python bench/soak.py --days 7 --seed 1        # a simulated week; prints the figures
     python bench/soak.py --hours 4 --seed 3       # a few hours
+    python bench/soak.py --hours 12 --seed 1 --features rollups,customers,enrich   # contract §5's options on
 
 Each run is the installed program in a fresh process, as cron starts it. The emulators' clock and the program's
 clock are one simulated clock: it stands still between runs and jumps ten minutes, and during a run it goes at
@@ -20,6 +21,10 @@ after every run that exits 0, Salesforce holds exactly Lightspeed's completed sa
 account links, amounts); every exit code is one the contract documents, and one the fault may bring
 (`ALLOWED_EXITS`: 0 without a fault), and no run prints a traceback; at the end, after fault-free runs, no
 duplicate record and no parked sale.
+
+With `--features` (docs/failure-modes.md, "Soak"), the optional features are on in every run, the clients also
+come, change and leave without a sale, and the roll-ups, the clients' Person Accounts and their profiles (typed
+values kept, blanks filled) are checked too.
 """
 
 from __future__ import annotations
@@ -65,8 +70,18 @@ ALLOWED_EXITS: dict[str | None, set[int]] = {
     "upsert_race": {0},  # the raced upserts go again once and match the other client's records
     "lost_token_refresh": {0},  # the refresh is retried with the old token, which still works
     "salesforce_outage": {1},
+    # --features only: the responses to the writes of sales' transactions lost after Salesforce committed them,
+    # sometimes more often than the retries last (1: the run failed after its writes went in)
+    "salesforce_lost_write": {0, 1, 3},
 }
+FEATURE_FAULTS = ("salesforce_lost_write",)
 CENT = Decimal("0.01")
+# The optional features of contract §5 that `--features` switches on for every run, and their variables.
+FEATURES = {"rollups": "LSPOS_ROLLUPS", "customers": "LSPOS_SYNC_CUSTOMERS", "enrich": "LSPOS_ENRICH_PROFILES"}
+# The Person Account fields LSPOS_ENRICH_PROFILES fills when empty (docs/configuration.md), beside §3's.
+CONTRACT_FIELDS = ("FirstName", "LastName", "PersonEmail", "PersonMobilePhone", "Phone")
+ENRICHED_FIELDS = ("PersonEmail", "PersonMobilePhone", "Phone", "PersonBirthdate", "PersonMailingStreet",
+                   "PersonMailingCity", "PersonMailingPostalCode", "PersonMailingCountry")
 
 
 class SimClock:
@@ -100,6 +115,12 @@ class Catalogue:
     payment_types: dict[int, str] = field(default_factory=dict)
     customers: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # id -> (first, last, email)
     crm_accounts: dict[int, str] = field(default_factory=dict)  # customer id -> Salesforce Id of its CRM account
+    # With --features only: each profile a customer had, as Salesforce fields (docs/field-mapping.md), the values
+    # people typed on the CRM accounts, and the customers archived (those archived before any run saw them apart).
+    versions: dict[int, list[dict]] = field(default_factory=dict)
+    typed: dict[str, dict[str, str]] = field(default_factory=dict)  # CRM account Id -> field -> value typed
+    archived: set[int] = field(default_factory=set)
+    archived_unseen: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -158,8 +179,15 @@ class Soak:
 
     def __init__(self, workdir: Path, seed: int, runs: int, ls_latency: float = 0.0, sf_latency: float = 0.0,
                  say: Callable[[str], None] = lambda text: None, lookback_minutes: int | None = None,
-                 void_moves_updatetime: bool = True) -> None:
+                 void_moves_updatetime: bool = True, features: frozenset[str] = frozenset()) -> None:
         self.workdir, self.seed, self.runs_wanted, self.say = workdir, seed, runs, say
+        self.features = frozenset(features)
+        if unknown := self.features - set(FEATURES):
+            raise ValueError(f"unknown feature(s) {sorted(unknown)}; known: {sorted(FEATURES)}")
+        # The customers' activity draws from a generator of its own, so the shops trade as without features.
+        self.frng = random.Random(f"features-{seed}")
+        self._numbers = 0  # customer numbers: emails and phones unique to one customer, so no match is ambiguous
+        self._unseen: set[int] = set()  # customers made since the last run started
         self.lookback_minutes = lookback_minutes
         self.rng = random.Random(seed)
         self.clock = SimClock(START)
@@ -172,6 +200,7 @@ class Soak:
         self.open_sales: list[int] = []
         self.completed: list[int] = []  # completed, not voided, not refunds: what can be voided, edited, refunded
         self.state_path = workdir / "state" / "lspos.db"
+        self._buyers: set[int | None] = set()  # customers with a sale, open or completed: never archived
         self._typical_run = 2.0  # seconds; the kill moment is drawn against it
 
     # ---------------------------------------------------------------- setting up
@@ -202,6 +231,9 @@ class Soak:
         cat.payment_types[ls.add_payment_type("Amex")] = "Amex"
         for i in range(customers):
             first, last, email = f"Client{i}", f"Soak{i}", f"client{i}@example.com"
+            if self.features:
+                self._new_customer(first, last, email, crm=i % 3 == 0)
+                continue
             customer_id = ls.add_customer(first, last, email=email)
             cat.customers[customer_id] = (first, last, email)
             if i % 3 == 0:  # a third are already in the CRM, typed in by the boutique, and match by email
@@ -209,9 +241,110 @@ class Soak:
                     "RecordTypeId": self.salesforce.person_account_record_type_id, "FirstName": first,
                     "LastName": last, "PersonEmail": email.upper()})
 
+    def _new_customer(self, first: str, last: str, email: str, crm: bool, at: datetime | None = None) -> int:
+        """A customer with phones, a birthday and (mostly) an address; with `crm`, a Person Account the boutique
+        typed first, matching by email, with some of the profile fields typed (other values) and the others blank."""
+        r, cat = self.frng, self.catalogue
+        self._numbers += 1
+        n = self._numbers
+        phones = {"Mobile": f"415-555-{n:04d}"}
+        if r.random() < 0.6:
+            phones["Home"] = f"(212) 555-{n:04d}"
+        day = datetime(r.randint(1950, 2004), r.randint(1, 12), r.randint(1, 28), tzinfo=timezone.utc)
+        dob = day + timedelta(hours=r.choice((-2, -1, 0, 4, 5, 8, 9)))  # a local midnight somewhere, in UTC
+        address = None
+        if r.random() < 0.75:
+            address = {"address1": f"{n} Rue Cler", "address2": r.choice(("", "", "Apt 3")),
+                       "city": r.choice(("Paris", "New York", "Los Angeles")), "zip": f"{75000 + n % 20}",
+                       "country": r.choice(("France", "United States", ""))}
+        profile = {"FirstName": first, "LastName": last, "PersonEmail": email, "PersonMobilePhone": phones["Mobile"],
+                   "Phone": phones.get("Home"), "PersonBirthdate": day.date().isoformat(),
+                   "PersonMailingStreet": ", ".join(p for p in (address["address1"], address["address2"]) if p)
+                   if address else None,
+                   **{f: (address or {}).get(k) or None for f, k in (("PersonMailingCity", "city"),
+                                                                    ("PersonMailingPostalCode", "zip"),
+                                                                    ("PersonMailingCountry", "country"))}}
+        if crm:
+            typed = {"FirstName": first, "LastName": last, "PersonEmail": email.upper()}
+            for name, value in (("PersonMobilePhone", f"+1 (415) 555-{n:04d}"), ("Phone", f"+1 646 555 {n:04d}"),
+                                ("PersonBirthdate", "1969-07-20"), ("PersonMailingStreet", "1 Typed Street"),
+                                ("PersonMailingCity", "Typedtown"), ("PersonMailingPostalCode", "00000"),
+                                ("PersonMailingCountry", "Typedland")):
+                if r.random() < 0.5:
+                    typed[name] = value
+            account_id = self.salesforce.insert("Account", {
+                "RecordTypeId": self.salesforce.person_account_record_type_id, **typed})
+            cat.typed[account_id] = typed
+        customer_id = self.lightspeed.add_customer(first, last, email=email, phones=phones, dob=dob, address=address,
+                                                   at=at)
+        cat.customers[customer_id] = (first, last, email)
+        cat.versions[customer_id] = [profile]
+        if crm:
+            cat.crm_accounts[customer_id] = account_id
+        return customer_id
+
+    def _customer_event(self, at: datetime) -> None:
+        """Clients without a sale: a new one (some typed into the CRM first), a name or contact edit, an archive;
+        and a completed sale moved to another client or to a guest at the till (its old account's roll-ups change)."""
+        r, cat, ls = self.frng, self.catalogue, self.lightspeed
+        active = [c for c in cat.customers if c not in cat.archived]
+        roll = r.random()
+        if roll < 0.45 or not active:
+            n = self._numbers + 1
+            customer_id = self._new_customer(f"Walkin{n}", f"Soak{n}", f"walkin{n}@example.com",
+                                             crm=r.random() < 0.2, at=at)
+            self._unseen.add(customer_id)
+            self.figures.events["customer_created"] += 1
+        elif roll < 0.55:
+            customer_id = r.choice(active)
+            first, last, email = cat.customers[customer_id]
+            first = f"{first.split('-')[0]}-{r.randint(1, 999)}"
+            ls.edit_customer(customer_id, at=at, firstName=first)
+            cat.customers[customer_id] = (first, last, email)
+            cat.versions[customer_id].append({**cat.versions[customer_id][-1], "FirstName": first})
+            self.figures.events["customer_renamed"] += 1
+        elif roll < 0.75:
+            # an email or a mobile changed at the till (only the Contact's timeStamp moves); not for the clients the
+            # CRM holds, who match it by email
+            pool = [c for c in active if c not in cat.crm_accounts]
+            if not pool:
+                return
+            customer_id = r.choice(pool)
+            version = dict(cat.versions[customer_id][-1])
+            self._numbers += 1
+            if r.random() < 0.6:
+                version["PersonEmail"] = f"moved{self._numbers}@example.com"
+            else:
+                version["PersonMobilePhone"] = f"628-555-{self._numbers:04d}"
+            phones = {"Mobile": version["PersonMobilePhone"], **({"Home": version["Phone"]} if version["Phone"] else {})}
+            ls.edit_contact(customer_id, at=at, email=version["PersonEmail"], phones=phones)
+            first, last, _ = cat.customers[customer_id]
+            cat.customers[customer_id] = (first, last, version["PersonEmail"])
+            cat.versions[customer_id].append(version)
+            self.figures.events["customer_contact_edited"] += 1
+        elif roll < 0.90:
+            if not self.completed:
+                return
+            sale_id = r.choice(self.completed)
+            customer_id = r.choice(active) if r.random() < 0.8 else None
+            self._buyers.add(customer_id)
+            ls.set_sale_customer(sale_id, customer_id, at=at)
+            self.figures.events["sale_moved_to_another_client"] += 1
+        else:
+            pool = [c for c in active if c not in self._buyers and c not in cat.crm_accounts]
+            if not pool:
+                return
+            customer_id = r.choice(pool)
+            ls.archive_customer(customer_id, at=at)
+            cat.archived.add(customer_id)
+            if customer_id in self._unseen:
+                cat.archived_unseen.add(customer_id)
+            self.figures.events["customer_archived"] += 1
+
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "SALESFORCE_", "LSPOS_"))}
         return {**keep, **self.lightspeed.env(), **self.salesforce.env(), "LSPOS_STATE_PATH": str(self.state_path),
+                **{FEATURES[name]: "true" for name in sorted(self.features)},
                 "LSPOS_SYNC_START": (START - timedelta(hours=1)).isoformat(),
                 **({"LSPOS_LOOKBACK_MINUTES": str(self.lookback_minutes)} if self.lookback_minutes is not None else {})}
 
@@ -224,8 +357,16 @@ class Soak:
             return
         count = rng.choice((0, 1, 2, 2, 3, 4, 5))
         moments = sorted(rng.randint(first, last) for _ in range(count + 3))
-        for moment in moments:
+        clients: list[int] = []
+        if self.features:  # the clients' own activity, merged in time with the shops'
+            self._unseen = set()
+            clients = sorted(self.frng.randint(first, last) for _ in range(self.frng.choice((0, 0, 1, 1, 2, 3))))
+        events = sorted([(m, "shop") for m in moments] + [(m, "client") for m in clients])
+        for moment, kind in events:
             at = datetime.fromtimestamp(moment, timezone.utc)
+            if kind == "client":
+                self._customer_event(at)
+                continue
             roll = rng.random()
             if roll < 0.55 or not self.completed:
                 self._sell(at)
@@ -247,7 +388,8 @@ class Soak:
 
     def _sell(self, at: datetime) -> None:
         rng, cat = self.rng, self.catalogue
-        customer = rng.choice(list(cat.customers)) if rng.random() < 0.75 else None
+        customer = rng.choice([c for c in cat.customers if c not in cat.archived]) if rng.random() < 0.75 else None
+        self._buyers.add(customer)
         lines = self._lines()
         total = sum(Decimal(l["unit_price"]) * l["quantity"] for l in lines)
         completed = rng.random() > 0.15
@@ -318,7 +460,7 @@ class Soak:
         for i in range(active):
             if plan[i] is None and rng.random() < 0.8:
                 if not deck:
-                    deck = list(FAULTS)
+                    deck = list(FAULTS) + (list(FEATURE_FAULTS) if self.features else [])
                     rng.shuffle(deck)
                 plan[i] = deck.pop()
         return plan
@@ -329,10 +471,12 @@ class Soak:
         if fault == "lightspeed_5xx":
             count, status = rng.choice((1, 2, 3, 6)), rng.choice((500, 502, 503))
             suffix = rng.choice(("Sale.json", "Sale.json", "SaleVoid.json", "Shop.json"))
+            suffix = self._customer_suffix(suffix)
             ls.fail_next(count, status=status, path_suffix=suffix)
             return f"{count} x {status} on {suffix}"
         if fault == "lightspeed_drop":
             count, suffix = rng.choice((1, 2)), rng.choice(("Sale.json", "Sale.json", "SaleVoid.json", "Category.json"))
+            suffix = self._customer_suffix(suffix)
             ls.drop_next(count, path_suffix=suffix)
             return f"{count} dropped on {suffix}"
         if fault == "salesforce_5xx":
@@ -347,6 +491,10 @@ class Soak:
             count = rng.choice((1, 2))
             sf.drop_next(count, path_contains="/composite", after_commit=True)
             return f"{count} response(s) lost after Salesforce committed"
+        if fault == "salesforce_lost_write":
+            count = self.frng.choice((1, 2, 8, 20))
+            sf.drop_next(count, path_contains="/composite", after_commit=True, body_contains="Sales_Transaction__c/")
+            return f"{count} response(s) to writes of transactions lost after Salesforce committed"
         if fault == "row_lock_storm":
             count = rng.choice((1, 2, 4, 8))
             sobject = rng.choice((None, "Sales_Transaction__c", "Sales_Line_Item__c", "Account"))
@@ -370,6 +518,10 @@ class Soak:
         if fault == "kill":
             return "kill -9"
         return ""
+
+    def _customer_suffix(self, suffix: str) -> str:
+        """With the customer feed, a third of the Lightspeed faults hit its Customer requests instead."""
+        return "Customer.json" if "customers" in self.features and self.frng.random() < 0.35 else suffix
 
     def _trouble(self) -> bool:
         """Whether a request of the run was refused with a 5xx or dropped, on either side."""
@@ -407,6 +559,9 @@ class Soak:
             if run.exit_code == 0:
                 run.checked = True
                 run.mismatches = compare(self.lightspeed, self.salesforce, self.catalogue)
+                if self.features:
+                    run.mismatches += compare_features(self.lightspeed, self.salesforce, self.catalogue,
+                                                       self.features)
             self.figures.runs.append(run)
             self.say(f"run {index:4d} {at:%a %H:%M} {fault or '-':26s} exit {run.exit_code:3d} {run.seconds:5.1f}s"
                      + (f" MISMATCH {run.mismatches[:3]}" if run.mismatches else "")
@@ -460,8 +615,11 @@ class Soak:
             problems += [f"{count} {sobject} records with {key} {value}" for value, count in counts.items() if count > 1]
         emails = Counter((r.get("PersonEmail") or "").lower() for r in sf.records("Account") if r.get("PersonEmail"))
         problems += [f"{count} Person Accounts with email {email}" for email, count in emails.items() if count > 1]
-        parked = self.cli_json("rejects", "list").get("rejects", [])
+        listed = self.cli_json("rejects", "list")
+        parked = listed.get("rejects", [])
         problems += [f"parked sale {reject.get('sale_key')}: {reject.get('reason')}" for reject in parked]
+        if self.features:
+            problems += [f"parked customer {reject}" for reject in listed.get("rejected_customers") or []]
         offsets = [row[0] for row in _state_rows(self.state_path, "SELECT json_extract(summary, "
                                                   "'$.host_clock_ahead_seconds') FROM run") if row[0] is not None]
         self.figures.host_offset = max((abs(o) for o in offsets), default=None)
@@ -593,8 +751,9 @@ def compare(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, cata
         if crm is not None and account["Id"] != crm:
             problems.append(f"{customer_key} has a new account {account['Id']} beside the CRM's {crm}")
         first, last, email = catalogue.customers[customer_id]
+        names = {(v["FirstName"], v["LastName"], v["PersonEmail"]) for v in catalogue.versions.get(customer_id, ())}
         if crm is None and (account.get("FirstName"), account.get("LastName"),
-                            (account.get("PersonEmail") or "").lower()) != (first, last, email):
+                            (account.get("PersonEmail") or "").lower()) not in (names or {(first, last, email)}):
             problems.append(f"account of {customer_key} reads {account.get('FirstName')} {account.get('LastName')} "
                             f"{account.get('PersonEmail')}")
     lines = salesforce.records("Sales_Line_Item__c")
@@ -625,6 +784,93 @@ def compare(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, cata
     return problems
 
 
+def _date(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)[:10]
+
+
+def compare_features(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, catalogue: Catalogue,
+                     features: frozenset[str]) -> list[str]:
+    """The optional features (contract §5) after a run that exited 0, from the emulators' stores and the docs:
+    roll-ups (docs/rollups.md) of every account that has sales; with `customers`, a Person Account for every
+    non-archived customer (§4 "Customers": keyed, on the CRM's account where the CRM had one); what people typed
+    never overwritten, and with `enrich` the blanks filled from the account's own customer (docs/configuration.md,
+    LSPOS_ENRICH_PROFILES), without it left blank."""
+    problems: list[str] = []
+    acct = catalogue.account_id
+    accounts = salesforce.records("Account")
+    keyed: dict[str, list[dict]] = {}
+    for account in accounts:
+        if account.get("LS_Customer_ID__c"):
+            keyed.setdefault(account["LS_Customer_ID__c"], []).append(account)
+    want_sales, _ = expected_records(lightspeed, catalogue)
+    if "rollups" in features:
+        # Lifetime_Spend__c: the sum of Total__c of Completed and Refund; Purchase_Count__c and the dates: Completed
+        # only; a voided sale counts for nothing (docs/rollups.md).
+        totals: dict[str, list] = {}
+        for key, sale in want_sales.items():
+            found = keyed.get(sale["Account"] or "", [])
+            if len(found) != 1:
+                continue  # a guest sale, or compare() names the missing account
+            row = totals.setdefault(found[0]["Id"], [Decimal(0), 0, None, None, found[0]])
+            if sale["Status__c"] in ("Completed", "Refund"):
+                row[0] += sale["Total__c"]
+            if sale["Status__c"] == "Completed":
+                when = sale["Transaction_Date__c"]
+                row[1] += 1
+                row[2] = when if row[2] is None else min(row[2], when)
+                row[3] = when if row[3] is None else max(row[3], when)
+        for account_id, (spend, count, first, last, account) in totals.items():
+            have = salesforce.get("Account", account_id) or {}
+            got = (_money(have.get("Lifetime_Spend__c")),
+                   None if have.get("Purchase_Count__c") is None else int(have["Purchase_Count__c"]),
+                   _moment(have.get("First_Purchase_Date__c")), _moment(have.get("Last_Purchase_Date__c")))
+            want = (_money(spend), count, first, last)
+            if got != want:
+                problems.append(f"roll-ups of {account.get('LS_Customer_ID__c')} ({account_id}): {got}, its sales say "
+                                f"{want}")
+    for customer_id, versions in catalogue.versions.items():
+        key = f"{acct}-{customer_id}"
+        found = keyed.get(key, [])
+        crm = catalogue.crm_accounts.get(customer_id)
+        if customer_id in catalogue.archived_unseen:
+            if found:
+                problems.append(f"{key} was archived before any run saw it, yet {found[0]['Id']} carries its key")
+            continue
+        if len(found) > 1:
+            problems.append(f"{len(found)} accounts carry {key}")
+            continue
+        if not found:
+            if "customers" in features and customer_id not in catalogue.archived:
+                problems.append(f"customer {key} has no Person Account")
+            continue
+        account = found[0]
+        if crm is not None and account["Id"] != crm:
+            problems.append(f"{key} is on {account['Id']}, not on the CRM's account {crm}")
+            continue
+        typed = catalogue.typed.get(account["Id"], {})
+        for name in dict.fromkeys(CONTRACT_FIELDS + ENRICHED_FIELDS):
+            got = account.get(name)
+            got = _date(got) if name == "PersonBirthdate" else got
+            if name in typed:
+                if got != typed[name]:
+                    problems.append(f"{name} of {key} ({account['Id']}) typed {typed[name]!r}, now {got!r}")
+                continue
+            values = {v[name] for v in versions} - {None}
+            if name == "PersonEmail":
+                got = got.lower() if got else got
+            filled = "enrich" in features and name in ENRICHED_FIELDS  # a blank enrichment fills
+            created = crm is None and name in CONTRACT_FIELDS  # what an account the sync creates gets (§3)
+            if created or filled or (crm is None and "enrich" in features):
+                if values and got not in values:
+                    problems.append(f"{name} of {key} ({account['Id']}): {got!r}, Lightspeed had {sorted(values)}")
+                elif not values and got is not None:
+                    problems.append(f"{name} of {key} ({account['Id']}): {got!r}, Lightspeed has none")
+            elif got is not None:
+                problems.append(f"{name} of {key} ({account['Id']}) filled with {got!r} (nothing may be, "
+                                f"{'a matched account gets its key only' if crm else 'not a field of §3'})")
+    return problems
+
+
 def runs_for(days: float = 0.0, hours: float = 0.0) -> int:
     return max(QUIET_RUNS + 1, int((timedelta(days=days) + timedelta(hours=hours)) / INTERVAL))
 
@@ -640,17 +886,25 @@ def main() -> int:
     parser.add_argument("--void-moves-nothing", action="store_true",
                         help="a void moves no timestamp of the sale: only the SaleVoid feed shows it")
     parser.add_argument("--quiet", action="store_true", help="no line per run")
+    parser.add_argument("--features", default="",
+                        help="optional features switched on for every run, comma-separated: "
+                             + ", ".join(f"{name} ({variable})" for name, variable in FEATURES.items())
+                             + "; the clients then also come and change without a sale, and the checks cover them")
     args = parser.parse_args()
+    features = frozenset(name.strip() for name in args.features.split(",") if name.strip())
+    if unknown := features - set(FEATURES):
+        parser.error(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {', '.join(FEATURES)}")
     runs = runs_for(args.days, args.hours or (0 if args.days else 4))
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="lspos-soak-") as tmp:
         say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
         with Soak(Path(tmp), args.seed, runs, args.ls_latency, args.sf_latency, say=say, lookback_minutes=args.lookback,
-                  void_moves_updatetime=not args.void_moves_nothing) as soak:
+                  void_moves_updatetime=not args.void_moves_nothing, features=features) as soak:
             soak.seed_shops()
             figures = soak.run()
     summary = {"seed": args.seed, "started": started.isoformat(timespec="seconds"), "lookback_minutes": args.lookback,
-               "void_moves_updatetime": not args.void_moves_nothing, **figures.summary()}
+               "void_moves_updatetime": not args.void_moves_nothing,
+               **({"features": sorted(features)} if features else {}), **figures.summary()}
     for line in figures.mismatches[:50]:
         print("MISMATCH", line)
     for run in figures.bad_exits:

@@ -183,6 +183,8 @@ class Engine:
         if todo:
             started = time.monotonic()
             plan = self.planner.plan(todo, built, self.resolver.resolve(todo, built, known), summary)
+            if self.rollups:
+                self.rollups.note_before(plan)
             self.writer.write(plan.writes)
             log.info("batch of %d sale(s): %d to write, %d unchanged", len(sales), len(todo), len(sales) - len(todo),
                      extra={"phase": "batch", "counts": {"sales": len(sales), "written": len(todo)},

@@ -39,6 +39,14 @@ class RollUps:
         self._planned: dict[str, list[rollups.Contribution]] = {}
         self._superseded: dict[str, list[str]] = {}
 
+    def note_before(self, plan: Plan) -> None:
+        """Before a batch's writes go: the accounts its sales are linked to in Salesforce now. Once Salesforce has
+        taken a write that moves a sale to another account, no later run can read where it was: a run that dies
+        before settling the batch (kill, a lost response, an outage) must have kept them already."""
+        before = {entry[2] for entry in plan.rollups if entry[2]}
+        if before and not self.dry_run:
+            self.store.add_pending_rollups(self.account_id, before)
+
     def note(self, plan: Plan) -> None:
         """The accounts whose roll-ups a settled batch changed: where each written sale is linked now and where
         it was. A dry-run also keeps what it would write, to add to Salesforce's aggregates at the end."""

@@ -122,10 +122,10 @@ class Settler:
                 summary.wrote(sale_key)
             if self.dry_run:
                 summary.plans.append(sale_plan)
+        if self.rollups:  # before the outcomes: a sale recorded as written is not written (nor noted) again
+            self.rollups.note(plan)
         if not self.dry_run and plan.sales:
             self.store.record_outcomes(self.account_id, written, rejected)
-        if self.rollups:
-            self.rollups.note(plan)
         if batch.progress is not None and self.progress is not None:
             summary.progress = batch.progress
             self.progress(batch.progress)

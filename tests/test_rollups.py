@@ -244,3 +244,30 @@ def test_a_rollup_field_switched_off_is_left_alone_and_the_others_are_kept_exact
     preview = cli("dry-run", "--mapping", str(mapping), "--json", env=ROLLUPS)
     [change] = preview.json["rollups"]["changes"]
     assert set(change["fields"]) == {"Purchase_Count__c", "Last_Purchase_Date__c"}  # no spend that would move
+
+
+def test_a_sale_moved_to_another_client_by_a_run_that_failed_after_writing_it_is_taken_off_its_old_accounts_rollups(
+        cli, lightspeed, salesforce, boutique):
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")
+    sale = sell(lightspeed, boutique, ana, lines=((1, "80.00"),),
+                at=datetime.now(timezone.utc) - timedelta(minutes=10))  # so the change below moves its update time
+    assert cli("sync", env=ROLLUPS).code == 0
+    assert account_of(salesforce, "ana@example.com")["Purchase_Count__c"] == 1
+    lightspeed.set_sale_customer(sale, bea)  # rung up to the wrong client: moved to the right one at the till
+    # Salesforce commits the transaction's move to Bea, but no response reaches the run: it fails after the write
+    salesforce.drop_next(50, path_contains="/composite", after_commit=True, body_contains="Sales_Transaction__c/")
+
+    failed = cli("sync", env=ROLLUPS)
+
+    assert failed.code == 1, failed.stderr
+    [transaction] = salesforce.records("Sales_Transaction__c")
+    assert transaction["Account__c"] == account_of(salesforce, "bea@example.com")["Id"]  # the move went through
+    salesforce.clear_faults()
+
+    assert cli("sync", env=ROLLUPS).code == 0
+
+    assert account_of(salesforce, "bea@example.com")["Purchase_Count__c"] == 1
+    account = account_of(salesforce, "ana@example.com")  # the sale she no longer has counts no more
+    assert (account["Purchase_Count__c"], account["Lifetime_Spend__c"], account["Last_Purchase_Date__c"]) == \
+        (0, 0.0, None)

@@ -14,7 +14,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from soak import FAULTS, Soak, compare  # noqa: E402 - bench/ is not a package
+from soak import FAULTS, Soak, compare, compare_features  # noqa: E402 - bench/ is not a package
 
 SEED = 2
 RUNS = 24  # four simulated hours: an hour of Salesforce outage, then every other fault at least once
@@ -62,3 +62,42 @@ def test_the_soak_comparison_sees_a_wrong_amount_a_wrong_quantity_and_a_missing_
     assert any(p.startswith(f"line {line['LS_Sale_Line_ID__c']} Quantity__c") for p in problems)
     assert f"transaction 182255-{unsynced} is missing" in problems
     assert len(problems) == 4  # and the new sale's line
+
+
+FEATURES = frozenset({"rollups", "customers", "enrich"})
+
+
+def test_eighty_minutes_under_faults_with_the_optional_features_keep_rollups_clients_and_profiles_exact(tmp_path):
+    with Soak(tmp_path, SEED, 8, features=FEATURES) as soak:  # too short for an outage: bench/soak.py has them
+        soak.seed_shops()
+        figures = soak.run()
+
+    assert figures.mismatches == []
+    assert [(run.index, run.fault, run.exit_code, run.stderr_tail[-300:]) for run in figures.bad_exits] == []
+    assert figures.final_problems == []
+    assert figures.events["customer_created"] and sum(run.checked for run in figures.runs) >= 4
+
+
+def test_the_feature_checks_see_a_wrong_rollup_an_overwritten_typed_value_and_a_client_without_an_account(tmp_path):
+    with Soak(tmp_path, SEED, 4, features=FEATURES) as soak:
+        soak.seed_shops()
+        soak.schedule = lambda: [None] * 4
+        figures = soak.run()
+        assert figures.final_problems == [] and figures.mismatches == []
+        sf, ls, catalogue = soak.salesforce, soak.lightspeed, soak.catalogue
+        buyer = next(a for a in sf.records("Account") if a.get("Purchase_Count__c"))
+        typed_id, typed = next((i, t) for i, t in catalogue.typed.items() if "PersonMailingCity" in t)
+        rows = f"{sf.instance_url}/services/data/v{sf.api_version}/sobjects"
+        for record_id, change in ((buyer["Id"], {"Purchase_Count__c": buyer["Purchase_Count__c"] + 1}),
+                                  (typed_id, {"PersonMailingCity": "Overwritten"})):
+            answer = requests.patch(f"{rows}/Account/{record_id}", json=change, verify=str(sf.ca_bundle),
+                                    headers={"Authorization": f"Bearer {sf.access_token}"})
+            assert answer.status_code == 204, answer.text
+        newcomer = soak._new_customer("Late", "Comer", "late@example.com", crm=False)  # not synced
+
+        problems = compare_features(ls, sf, catalogue, FEATURES)
+
+    assert any(p.startswith(f"roll-ups of {buyer['LS_Customer_ID__c']}") for p in problems)
+    assert any(p.startswith("PersonMailingCity of") and "'Overwritten'" in p for p in problems)
+    assert f"customer 182255-{newcomer} has no Person Account" in problems
+    assert len(problems) == 3
