@@ -241,9 +241,9 @@ class BulkBackfill:
                 self._delete_unexpected_lines(current, writer)
                 for kind, count in writer.stats.records.items():
                     self.stats[kind] = self.stats.get(kind, 0) + count
-                self._settle(current, summary)
-                if self.roll_up:
+                if self.roll_up:  # before the outcomes: a sale recorded as written is not written (nor noted) again
                     self._note_rollups(current)
+                self._settle(current, summary)
             if current.progress is not None and progress is not None:
                 summary.progress = current.progress
                 progress(current.progress)
@@ -390,6 +390,9 @@ class BulkBackfill:
         customers' decisions and what Salesforce has of them; the plan's writes handed to the writer."""
         db = current.db
         stale = self._existing(current)
+        if self.roll_up:  # before any transaction goes: once a job moves a sale, no later run reads where it was
+            self.store.add_pending_rollups(self.account_id, {account for (account,) in db.execute(
+                "SELECT account_id FROM existing") if account})
         rows = db.execute(
             "SELECT s.sale_key, s.sale, s.records, s.digest, s.checked, d.customer_key, d.status, d.account_id, "
             "d.account_ref, d.reason, d.candidates, e.id, e.account_id, e.match_status FROM sales s "

@@ -443,6 +443,35 @@ def test_a_bulk_backfill_keeps_the_roll_ups_of_the_accounts_it_touched(cli, ligh
     assert spend == {"ana@example.com": (211.0, 2), "bea@example.com": (10.0, 1)}
 
 
+def test_a_sale_moved_to_another_client_by_a_bulk_backfill_that_failed_after_its_job_is_taken_off_its_old_accounts_rollups(
+        cli, lightspeed, salesforce, boutique):
+    """As on the composite path (test_rollups.py): the accounts a round's sales are linked to before its jobs go are
+    kept at once, so a backfill that dies once Salesforce has taken a sale's move still has the old account's."""
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")
+    sale = sell(lightspeed, boutique, ana, lines=((1, "80.00"),), at=start)
+    sell(lightspeed, boutique, bea, lines=((1, "10.00"),), at=start)  # her account is there before the move
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
+    assert cli("backfill", *window, env={"LSPOS_ROLLUPS": "true"}).code == 0
+    lightspeed.set_sale_customer(sale, bea)
+    # The jobs run, but their results never reach the run: it fails after Salesforce took the move
+    salesforce.drop_next(200, path_contains="Results", after_commit=True)
+
+    failed = cli("backfill", *window, env={"LSPOS_ROLLUPS": "true"})
+
+    assert failed.code == 1, failed.stderr
+    transaction = next(t for t in salesforce.records("Sales_Transaction__c") if t["LS_Sale_ID__c"] == f"182255-{sale}")
+    bea_account = next(a for a in salesforce.records("Account") if a["PersonEmail"] == "bea@example.com")
+    assert transaction["Account__c"] == bea_account["Id"]  # the move went through
+    salesforce.clear_faults()
+
+    assert cli("backfill", *window, env={"LSPOS_ROLLUPS": "true"}).code == 0
+
+    counts = {a["PersonEmail"]: (a["Purchase_Count__c"], a["Lifetime_Spend__c"]) for a in salesforce.records("Account")}
+    assert counts == {"ana@example.com": (0, 0.0), "bea@example.com": (2, 90.0)}
+
+
 def test_a_bulk_backfill_asks_lookups_too_complicated_for_salesforce_in_smaller_statements(cli, lightspeed, salesforce,
                                                                                             boutique):
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
