@@ -35,12 +35,13 @@ from lspos_sync import mapping
 from lspos_sync.customer_feed import CustomerFeed
 from lspos_sync.customers import (AMBIGUOUS, CREATED, EMAIL, GUEST, PHONE, Candidates, Resolution, customer_phones,
                                   normalise_email, primary_email, resolve)
+from lspos_sync.engine import RESOLVED_KEPT
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Found, Resolver
+from lspos_sync.resolving import Found, Resolver, _Recent
 from lspos_sync.rolling import RollUps
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.bulk import BulkJobs, BulkWriter
@@ -126,6 +127,10 @@ class BulkBackfill:
             enrich_profiles=enrich_profiles, look_up=lambda customers: self.resolver.look_up(customers, [])[0],
             record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
         self._jobs = jobs
+        # The decisions of the last customers of earlier rounds whose accounts were written, as the composite path
+        # keeps its last customers' for later batches: met again, a customer is linked as she was decided
+        # (`Email`, `Created`), not `Linked` by the key the round before stamped.
+        self._recent: _Recent[str, tuple] = _Recent(RESOLVED_KEPT)
         self.stats: dict[str, int] = {}
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:
@@ -244,6 +249,7 @@ class BulkBackfill:
                 if self.roll_up:  # before the outcomes: a sale recorded as written is not written (nor noted) again
                     self._note_rollups(current)
                 self._settle(current, summary)
+                self._remember(db)
             if current.progress is not None and progress is not None:
                 summary.progress = current.progress
                 progress(current.progress)
@@ -271,6 +277,9 @@ class BulkBackfill:
         def people() -> Iterator[tuple[str, str | None, list[str]]]:
             for customer_key, blob, added in current.db.execute(
                     "SELECT customer_key, customer, added FROM customers ORDER BY seq"):
+                if (decided := self._recent.get(customer_key)) is not None:  # her account is written: no lookup
+                    current.db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)", (customer_key, *decided))
+                    continue
                 customer = _thaw(blob)
                 read[customer_key] = (customer, added, self.resolver.person(customer_key, customer))
                 yield read[customer_key][2]
@@ -515,6 +524,17 @@ class BulkBackfill:
                 summary.enriched.append({"account_id": key, "customer_key": customer_key,
                                          "fields": [self.field_map.field(mapping.ACCOUNT, f)
                                                     for f in from_json(filled)]})
+
+    def _remember(self, db: sqlite3.Connection) -> None:
+        """The round's decisions, newest (by last sale) last, kept for the next rounds; not those whose account
+        write, or the new account they link to, Salesforce refused (decided afresh, as the composite path does)."""
+        for customer_key, *decided in db.execute(
+                "SELECT d.customer_key, d.status, d.account_id, d.account_ref, d.reason, d.candidates "
+                "FROM decisions d WHERE NOT EXISTS (SELECT 1 FROM account_writes a JOIN failures f "
+                " ON f.kind = a.kind AND f.key = a.key WHERE a.customer_key IN (d.customer_key, d.account_ref)) "
+                "ORDER BY (SELECT MAX(s.seq) FROM sales s WHERE s.customer_key = d.customer_key)"):
+            self._recent.pop(customer_key, None)
+            self._recent[customer_key] = tuple(decided)
 
     def _note_rollups(self, current: _Round) -> None:
         """LSPOS_ROLLUPS: the accounts whose transactions the round changed (where each sale is linked now, and

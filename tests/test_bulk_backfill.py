@@ -191,6 +191,33 @@ def test_bulk_round_does_not_link_a_new_customer_to_another_new_account_by_a_pho
                 == ("Created", f"182255-{jo}")
 
 
+def test_a_customer_whose_sales_span_two_rounds_keeps_the_match_status_the_composite_path_writes(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    """The composite path remembers a customer's decision for later batches (the last 3,000 customers): her next
+    sale says how she was matched (`Email`, `Created`), not `Linked` by the key the run just stamped. A round
+    boundary (every 150,000 sales) must not forget it where a batch boundary does not."""
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    bea = lightspeed.add_customer("Bea", "Stamp", email="bea@example.com")  # the CRM has her, unkeyed
+    fay = lightspeed.add_customer("Fay", "New", email="fay@example.com")  # nobody has her
+    sales = [sell(lightspeed, boutique, customer, at=start + timedelta(minutes=i))
+             for i, customer in enumerate((bea, fay, bea, fay))]
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        for org in (salesforce, other):
+            seed_crm(org)
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk", constants={"bulk.ROUND_SALES": 2, "bulk.BATCH_SALES": 1}
+                        ).code == 0
+        assert len(other.bulk.jobs()) > 4  # two rounds
+        for org in (salesforce, other):
+            matches = {t["LS_Sale_ID__c"]: t["Match_Status__c"] for t in org.records("Sales_Transaction__c")}
+            assert [matches[f"182255-{sale}"] for sale in sales] == ["Email", "Created", "Email", "Created"]
+
+
 def test_a_bulk_backfill_writes_a_line_moved_to_another_sale_under_it(cli, lightspeed, salesforce, boutique):
     """As on the composite path: the round's stale lines are deleted before its lines job, so a line moved from
     one sale to another is written anew under its new sale (the master-detail is not reparentable)."""
