@@ -25,7 +25,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pickle
 
@@ -61,6 +61,10 @@ PLANNED_SALES = 250  # sales of a round planned (and their writes handed over) t
 # round with more (long sales) is cut into more jobs. Each round costs four jobs of five calls or so.
 ROUND_SALES = 150_000
 _OUTCOMES = 5_000  # sales settled (state store written) together
+# Sales of a round whose transactions and lines Salesforce has are read at once (a backfill over sales written
+# before): their records, about 3.5 KB a sale, are what a re-load holds, not the round's. About half a statement of
+# keys; the lines' pages cost the same calls however they are cut.
+EXISTING_SALES = 2_000
 # A run's round files live in `lspos-bulk-<pid>@<host>-<random>` under the temporary directory, removed when the run
 # ends, however it ends, except by SIGKILL or a power cut; the name lets a later run tell such leftovers apart.
 _DIRECTORY_PREFIX = "lspos-bulk-"
@@ -432,44 +436,44 @@ class BulkBackfill:
         """As the resolver reads them before writing: the transactions Salesforce has of the sales written before
         and of those linked to no account (a hand link is kept), with their account and match status, into the
         round's `existing` table; and the lines they have that the sales no longer have, by sale key. Statements
-        as long as SOQL allows, five a request."""
+        as long as SOQL allows, five a request; EXISTING_SALES sales at a time."""
         db = current.db
-        checked = [key for (key,) in db.execute(
-            "SELECT s.sale_key FROM sales s LEFT JOIN decisions d USING (customer_key) WHERE s.known "
-            "OR s.customer_key IS NULL OR NOT s.customer_found "
-            "OR (d.account_id IS NULL AND d.account_ref IS NULL AND d.status != ?)", (CREATED,))]
-        if not checked:
-            return {}
-        db.executemany("UPDATE sales SET checked = 1 WHERE sale_key = ?", ((key,) for key in checked))
-        found = self.resolver.existing(checked)
-        if not found:
-            return {}
-        db.executemany("INSERT OR REPLACE INTO existing VALUES (?, ?, ?, ?)",
-                       ((key, record["Id"], record.get("Account__c"), record.get("Match_Status__c"))
-                        for key, record in found.items()))
-        current_lines = {}
-        for key in found:
-            (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
-        return self.resolver.stale_lines({record["Id"]: key for key, record in found.items()}, current_lines)
+        stale: dict[str, list[str]] = {}
+        after = 0
+        while chunk := db.execute(
+                "SELECT s.rowid, s.sale_key FROM sales s LEFT JOIN decisions d USING (customer_key) WHERE s.rowid > ? "
+                "AND (s.known OR s.customer_key IS NULL OR NOT s.customer_found "
+                "OR (d.account_id IS NULL AND d.account_ref IS NULL AND d.status != ?)) ORDER BY s.rowid LIMIT ?",
+                (after, CREATED, EXISTING_SALES)).fetchall():
+            after = chunk[-1][0]
+            checked = [key for _, key in chunk]
+            db.executemany("UPDATE sales SET checked = 1 WHERE sale_key = ?", ((key,) for key in checked))
+            found = self.resolver.existing(checked)
+            db.executemany("INSERT OR REPLACE INTO existing VALUES (?, ?, ?, ?)",
+                           ((key, record["Id"], record.get("Account__c"), record.get("Match_Status__c"))
+                            for key, record in found.items()))
+            if found:
+                stale.update(self.resolver.stale_lines({record["Id"]: key for key, record in found.items()},
+                                                       _current_lines(db, found)))
+        return stale
 
     def _delete_unexpected_lines(self, current: _Round, writer: BulkWriter) -> None:
         """Sales Salesforce already had though nothing said so before writing (a lost state file, another state
-        store): their lines that Lightspeed no longer has are deleted now, as the settler does."""
+        store): their lines that Lightspeed no longer has are deleted now, as the settler does; EXISTING_SALES
+        sales at a time."""
         db = current.db
-        unexpected = {record_id: key for key, record_id in db.execute(
-            "SELECT u.sale_key, u.id FROM updated u JOIN sales s USING (sale_key) WHERE NOT s.checked")}
-        if not unexpected:
-            return
-        current_lines = {}
-        for key in unexpected.values():
-            (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-            current_lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
-        deletes = [Write(DELETE_LINES, line_id, (key,))
-                   for key, line_ids in self.resolver.stale_lines(unexpected, current_lines).items()
-                   for line_id in line_ids]
-        if deletes:
-            writer.delete(deletes)
+        after = 0
+        while chunk := db.execute(
+                "SELECT u.rowid, u.sale_key, u.id FROM updated u JOIN sales s USING (sale_key) "
+                "WHERE u.rowid > ? AND NOT s.checked ORDER BY u.rowid LIMIT ?", (after, EXISTING_SALES)).fetchall():
+            after = chunk[-1][0]
+            unexpected = {record_id: key for _, key, record_id in chunk}
+            deletes = [Write(DELETE_LINES, line_id, (key,))
+                       for key, line_ids in self.resolver.stale_lines(
+                           unexpected, _current_lines(db, unexpected.values())).items()
+                       for line_id in line_ids]
+            if deletes:
+                writer.delete(deletes)
 
     def _settle(self, current: _Round, summary: RunSummary) -> None:
         """Per sale: written when every record it depends on went through, else parked with the reasons (its
@@ -559,6 +563,15 @@ class BulkBackfill:
 # models themselves: pickled, so that what is planned is exactly what was read.
 def _freeze(model: Sale | Customer | None) -> bytes:
     return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _current_lines(db: sqlite3.Connection, sale_keys: Iterable[str]) -> dict[str, set[str]]:
+    """The line keys each sale has in Lightspeed now, from the round's file."""
+    lines = {}
+    for key in sale_keys:
+        (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
+        lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
+    return lines
 
 
 def _thaw(blob: bytes) -> Any:

@@ -144,7 +144,8 @@ def test_a_bulk_backfill_leaves_the_same_records_as_a_composite_backfill(cli, li
         window = window[:3] + (datetime.now(timezone.utc).isoformat(),)
 
         composite = run.composite("backfill", *window, "--no-bulk", "--json", constants={"engine.BATCH_SALES": 1})
-        bulk = run.bulk("backfill", *window, "--bulk", "--json")
+        # (what Salesforce has of the sales written before is read two sales at a time, as EXISTING_SALES at a time)
+        bulk = run.bulk("backfill", *window, "--bulk", "--json", constants={"bulk.EXISTING_SALES": 2})
 
         assert composite.code == bulk.code == 0, bulk.stderr
         assert bulk.json["bulk"] is True and composite.json["bulk"] is False
@@ -526,6 +527,53 @@ def test_a_bulk_backfill_asks_lookups_too_complicated_for_salesforce_in_smaller_
     assert aggregates == [400, 200, 200]  # 30 accounts in one statement, then in two
     assert result.json["rollups"]["updated"] == 30
     assert {a["Purchase_Count__c"] for a in salesforce.records("Account")} == {1}
+
+
+def test_a_bulk_backfill_after_a_lost_state_file_deletes_the_lines_lightspeed_no_longer_has(
+        cli, lightspeed, salesforce, boutique, state_path):
+    """Nothing says the sales were written before: their transactions come back as updates, and their stale lines
+    are deleted after the fact, EXISTING_SALES sales at a time (here two, so in two parts)."""
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    sales = [sell(lightspeed, boutique, lightspeed.add_customer(f"C{i}", "New", email=f"c{i}@example.com"),
+                  lines=((1, "10.00"), (1, "20.00")), at=start + timedelta(minutes=i)) for i in range(3)]
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
+    assert cli("backfill", *window).code == 0
+    kept = {}
+    for sale in sales:
+        first, second = (line["saleLineID"] for line in lightspeed.sale(sale)["SaleLines"]["SaleLine"])
+        lightspeed.remove_line(sale, int(second))
+        kept[f"182255-{sale}"] = f"182255-{first}"
+    for leftover in state_path.parent.glob(state_path.name + "*"):
+        leftover.unlink()
+
+    result = cli("backfill", *window, "--json", env={"LIGHTSPEED_REFRESH_TOKEN": lightspeed.current_refresh_token},
+                 constants={"bulk.EXISTING_SALES": 2})
+
+    assert result.code == 0, result.stderr
+    sale_of = {t["Id"]: t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")}
+    assert {sale_of[line["Sales_Transaction__c"]]: line["LS_Sale_Line_ID__c"]
+            for line in salesforce.records("Sales_Line_Item__c")} == kept
+
+
+def test_a_bulk_backfill_reads_what_salesforce_has_of_a_round_in_parts_and_keeps_every_hand_link(
+        cli, lightspeed, salesforce, boutique):
+    """Guest sales are looked up in Salesforce before writing (a link made by hand is kept), EXISTING_SALES sales at
+    a time (here two): every part's, not only the first's."""
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    account = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                            "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    guests = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(5)]
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
+    assert cli("backfill", *window).code == 0
+    for transaction in salesforce.records("Sales_Transaction__c"):
+        edit_by_hand(salesforce, "Sales_Transaction__c", transaction["Id"], {"Account__c": account})
+    for sale in guests:  # changed, so written again
+        lightspeed.add_line(sale, {"item_id": boutique.bag, "quantity": 1, "unit_price": "3.00"})
+
+    result = cli("backfill", *window, "--json", constants={"bulk.EXISTING_SALES": 2})
+
+    assert result.code == 0 and result.json["sales"]["written"] == 5, result.stderr
+    assert [t["Account__c"] for t in salesforce.records("Sales_Transaction__c")] == [account] * 5
 
 
 def test_a_bulk_backfill_unlinks_what_the_sync_linked_and_keeps_what_an_admin_linked(cli, lightspeed, salesforce,
