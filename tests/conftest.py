@@ -147,6 +147,18 @@ def edit_by_hand(salesforce, sobject: str, record_id: str, fields: dict) -> None
     assert response.status_code == 204, response.text
 
 
+def delete_by_hand(salesforce, sobject: str, record_id: str) -> None:
+    """A record deleted in Salesforce as an admin does, through the REST API (a transaction's lines go with it)."""
+    import ssl
+
+    import httpx
+
+    response = httpx.delete(f"{salesforce.instance_url}/services/data/v62.0/sobjects/{sobject}/{record_id}",
+                            headers={"Authorization": f"Bearer {salesforce.env()['SALESFORCE_ACCESS_TOKEN']}"},
+                            verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
+    assert response.status_code == 204, response.text
+
+
 def query_subrequests(salesforce) -> list[dict]:
     """The SOQL subrequests of every `/composite` Salesforce received, each with its httpStatusCode."""
     return [s for r in salesforce.requests if r.path.endswith("/composite") for s in r.subrequests

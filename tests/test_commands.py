@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import Cli, sell
+from conftest import Cli, delete_by_hand, sell
 
 DAY = timedelta(days=1)
 
@@ -326,18 +326,10 @@ def test_dry_run_from_previews_the_restore_of_a_sale_deleted_in_salesforce_as_ba
         cli, lightspeed, salesforce, boutique):
     """dry-run --from previews a window as `backfill` over it writes it (docs/cli.md): a sale deleted in Salesforce
     by hand, unchanged in Lightspeed, is restored by the backfill, so the preview says create, not unchanged."""
-    import ssl
-
-    import httpx
-
     sale = sell(lightspeed, boutique, at=ago(2))
     assert cli("backfill", "--from", ago(3).isoformat()).code == 0
     [record] = salesforce.records("Sales_Transaction__c")
-    env = salesforce.env()
-    deleted = httpx.delete(f"{salesforce.instance_url}/services/data/v62.0/sobjects/Sales_Transaction__c/{record['Id']}",
-                           headers={"Authorization": f"Bearer {env['SALESFORCE_ACCESS_TOKEN']}"},
-                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
-    assert deleted.status_code == 204
+    delete_by_hand(salesforce, "Sales_Transaction__c", record["Id"])
 
     preview = cli("dry-run", "--from", ago(3).isoformat(), "--json")
 
@@ -348,18 +340,10 @@ def test_dry_run_from_previews_the_restore_of_a_sale_deleted_in_salesforce_as_ba
 
 
 def test_backfill_restores_a_sale_deleted_in_salesforce(cli, lightspeed, salesforce, boutique):
-    import ssl
-
-    import httpx
-
     sale = sell(lightspeed, boutique, at=ago(2))
     assert cli("backfill", "--from", ago(3).isoformat()).code == 0
     [record] = salesforce.records("Sales_Transaction__c")
-    env = salesforce.env()
-    deleted = httpx.delete(f"{salesforce.instance_url}/services/data/v62.0/sobjects/Sales_Transaction__c/{record['Id']}",
-                           headers={"Authorization": f"Bearer {env['SALESFORCE_ACCESS_TOKEN']}"},
-                           verify=ssl.create_default_context(cafile=str(salesforce.ca_bundle)))
-    assert deleted.status_code == 204  # someone removed it by hand; its lines went with it
+    delete_by_hand(salesforce, "Sales_Transaction__c", record["Id"])  # its lines went with it
 
     again = cli("backfill", "--from", ago(3).isoformat(), "--json")
 
