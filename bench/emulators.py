@@ -161,7 +161,7 @@ def written_records(body: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------- SOQL
 _original_evaluate = soql._evaluate
-_DIGIT_LIKE = re.compile(r"\^((?:\.\*\d)+)\$")  # what `%4%1%5...%4` compiles to
+_DIGIT_LIKE = re.compile(r"\^((?:\.\*\d)+)(\.\*)?\$")  # what `%4%1%5...%4` (or `...%4%`) compiles to
 _cache: dict[int, tuple[Any, Any]] = {}
 
 
@@ -193,14 +193,25 @@ def _compile(node: Any) -> Callable[[Callable[[str], Any]], bool] | None:
     if isinstance(node, soql.Junction) and node.op == "OR" and node.parts and all(
             isinstance(p, soql.Comparison) and p.op == "LIKE" and p.value.flags & re.DOTALL and _digits_of(p.value.pattern)
             for p in node.parts):
-        # field -> pattern length -> last digit -> the leading digits of each pattern
+        # field -> pattern length -> last digit -> the leading digits of each pattern ending on its last digit;
+        # field -> pattern length -> the digits of each pattern ending in `%` (an extension may follow)
         patterns: dict[str, dict[int, dict[str, set[str]]]] = {}
+        open_ended: dict[str, dict[int, set[str]]] = {}
         for part in node.parts:
             digits = _digits_of(part.value.pattern)
-            patterns.setdefault(part.field, {}).setdefault(len(digits), {}).setdefault(
-                digits[-1], set()).add(digits[:-1])
+            if part.value.pattern.endswith(".*$"):
+                open_ended.setdefault(part.field, {}).setdefault(len(digits), set()).add(digits)
+            else:
+                patterns.setdefault(part.field, {}).setdefault(len(digits), {}).setdefault(
+                    digits[-1], set()).add(digits[:-1])
 
         def any_like(get: Callable[[str], Any]) -> bool:
+            for field, by_length in open_ended.items():
+                value = get(field)
+                if isinstance(value, str) and value:
+                    every = "".join(ch for ch in value if ch in "0123456789")
+                    if any(_has_subsequence(every, length, wanted) for length, wanted in by_length.items()):
+                        return True
             for field, by_length in patterns.items():
                 value = get(field)
                 if not isinstance(value, str) or not value:

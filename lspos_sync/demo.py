@@ -289,7 +289,7 @@ class _People:
                 number = ("33", f"6{self.rng.randint(10_000_000, 99_999_999)}")
             else:  # Londoners shopping in Paris, in the range Ofcom keeps for drama (020 7946 0xxx)
                 number = ("44", f"2079460{self.rng.randint(100, 999)}")
-            if number not in self.phones:
+            if number not in self.phones and _assigned(number):
                 self.phones.add(number)
                 return number
 
@@ -320,6 +320,13 @@ class _People:
 def _ascii(text: str) -> str:
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(ch for ch in plain.lower() if ch.isalnum())
+
+
+def _assigned(number: tuple[str, str]) -> bool:
+    """A number a numbering plan assigns: the sync matches no other (some random French mobiles are not)."""
+    import phonenumbers
+
+    return phonenumbers.is_valid_number(phonenumbers.parse(f"+{number[0]}{number[1]}"))
 
 
 def _format_phone(digits: tuple[str, str], rng: random.Random) -> str:
