@@ -302,6 +302,7 @@ def test_dry_run_previews_the_sale_of_a_client_the_feed_links_only_as_the_sync_w
     written = cli("sync", "--json", env=ENRICH)
 
     assert preview.code == written.code == 0
+    assert by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]["Account__c"] == typed
     assert salesforce.get("Account", typed)["LS_Customer_ID__c"] == f"182255-{ana}"
     assert salesforce.get("Account", typed)["PersonMailingCity"] is None  # Bo fills nothing: not his account
     assert written.json["enriched"] == [] and written.json["records"]["update_accounts"] == 1
