@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from lspos_sync.customers import normalise_phone
 from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
 
@@ -137,16 +138,11 @@ class _Phones:
                 number = ("1", f"{self.rng.choice(_AREAS)}555{self.rng.randrange(10_000):04d}")
             else:
                 number = ("33", f"{self.rng.choice('67')}{self.rng.randrange(100_000_000):08d}")
-            if number not in self.used and _assigned(number):
+            # only a number a plan assigns: the sync matches no other (a tenth of random French mobiles are not)
+            if number not in self.used and normalise_phone(f"+{number[0]}{number[1]}", "US") is not None:
                 self.used.add(number)
                 return number
 
-
-def _assigned(number: tuple[str, str]) -> bool:
-    """A number a numbering plan assigns: lspos-sync matches no other (a tenth of random French mobiles are not)."""
-    import phonenumbers
-
-    return phonenumbers.is_valid_number(phonenumbers.parse(f"+{number[0]}{number[1]}"))
 
 
 def _format(country: str, national: str, rng: random.Random) -> str:

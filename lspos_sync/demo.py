@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from lspos_sync.customers import normalise_phone
 from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
 from lspos_sync.state import StateStore, utcnow
@@ -289,7 +290,8 @@ class _People:
                 number = ("33", f"6{self.rng.randint(10_000_000, 99_999_999)}")
             else:  # Londoners shopping in Paris, in the range Ofcom keeps for drama (020 7946 0xxx)
                 number = ("44", f"2079460{self.rng.randint(100, 999)}")
-            if number not in self.phones and _assigned(number):
+            # only a number a plan assigns: the sync matches no other (a tenth of random French mobiles are not)
+            if number not in self.phones and normalise_phone(f"+{number[0]}{number[1]}", "US") is not None:
                 self.phones.add(number)
                 return number
 
@@ -321,12 +323,6 @@ def _ascii(text: str) -> str:
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(ch for ch in plain.lower() if ch.isalnum())
 
-
-def _assigned(number: tuple[str, str]) -> bool:
-    """A number a numbering plan assigns: the sync matches no other (some random French mobiles are not)."""
-    import phonenumbers
-
-    return phonenumbers.is_valid_number(phonenumbers.parse(f"+{number[0]}{number[1]}"))
 
 
 def _format_phone(digits: tuple[str, str], rng: random.Random) -> str:
