@@ -41,7 +41,7 @@ from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.lightspeed.models import Customer, Sale
 from lspos_sync.planning import Planner, account_write
 from lspos_sync.reading import Reader, batches
-from lspos_sync.resolving import Found, Resolver, _Recent
+from lspos_sync.resolving import Found, Resolver, Recent
 from lspos_sync.rolling import RollUps
 from lspos_sync.salesforce import queries
 from lspos_sync.salesforce.bulk import BulkJobs, BulkWriter
@@ -134,7 +134,7 @@ class BulkBackfill:
         # The decisions of the last customers of earlier rounds whose accounts were written, as the composite path
         # keeps its last customers' for later batches: met again, a customer is linked as she was decided
         # (`Email`, `Created`), not `Linked` by the key the round before stamped.
-        self._recent: _Recent[str, tuple] = _Recent(RESOLVED_KEPT)
+        self._recent: Recent[str, tuple] = Recent(RESOLVED_KEPT)
         self.stats: dict[str, int] = {}
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None) -> RunSummary:

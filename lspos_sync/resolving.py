@@ -53,7 +53,7 @@ class Resolver:
         self.match_status = match_status  # the mapping writes Match_Status__c: the lookups read it back
         # customer key -> decision, for the customers of recent batches: one decided longer ago is looked up
         # again if it comes back (by then it has its key), so memory stays flat over long windows.
-        self.decisions: _Recent[str, Resolution] = _Recent(kept)
+        self.decisions: Recent[str, Resolution] = Recent(kept)
         self._record_type_id: str | None = None  # "" when the org has none
         self.like = True  # until Salesforce refuses a phone LIKE
         # How long the lookup statements may be, for the run: shorter once Salesforce finds one too complicated
@@ -282,7 +282,7 @@ def record_type_id(found: str | None, developer_name: str) -> str:
     return found
 
 
-class _Recent(OrderedDict):
+class Recent(OrderedDict):
     """A dict that keeps the `size` entries set last; setting an entry makes it the newest."""
 
     def __init__(self, size: int) -> None:
