@@ -197,3 +197,23 @@ def test_a_first_close_refused_for_the_job_s_state_fails_the_run_though_the_job_
         BulkJobs(client, first_poll=0.01).upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
     assert "\n" not in str(failed.value)
     assert [job["state"] for job in salesforce.bulk.jobs()] == ["JobComplete"]  # closed by the other client
+
+
+def test_a_job_does_not_start_once_the_jobs_before_it_took_the_allowance_down_to_the_reserve(salesforce, monkeypatch,
+                                                                                             tmp_path):
+    salesforce.daily_api_limit = 100
+    salesforce.api_calls = 87  # /limits, the first check, leaves 12: above the 10% reserve
+    for name, value in salesforce.env().items():
+        monkeypatch.setenv(name, value)
+    client = SalesforceClient(load_settings(salesforce.env()).salesforce, reserve_percent=10)
+    jobs = BulkJobs(client, first_poll=0.01)
+    paths = []
+    for step in ("1", "2"):
+        (tmp_path / step).mkdir()
+        paths.append(spool(tmp_path / step, [{"LS_Sale_ID__c": f"1-{step}", "Status__c": "Completed"}]).paths[0])
+    jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c", paths[0])  # create, upload, close, two polls: 7 left
+
+    # No REST answer since /limits told the usage: the job's calls are counted from the client's own count.
+    with pytest.raises(RunFailed, match="93 of 100 requests; reserve 10% .* LSPOS_API_RESERVE_PERCENT"):
+        jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c", paths[1])
+    assert len(salesforce.bulk.jobs()) == 1 and salesforce.api_calls == 93
