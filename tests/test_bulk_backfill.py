@@ -376,6 +376,25 @@ def test_a_job_failing_as_a_whole_ends_the_run_with_one_line_and_removes_its_fil
     assert list(temporary.iterdir()) == []
 
 
+def test_a_close_whose_answer_was_lost_after_salesforce_took_it_goes_on_to_the_job_s_end(cli, lightspeed, salesforce,
+                                                                                        boutique):
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    sales = [sell(lightspeed, boutique, lines=((1, "10"), (2, "5")), at=start + timedelta(minutes=i)) for i in range(2)]
+    # The first close (UploadComplete) is executed, then its connection drops: the retry finds the job closed.
+    salesforce.drop_next(1, path_contains="/jobs/ingest/", body_contains="UploadComplete", after_commit=True)
+
+    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk", "--json")
+
+    assert result.code == 0, result.stderr
+    closes = [r for r in salesforce.requests if r.method == "PATCH" and "/jobs/ingest/" in r.path]
+    assert closes[0].dropped and closes[1].path == closes[0].path and closes[1].status == 400  # INVALIDJOBSTATE
+    assert [(job["object"], job["state"]) for job in salesforce.bulk.jobs()] == [
+        ("Sales_Transaction__c", "JobComplete"), ("Sales_Line_Item__c", "JobComplete")]  # no job made twice
+    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
+        sorted(f"182255-{sale}" for sale in sales)
+    assert len(salesforce.records("Sales_Line_Item__c")) == 4
+
+
 def test_a_window_over_the_threshold_goes_through_bulk_and_unchanged_sales_cost_nothing(cli, lightspeed, salesforce,
                                                                                        boutique):
     start = datetime.now(timezone.utc) - timedelta(days=1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import requests
 
 from lspos_sync.config import load_settings
 from lspos_sync.errors import RunFailed
@@ -151,3 +153,67 @@ def test_a_bare_token_that_expires_fails_the_run_in_one_line(salesforce, client,
     with pytest.raises(RunFailed, match="INVALID_SESSION_ID") as failed:
         BulkJobs(client, first_poll=0.01).upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
     assert "\n" not in str(failed.value)
+
+
+class ActingFirst(requests.Session):
+    """The run's HTTP session, with another client setting a job's state just before the run's n-th close of it
+    (an admin aborting the job in Setup, say): `before_close` maps n to that state."""
+
+    def __init__(self, before_close: dict[int, str]) -> None:
+        super().__init__()
+        self.before_close, self.closes = before_close, 0
+
+    def request(self, method, url, *args, **kwargs):
+        if method == "PATCH" and "UploadComplete" in str(kwargs.get("data")):
+            self.closes += 1
+            if self.closes in self.before_close:
+                super().request("PATCH", url, headers=kwargs.get("headers"),
+                                data=json.dumps({"state": self.before_close[self.closes]}))
+        return super().request(method, url, *args, **kwargs)
+
+
+def acted_on(salesforce, monkeypatch, session: ActingFirst) -> SalesforceClient:
+    for name, value in salesforce.env().items():
+        monkeypatch.setenv(name, value)
+    return SalesforceClient(load_settings(salesforce.env()).salesforce, http=session)
+
+
+def test_a_close_sent_again_after_a_lost_answer_that_finds_the_job_aborted_fails_the_run_in_one_line(
+        salesforce, monkeypatch, tmp_path):
+    [path] = spool(tmp_path, [{"LS_Sale_ID__c": "1-1", "Status__c": "Completed"}]).paths
+    salesforce.drop_next(1, path_contains="/jobs/ingest/", body_contains="UploadComplete", after_commit=True)
+    client = acted_on(salesforce, monkeypatch, ActingFirst({2: "Aborted"}))
+    with pytest.raises(RunFailed, match="refused to close job .*INVALIDJOBSTATE") as failed:
+        BulkJobs(client, first_poll=0.01).upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
+    assert "\n" not in str(failed.value)
+    assert [job["state"] for job in salesforce.bulk.jobs()] == ["Aborted"]
+
+
+def test_a_first_close_refused_for_the_job_s_state_fails_the_run_though_the_job_reads_closed(
+        salesforce, monkeypatch, tmp_path):
+    [path] = spool(tmp_path, [{"LS_Sale_ID__c": "1-1", "Status__c": "Completed"}]).paths
+    client = acted_on(salesforce, monkeypatch, ActingFirst({1: "UploadComplete"}))
+    with pytest.raises(RunFailed, match="refused to close job .*INVALIDJOBSTATE") as failed:
+        BulkJobs(client, first_poll=0.01).upsert("Sales_Transaction__c", "LS_Sale_ID__c", path)
+    assert "\n" not in str(failed.value)
+    assert [job["state"] for job in salesforce.bulk.jobs()] == ["JobComplete"]  # closed by the other client
+
+
+def test_a_job_does_not_start_once_the_jobs_before_it_took_the_allowance_down_to_the_reserve(salesforce, monkeypatch,
+                                                                                             tmp_path):
+    salesforce.daily_api_limit = 100
+    salesforce.api_calls = 87  # /limits, the first check, leaves 12: above the 10% reserve
+    for name, value in salesforce.env().items():
+        monkeypatch.setenv(name, value)
+    client = SalesforceClient(load_settings(salesforce.env()).salesforce, reserve_percent=10)
+    jobs = BulkJobs(client, first_poll=0.01)
+    paths = []
+    for step in ("1", "2"):
+        (tmp_path / step).mkdir()
+        paths.append(spool(tmp_path / step, [{"LS_Sale_ID__c": f"1-{step}", "Status__c": "Completed"}]).paths[0])
+    jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c", paths[0])  # create, upload, close, two polls: 7 left
+
+    # No REST answer since /limits told the usage: the job's calls are counted from the client's own count.
+    with pytest.raises(RunFailed, match="93 of 100 requests; reserve 10% .* LSPOS_API_RESERVE_PERCENT"):
+        jobs.upsert("Sales_Transaction__c", "LS_Sale_ID__c", paths[1])
+    assert len(salesforce.bulk.jobs()) == 1 and salesforce.api_calls == 93

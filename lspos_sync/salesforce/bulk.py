@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD = 100_000_000
 NULL = "#N/A"  # a cell that empties its field; an empty cell leaves the field as it is (fact sheet §5.6)
 _FINAL = ("JobComplete", "Failed", "Aborted")
+_CLOSED = ("UploadComplete", "InProgress", "JobComplete", "Failed")  # the states of a job once its close took effect
 _ATTEMPTS = 5
 _FIRST_POLL = 0.1  # seconds before the first poll, doubled after each up to _LONGEST_POLL
 _LONGEST_POLL = 10.0
@@ -158,7 +159,7 @@ class BulkJobs:
                  f" by {external_id}" if external_id else "", path.stat().st_size / 1e6,
                  extra={"phase": "bulk", "job": job_id})
         self._upload(sobject, job_id, path)
-        self._request(sobject, lambda jobs: jobs.close_job(job_id), f"close job {job_id}")
+        self._close(sobject, job_id)
         info = self._wait(sobject, job_id)
         if info["state"] != "JobComplete":
             reason = str(info.get("errorMessage") or info["state"]).replace("\n", " ").strip()
@@ -194,6 +195,19 @@ class BulkJobs:
         # Not retried: a second PUT on a job makes its close fail ("Found multiple contents", fact sheet §5.6).
         self._request(sobject, put, f"upload to job {job_id}", attempts=1)
 
+    def _close(self, sobject: str, job_id: str) -> None:
+        """UploadComplete. A close sent again after a lost answer or a server error is refused when the first was
+        executed, the job being no longer Open (INVALIDJOBSTATE): the job's state then says whether it was closed.
+        A first close refused is not read so: something else acted on the job."""
+        try:
+            self._request(sobject, lambda jobs: jobs.close_job(job_id), f"close job {job_id}")
+        except _RefusedOnRetry:
+            info = self._request(sobject, lambda jobs: jobs.get_job(job_id, False), f"read job {job_id}")
+            if info.get("state") not in _CLOSED:
+                raise
+            log.info("Salesforce Bulk API 2.0: job %s reads %s: the close whose answer was lost took effect", job_id,
+                     info["state"], extra={"phase": "bulk", "job": job_id})
+
     def _wait(self, sobject: str, job_id: str) -> dict[str, Any]:
         delay = self._first_poll
         while True:
@@ -224,7 +238,7 @@ class BulkJobs:
                  attempts: int = _ATTEMPTS) -> Any:
         """One call (one API call) on `sobject`'s job calls, tried again on a dropped connection or a server
         error, and once after renewing a session that expired (the request was not executed); a refusal fails
-        the run in one line."""
+        the run in one line (_RefusedOnRetry when the call was sent again: the first send may have been executed)."""
         import requests
         from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceGeneralError
 
@@ -236,7 +250,10 @@ class BulkJobs:
                 return call(self._jobs(sobject))
             except (requests.RequestException, SalesforceGeneralError) as error:
                 status = getattr(error, "status", None)
-                if (status is not None and status < 500) or attempt + 1 >= attempts:
+                if status is not None and status < 500:
+                    raise (_RefusedOnRetry if attempt else RunFailed)(
+                        f"Salesforce Bulk API 2.0: could not {what}: {_described(error)}") from None
+                if attempt + 1 >= attempts:
                     raise RunFailed(f"Salesforce Bulk API 2.0: could not {what}: {_described(error)}") from None
                 delay = pause(attempt)
                 attempt += 1
@@ -252,7 +269,13 @@ class BulkJobs:
                 self._client.connect()
                 renewed = True
             except SalesforceError as error:
-                raise RunFailed(f"Salesforce Bulk API 2.0 refused to {what}: {_described(error)}") from None
+                raise (_RefusedOnRetry if attempt else RunFailed)(
+                    f"Salesforce Bulk API 2.0 refused to {what}: {_described(error)}") from None
+
+
+class _RefusedOnRetry(RunFailed):
+    """Salesforce refused a call sent again after a lost answer or a server error: maybe because the first send
+    was executed."""
 
 
 def _described(error: Exception) -> str:

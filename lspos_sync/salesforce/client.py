@@ -43,7 +43,8 @@ class SalesforceClient:
         self._session: Session | None = None
         self._sf: Salesforce | None = None
         self._reserve_percent = reserve_percent
-        self._usage: tuple[int, int] | None = None  # (used, allowance) of the org's daily API requests
+        self._usage: tuple[int, int] | None = None  # (used, allowance) of the org's daily API requests, as last told
+        self._told_at = 0  # api_calls when Salesforce last told the usage
         self._limits_read = False
         self.api_calls = 0
 
@@ -96,7 +97,9 @@ class SalesforceClient:
     def ensure_allowance(self) -> None:
         """Stops the run before a write once the org's daily API allowance is down to the reserve, which
         is left to the org's other integrations. The first check reads /limits; later ones the usage
-        that Salesforce reports on every response (Sforce-Limit-Info)."""
+        that Salesforce reports on every REST response (Sforce-Limit-Info), plus the calls made since that
+        told none: Bulk API 2.0 job calls go through simple-salesforce's bulk2, which does not read the header,
+        and a bulk flush makes one job after another with no REST call between them."""
         if self._usage is None and not self._limits_read:
             self._limits_read = True
             try:
@@ -108,6 +111,7 @@ class SalesforceClient:
         if self._usage is None:
             return
         used, allowance = self._usage
+        used += self.api_calls - self._told_at
         if allowance - used <= allowance * self._reserve_percent / 100:
             raise RunFailed(
                 f"Salesforce daily API allowance nearly used ({used} of {allowance} requests; reserve "
@@ -218,7 +222,8 @@ class SalesforceClient:
                 status, content = error.status, error.content
             else:
                 usage = sf.api_usage.get("api-usage")
-                self._usage = (usage.used, usage.total) if usage else self._usage
+                if usage:
+                    self._told(usage.used, usage.total)
                 return answer
             if status == 401:
                 if renewed or not (self._session and self._session.renewable):
@@ -270,8 +275,12 @@ class SalesforceClient:
         checked against."""
         daily = limits.get("DailyApiRequests") or {}
         if daily.get("Max"):
-            self._usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
+            self._told(int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
         return daily
+
+    def _told(self, used: int, allowance: int) -> None:
+        """The org's usage as Salesforce just told it, counting every call made so far."""
+        self._usage, self._told_at = (used, allowance), self.api_calls
 
     @staticmethod
     def _backoff(attempt: int, what: str) -> None:
