@@ -245,7 +245,7 @@ class BulkJobs:
         renewed = False
         attempt = 0
         while True:
-            self._client.api_calls += 1
+            self._client.count_call()
             try:
                 return call(self._jobs(sobject))
             except (requests.RequestException, SalesforceGeneralError) as error:

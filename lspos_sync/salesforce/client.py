@@ -9,6 +9,7 @@ never loads it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ class SalesforceClient:
         self._told_at = 0  # api_calls when Salesforce last told the usage
         self._limits_read = False
         self.api_calls = 0
+        self._calls_lock = threading.Lock()  # the composite writer's sending thread counts too
 
     @property
     def data_path(self) -> str:
@@ -93,6 +95,11 @@ class SalesforceClient:
         data = to_json({"allOrNone": False, "collateSubrequests": False, "compositeRequest": subrequests})
         response = self._call("POST composite", lambda sf: sf.restful("composite", method="POST", data=data))
         return list(response.get("compositeResponse", []))
+
+    def count_call(self) -> None:
+        """One more API call made, from whichever thread makes it."""
+        with self._calls_lock:
+            self.api_calls += 1
 
     def ensure_allowance(self) -> None:
         """Stops the run before a write once the org's daily API allowance is down to the reserve, which
@@ -209,7 +216,7 @@ class SalesforceClient:
         for attempt in range(_ATTEMPTS):
             sf = self.sf
             sf.api_usage = {}  # to read the Sforce-Limit-Info of this answer only
-            self.api_calls += 1
+            self.count_call()
             try:
                 answer = request(sf)
             except requests.JSONDecodeError:
@@ -261,7 +268,7 @@ class SalesforceClient:
         import requests
         from simple_salesforce.exceptions import SalesforceError
 
-        self.api_calls += 1
+        self.count_call()
         try:
             limits = sf.limits() or {}
         except SalesforceError:
