@@ -85,7 +85,16 @@ CREATE TABLE IF NOT EXISTS run (
     window_to TEXT,
     summary TEXT
 );
+-- A run row a year every ten minutes: the history is kept for RUN_HISTORY (start_run), found by time, and the
+-- run left marked running by a kill is found without reading the rest.
+CREATE INDEX IF NOT EXISTS run_started ON run (started_at);
+CREATE INDEX IF NOT EXISTS run_running ON run (id) WHERE outcome = 'running';
 """
+
+# How long the run history is kept (`status` reads the last few runs); the newest RUNS_KEPT rows stay whatever
+# their age, so a tool that has not run for months still shows how its last runs ended.
+RUN_HISTORY = timedelta(days=90)
+RUNS_KEPT = 100
 
 
 # The run locks this process holds: lock file -> [descriptor, holders]. flock locks belong to an open file, so
@@ -413,6 +422,8 @@ class StateStore:
             # Called with the run lock held: a run still marked running was killed before it could finish.
             db.execute("UPDATE run SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running' "
                        "AND (account_id IS ? OR account_id IS NULL)", (iso(utcnow()), account_id))
+            db.execute("DELETE FROM run WHERE started_at < ? AND id <= (SELECT max(id) FROM run) - ?",
+                       (iso(utcnow() - RUN_HISTORY), RUNS_KEPT))
             cursor = db.execute("INSERT INTO run (command, account_id, started_at) VALUES (?, ?, ?)",
                                 (command, account_id, iso(utcnow())))
             return int(cursor.lastrowid)
