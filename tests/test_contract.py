@@ -258,3 +258,23 @@ def test_dry_run_leaves_the_parked_sales_and_the_run_history_as_they_were(cli, l
     assert (again["checkpoints"]["182255"]["cursor"], again["last_run"]) == \
         (shown["checkpoints"]["182255"]["cursor"], shown["last_run"])
 
+
+# Exit 2: "usage or configuration error". A URL variable that is no URL (a scheme left out, a host missing) is a
+# configuration error, found before anything is asked of either API, not a failed run after a minute of retries.
+
+@pytest.mark.parametrize("variable, value", [
+    ("SALESFORCE_INSTANCE_URL", "acme.my.salesforce.com"),
+    ("SALESFORCE_INSTANCE_URL", "https://"),
+    ("LIGHTSPEED_API_URL", "api.lightspeedapp.com/API/V3"),
+    ("LIGHTSPEED_TOKEN_URL", "cloud.lightspeedapp.com/auth/oauth/token"),
+])
+def test_a_url_variable_that_is_no_url_is_a_configuration_error_exit_2(cli, lightspeed, salesforce, boutique, tmp_path,
+                                                                      variable, value):
+    sell(lightspeed, boutique)
+
+    result = cli("sync", "--state", str(tmp_path / "fresh.db"), env={variable: value})
+
+    assert result.code == 2, (result.code, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {variable}: ") and value in line
+    assert lightspeed.request_count("Account/182255.json") == 0 and salesforce.requests == []
