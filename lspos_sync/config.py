@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -220,6 +221,10 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
             raise ConfigError(f"LSPOS_PHONE_REGION: {region!r} is not a region libphonenumber knows (ISO 3166 codes "
                               "such as US, FR" + (", and GB for the United Kingdom)" if region == "UK" else ", GB)"))
     domain = get("SALESFORCE_DOMAIN", "login") or "login"
+    # Logins go to https://<domain>.salesforce.com: `login`, `test`, or a My Domain's name such as `acme.my`.
+    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", domain) or domain.lower().endswith("salesforce.com"):
+        raise ConfigError(f"SALESFORCE_DOMAIN: {domain!r} is not a login domain: login, test (a sandbox), or a My "
+                          "Domain's name such as acme.my (logins go to https://<domain>.salesforce.com)")
     api_version = (get("SALESFORCE_API_VERSION", "62.0") or "62.0").lstrip("vV")
     try:
         version = float(api_version)

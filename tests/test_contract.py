@@ -278,3 +278,25 @@ def test_a_url_variable_that_is_no_url_is_a_configuration_error_exit_2(cli, ligh
     [line] = result.stderr.splitlines()
     assert line.startswith(f"Error: {variable}: ") and value in line
     assert lightspeed.request_count("Account/182255.json") == 0 and salesforce.requests == []
+
+
+# §2: "`SALESFORCE_DOMAIN` | `login` (default) or `test` for sandboxes". Logins go to https://<domain>.salesforce.com:
+# a URL or a full host name there is a configuration error (exit 2), not a login failing against a host that cannot be.
+
+@pytest.mark.parametrize("domain", ["https://test.salesforce.com", "test.salesforce.com", "login/"])
+def test_a_salesforce_domain_that_is_no_login_domain_is_a_configuration_error_exit_2(cli, lightspeed, salesforce,
+                                                                                    boutique, domain):
+    sell(lightspeed, boutique)
+    password_login = {"SALESFORCE_INSTANCE_URL": "", "SALESFORCE_ACCESS_TOKEN": "", "SALESFORCE_DOMAIN": domain,
+                      "SALESFORCE_USERNAME": "sync@example.com", "SALESFORCE_PASSWORD": "s3cret-pass"}
+
+    result = cli("sync", env=password_login)
+
+    assert result.code == 2, (result.code, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: SALESFORCE_DOMAIN: ") and domain in line and "test" in line
+
+
+@pytest.mark.parametrize("domain", ["login", "test", "acme.my"])
+def test_a_login_domain_is_taken_as_given(domain):
+    assert load_settings({"SALESFORCE_DOMAIN": domain}).salesforce.domain == domain
