@@ -300,3 +300,20 @@ def test_a_salesforce_domain_that_is_no_login_domain_is_a_configuration_error_ex
 @pytest.mark.parametrize("domain", ["login", "test", "acme.my"])
 def test_a_login_domain_is_taken_as_given(domain):
     assert load_settings({"SALESFORCE_DOMAIN": domain}).salesforce.domain == domain
+
+
+# §2 LSPOS_SYNC_START: "where the first `sync` starts when there is no checkpoint". One after Lightspeed's now (2062 for
+# 2026) starts nothing: exit 2 naming it, as `backfill --from` after Lightspeed's now is, and no checkpoint set (the
+# sync read an empty window and set the checkpoint to now: every sale since the start meant was never read).
+
+@pytest.mark.parametrize("command", ["sync", "dry-run"])
+def test_a_sync_start_after_lightspeeds_now_is_a_configuration_error_and_sets_no_checkpoint(
+        cli, lightspeed, salesforce, boutique, command):
+    sell(lightspeed, boutique)
+
+    result = cli(command, "--json", env={"LSPOS_SYNC_START": "2062-03-01"})
+
+    assert result.code == 2, (result.code, result.stdout)
+    assert "LSPOS_SYNC_START" in result.json["error"] and "after Lightspeed's now" in result.json["error"]
+    assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] is None
+    assert salesforce.records("Sales_Transaction__c") == []
