@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from lspos_sync.errors import ConfigError
 from lspos_sync.state import default_state_path
@@ -29,6 +31,15 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "
 def fingerprint(secret: str) -> str:
     """A short one-way fingerprint, to recognise a secret without storing or showing it."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def checked_url(name: str, value: str, example: str) -> str:
+    """An http(s) URL with a host; anything else is a configuration error (exit 2) at once, not a run failing after
+    its retries against a URL no client can reach."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: {value!r} is not a URL (e.g. {example})")
+    return value
 
 
 def parse_when(value: str, option: str) -> datetime:
@@ -210,6 +221,10 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
             raise ConfigError(f"LSPOS_PHONE_REGION: {region!r} is not a region libphonenumber knows (ISO 3166 codes "
                               "such as US, FR" + (", and GB for the United Kingdom)" if region == "UK" else ", GB)"))
     domain = get("SALESFORCE_DOMAIN", "login") or "login"
+    # Logins go to https://<domain>.salesforce.com: `login`, `test`, or a My Domain's name such as `acme.my`.
+    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", domain) or domain.lower().endswith("salesforce.com"):
+        raise ConfigError(f"SALESFORCE_DOMAIN: {domain!r} is not a login domain: login, test (a sandbox), or a My "
+                          "Domain's name such as acme.my (logins go to https://<domain>.salesforce.com)")
     api_version = (get("SALESFORCE_API_VERSION", "62.0") or "62.0").lstrip("vV")
     try:
         version = float(api_version)
@@ -231,16 +246,23 @@ def load_settings(env: Mapping[str, str], state_override: Path | None = None,
         accounts[listed] = tuple(  # type: ignore[assignment]
             get(f"LIGHTSPEED_ACCOUNT_{listed}_{name}") or get(f"LIGHTSPEED_{name}")
             for name in ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN"))
+    api_url = checked_url("LIGHTSPEED_API_URL", get("LIGHTSPEED_API_URL") or DEFAULT_LIGHTSPEED_API_URL,
+                          DEFAULT_LIGHTSPEED_API_URL)
+    token_url = checked_url("LIGHTSPEED_TOKEN_URL", get("LIGHTSPEED_TOKEN_URL") or DEFAULT_LIGHTSPEED_TOKEN_URL,
+                            DEFAULT_LIGHTSPEED_TOKEN_URL)
+    instance_url = get("SALESFORCE_INSTANCE_URL")
+    if instance_url:
+        checked_url("SALESFORCE_INSTANCE_URL", instance_url, "https://acme.my.salesforce.com")
     state_path = state_override or (Path(get("LSPOS_STATE_PATH")) if get("LSPOS_STATE_PATH") else default_state_path())
     settings = Settings(
         account_id=account_id,
         client_id=get("LIGHTSPEED_CLIENT_ID"),
         client_secret=get("LIGHTSPEED_CLIENT_SECRET"),
         refresh_token=get("LIGHTSPEED_REFRESH_TOKEN"),
-        lightspeed_api_url=(get("LIGHTSPEED_API_URL", DEFAULT_LIGHTSPEED_API_URL) or "").rstrip("/"),
-        lightspeed_token_url=get("LIGHTSPEED_TOKEN_URL", DEFAULT_LIGHTSPEED_TOKEN_URL) or "",
+        lightspeed_api_url=api_url.rstrip("/"),
+        lightspeed_token_url=token_url,
         salesforce=SalesforceSettings(
-            instance_url=(get("SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
+            instance_url=instance_url.rstrip("/") if instance_url else None,
             access_token=get("SALESFORCE_ACCESS_TOKEN"),
             username=get("SALESFORCE_USERNAME"),
             consumer_key=get("SALESFORCE_CONSUMER_KEY"),

@@ -245,7 +245,16 @@ def _sync_start(settings: Settings, checkpoint: datetime | None) -> Callable[[da
             return min(checkpoint, now) - settings.lookback
         return start
     if settings.sync_start is not None:
-        return lambda now: settings.sync_start
+        sync_start = settings.sync_start
+
+        def first(now: datetime) -> datetime:
+            # A start still to come (2062 for 2026) would read nothing and set the checkpoint to now, past every sale
+            # since the start meant. Within CLOCK_TOLERANCE it is the host's now, as for `--from`.
+            if sync_start > now + CLOCK_TOLERANCE:
+                raise ConfigError(f"LSPOS_SYNC_START ({iso(sync_start)}) is after Lightspeed's now ({iso(now)}): "
+                                  "set it to where the first sync starts")
+            return sync_start
+        return first
     raise ConfigError(
         f"no checkpoint yet for account {settings.account_id}: set LSPOS_SYNC_START to where the first sync starts "
         "(e.g. LSPOS_SYNC_START=2026-03-01), or run "
