@@ -285,15 +285,20 @@ class LightspeedClient:
     def voided_sale_ids(self, since: datetime, until: datetime) -> list[int]:
         """Sales voided in the window, from the SaleVoid feed: the authoritative record of voids (§9), in case
         a void does not move the sale's own update time. Reading it needs a scope not every app has, so a
-        refusal only means the feed is not used."""
+        refusal of its first page only means the feed is not used."""
         params = {"createTime": f"><,{lightspeed_time(since)},{lightspeed_time(until)}", "sort": "saleVoidID",
                   "limit": str(PAGE_SIZE)}
+        pages = self._pages("SaleVoid.json", params, "SaleVoid")
         try:
-            return [int(row["saleID"]) for page in self._pages("SaleVoid.json", params, "SaleVoid")
-                    for row in page if str(row.get("saleID", "0")).isdigit() and row["saleID"] != "0"]
+            first = next(pages, [])
         except _Refused as refused:  # no scope or no endpoint; an outage still fails the run
             log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
             return []
+        try:
+            rows = [row for page in (first, *pages) for row in page]
+        except _Refused as refused:  # the feed answered: the voids of the pages left would be lost, not unused
+            raise RunFailed(f"Lightspeed refused a page of the SaleVoid feed past its first: {refused}") from None
+        return [int(row["saleID"]) for row in rows if str(row.get("saleID", "0")).isdigit() and row["saleID"] != "0"]
 
     def customers_by_id(self, customer_ids: list[int], raw: dict[int, dict] | None = None) -> dict[int, Customer]:
         """Customers (with their Contact), for sales that came without the Customer relation; `raw` collects
