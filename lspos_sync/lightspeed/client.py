@@ -218,10 +218,7 @@ class LightspeedClient:
             if first is None:
                 return
             yield first
-            try:
-                yield from pages
-            except _Refused as refused:  # past the first page: not the reading refused, and nothing to fall back on
-                raise RunFailed(f"Lightspeed refused the Sale query: {refused}") from None
+            yield from pages  # past the first page a refusal is no reading refused (`_pages`): the run fails
             return
 
     def _window_pages(self, reading: SaleReading, since: datetime, until: datetime,
@@ -285,20 +282,15 @@ class LightspeedClient:
     def voided_sale_ids(self, since: datetime, until: datetime) -> list[int]:
         """Sales voided in the window, from the SaleVoid feed: the authoritative record of voids (§9), in case
         a void does not move the sale's own update time. Reading it needs a scope not every app has, so a
-        refusal of its first page only means the feed is not used."""
+        refusal only means the feed is not used."""
         params = {"createTime": f"><,{lightspeed_time(since)},{lightspeed_time(until)}", "sort": "saleVoidID",
                   "limit": str(PAGE_SIZE)}
-        pages = self._pages("SaleVoid.json", params, "SaleVoid")
         try:
-            first = next(pages, [])
+            return [int(row["saleID"]) for page in self._pages("SaleVoid.json", params, "SaleVoid")
+                    for row in page if str(row.get("saleID", "0")).isdigit() and row["saleID"] != "0"]
         except _Refused as refused:  # no scope or no endpoint; an outage still fails the run
             log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
             return []
-        try:
-            rows = [row for page in (first, *pages) for row in page]
-        except _Refused as refused:  # the feed answered: the voids of the pages left would be lost, not unused
-            raise RunFailed(f"Lightspeed refused a page of the SaleVoid feed past its first: {refused}") from None
-        return [int(row["saleID"]) for row in rows if str(row.get("saleID", "0")).isdigit() and row["saleID"] != "0"]
 
     def customers_by_id(self, customer_ids: list[int], raw: dict[int, dict] | None = None) -> dict[int, Customer]:
         """Customers (with their Contact), for sales that came without the Customer relation; `raw` collects
@@ -366,12 +358,21 @@ class LightspeedClient:
 
     def _pages(self, resource: str, params: dict[str, str], key: str, typed: bool = False) -> Iterator[list[Any]]:
         """Follows `@attributes.next` exactly as given until it is empty (fact sheet §3). The rows of each page as
-        dicts; with `typed` (Sale pages), as Sales, unless one of them does not read."""
+        dicts; with `typed` (Sale pages), as Sales, unless one of them does not read.
+
+        Only the first page's refusal is a `_Refused`, which callers may take for a query, a filter or a scope
+        Lightspeed does not take and read otherwise or do without: past it, the query was taken, and a refused
+        `next` (a cursor Lightspeed no longer takes) fails the run rather than leave the pages after it unread."""
         url: str | None = f"{self._base}/{resource}"
         query: dict[str, str] | None = params
         seen: set[int] = set()
         while url:
-            rows, next_url = self._get(url, query, partial(_page, key=key, typed=typed, path=_path(url)))
+            try:
+                rows, next_url = self._get(url, query, partial(_page, key=key, typed=typed, path=_path(url)))
+            except _Refused as refused:
+                if query is not None:
+                    raise
+                raise RunFailed(f"Lightspeed refused the {key} query past its first page: {refused}") from None
             yield rows
             if hash(next_url) in seen:
                 raise RunFailed(f"Lightspeed returned the same next page twice for {resource}; stopping")
