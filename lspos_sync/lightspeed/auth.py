@@ -119,6 +119,11 @@ class LightspeedAuth:
                 continue
             if response.status_code in (400, 401, 403):
                 error = _oauth_error(response)
+                if error == "invalid_client":  # the client's id or secret (RFC 6749 §5.2), not the token
+                    names = [self._variable.replace("REFRESH_TOKEN", name) for name in ("CLIENT_ID", "CLIENT_SECRET")]
+                    raise LightspeedAuthError(
+                        f"Lightspeed refused the API client (HTTP {response.status_code} invalid_client): check "
+                        f"{names[0]} and {names[1]}", error)
                 raise LightspeedAuthError(
                     f"Lightspeed refused the refresh token (HTTP {response.status_code} {error}): "
                     f"re-authorise the app in Lightspeed and set {self._variable} to the new token", error)
