@@ -131,9 +131,14 @@ class LightspeedAuth:
                 raise RunFailed(f"Lightspeed token endpoint answered HTTP {response.status_code}")
             try:
                 body = response.json()
-                body["access_token"]
-            except (ValueError, KeyError, TypeError):
-                raise RunFailed("Lightspeed token endpoint answered without an access token") from None
+            except ValueError:
+                # Cut off on its way: a new pair was minted and lost, as with a dropped answer, and as safe to retry.
+                if attempt + 1 == _REFRESH_ATTEMPTS:
+                    raise RunFailed("Lightspeed token endpoint kept answering unreadable JSON") from None
+                time.sleep(2 ** attempt)
+                continue
+            if not isinstance(body, dict) or not body.get("access_token"):
+                raise RunFailed("Lightspeed token endpoint answered without an access token")
             return body
         raise RunFailed("Lightspeed token refresh failed")
 
