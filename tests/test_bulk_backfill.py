@@ -691,19 +691,3 @@ def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not
         assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
         assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
         assert bulk == composite
-
-
-def test_a_job_whose_close_was_answered_but_the_answer_lost_is_followed_to_its_end(cli, lightspeed, salesforce,
-                                                                                  boutique):
-    start = datetime.now(timezone.utc) - timedelta(days=1)
-    sales = [sell(lightspeed, boutique, at=start + timedelta(minutes=i)) for i in range(3)]
-    # Salesforce closed the job (it runs), and the answer was lost: sent again, the close is refused as a close of
-    # a job no longer Open, which is what the first one asked for.
-    salesforce.drop_next(1, path_contains="/jobs/ingest/", after_commit=True, body_contains="UploadComplete")
-
-    result = cli("backfill", "--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
-
-    assert result.code == 0, result.stderr
-    assert any(r.dropped for r in salesforce.requests)
-    assert sorted(t["LS_Sale_ID__c"] for t in salesforce.records("Sales_Transaction__c")) == \
-        sorted(f"182255-{sale}" for sale in sales)

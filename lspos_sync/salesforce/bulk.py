@@ -158,7 +158,7 @@ class BulkJobs:
                  f" by {external_id}" if external_id else "", path.stat().st_size / 1e6,
                  extra={"phase": "bulk", "job": job_id})
         self._upload(sobject, job_id, path)
-        self._close(sobject, job_id)
+        self._request(sobject, lambda jobs: jobs.close_job(job_id), f"close job {job_id}")
         info = self._wait(sobject, job_id)
         if info["state"] != "JobComplete":
             reason = str(info.get("errorMessage") or info["state"]).replace("\n", " ").strip()
@@ -193,23 +193,6 @@ class BulkJobs:
 
         # Not retried: a second PUT on a job makes its close fail ("Found multiple contents", fact sheet §5.6).
         self._request(sobject, put, f"upload to job {job_id}", attempts=1)
-
-    def _close(self, sobject: str, job_id: str) -> None:
-        """UploadComplete. A close whose answer was lost after Salesforce took it is sent again and refused, the job
-        being no longer Open: the job's state then says whether a close went through (it is followed to its end),
-        whatever the refusal's wording, which no reference gives."""
-        try:
-            self._request(sobject, lambda jobs: jobs.close_job(job_id), f"close job {job_id}")
-        except RunFailed as refused:
-            try:
-                state = self._request(sobject, lambda jobs: jobs.get_job(job_id, False), f"read job {job_id}",
-                                      attempts=1).get("state")
-            except RunFailed:
-                raise refused from None
-            if state in ("Open", "Aborted"):
-                raise
-            log.info("Salesforce Bulk API 2.0 job %s is closed (%s) though its close was refused: a close sent "
-                     "again after its answer was lost", job_id, state)
 
     def _wait(self, sobject: str, job_id: str) -> dict[str, Any]:
         delay = self._first_poll
