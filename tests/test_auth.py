@@ -95,6 +95,15 @@ def test_revoked_refresh_token_exits_1_asking_to_reauthorise(cli, lightspeed, sa
     assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
 
 
+def test_a_client_secret_lightspeed_refuses_names_the_client_variables_not_reauthorising(cli, lightspeed, salesforce):
+    result = cli("sync", env={"LIGHTSPEED_CLIENT_SECRET": "rotated-in-the-developer-portal"})
+
+    assert result.code == 1
+    assert lightspeed.request_count("/auth/oauth/token", status=401) == 1  # invalid_client (RFC 6749 §5.2)
+    assert "LIGHTSPEED_CLIENT_ID" in result.stderr and "LIGHTSPEED_CLIENT_SECRET" in result.stderr
+    assert "re-authorise" not in result.stderr and result.stderr.count("\n") == 1
+
+
 def _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, **variables) -> Cli:
     env = {**lightspeed.env(), "LSPOS_STATE_PATH": str(state_path), "LSPOS_SYNC_START": "2026-01-01",
            "SALESFORCE_INSTANCE_URL": salesforce.instance_url, "SSL_CERT_FILE": str(salesforce.ca_bundle),

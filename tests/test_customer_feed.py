@@ -416,3 +416,21 @@ def test_parked_customers_are_listed_as_customers_and_can_be_dropped(cli, lights
     assert cli("rejects", "list", "--json", env=FEED).json["rejected_customers"] == []
     assert cli("rejects", "drop", "--customer", f"182255-{ana}", env=FEED).code == 2
     assert cli("sync", "--json", env=FEED).json["customers"]["retried"] == 0  # given up on: no longer retried
+
+
+def test_a_contact_search_refused_past_its_first_page_fails_the_run_instead_of_dropping_the_customers(
+        cli, lightspeed, salesforce):
+    clients = [lightspeed.add_customer("Ana", f"Lima {n}", at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+               for n in range(3)]
+    assert cli("sync", env=FEED).code == 0  # created long before the window: nothing read
+    for n, client in enumerate(clients):
+        lightspeed.edit_contact(client, email=f"ana{n}@example.com")  # moves only the Contact's timeStamp
+    # The search's second page refused (a cursor Lightspeed no longer takes, say): not "the search is refused".
+    lightspeed.fail_next(1, status=400, path_suffix="Customer.json", only_with="after", message="Invalid cursor")
+
+    result = cli("sync", env=FEED, constants={"lightspeed.client.PAGE_SIZE": 2})
+
+    assert result.code == 1, result.stderr
+    assert "Customer" in result.stderr and result.stderr.count("\n") == 1
+    assert cli("sync", env=FEED).code == 0  # the checkpoint did not pass them: the next run writes them
+    assert sorted(a["PersonEmail"] for a in person_accounts(salesforce)) == [f"ana{n}@example.com" for n in range(3)]

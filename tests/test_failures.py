@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -241,3 +242,22 @@ def test_a_killed_run_is_marked_interrupted_by_the_next_one(cli, lightspeed, sal
     with sqlite3.connect(state_path) as db:
         outcomes = [row[0] for row in db.execute("SELECT outcome FROM run ORDER BY id")]
     assert outcomes == ["interrupted", "ok"]
+
+
+def test_a_void_feed_refused_past_its_first_page_fails_the_run_instead_of_dropping_the_voids(cli, lightspeed,
+                                                                                             salesforce, boutique):
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)  # older than the look-back
+    sales = [sell(lightspeed, boutique, at=two_hours_ago) for _ in range(3)]
+    assert cli("sync").code == 0
+    lightspeed.void_moves_updatetime = False  # seen in the SaleVoid feed only (fact sheet §9, unconfirmed)
+    for sale in sales:
+        lightspeed.void_sale(sale)
+    # The feed's second page refused (a cursor Lightspeed no longer takes, say): not "the feed is unavailable".
+    lightspeed.fail_next(1, status=400, path_suffix="SaleVoid.json", only_with="after", message="Invalid cursor")
+
+    result = cli("sync", constants={"lightspeed.client.PAGE_SIZE": 2})
+
+    assert result.code == 1, result.stderr
+    assert "SaleVoid" in result.stderr and result.stderr.count("\n") == 1
+    assert cli("sync").code == 0  # the checkpoint did not pass the voids: the next run writes them
+    assert {r["Status__c"] for r in salesforce.records("Sales_Transaction__c")} == {"Voided"}

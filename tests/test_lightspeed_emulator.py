@@ -413,6 +413,23 @@ def test_fail_next_and_drop_next_hit_only_matching_paths(emu):
     assert emu.requests[-1].path.endswith("Sale.json")
 
 
+def test_cut_next_cuts_a_body_and_stick_next_gives_a_follow_up_page_its_own_url_as_next(emu):
+    ids = seed_store(emu)
+    for _ in range(3):
+        emu.add_sale(ids["shop"], [{"item_id": ids["item"], "quantity": 1, "unit_price": "5"}])
+    with client(emu) as http:
+        emu.cut_next()
+        cut = http.get("Sale.json")
+        assert cut.status_code == 200 and cut.headers["content-length"] == str(len(cut.content))
+        with pytest.raises(ValueError):
+            cut.json()
+        emu.stick_next()
+        first = http.get("Sale.json", params={"limit": "1"}).json()["@attributes"]["next"]
+        second = http.get(first)
+        assert second.json()["@attributes"]["next"] == str(second.request.url)  # the cursor did not advance
+        assert http.get(first).json()["@attributes"]["next"] != first  # once
+
+
 @pytest.mark.parametrize("params", [{"sort": "createTime"}, {"sort": "-total"}, {"limit": "101"},
                                     {"limit": "-1"}, {"updateTime": ">,2026-01-01"}, {"after": "bm90IGpzb24="},
                                     {"saleID": "abc"}, {"timeStamp": "><,2026-01-01"}, {"archived": "maybe"}])

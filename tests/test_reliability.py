@@ -155,6 +155,32 @@ def test_transient_lightspeed_errors_and_dropped_connections_are_retried(cli, li
     assert_exactly_once(salesforce, lightspeed, sales)
 
 
+@pytest.mark.parametrize("path", ["Sale.json", "SaleVoid.json", "Shop.json", "/auth/oauth/token"])
+def test_a_body_cut_off_half_way_is_asked_for_again(cli, lightspeed, salesforce, boutique, path):
+    sales = [sell(lightspeed, boutique) for _ in range(3)]
+    lightspeed.void_sale(sales[0])
+    lightspeed.cut_next(1, path_suffix=path)  # a 200 whose JSON ends half-way (on the token URL: a new pair minted)
+
+    result = cli("sync")
+
+    assert result.code == 0, result.stderr
+    assert_exactly_once(salesforce, lightspeed, sales)
+    assert lightspeed.request_count(path) == 2 + (path == "Sale.json")  # (the void is read by ID on Sale.json)
+
+
+def test_a_cursor_that_does_not_advance_stops_the_run_and_the_next_run_writes_every_sale(cli, lightspeed, salesforce,
+                                                                                         boutique):
+    sales = [sell(lightspeed, boutique) for _ in range(5)]
+    lightspeed.stick_next(1, path_suffix="Sale.json")  # page 2's next is page 2
+
+    failed = cli("sync", constants={"lightspeed.client.PAGE_SIZE": 2})
+
+    assert failed.code == 1
+    assert failed.stderr == "Error: Lightspeed returned the same next page twice for Sale.json; stopping\n"
+    assert cli("sync", constants={"lightspeed.client.PAGE_SIZE": 2}).code == 0
+    assert_exactly_once(salesforce, lightspeed, sales)
+
+
 def test_sale_edited_while_the_run_pages_is_caught_by_the_next_run(cli, lightspeed, salesforce, boutique):
     sales = [sell(lightspeed, boutique) for _ in range(250)]
 

@@ -311,6 +311,8 @@ class LightspeedAccount:
         self._window, self._burst = -1, 0
         self._fails: list[_Fault] = []
         self._drops: list[_Fault] = []
+        self._cuts: list[_Fault] = []  # 200 answers whose JSON body is cut off half-way
+        self._stuck: list[_Fault] = []  # list pages whose `next` is the page just read
         self._ids: dict[str, int] = {}
         self._rows: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in _KINDS if k != "Sale"}
         self._sales: dict[int, _Sale] = {}
@@ -624,11 +626,27 @@ class LightspeedAccount:
         with self._lock:
             self._drops.append(_Fault(count, path_suffix))
 
+    def cut_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
+        """The next `count` successful answers on a path ending so come with their JSON body cut off half-way (the
+        Content-Length that of what is sent): the fact sheet's "truncated or invalid JSON" a client must not take
+        for a page."""
+        with self._lock:
+            self._cuts.append(_Fault(count, path_suffix))
+
+    def stick_next(self, count: int = 1, path_suffix: str = "Sale.json") -> None:
+        """The next `count` follow-up pages (those asked for with `after`) on a path ending so give as `next` the URL
+        they were asked for: a cursor that does not advance, which a client following `next` would follow for ever
+        (fact sheet §3: a tap's loop detection, [S25])."""
+        with self._lock:
+            self._stuck.append(_Fault(count, path_suffix, only_with="after"))
+
     def clear_faults(self) -> None:
-        """Injected failures and drops not used yet are forgotten."""
+        """Injected failures, drops, cut bodies and stuck cursors not used yet are forgotten."""
         with self._lock:
             self._fails.clear()
             self._drops.clear()
+            self._cuts.clear()
+            self._stuck.clear()
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far expires now, before its stated expiry ("tokens generally expire after
@@ -679,6 +697,13 @@ class LightspeedAccount:
             response = self._api(request)
         else:
             response = Response(404, _error_body(404, f"Unknown path {request.path}"))
+        if response.status == 200 and isinstance(response.body, dict):
+            attributes = response.body.get("@attributes") or {}
+            if attributes.get("next") and self._take(self._stuck, request):
+                attributes["next"] = f"{self._cloud._base_url}{request.raw_target}"
+            if self._take(self._cuts, request):
+                whole = json.dumps(response.body).encode()
+                response.body = whole[:len(whole) // 2]
         record = RequestRecord(request.method, request.path, request.query,
                                0 if drop else response.status, self._now())
         self.requests.append(record)

@@ -119,6 +119,11 @@ class LightspeedAuth:
                 continue
             if response.status_code in (400, 401, 403):
                 error = _oauth_error(response)
+                if error == "invalid_client":  # the client's id or secret (RFC 6749 §5.2), not the token
+                    names = [self._variable.replace("REFRESH_TOKEN", name) for name in ("CLIENT_ID", "CLIENT_SECRET")]
+                    raise LightspeedAuthError(
+                        f"Lightspeed refused the API client (HTTP {response.status_code} invalid_client): check "
+                        f"{names[0]} and {names[1]}", error)
                 raise LightspeedAuthError(
                     f"Lightspeed refused the refresh token (HTTP {response.status_code} {error}): "
                     f"re-authorise the app in Lightspeed and set {self._variable} to the new token", error)
@@ -126,9 +131,14 @@ class LightspeedAuth:
                 raise RunFailed(f"Lightspeed token endpoint answered HTTP {response.status_code}")
             try:
                 body = response.json()
-                body["access_token"]
-            except (ValueError, KeyError, TypeError):
-                raise RunFailed("Lightspeed token endpoint answered without an access token") from None
+            except ValueError:
+                # Cut off on its way: a new pair was minted and lost, as with a dropped answer, and as safe to retry.
+                if attempt + 1 == _REFRESH_ATTEMPTS:
+                    raise RunFailed("Lightspeed token endpoint kept answering unreadable JSON") from None
+                time.sleep(2 ** attempt)
+                continue
+            if not isinstance(body, dict) or not body.get("access_token"):
+                raise RunFailed("Lightspeed token endpoint answered without an access token")
             return body
         raise RunFailed("Lightspeed token refresh failed")
 

@@ -218,10 +218,7 @@ class LightspeedClient:
             if first is None:
                 return
             yield first
-            try:
-                yield from pages
-            except _Refused as refused:  # past the first page: not the reading refused, and nothing to fall back on
-                raise RunFailed(f"Lightspeed refused the Sale query: {refused}") from None
+            yield from pages  # past the first page a refusal is no reading refused (`_pages`): the run fails
             return
 
     def _window_pages(self, reading: SaleReading, since: datetime, until: datetime,
@@ -361,12 +358,21 @@ class LightspeedClient:
 
     def _pages(self, resource: str, params: dict[str, str], key: str, typed: bool = False) -> Iterator[list[Any]]:
         """Follows `@attributes.next` exactly as given until it is empty (fact sheet §3). The rows of each page as
-        dicts; with `typed` (Sale pages), as Sales, unless one of them does not read."""
+        dicts; with `typed` (Sale pages), as Sales, unless one of them does not read.
+
+        Only the first page's refusal is a `_Refused`, which callers may take for a query, a filter or a scope
+        Lightspeed does not take and read otherwise or do without: past it, the query was taken, and a refused
+        `next` (a cursor Lightspeed no longer takes) fails the run rather than leave the pages after it unread."""
         url: str | None = f"{self._base}/{resource}"
         query: dict[str, str] | None = params
         seen: set[int] = set()
         while url:
-            rows, next_url = self._get(url, query, partial(_page, key=key, typed=typed, path=_path(url)))
+            try:
+                rows, next_url = self._get(url, query, partial(_page, key=key, typed=typed, path=_path(url)))
+            except _Refused as refused:
+                if query is not None:
+                    raise
+                raise RunFailed(f"Lightspeed refused the {key} query past its first page: {refused}") from None
             yield rows
             if hash(next_url) in seen:
                 raise RunFailed(f"Lightspeed returned the same next page twice for {resource}; stopping")
