@@ -65,7 +65,7 @@ ALLOWED_EXITS: dict[str | None, set[int]] = {
     "lightspeed_drop": {0, 1},
     "salesforce_5xx": {0, 1},
     "salesforce_drop": {0, 1},
-    "salesforce_lost_response": {0, 1, 3},  # 3: a replayed delete of a line already deleted parks its sale once
+    "salesforce_lost_response": {0, 1},  # a replayed delete of a line already deleted is done (ENTITY_IS_DELETED)
     "row_lock_storm": {0, 3},
     "upsert_race": {0},  # the raced upserts go again once and match the other client's records
     "lost_token_refresh": {0},  # the refresh is retried with the old token, which still works
