@@ -7,7 +7,7 @@ import gc
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -233,9 +233,11 @@ def rejects_list(ctx: click.Context, **common: Any) -> None:
         def configured(account_id: str) -> bool:
             return not settings.account_ids or account_id in settings.account_ids
 
-        with StateStore(settings.state_path) as store:
-            parked = [r for r in store.rejects() if configured(r.account_id)]
-            customers = [c for c in store.customer_rejects() if configured(c.account_id)]
+        parked, customers = [], []
+        if settings.state_path.exists():  # nothing has run otherwise; a command that only reads creates no file
+            with StateStore(settings.state_path) as store:
+                parked = [r for r in store.rejects() if configured(r.account_id)]
+                customers = [c for c in store.customer_rejects() if configured(c.account_id)]
         output.result({"rejects": [reject.__dict__ for reject in parked],
                        "rejected_customers": [customer.__dict__ for customer in customers]},
                       ([f"{r.sale_key} (sale {r.sale_id}): {r.attempts} attempt(s), since {r.first_seen}: {r.reason}"
@@ -306,20 +308,23 @@ def checkpoint_show(ctx: click.Context, account: str | None, **common: Any) -> N
 
     def body(settings: Settings, output: Output) -> int:
         accounts = _accounts(settings, account, configured_only=False)
-        with StateStore(settings.state_path) as store:
-            cursors = store.checkpoints()
-            if accounts:
-                cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
-            # the last run of the accounts shown (of any account when none is configured or given)
-            last = max((run for account_id in accounts for run in store.recent_runs(1, account_id=account_id)),
-                       key=lambda run: run["id"], default=None) if accounts else store.last_run()
-            ahead = {account_id: store.host_clock_ahead(account_id) for account_id in cursors}
+        cursors: dict[str, dict[str, Any]] = {}
+        last, ahead = None, {}
+        if settings.state_path.exists():  # nothing has run otherwise; a command that only reads creates no file
+            with StateStore(settings.state_path) as store:
+                cursors = store.checkpoints()
+                # the last run of the accounts shown (of any account when none is configured or given)
+                last = max((run for account_id in accounts for run in store.recent_runs(1, account_id=account_id)),
+                           key=lambda run: run["id"], default=None) if accounts else store.last_run()
+                ahead = {account_id: store.host_clock_ahead(account_id) for account_id in cursors}
+        if accounts:
+            cursors = {i: cursors.get(i) or {"cursor": None, "updated_at": None} for i in accounts}
         now = datetime.now(timezone.utc)
         data: dict[str, Any] = {"checkpoints": {}, "last_run": None}
         lines = []
         for account_id, cursor in cursors.items():
             # on Lightspeed's clock, as the checkpoint: the host's now less how far it ran ahead at the last run
-            lag = lag_minutes(now, ahead[account_id],
+            lag = lag_minutes(now, ahead.get(account_id, timedelta(0)),
                               datetime.fromisoformat(cursor["cursor"]) if cursor["cursor"] else None)
             data["checkpoints"][account_id] = {**cursor, "lag_minutes": lag}
             lines.append(f"account {account_id}: checkpoint {cursor['cursor'] or 'not set'}"

@@ -169,3 +169,14 @@ def test_status_without_the_customer_feed_has_no_customer_line_until_one_is_park
     assert cli("status", "--json").json["customers_parked"] == 0
     assert not any("customers parked" in line for line in cli("status").stdout.splitlines())
     assert "rejected customers parked: 0" in cli("status", env={"LSPOS_SYNC_CUSTOMERS": "true"}).stdout.splitlines()
+
+
+def test_checkpoint_show_and_rejects_list_before_any_run_say_so_and_create_no_state_file(cli, state_path):
+    shown = cli("checkpoint", "show", "--json")
+    listed = cli("rejects", "list", "--json")
+
+    assert shown.code == 0 and shown.json == {
+        "checkpoints": {"182255": {"cursor": None, "updated_at": None, "lag_minutes": None}}, "last_run": None}
+    assert listed.code == 0 and listed.json["rejects"] == [] and listed.json["rejected_customers"] == []
+    assert "account 182255: checkpoint not set" in cli("checkpoint", "show").stdout
+    assert not state_path.exists()
