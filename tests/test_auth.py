@@ -104,6 +104,31 @@ def test_a_client_secret_lightspeed_refuses_names_the_client_variables_not_reaut
     assert "re-authorise" not in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_a_refresh_refused_as_too_frequent_is_waited_out_as_lightspeed_says(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    lightspeed.fail_next(status=429, path_suffix="/auth/oauth/token", retry_after=1)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert lightspeed.request_count("/auth/oauth/token", status=429) == 1 and lightspeed.refresh_count == 1
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+
+
+def test_a_refresh_refused_as_too_frequent_for_long_fails_the_run_in_one_line_and_the_next_run_refreshes(
+        cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    lightspeed.fail_next(status=429, path_suffix="/auth/oauth/token", retry_after=3600)
+
+    refused = cli("sync")
+    again = cli("sync")
+
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert "refused the refresh as too frequent (HTTP 429, Retry-After 3600 s)" in refused.stderr
+    assert again.code == 0, again.stderr  # the stored refresh token was never spent
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+
+
 def _salesforce_cli(tmp_path, lightspeed, salesforce, state_path, **variables) -> Cli:
     env = {**lightspeed.env(), "LSPOS_STATE_PATH": str(state_path), "LSPOS_SYNC_START": "2026-01-01",
            "SALESFORCE_INSTANCE_URL": salesforce.instance_url, "SSL_CERT_FILE": str(salesforce.ca_bundle),

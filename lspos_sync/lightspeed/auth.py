@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # so that no request carries a token that dies in flight. What is stored is that "use until" time.
 _EXPIRY_MARGIN = 120
 _REFRESH_ATTEMPTS = 4  # Lightspeed allows 5 refresh attempts a minute per connection (fact sheet §7)
+_LONGEST_TOKEN_WAIT = 60.0  # a 429's Retry-After waited out up to this; a longer one fails the run for the next
 
 
 class LightspeedAuth:
@@ -117,6 +118,17 @@ class LightspeedAuth:
             if response.status_code >= 500 and attempt + 1 < _REFRESH_ATTEMPTS:
                 time.sleep(2 ** attempt)
                 continue
+            if response.status_code == 429:
+                # Too many refreshes of this connection (fact sheet §7): refused, not executed, so the stored
+                # token still works; waited out once when Lightspeed says how long, as a Sale page's 429 is.
+                wait = _seconds(response.headers.get("retry-after"))
+                if wait is None or wait > _LONGEST_TOKEN_WAIT or attempt + 1 == _REFRESH_ATTEMPTS:
+                    raise RunFailed("Lightspeed token endpoint refused the refresh as too frequent (HTTP 429"
+                                    + (f", Retry-After {wait:g} s" if wait is not None else "")
+                                    + "): the stored token still works, and the next run refreshes again")
+                log.info("Lightspeed token endpoint: too many refreshes (429); waiting %.0f s", wait)
+                time.sleep(wait)
+                continue
             if response.status_code in (400, 401, 403):
                 error = _oauth_error(response)
                 if error == "invalid_client":  # the client's id or secret (RFC 6749 §5.2), not the token
@@ -141,6 +153,14 @@ class LightspeedAuth:
                 raise RunFailed("Lightspeed token endpoint answered without an access token")
             return body
         raise RunFailed("Lightspeed token refresh failed")
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (the HTTP-date form is not used by Lightspeed)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _oauth_error(response: httpx.Response) -> str:
