@@ -95,6 +95,18 @@ def test_revoked_refresh_token_exits_1_asking_to_reauthorise(cli, lightspeed, sa
     assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
 
 
+def test_an_access_token_refused_right_after_its_refresh_asks_to_reauthorise(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    # what an employee locked or the app disconnected looks like from here: every token refused, even a new one
+    lightspeed.fail_next(count=2, status=401, path_suffix="Sale.json", message="Access token could not be verified")
+
+    result = cli("sync")
+
+    assert result.code == 1 and result.stderr.count("\n") == 1
+    assert lightspeed.refresh_count == 2  # the run's first token, then one more after the 401
+    assert "refused a freshly refreshed access token" in result.stderr and "re-authorise the app" in result.stderr
+
+
 def test_a_client_secret_lightspeed_refuses_names_the_client_variables_not_reauthorising(cli, lightspeed, salesforce):
     result = cli("sync", env={"LIGHTSPEED_CLIENT_SECRET": "rotated-in-the-developer-portal"})
 

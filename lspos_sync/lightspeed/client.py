@@ -461,6 +461,11 @@ class LightspeedClient:
                 continue
             if status in (400, 403, 404, 422):
                 raise _Refused(f"HTTP {status}: {_message(response)}" + (_scope_hint(url) if status == 403 else ""))
+            if status == 401:  # a token refreshed a moment ago: revoked behind it (fact sheet §7)
+                raise RunFailed(f"Lightspeed refused a freshly refreshed access token on {_path(url)} (HTTP 401: "
+                                f"{_message(response)}): the app was disconnected in Lightspeed or the employee who "
+                                "authorised it is locked; re-authorise the app (docs/runbook.md, Re-authorising "
+                                "Lightspeed)")
             raise RunFailed(f"Lightspeed answered HTTP {status} on {_path(url)}: {_message(response)}")
         raise RunFailed(f"Lightspeed kept failing on {_path(url)} after {_ATTEMPTS} attempts")
 
