@@ -234,8 +234,10 @@ def test_lost_response_to_a_line_delete_is_not_a_rejection(cli, lightspeed, sale
 def test_a_killed_run_is_marked_interrupted_by_the_next_one(cli, lightspeed, salesforce, boutique, state_path):
     import sqlite3
 
+    from lspos_sync.state import StateStore
+
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    assert cli("checkpoint", "show").code == 0  # creates the store
+    StateStore(state_path).close()  # creates the store
     with sqlite3.connect(state_path) as db:  # what a SIGKILL leaves behind
         db.execute("INSERT INTO run (command, started_at) VALUES ('sync', '2026-01-01T00:00:00+00:00')")
     assert cli("sync").code == 0
