@@ -443,6 +443,25 @@ def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, light
     assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"
 
 
+def test_a_void_feed_refusing_its_time_filter_is_read_by_id_newest_first(cli, lightspeed, salesforce, boutique):
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)  # older than the look-back
+    sale, other = sell(lightspeed, boutique, at=two_hours_ago), sell(lightspeed, boutique, at=two_hours_ago)
+    lightspeed.void_moves_updatetime = False  # seen in the SaleVoid feed only (fact sheet §9, unconfirmed)
+    lightspeed.void_sale(other, at=two_hours_ago)  # an old void, before the next run's window
+    assert cli("sync").code == 0
+    lightspeed.reject_void_createtime_filter = True  # the sheet shows the feed sorted by saleVoidID, not filtered
+    lightspeed.void_sale(sale)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    feed = [r for r in lightspeed.requests if r.path.endswith("SaleVoid.json") and r.status == 200]
+    assert feed[-1].query["sort"] == ["-saleVoidID"] and "createTime" not in feed[-1].query
+    by_id = [r.query["saleID"] for r in lightspeed.requests if r.path.endswith("Sale.json") and "saleID" in r.query]
+    assert by_id[-1] == [f"IN,[{sale}]"]  # the void before the window is not read again
+
+
 @pytest.mark.parametrize("refused", ["Category.json", "Shop.json"])
 def test_a_reference_list_lightspeed_refuses_leaves_its_names_empty_and_the_sales_written(cli, lightspeed, salesforce,
                                                                                          boutique, refused):

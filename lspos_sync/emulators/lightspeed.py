@@ -282,6 +282,9 @@ class LightspeedAccount:
         # those of its grant, and SaleVoid needs employee:admin_void_sale (fact sheet, endpoint table).
         self.scopes = "employee:register_read employee:customers_read employee:admin_void_sale"
         self.reject_updatetime_filter = False  # a 400 for a filter on the update time, in this account's spelling
+        # A 400 for a filter on a SaleVoid's createTime: the sheet documents the feed as sortable by saleVoidID and
+        # recommends polling it by ID (§9); filtering it on a time is nowhere shown (§2).
+        self.reject_void_createtime_filter = False
         self.updatetime_spelling = "updatetime"
         # Faults and hooks for tests: Sale pages larger than this fail with `heavy_page_status` (§2: relations "can
         # cause 500s or timeouts"; §4.8 lists 500, 502 and 503 among the codes used, not 504); a callback after
@@ -1038,6 +1041,8 @@ class LightspeedAccount:
         if field_name not in self._kind(name).filterable:
             raise _ApiError(400, f"Invalid query parameter '{field_name}' for {name}")
         if name == "Sale" and field_name == self._updatetime_spelling and self.reject_updatetime_filter:
+            raise _ApiError(400, f"Field '{field_name}' cannot be used as a search filter")
+        if name == "SaleVoid" and field_name == "createTime" and self.reject_void_createtime_filter:
             raise _ApiError(400, f"Field '{field_name}' cannot be used as a search filter")
         test = self._filter_value(field_name, raw)
         return lambda row: test(row.get(field_name))

@@ -281,16 +281,37 @@ class LightspeedClient:
 
     def voided_sale_ids(self, since: datetime, until: datetime) -> list[int]:
         """Sales voided in the window, from the SaleVoid feed: the authoritative record of voids (§9), in case
-        a void does not move the sale's own update time. Reading it needs a scope not every app has, so a
-        refusal only means the feed is not used."""
+        a void does not move the sale's own update time. Reading it needs a scope not every app has, so a 403
+        only means the feed is not used. Filtering it on `createTime` is nowhere documented (the sheet shows it
+        sortable by saleVoidID, and polled by ID): refused, the feed is read newest void first instead."""
         params = {"createTime": f"><,{lightspeed_time(since)},{lightspeed_time(until)}", "sort": "saleVoidID",
                   "limit": str(PAGE_SIZE)}
         try:
-            return [int(row["saleID"]) for page in self._pages("SaleVoid.json", params, "SaleVoid")
-                    for row in page if str(row.get("saleID", "0")).isdigit() and row["saleID"] != "0"]
-        except _Refused as refused:  # no scope or no endpoint; an outage still fails the run
+            return [_voided_sale_id(row) for page in self._pages("SaleVoid.json", params, "SaleVoid")
+                    for row in page if _voided_sale_id(row)]
+        except _Refused as refused:  # no scope, no endpoint or no such filter; an outage still fails the run
+            if refused.status == 403:
+                log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
+                return []
+            log.info("Lightspeed refused the SaleVoid feed's createTime filter (%s); reading it newest first",
+                     refused)
+        try:
+            return self._voided_newest_first(since, until)
+        except _Refused as refused:
             log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
             return []
+
+    def _voided_newest_first(self, since: datetime, until: datetime) -> list[int]:
+        """The feed without a filter, newest void first, down to the first page that reaches one created before
+        `since` (voids are numbered as they are made, so the rest are older still)."""
+        sale_ids = []
+        for page in self._pages("SaleVoid.json", {"sort": "-saleVoidID", "limit": str(PAGE_SIZE)}, "SaleVoid"):
+            moments = [_moment(row.get("createTime")) for row in page]
+            sale_ids += [_voided_sale_id(row) for row, moment in zip(page, moments)
+                         if _voided_sale_id(row) and (moment is None or since <= moment <= until)]
+            if any(moment is not None and moment < since for moment in moments):
+                break
+        return sale_ids
 
     def customers_by_id(self, customer_ids: list[int], raw: dict[int, dict] | None = None) -> dict[int, Customer]:
         """Customers (with their Contact), for sales that came without the Customer relation; `raw` collects
@@ -460,7 +481,8 @@ class LightspeedClient:
                     smaller(f"answered HTTP {status} twice")
                 continue
             if status in (400, 403, 404, 422):
-                raise _Refused(f"HTTP {status}: {_message(response)}" + (_scope_hint(url) if status == 403 else ""))
+                raise _Refused(f"HTTP {status}: {_message(response)}" + (_scope_hint(url) if status == 403 else ""),
+                               status)
             if status == 401:  # a token refreshed a moment ago: revoked behind it (fact sheet §7)
                 raise RunFailed(f"Lightspeed refused a freshly refreshed access token on {_path(url)} (HTTP 401: "
                                 f"{_message(response)}): the app was disconnected in Lightspeed or the employee who "
@@ -489,12 +511,22 @@ def _update_time(row: Row) -> datetime | None:
     """A sale's update time, in either spelling (§4.6), read as a `Sale` or not; None when it has none that reads."""
     if not isinstance(row, dict):
         return row.update_time
-    text = next((value for key, value in row.items() if key.lower() == "updatetime" and value), None)
+    return _moment(next((value for key, value in row.items() if key.lower() == "updatetime" and value), None))
+
+
+def _moment(text: Any) -> datetime | None:
+    """A Lightspeed timestamp (§4.4), in UTC when it names no offset; None when it does not read."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except (AttributeError, ValueError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _voided_sale_id(row: dict[str, Any]) -> int:
+    """The sale a SaleVoid row voids; 0 when it names none."""
+    sale_id = str(row.get("saleID", "0")).strip()
+    return int(sale_id) if sale_id.isdigit() else 0
 
 
 def _page(content: bytes, key: str, typed: bool, path: str) -> tuple[list[Any], str]:
@@ -574,6 +606,10 @@ def _scope_hint(url: str) -> str:
 
 class _Refused(RunFailed):
     """Lightspeed refused the request itself (400): retrying the same request cannot help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _path(url: str) -> str:
