@@ -542,7 +542,7 @@ def _summary(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, bou
         "steps": [{"command": f"lspos-sync {' '.join(step.args)}", "exit_code": step.exit_code,
                    "expected": list(step.expected), "seconds": step.seconds,
                    **({name: step.run.get(name) for name in run_fields} if step.run else {}),
-                   **({"ambiguous": len(step.run.get("ambiguous") or [])} if step.run else {}),
+                   **({"ambiguous": step.run.get("ambiguous") or 0} if step.run else {}),
                    **({"customers": _customer_counts(step.run["customers"])} if step.run and step.run.get("customers")
                       else {})}
                   for step in steps],
@@ -565,7 +565,7 @@ def _summary(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, bou
 
 
 def _customer_counts(customers: dict[str, Any]) -> dict[str, Any]:
-    """The customer feed's counts, without its lists."""
+    """The customer feed's counts (the run history keeps its lists as their lengths)."""
     return {name: value for name, value in customers.items() if isinstance(value, int)}
 
 

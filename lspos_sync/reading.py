@@ -76,7 +76,10 @@ class Reader:
                     try:
                         sale = Sale.of(payload)
                     except InvalidPayload as error:
-                        self._unreadable(payload, error, summary)
+                        if _open(payload):  # never written, so nothing to park: read again once it completes
+                            summary.skipped_open += 1
+                        else:
+                            self._unreadable(payload, error, summary)
                         continue
                 if not sale.completed:
                     summary.skipped_open += 1  # written once it completes: completion moves its update time
@@ -127,6 +130,12 @@ class Reader:
         for sale in sales:
             self._payloads.pop(sale.sale_id, None)
         self._raw_customers.clear()
+
+
+def _open(payload: dict[str, Any]) -> bool:
+    """Whether a payload that does not read says it is an open sale, as the models read the flag (absent: open)."""
+    flag = payload.get("completed", False)
+    return (flag.lower() if isinstance(flag, str) else flag) in (False, "false", "0", 0)
 
 
 def _sale_id(payload: Sale | dict[str, Any]) -> int | None:

@@ -336,8 +336,16 @@ def _execute(command: str, settings: Settings, output: "Output", store: StateSto
                  "salesforce_api_calls": salesforce.api_calls, "lightspeed_requests": lightspeed.requests,
                  "lightspeed_throttled": lightspeed.throttled, "dry_run": dry_run, **_clock(lightspeed)})
     if run_id is not None:
-        store.finish_run(run_id, data["outcome"], summary.exit_code, data)
+        store.finish_run(run_id, data["outcome"], summary.exit_code, _recorded(data))
     return Report(data, _report(summary, data, output), summary.exit_code)
+
+
+def _recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """The run's result as the run history keeps it: each list (sales parked, ambiguous or incomplete, accounts
+    enriched, customers, roll-ups) as its length. Every run lists every parked sale again, and the history keeps 90
+    days of runs; the lists are in the run's output, and the parked ones in `rejects list`."""
+    return {key: len(value) if isinstance(value, list) else _recorded(value) if isinstance(value, dict) else value
+            for key, value in data.items()}
 
 
 def _clock(lightspeed: LightspeedClient) -> dict[str, int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import stat
 import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -250,3 +252,44 @@ def test_state_file_is_private_to_its_owner(cli, lightspeed, salesforce, boutiqu
 def test_bad_configuration_exits_2(cli, variables, message):
     result = cli("sync", env=variables)
     assert result.code == 2 and message in result.stderr
+
+
+@contextmanager
+def _months_apart(tmp_path, salesforce, state_path):
+    """A Lightspeed whose clock the test moves on (days between runs), and the program run against it."""
+    skipped = [timedelta(0)]
+    with LightspeedEmulator(clock=lambda: datetime.now(timezone.utc) + skipped[0]) as lightspeed:
+        workdir = tmp_path / "work"
+        workdir.mkdir()
+        yield lightspeed, Cli({**lightspeed.env(), **salesforce.env(), "LSPOS_STATE_PATH": str(state_path),
+                               "LSPOS_SYNC_START": (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()},
+                              workdir), skipped
+
+
+def test_a_host_clock_set_back_sends_its_stored_access_token_once_then_refreshes(tmp_path, salesforce, state_path):
+    # The access token's "use until" is on the host's clock: a host clock set back two hours (here: Lightspeed's
+    # moved on) keeps a dead token looking alive. Lightspeed refuses it once; the run refreshes and goes on.
+    with _months_apart(tmp_path, salesforce, state_path) as (lightspeed, cli, skipped):
+        assert cli("sync").code == 0 and lightspeed.refresh_count == 1
+        skipped[0] = timedelta(hours=2)
+
+        result = cli("sync", "--json")
+
+        assert result.code == 0, result.stderr
+        assert lightspeed.refresh_count == 2 and lightspeed.request_count(status=401) == 1
+
+
+def test_a_sync_not_run_for_thirty_days_exits_1_asking_to_reauthorise_and_keeps_its_checkpoint(tmp_path, salesforce,
+                                                                                                state_path):
+    # Lightspeed expires a refresh token unused for 30 days (fact sheet §7): a tool stopped that long, or run once a
+    # month, cannot refresh; the operator re-authorises (docs/runbook.md) and nothing is lost.
+    with _months_apart(tmp_path, salesforce, state_path) as (lightspeed, cli, skipped):
+        assert cli("sync").code == 0
+        checkpoint = cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"]
+        skipped[0] = timedelta(days=31)
+
+        result = cli("sync")
+
+        assert result.code == 1
+        assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+        assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] == checkpoint
