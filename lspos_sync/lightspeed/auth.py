@@ -120,7 +120,7 @@ class LightspeedAuth:
                 continue
             if response.status_code == 429:
                 # Too many refreshes of this connection (fact sheet §7): refused, not executed, so the stored
-                # token still works; waited out once when Lightspeed says how long, as a Sale page's 429 is.
+                # token still works; waited out when Lightspeed says how long, as a Sale page's 429 is.
                 wait = _seconds(response.headers.get("retry-after"))
                 if wait is None or wait > _LONGEST_TOKEN_WAIT or attempt + 1 == _REFRESH_ATTEMPTS:
                     raise RunFailed("Lightspeed token endpoint refused the refresh as too frequent (HTTP 429"
