@@ -206,6 +206,25 @@ def test_a_contact_edit_alone_is_read_again(cli, lightspeed, salesforce, state_p
     assert salesforce.get("Account", typed)["LS_Customer_ID__c"] == f"182255-{ana}"
 
 
+def test_the_contact_search_reads_only_the_customers_the_first_search_did_not(cli, lightspeed, salesforce):
+    """A customer created in the window has both timeStamps in it: the Contact search leaves out those the first
+    search finds (the Customer's own timeStamp in the window), and reads one page, not the window again."""
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    edited = lightspeed.add_customer("Ana", "Lima", at=old)
+    assert cli("sync", env=FEED).code == 0  # created long before the window: nothing read
+    for n in range(5):
+        lightspeed.add_customer("Bea", f"Roy {n}", email=f"bea{n}@example.com")
+    lightspeed.edit_contact(edited, email="ana@example.com")  # moves only the Contact's timeStamp
+    before = len(lightspeed.requests)
+
+    result = cli("sync", "--json", env=FEED, constants={"lightspeed.client.PAGE_SIZE": 2})
+
+    assert result.code == 0, result.stderr
+    assert result.json["customers"]["read"] == 6 and result.json["customers"]["create"] == 6
+    searches = [r for r in lightspeed.requests[before:] if r.path.endswith("Customer.json")]
+    assert len(searches) == 3 + 1  # five customers by their own timeStamp, two to a page; the edited one alone
+
+
 def test_dry_run_names_each_customer_decision_and_writes_nothing(cli, lightspeed, salesforce):
     rt = salesforce.person_account_record_type_id
     salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Chen", "PersonEmail": "bo@example.com"})
