@@ -125,6 +125,24 @@ def test_a_client_and_a_sale_in_one_run_make_one_account_and_the_sale_links(cli,
     assert (written["Match_Status__c"], written["Account__c"]) == ("Linked", account["Id"])
 
 
+def test_the_feeds_account_writes_travel_with_the_sales_first_lookups(cli, lightspeed, salesforce, boutique):
+    """Four calls were two of their own for the feed (its look-up, then its writes sent alone), two for the sale;
+    its writes fill the request of the sale's look-up, which must see them anyway."""
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # never bought: the feed creates hers
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")
+    sale = sell(lightspeed, boutique, bea)
+    calls = salesforce.api_calls
+
+    result = cli("sync", "--json", env=FEED)
+
+    assert result.code == 0, result.stderr
+    assert result.json["customers"]["create"] == 2
+    assert salesforce.api_calls - calls == 3  # the feed's look-up; its writes and the sale's look-up; the sale
+    written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]
+    assert written["Match_Status__c"] == "Linked"
+    assert {a["LS_Customer_ID__c"] for a in person_accounts(salesforce)} == {f"182255-{c}" for c in (ana, bea)}
+
+
 def test_enrichment_fills_blanks_and_overwrites_nothing_typed(cli, lightspeed, salesforce):
     rt = salesforce.person_account_record_type_id
     typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@work.example",
