@@ -3,6 +3,7 @@
     python bench/benchmark.py                  # 10,000 sales; a 200-sale naive baseline beside it
     python bench/benchmark.py --case salesforce-slower --naive-sales 0   # the same sync, Salesforce the slower side
     python bench/benchmark.py --sales 100000 --command backfill --ls-latency 0 --sf-latency 0 --naive-sales 0
+    python bench/benchmark.py --naive-sales 0 --features rollups,customers,enrich   # contract §5's options on
 
 Seeds the workload of `workload.py`, runs `python -m lspos_sync sync` as a child process (as cron would),
 then the same command again (the no-op run), then `naive_sync.py` on a workload of its own. Each child's CPU
@@ -18,6 +19,10 @@ Two cases (`--case`): `lightspeed-slower` (the default: 80 ms a Lightspeed reque
 drips/s against 150 ms a Salesforce call), and `salesforce-slower`: the same, plus 0.5 ms of the org's own work
 a record written (100 ms a 200-record collection, about 0.5 s a full `/composite`), which makes Salesforce's
 floor about 1.35 times Lightspeed's: close enough that how far the two overlap decides the wall time.
+
+With `--features` (the names of soak.py's), the optional features of contract §5 are on for the measured run and
+the no-op after it, and the workload gives them something to do (workload.py: clients who never bought, profile
+fields the till knows and the CRM lacks); without it the run and its workload are the default ones.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from urllib.parse import unquote_plus, urlsplit
 import emulators
 import workload
 from emulators import BenchLightspeed, BenchSalesforce
+from soak import FEATURES
 
 BUCKET_SIZE = 90.0  # the real bucket (fact sheet §6), never scaled
 SPY_RATE = 500  # py-spy samples a second
@@ -106,7 +112,8 @@ class Measured:
 class Stage:
     """Two emulators seeded with a workload, and a way to run a child process against them."""
 
-    def __init__(self, workdir: Path, sales: int, args: argparse.Namespace, launcher: Launcher) -> None:
+    def __init__(self, workdir: Path, sales: int, args: argparse.Namespace, launcher: Launcher,
+                 features: frozenset[str] = frozenset()) -> None:
         self.workdir = workdir
         self.args = args
         self.launcher = launcher
@@ -118,12 +125,13 @@ class Stage:
         self.salesforce.start()
         began = time.monotonic()
         now = datetime.now(UTC)
-        self.seeded = workload.seed(self.lightspeed, self.salesforce, sales, now)
+        self.seeded = workload.seed(self.lightspeed, self.salesforce, sales, now, features=bool(features))
         self.seed_seconds = time.monotonic() - began
         settings = {**self.lightspeed.env(), "SALESFORCE_INSTANCE_URL": self.salesforce.instance_url,
                     "SALESFORCE_ACCESS_TOKEN": self.salesforce.access_token,
                     "LSPOS_STATE_PATH": str(workdir / "state.db"),
-                    "LSPOS_SYNC_START": (now - timedelta(days=31)).isoformat(timespec="seconds")}
+                    "LSPOS_SYNC_START": (now - timedelta(days=31)).isoformat(timespec="seconds"),
+                    **{FEATURES[name]: "true" for name in sorted(features)}}
         self.env_file = workdir / "bench.env"
         self.env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "SALESFORCE_", "LSPOS_"))}
@@ -170,7 +178,8 @@ class Stage:
             + gc_line)
 
 
-_QUERY_KINDS = (("FROM Sales_Line_Item__c", "lines"), ("FROM Sales_Transaction__c", "transactions"),
+_QUERY_KINDS = (("GROUP BY Account__c", "roll-up aggregates"), ("Lifetime_Spend__c", "roll-up current values"),
+                ("FROM Sales_Line_Item__c", "lines"), ("FROM Sales_Transaction__c", "transactions"),
                 ("OR (IsPersonAccount = true", "account by key, email or phone"), ("LIKE", "phone LIKE"), ("PersonMobilePhone IN", "phone spellings"), ("PersonEmail IN", "email"),
                 ("LS_Customer_ID__c IN", "account key"), ("FROM RecordType", "record type"))
 
@@ -181,6 +190,7 @@ def breakdown(ls_requests: list, sf_requests: list) -> list[str]:
     calls: Counter = Counter()
     queries: Counter = Counter()
     collections = records = 0
+    written: Counter = Counter()  # records by collection kind: upserts by object, updates, deletes
     for record in sf_requests:
         target = urlsplit(record.path)
         if not target.path.startswith("/services/data/"):
@@ -196,9 +206,14 @@ def breakdown(ls_requests: list, sf_requests: list) -> list[str]:
                 else:
                     body = sub.get("body") or {}
                     collections += 1
-                    records += len(body.get("records", [])) if isinstance(body, dict) else 0
+                    sent = len(body.get("records", [])) if isinstance(body, dict) else 0
                     if sub["method"] == "DELETE":
-                        records += sub["url"].split("ids=", 1)[-1].split("&")[0].count(",") + 1
+                        sent += sub["url"].split("ids=", 1)[-1].split("&")[0].count(",") + 1
+                        written["delete"] += sent
+                    else:
+                        tail = sub["url"].split("/composite/sobjects", 1)[-1].strip("/")
+                        written[f"upsert {tail.split('/')[0]}" if tail else "update Account"] += sent
+                    records += sent
                     kinds.add("write")
             calls["/composite " + " + ".join(sorted(kinds))] += 1
         else:
@@ -213,7 +228,8 @@ def breakdown(ls_requests: list, sf_requests: list) -> list[str]:
                          + f" ({sum(queries.values())} in all)")
         if collections:
             lines.append(f"  collection subrequests: {collections}, {records} records "
-                         f"({records / collections:.0f} a collection of at most 200)")
+                         f"({records / collections:.0f} a collection of at most 200): "
+                         + ", ".join(f"{kind} {n}" for kind, n in written.most_common()))
     return lines
 
 
@@ -307,8 +323,15 @@ def main() -> int:
                              "include the profiler")
     parser.add_argument("--gc", action="store_true",
                         help="run the measured sync through gc_stats.py and report the garbage collector's CPU time")
+    parser.add_argument("--features", default="",
+                        help="optional features switched on for the measured runs, comma-separated: "
+                             + ", ".join(f"{name} ({variable})" for name, variable in FEATURES.items())
+                             + "; the workload then gives them something to do")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    args.features = frozenset(name.strip() for name in args.features.split(",") if name.strip())
+    if unknown := args.features - set(FEATURES):
+        parser.error(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {', '.join(FEATURES)}")
     for name, value in CASES[args.case].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -319,11 +342,13 @@ def main() -> int:
     results: list[Measured] = []
     notes: list[str] = []
     try:
-        stage = Stage(workdir / "product", args.sales, args, launcher)
+        stage = Stage(workdir / "product", args.sales, args, launcher, args.features)
         seeded = stage.seeded
         notes.append(f"workload: {seeded.sales} sales, {seeded.lines} lines "
                      f"({seeded.lines / max(1, seeded.sales):.2f} a sale), customers {seeded.customers}, "
-                     f"{seeded.crm_only} CRM-only Person Accounts; seeded in {stage.seed_seconds:.1f} s")
+                     f"{seeded.crm_only} CRM-only Person Accounts"
+                     + (f", clients without a sale {seeded.without_sale}" if seeded.without_sale else "")
+                     + f"; seeded in {stage.seed_seconds:.1f} s")
         since = (seeded.first_sale - timedelta(days=1)).isoformat(timespec="seconds")
         profile = workdir / f"profile-{args.profile}.txt" if args.profile else None
         results.append(stage.run(f"lspos-sync {args.command}",
@@ -386,7 +411,8 @@ def render(results: list[Measured], args: argparse.Namespace, notes: list[str]) 
              f"{args.ls_latency * 1000:.0f} ms, Salesforce {args.sf_latency * 1000:.0f} ms"
              + (f" + {args.sf_record_ms:g} ms a record written" if args.sf_record_ms else "")
              + f"; bucket {BUCKET_SIZE:g} "
-             f"draining {REAL_DRIP_RATE * args.drip_scale:g}/s ({args.drip_scale:g}x the real rate)")
+             f"draining {REAL_DRIP_RATE * args.drip_scale:g}/s ({args.drip_scale:g}x the real rate)"
+             + (f"; features {','.join(sorted(args.features))}" if args.features else ""))
     lines = [title, ""]
     header = ("run", "sales", "SF calls /1k", "LS req /1k", "429s", "CPU s /1k", "peak RSS MB", "wall s",
               "floor s (LS / SF)", "wall / floor", "emulators s", "wall / floor with emulators")
@@ -406,6 +432,14 @@ def render(results: list[Measured], args: argparse.Namespace, notes: list[str]) 
         if r.report:
             sales = r.report.get("sales") or r.report.get("written")
             lines.append(f"{r.name}: exit {r.exit_code}; {json.dumps(sales)}; records {json.dumps(r.report.get('records'))}")
+            if r.report.get("customers"):
+                feed = {k: v for k, v in r.report["customers"].items() if isinstance(v, int) and v}
+                lines.append(f"  customer feed: {json.dumps(feed)}, {len(r.report['customers']['enriched'])} enriched, "
+                             f"{len(r.report['customers']['ambiguous_customers'])} ambiguous")
+            if r.report.get("rollups"):
+                rolled = r.report["rollups"]
+                lines.append(f"  roll-ups: {rolled['accounts']} accounts, {rolled['updated']} updated, "
+                             f"{len(rolled['rejected'])} rejected")
         else:
             lines.append(f"{r.name}: exit {r.exit_code}")
         lines += [f"  {detail}" for detail in r.details]

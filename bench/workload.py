@@ -5,6 +5,13 @@ once), of whom 30% are not in Salesforce, 40% are there without their Lightspeed
 re-capitalised email, half only by their phone written another way), and 30% are already linked by key.
 The org also holds 0.1 N Person Accounts the till has never seen. Sales are spread over the 30 days before
 `now - 2 h`, so a sync right after the first one finds nothing in its look-back.
+
+With `features` (benchmark.py --features, contract §5's options), the same sales and customers, drawn alike, and
+what the options work on besides, drawn from a generator of their own: the customers were created or changed at
+moments spread over the same 30 days and have a birthdate (80%) and a postal address (70%) at the till, a third
+of the Person Accounts already there have a birthdate and a city typed in the CRM (which enrichment must keep),
+and 0.05 N more clients, changed in those 30 days, never bought (30% new to the CRM, 20% findable by email, 20%
+by phone, 30% linked by key), as the customer feed finds them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ _DOMAINS = ("gmail.com", "icloud.com", "outlook.com", "yahoo.com", "orange.fr", 
 _AREAS = ("212", "646", "917", "718", "310", "323", "424", "213", "415", "628")
 _SHOPS = (("Madison Avenue", "America/New_York", "0.04", "0.04875"), ("Rodeo Drive", "America/Los_Angeles", "0.095", "0"),
           ("Saint-Honoré", "Europe/Paris", "0.20", "0"))
+_CITIES = ("Paris", "New York", "Los Angeles", "Lyon", "San Francisco")
 _CATEGORIES = ("Leather Goods", "Silk", "Jewellery", "Watches", "Ready-to-Wear", "Fragrance")
 
 NEW, BY_EMAIL, BY_PHONE, LINKED = "new", "by email", "by phone", "linked"
@@ -51,11 +59,16 @@ class Seeded:
     customers: dict[str, int]  # kind -> count
     crm_only: int
     first_sale: datetime
+    without_sale: dict[str, int] | None = None  # with `features`: clients who never bought, kind -> count
 
 
 def seed(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, sales: int, now: datetime,
-         seed_value: int = 4) -> Seeded:
+         seed_value: int = 4, features: bool = False) -> Seeded:
     rng = random.Random(seed_value)
+    # the features' draws come from a generator of their own, so the sales and customers are drawn as without
+    frng = random.Random(f"features-{seed_value}") if features else None
+    end = now - timedelta(hours=2)
+    start = end - timedelta(days=30)
     shops = [(lightspeed.add_shop(name, zone), Decimal(t1), Decimal(t2)) for name, zone, t1, t2 in _SHOPS]
     items: list[tuple[int, Decimal]] = []
     for index, category in enumerate(_CATEGORIES):
@@ -77,24 +90,13 @@ def seed(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, sales: 
         email = f"{_ascii(first)}.{_ascii(last)}.{number}@{rng.choice(_DOMAINS)}"
         country, national = phones.new()
         till = _format(country, national, rng)
-        customer_id = lightspeed.add_customer(first, last, email=email, phones={"Mobile": till})
+        customer_id = lightspeed.add_customer(first, last, email=email, phones={"Mobile": till},
+                                              **(_profile(frng, number, start) if frng else {}))
         customers.append(Customer(customer_id, first, last, email, national, country, till, kind))
     record_type = salesforce.person_account_record_type_id
     for customer in customers:
-        fields = {"RecordTypeId": record_type, "FirstName": customer.first, "LastName": customer.last}
-        if customer.kind == NEW:
-            continue
-        if customer.kind == LINKED:
-            fields.update(LS_Customer_ID__c=f"{lightspeed.account_id}-{customer.customer_id}",
-                          PersonEmail=customer.email, PersonMobilePhone=customer.till_phone)
-        elif customer.kind == BY_EMAIL:
-            fields["PersonEmail"] = customer.email.upper() if rng.random() < 0.5 else customer.email.title()
-        else:  # the CRM has the phone in another format and no email
-            other = _format(customer.country, customer.national, rng)
-            while other == customer.till_phone:
-                other = _format(customer.country, customer.national, rng)
-            fields[rng.choice(("PersonMobilePhone", "Phone", "PersonHomePhone"))] = other
-        salesforce.insert("Account", fields)
+        if customer.kind != NEW:
+            _crm_account(salesforce, lightspeed.account_id, customer, rng, frng)
     crm_only = round(sales * 0.1)
     for number in range(crm_only):
         country, national = phones.new()
@@ -105,8 +107,6 @@ def seed(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, sales: 
     # every customer buys once, the rest of the sales go to customers at random; then in time order
     buyers = customers + [rng.choice(customers) for _ in range(sales - len(customers))]
     rng.shuffle(buyers)
-    end = now - timedelta(hours=2)
-    start = end - timedelta(days=30)
     moments = sorted(start + timedelta(seconds=rng.uniform(0, 30 * 86400)) for _ in range(sales))
     lines_total = 0
     for moment, customer in zip(moments, buyers):
@@ -122,7 +122,64 @@ def seed(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, sales: 
         lightspeed.add_sale(shop_id, lines, customer_id=customer.customer_id,
                             payments=[{"payment_type_id": rng.choice(cards), "amount": _total(lines)}], at=moment)
     counts = {kind: sum(1 for c in customers if c.kind == kind) for kind in (NEW, BY_EMAIL, BY_PHONE, LINKED)}
-    return Seeded(sales, lines_total, counts, crm_only, moments[0] if moments else start)
+    without_sale = _clients_without_sale(lightspeed, salesforce, round(sales * 0.05), frng, phones, start) \
+        if frng else None
+    return Seeded(sales, lines_total, counts, crm_only, moments[0] if moments else start, without_sale)
+
+
+def _crm_account(salesforce: SalesforceEmulator, account_id: str, customer: Customer, rng: random.Random,
+                 frng: random.Random | None) -> None:
+    """The Person Account the CRM already holds for a customer that is not new to it, as its kind says."""
+    fields = {"RecordTypeId": salesforce.person_account_record_type_id, "FirstName": customer.first,
+              "LastName": customer.last}
+    if customer.kind == LINKED:
+        fields.update(LS_Customer_ID__c=f"{account_id}-{customer.customer_id}",
+                      PersonEmail=customer.email, PersonMobilePhone=customer.till_phone)
+    elif customer.kind == BY_EMAIL:
+        fields["PersonEmail"] = customer.email.upper() if rng.random() < 0.5 else customer.email.title()
+    else:  # the CRM has the phone in another format and no email
+        other = _format(customer.country, customer.national, rng)
+        while other == customer.till_phone:
+            other = _format(customer.country, customer.national, rng)
+        fields[rng.choice(("PersonMobilePhone", "Phone", "PersonHomePhone"))] = other
+    if frng is not None and frng.random() < 1 / 3:  # typed in the CRM: enrichment keeps them
+        fields.update(PersonBirthdate=f"19{frng.randint(50, 99)}-0{frng.randint(1, 9)}-1{frng.randint(0, 9)}",
+                      PersonMailingCity="Typedtown")
+    salesforce.insert("Account", fields)
+
+
+def _profile(frng: random.Random, number: int, start: datetime) -> dict:
+    """What the till knows of a client beyond §3's fields (a birthdate, an address), and when it last changed."""
+    profile: dict = {"at": start + timedelta(seconds=frng.uniform(0, 30 * 86400))}
+    if frng.random() < 0.8:  # a local midnight somewhere, in UTC
+        profile["dob"] = datetime(frng.randint(1950, 2004), frng.randint(1, 12), frng.randint(1, 28),
+                                  tzinfo=start.tzinfo) + timedelta(hours=frng.choice((-2, 0, 4, 5, 8)))
+    if frng.random() < 0.7:
+        profile["address"] = {"address1": f"{number + 1} {frng.choice(('Rue Cler', 'Park Avenue', 'Sunset Blvd'))}",
+                              "address2": frng.choice(("", "", "Apt 3")), "city": frng.choice(_CITIES),
+                              "zip": f"{frng.randrange(10_000, 99_999)}", "country": frng.choice(("France", "United States"))}
+    return profile
+
+
+def _clients_without_sale(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, count: int,
+                          frng: random.Random, phones: _Phones, start: datetime) -> dict[str, int]:
+    """Clients created or changed in the 30 days who never bought: only the customer feed reads them."""
+    numbers = _Phones(frng)
+    numbers.used = phones.used  # no number of a client with sales
+    kinds = [NEW] * round(count * 0.3) + [BY_EMAIL] * round(count * 0.2) + [BY_PHONE] * round(count * 0.2)
+    kinds += [LINKED] * (count - len(kinds))
+    frng.shuffle(kinds)
+    for number, kind in enumerate(kinds):
+        first, last = frng.choice(_FIRST), frng.choice(_LAST)
+        email = f"{_ascii(first)}.{_ascii(last)}.browser{number}@{frng.choice(_DOMAINS)}"
+        country, national = numbers.new()
+        till = _format(country, national, frng)
+        customer_id = lightspeed.add_customer(first, last, email=email, phones={"Mobile": till},
+                                              **_profile(frng, number, start))
+        if kind != NEW:
+            _crm_account(salesforce, lightspeed.account_id,
+                         Customer(customer_id, first, last, email, national, country, till, kind), frng, frng)
+    return {kind: kinds.count(kind) for kind in (NEW, BY_EMAIL, BY_PHONE, LINKED)}
 
 
 class _Phones:

@@ -10,6 +10,7 @@ what it settled in the state store, so that a customer read again unchanged cost
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -56,6 +57,16 @@ class CustomerPlan:
 
 
 @dataclass
+class _Batch:
+    """A batch written: its decisions, its account writes, and the fingerprints of the customers it decided."""
+
+    plans: dict[str, CustomerPlan]
+    writes: list[Write]
+    digests: dict[str, str]  # customer key -> fingerprint, of the customers looked up (not unchanged, not archived)
+    archived: list[str]  # customer keys
+
+
+@dataclass
 class CustomerReport:
     """What the feed did in one run: counts by action, and the customers that need someone's attention."""
 
@@ -86,11 +97,14 @@ class CustomerFeed:
       record type on the way;
     * `record_type_id()`: that record type's Id (`Resolver.person_record_type_id`), which fails the run with an
       actionable message when the org has none;
-    * the returned `dict` is the run summary's `customers`; its `rejected_customers` make the exit code 3.
+    * `finish()` returns the run summary's `customers`; its `rejected_customers` make the exit code 3.
 
-    Every account write goes through the run's writer and is answered (`flush`) before `run` returns, so nothing of
-    the feed is in flight when the sales start, and the checkpoint, which only the sales move, never passes a
-    customer that was neither accepted nor parked.
+    Every account write goes through the run's writer. `start` leaves its last ones queued there, to fill the request
+    of the look-ups that come next (the sales', which must travel behind them anyway); a batch's outcomes are
+    recorded once its writes are answered. The engine calls `settle` before it settles any batch of sales (whose
+    writes, sent after the feed's, are answered after them; a batch with no write sends what the feed left), so the
+    checkpoint, which only the sales move, never passes a customer that was neither accepted nor parked. `finish`
+    settles what is left and returns the report.
     """
 
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, writer: Writer, *,
@@ -111,10 +125,18 @@ class CustomerFeed:
         self._salt = f"customer:{field_map.fingerprint}:{'enrich' if enrich_profiles else 'plain'}"
         # payloads as sent, kept for the batch at hand only when the mapping adds fields
         self._raw: dict[int, dict[str, Any]] = {}
+        self._report = CustomerReport()
+        self._pending: deque[_Batch] = deque()  # batches written, not settled yet: at most two
 
     def run(self, since: datetime, until: datetime, limit: int | None = None) -> dict[str, Any]:
-        """The parked customers first, then every customer created or changed in [since, until], each once."""
-        report = CustomerReport()
+        """`start` and `finish` at once, for a run whose sales send nothing through this writer (the bulk path)."""
+        self.start(since, until, limit)
+        return self.finish()
+
+    def start(self, since: datetime, until: datetime, limit: int | None = None) -> None:
+        """The parked customers first, then every customer created or changed in [since, until], each once: read,
+        resolved and written; the last writes possibly still queued in the writer (`finish`)."""
+        report = self._report = CustomerReport()
         seen: set[int] = set()
         raw = self._raw if self.field_map.additions.get(mapping.ACCOUNT) else None
         parked = self.store.customer_rejects(self.account_id)
@@ -129,6 +151,18 @@ class CustomerFeed:
             self._read(list(found.values()), report, seen, limit)
         pages = self.lightspeed.customers_changed(since, until, raw)
         self._read((customer for page in pages for customer in page), report, seen, limit)
+
+    def settle(self) -> None:
+        """Records the outcomes of every batch written, once its writes are answered: when one is not yet (nothing
+        sent since), what the writer holds is sent first."""
+        if any(not write.answered for batch in self._pending for write in batch.writes):
+            self.writer.flush()
+        self._settle_answered()
+
+    def finish(self) -> dict[str, Any]:
+        """Settles what is left of the feed (`settle`) and returns the report."""
+        self.settle()
+        report = self._report
         log.info("customers: %d read, %s", report.read,
                  ", ".join(f"{count} {action}" for action, count in report.counts.items() if count) or "none to do",
                  extra={"phase": "customers", "counts": {"read": report.read, **report.counts}})
@@ -136,19 +170,26 @@ class CustomerFeed:
 
     def _read(self, customers: Iterable[Customer], report: CustomerReport, seen: set[int], limit: int | None) -> None:
         for batch in _batches(customers, seen, limit, report):
-            self._settle_batch(batch, report)
+            self._pending.append(self._write_batch(batch))
+            # the batch before is answered once this one's look-up went, which travelled behind its writes
+            self._settle_answered()
+            if len(self._pending) > 1:  # this batch looked nothing up: the one before is not sent yet
+                self.settle()
             for customer in batch:  # (not all: the page read last may hold the next batch's first customers)
                 self._raw.pop(customer.customer_id, None)
 
+    def _settle_answered(self) -> None:
+        while self._pending and all(write.answered for write in self._pending[0].writes):
+            self._settle(self._pending.popleft(), self._report)
+
     # -- one batch
-    def _settle_batch(self, customers: list[Customer], report: CustomerReport) -> None:
+    def _write_batch(self, customers: list[Customer]) -> _Batch:
+        """The batch's decisions, and its account writes handed to the writer."""
         keyed = {mapping.key(self.account_id, c.customer_id): c for c in customers}
         plans: dict[str, CustomerPlan] = {}
         archived = [key for key, customer in keyed.items() if customer.archived]
         for key in archived:
             plans[key] = self._plan(keyed.pop(key), key, ARCHIVED, None, None, "archived in Lightspeed: ignored")
-        if archived and not self.dry_run:
-            self.store.forget_customer_rejects(archived)
         digests = {key: self._digest(customer) for key, customer in keyed.items()}
         known = self.store.settled_customers(list(keyed))
         todo = {}
@@ -167,14 +208,20 @@ class CustomerFeed:
                 plans[key] = self._plan(todo[key], key, _action(resolution, write), resolution.status,
                                         resolution.account_id, self.field_map.in_org_names(resolution.reason))
                 if resolution.status == AMBIGUOUS:
-                    report.ambiguous.append({"customer_key": key, "customer_id": todo[key].customer_id,
+                    self._report.ambiguous.append({"customer_key": key, "customer_id": todo[key].customer_id,
                                              "reason": plans[key].reason, "candidates": list(resolution.candidates)})
                 if write is not None:
                     plans[key].filled = [self.field_map.field(mapping.ACCOUNT, f) for f in write.filled]
                     writes.append(write)
             if writes:
                 self.writer.write(writes)
-                self.writer.flush()  # every write answered: nothing of the feed is left in flight
+        return _Batch(plans, writes, {key: digests[key] for key in todo}, archived)
+
+    def _settle(self, batch: _Batch, report: CustomerReport) -> None:
+        """A batch whose writes are answered: its outcomes recorded, and counted in the report."""
+        plans, writes = batch.plans, batch.writes
+        if batch.archived and not self.dry_run:
+            self.store.forget_customer_rejects(batch.archived)
         settled, refused = {}, {}
         for write in writes:
             plan = plans[write.customer_key]  # type: ignore[index]
@@ -188,9 +235,9 @@ class CustomerFeed:
             if plan.filled and not write.error:
                 report.enriched.append({"account_id": plan.account_id, "customer_key": plan.customer_key,
                                         "fields": plan.filled})
-        for key in todo:
+        for key, digest in batch.digests.items():
             if key not in refused:
-                settled[key] = (digests[key], plans[key].match or "")
+                settled[key] = (digest, plans[key].match or "")
         if not self.dry_run and (settled or refused):
             self.store.record_customer_outcomes(self.account_id, settled, refused)
         for plan in plans.values():

@@ -85,7 +85,9 @@ class Engine:
         # voids (a no-op sync waits for one Lightspeed answer fewer), and the next batch while one is written.
         with closing(self.reader.window_pages(window, ahead=min(BATCH_SALES, limit or BATCH_SALES))) as pages:
             if self.customer_feed is not None:
-                summary.customers = self.customer_feed.run(window.since, window.until, limit)
+                # its last writes travel with the next look-ups; settled before any batch of sales is
+                self.customer_feed.start(window.since, window.until, limit)
+                self.settler.before_settling = self.customer_feed.settle
             read_first = self._retry_parked([r.sale_id for r in self.store.rejects(self.account_id)], summary) \
                 if retry_rejects else set()
             if limit is None:
@@ -99,6 +101,8 @@ class Engine:
             self.settler.drain(summary)
             self._read_window(pages, window, summary, progress, limit, read_first)
         self.settler.drain(summary)
+        if self.customer_feed is not None:
+            summary.customers = self.customer_feed.finish()
         self._rewrite_moved_lines(summary)
         if self.rollups:
             self.rollups.run(summary)

@@ -37,6 +37,8 @@ class Settler:
         self.dry_run = dry_run
         self.rollups = rollups
         self.progress: Callable[[datetime], None] | None = None  # the run's: checkpoint or resume point
+        # What must be settled before any batch: the customer feed's writes, sent before every batch's (engine.py)
+        self.before_settling: Callable[[], None] | None = None
         self._in_flight: deque[_OnItsWay] = deque()
 
     def add(self, plan: Plan, progress: datetime | None) -> None:
@@ -57,6 +59,8 @@ class Settler:
         """Settles the batches whose writes are all answered, oldest first: progress never passes a batch
         that is not settled."""
         while self._in_flight and all(write.answered for write in self._in_flight[0].plan.writes):
+            if self.before_settling is not None:
+                self.before_settling()
             batch = self._in_flight[0]
             if not batch.followed_up:
                 batch.followed_up = True

@@ -125,6 +125,24 @@ def test_a_client_and_a_sale_in_one_run_make_one_account_and_the_sale_links(cli,
     assert (written["Match_Status__c"], written["Account__c"]) == ("Linked", account["Id"])
 
 
+def test_the_feeds_account_writes_travel_with_the_sales_first_lookups(cli, lightspeed, salesforce, boutique):
+    """Four calls were two of their own for the feed (its look-up, then its writes sent alone), two for the sale;
+    its writes fill the request of the sale's look-up, which must see them anyway."""
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com")  # never bought: the feed creates hers
+    bea = lightspeed.add_customer("Bea", "Roy", email="bea@example.com")
+    sale = sell(lightspeed, boutique, bea)
+    calls = salesforce.api_calls
+
+    result = cli("sync", "--json", env=FEED)
+
+    assert result.code == 0, result.stderr
+    assert result.json["customers"]["create"] == 2
+    assert salesforce.api_calls - calls == 3  # the feed's look-up; its writes and the sale's look-up; the sale
+    written = by_key(salesforce.records("Sales_Transaction__c"), "LS_Sale_ID__c")[f"182255-{sale}"]
+    assert written["Match_Status__c"] == "Linked"
+    assert {a["LS_Customer_ID__c"] for a in person_accounts(salesforce)} == {f"182255-{c}" for c in (ana, bea)}
+
+
 def test_enrichment_fills_blanks_and_overwrites_nothing_typed(cli, lightspeed, salesforce):
     rt = salesforce.person_account_record_type_id
     typed = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@work.example",
@@ -204,6 +222,25 @@ def test_a_contact_edit_alone_is_read_again(cli, lightspeed, salesforce, state_p
     assert result.code == 0, result.stderr
     assert result.json["customers"]["stamp"] == 1
     assert salesforce.get("Account", typed)["LS_Customer_ID__c"] == f"182255-{ana}"
+
+
+def test_the_contact_search_reads_only_the_customers_the_first_search_did_not(cli, lightspeed, salesforce):
+    """A customer created in the window has both timeStamps in it: the Contact search leaves out those the first
+    search finds (the Customer's own timeStamp in the window), and reads one page, not the window again."""
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    edited = lightspeed.add_customer("Ana", "Lima", at=old)
+    assert cli("sync", env=FEED).code == 0  # created long before the window: nothing read
+    for n in range(5):
+        lightspeed.add_customer("Bea", f"Roy {n}", email=f"bea{n}@example.com")
+    lightspeed.edit_contact(edited, email="ana@example.com")  # moves only the Contact's timeStamp
+    before = len(lightspeed.requests)
+
+    result = cli("sync", "--json", env=FEED, constants={"lightspeed.client.PAGE_SIZE": 2})
+
+    assert result.code == 0, result.stderr
+    assert result.json["customers"]["read"] == 6 and result.json["customers"]["create"] == 6
+    searches = [r for r in lightspeed.requests[before:] if r.path.endswith("Customer.json")]
+    assert len(searches) == 3 + 1  # five customers by their own timeStamp, two to a page; the edited one alone
 
 
 def test_dry_run_names_each_customer_decision_and_writes_nothing(cli, lightspeed, salesforce):

@@ -327,15 +327,20 @@ class LightspeedClient:
 
         Two searches, because the fact sheet does not say whether editing a customer's email, phones or address
         (its Contact) moves the Customer's `timeStamp`: the Customer's `timeStamp`, then the loaded Contact's
-        (§2: a loaded relation is searchable one level deep). A customer both find comes in both; should
-        Lightspeed refuse the second search, the first alone is used, with a warning.
+        (§2: a loaded relation is searchable one level deep) for the customers whose own `timeStamp` is before the
+        window. A customer created in the window has both in it: searched by the Contact's alone, every one would
+        be read twice. One whose own `timeStamp` is after the window changed after it, and is read by the window
+        that holds that change (a sync's next run). Should Lightspeed refuse the second search, the first alone is
+        used, with a warning.
         """
         window = f"><,{lightspeed_time(since)},{lightspeed_time(until)}"
         common = {"sort": "customerID", "archived": "true", "limit": str(PAGE_SIZE),
                   "load_relations": json.dumps(["Contact"], separators=(",", ":"))}
-        for field_name in ("timeStamp", "Contact.timeStamp"):
+        searches = (("timeStamp", {"timeStamp": window}),
+                    ("Contact.timeStamp", {"Contact.timeStamp": window, "timeStamp": f"<,{lightspeed_time(since)}"}))
+        for field_name, search in searches:
             try:
-                for page in self._pages("Customer.json", {field_name: window, **common}, "Customer"):
+                for page in self._pages("Customer.json", {**search, **common}, "Customer"):
                     yield _valid("Customer", _kept(page, "customerID", raw))
             except _Refused as refused:
                 if field_name == "timeStamp":
