@@ -81,15 +81,10 @@ def seed(lightspeed: LightspeedEmulator, salesforce: SalesforceEmulator, sales: 
 
     phones = _Phones(rng)
     count = max(1, round(sales * 0.4))
-    kinds = [NEW] * round(count * 0.3) + [BY_EMAIL] * round(count * 0.2) + [BY_PHONE] * round(count * 0.2)
-    kinds += [LINKED] * (count - len(kinds))
-    rng.shuffle(kinds)
+    kinds = _kinds(count, rng)
     customers = []
     for number, kind in enumerate(kinds):
-        first, last = rng.choice(_FIRST), rng.choice(_LAST)
-        email = f"{_ascii(first)}.{_ascii(last)}.{number}@{rng.choice(_DOMAINS)}"
-        country, national = phones.new()
-        till = _format(country, national, rng)
+        first, last, email, country, national, till = _person(rng, phones, str(number))
         customer_id = lightspeed.add_customer(first, last, email=email, phones={"Mobile": till},
                                               **(_profile(frng, number, start) if frng else {}))
         customers.append(Customer(customer_id, first, last, email, national, country, till, kind))
@@ -166,20 +161,32 @@ def _clients_without_sale(lightspeed: LightspeedEmulator, salesforce: Salesforce
     """Clients created or changed in the 30 days who never bought: only the customer feed reads them."""
     numbers = _Phones(frng)
     numbers.used = phones.used  # no number of a client with sales
-    kinds = [NEW] * round(count * 0.3) + [BY_EMAIL] * round(count * 0.2) + [BY_PHONE] * round(count * 0.2)
-    kinds += [LINKED] * (count - len(kinds))
-    frng.shuffle(kinds)
+    kinds = _kinds(count, frng)
     for number, kind in enumerate(kinds):
-        first, last = frng.choice(_FIRST), frng.choice(_LAST)
-        email = f"{_ascii(first)}.{_ascii(last)}.browser{number}@{frng.choice(_DOMAINS)}"
-        country, national = numbers.new()
-        till = _format(country, national, frng)
+        first, last, email, country, national, till = _person(frng, numbers, f"browser{number}")
         customer_id = lightspeed.add_customer(first, last, email=email, phones={"Mobile": till},
                                               **_profile(frng, number, start))
         if kind != NEW:
             _crm_account(salesforce, lightspeed.account_id,
                          Customer(customer_id, first, last, email, national, country, till, kind), frng, frng)
     return {kind: kinds.count(kind) for kind in (NEW, BY_EMAIL, BY_PHONE, LINKED)}
+
+
+def _kinds(count: int, rng: random.Random) -> list[str]:
+    """How `count` customers are found: 30% new, 20% by email, 20% by phone, the rest linked, shuffled."""
+    kinds = [NEW] * round(count * 0.3) + [BY_EMAIL] * round(count * 0.2) + [BY_PHONE] * round(count * 0.2)
+    kinds += [LINKED] * (count - len(kinds))
+    rng.shuffle(kinds)
+    return kinds
+
+
+def _person(rng: random.Random, phones: "_Phones", tag: str) -> tuple[str, str, str, str, str, str]:
+    """A client's name, email (`tag` makes it unique), phone's country and national number, and the phone as
+    typed at the till."""
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    email = f"{_ascii(first)}.{_ascii(last)}.{tag}@{rng.choice(_DOMAINS)}"
+    country, national = phones.new()
+    return first, last, email, country, national, _format(country, national, rng)
 
 
 class _Phones:
