@@ -71,12 +71,12 @@ class Reader:
                 if payload.__class__ is not dict:  # a Sale, read with its page
                     sale = payload
                 else:  # a page with a sale that does not read, or a mapping that reads the payloads
-                    from lspos_sync.lightspeed.models import Sale
+                    from lspos_sync.lightspeed.models import Sale, says_open
 
                     try:
                         sale = Sale.of(payload)
                     except InvalidPayload as error:
-                        if _open(payload):  # never written, so nothing to park: read again once it completes
+                        if says_open(payload):  # never written, so nothing to park: read again once it completes
                             summary.skipped_open += 1
                         else:
                             self._unreadable(payload, error, summary)
@@ -130,12 +130,6 @@ class Reader:
         for sale in sales:
             self._payloads.pop(sale.sale_id, None)
         self._raw_customers.clear()
-
-
-def _open(payload: dict[str, Any]) -> bool:
-    """Whether a payload that does not read says it is an open sale, as the models read the flag (absent: open)."""
-    flag = payload.get("completed", False)
-    return (flag.lower() if isinstance(flag, str) else flag) in (False, "false", "0", 0)
 
 
 def _sale_id(payload: Sale | dict[str, Any]) -> int | None:

@@ -55,6 +55,15 @@ def _flag(value: Any) -> bool:
     raise PydanticCustomError("flag", "Expected `bool`, got `{kind}`", {"kind": type(value).__name__})
 
 
+def says_open(payload: dict[str, Any]) -> bool:
+    """Whether a sale's payload, read or not, says the sale is open: `completed` false, or absent, as `Sale` reads
+    it; a flag that does not read says nothing."""
+    try:
+        return not _flag(payload.get("completed", False))
+    except PydanticCustomError:
+        return False
+
+
 def _no_key(key: int) -> int | None:
     return key or None
 
