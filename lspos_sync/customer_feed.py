@@ -148,9 +148,9 @@ class CustomerFeed:
             if gone and not self.dry_run:
                 log.warning("parked customer(s) no longer in Lightspeed, forgotten: %s", ", ".join(gone))
                 self.store.forget_customer_rejects(gone)
-            self._read(list(found.values()), report, seen, limit)
+            self._read(list(found.values()), seen, limit)
         pages = self.lightspeed.customers_changed(since, until, raw)
-        self._read((customer for page in pages for customer in page), report, seen, limit)
+        self._read((customer for page in pages for customer in page), seen, limit)
 
     def settle(self) -> None:
         """Records the outcomes of every batch written, once its writes are answered: when one is not yet (nothing
@@ -168,8 +168,8 @@ class CustomerFeed:
                  extra={"phase": "customers", "counts": {"read": report.read, **report.counts}})
         return report.as_dict(include_plans=self.dry_run)
 
-    def _read(self, customers: Iterable[Customer], report: CustomerReport, seen: set[int], limit: int | None) -> None:
-        for batch in _batches(customers, seen, limit, report):
+    def _read(self, customers: Iterable[Customer], seen: set[int], limit: int | None) -> None:
+        for batch in _batches(customers, seen, limit, self._report):
             self._pending.append(self._write_batch(batch))
             # the batch before is answered once this one's look-up went, which travelled behind its writes
             self._settle_answered()
@@ -180,7 +180,7 @@ class CustomerFeed:
 
     def _settle_answered(self) -> None:
         while self._pending and all(write.answered for write in self._pending[0].writes):
-            self._settle(self._pending.popleft(), self._report)
+            self._settle(self._pending.popleft())
 
     # -- one batch
     def _write_batch(self, customers: list[Customer]) -> _Batch:
@@ -217,9 +217,9 @@ class CustomerFeed:
                 self.writer.write(writes)
         return _Batch(plans, writes, {key: digests[key] for key in todo}, archived)
 
-    def _settle(self, batch: _Batch, report: CustomerReport) -> None:
+    def _settle(self, batch: _Batch) -> None:
         """A batch whose writes are answered: its outcomes recorded, and counted in the report."""
-        plans, writes = batch.plans, batch.writes
+        plans, writes, report = batch.plans, batch.writes, self._report
         if batch.archived and not self.dry_run:
             self.store.forget_customer_rejects(batch.archived)
         settled, refused = {}, {}
