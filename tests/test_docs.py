@@ -57,3 +57,9 @@ def test_every_contract_field_is_in_the_field_mapping():
     page = (DOCS / "field-mapping.md").read_text()
     missing = [name for name in CONTRACT_FIELDS if f"`{name}`" not in page]
     assert not missing, f"docs/field-mapping.md does not describe {', '.join(missing)}"
+
+
+def test_the_readmes_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"run the tests \(exactly what CI runs, `\.ci/run`\):\n\n```sh\n(.+)\n```", readme).group(1)
+    assert command == (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
