@@ -53,6 +53,15 @@ def test_every_variable_the_code_reads_is_documented():
     assert not missing, f"docs/configuration.md does not describe {', '.join(missing)}"
 
 
+def test_env_example_lists_every_variable_the_code_reads():
+    source = (ROOT / "lspos_sync" / "config.py").read_text()
+    variables = {name for name in re.findall(r"\b(?:LIGHTSPEED|SALESFORCE|LSPOS)_[A-Z0-9_]+\b", source)
+                 if not name.endswith("_")}
+    template = (ROOT / ".env.example").read_text()
+    missing = sorted(name for name in variables if not re.search(rf"^#? ?{name}=", template, re.M))
+    assert not missing, f".env.example (which the README says lists them all) lacks {', '.join(missing)}"
+
+
 def test_every_contract_field_is_in_the_field_mapping():
     page = (DOCS / "field-mapping.md").read_text()
     missing = [name for name in CONTRACT_FIELDS if f"`{name}`" not in page]
