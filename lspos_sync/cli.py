@@ -439,7 +439,8 @@ def mapping_check(ctx: click.Context, **common: Any) -> None:
 @common_options
 @click.pass_context
 def status(ctx: click.Context, max_lag_minutes: int | None, **common: Any) -> None:
-    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync or backfill failed."""
+    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync or backfill failed
+    or was killed, or the checkpoint is later than Lightspeed's clock."""
     from lspos_sync.status import report
 
     run_command("status", _options(ctx, **common),
