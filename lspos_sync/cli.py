@@ -266,8 +266,8 @@ def rejects_retry(ctx: click.Context, keys: tuple[str, ...], **common: Any) -> N
 @common_options
 @click.pass_context
 def rejects_drop(ctx: click.Context, key: str, customer: bool, **common: Any) -> None:
-    """Stop retrying a parked sale (or customer); a sale is written again only if Lightspeed changes it or a
-    backfill covers it, a customer also when a run's look-back reads it again."""
+    """Stop retrying a parked sale (or customer); it is written again only if Lightspeed changes it or a backfill
+    covers it."""
 
     def body(settings: Settings, output: Output) -> int:
         with StateStore(settings.state_path) as store:

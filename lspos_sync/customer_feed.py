@@ -22,7 +22,7 @@ from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.planning import account_write
 from lspos_sync.reading import batches
 from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
-from lspos_sync.state import StateStore
+from lspos_sync.state import CUSTOMER, StateStore
 
 if TYPE_CHECKING:
     from lspos_sync.lightspeed.models import Customer
@@ -110,7 +110,7 @@ class CustomerFeed:
     def __init__(self, account_id: str, store: StateStore, lightspeed: LightspeedClient, writer: Writer, *,
                  dry_run: bool, region: str, enrich_profiles: bool,
                  look_up: Callable[[dict[str, Customer]], Candidates], record_type_id: Callable[[], str],
-                 field_map: FieldMap = DEFAULT) -> None:
+                 field_map: FieldMap = DEFAULT, leave_dropped: bool = False) -> None:
         self.account_id = account_id
         self.store = store
         self.lightspeed = lightspeed
@@ -127,6 +127,9 @@ class CustomerFeed:
         self._raw: dict[int, dict[str, Any]] = {}
         self._report = CustomerReport()
         self._pending: deque[_Batch] = deque()  # batches written, not settled yet: at most two
+        # A sync leaves alone the customers `rejects drop` gave up on, read again unchanged since (Engine).
+        self._leave_dropped = leave_dropped
+        self._dropped: dict[str, datetime] = {}
 
     def run(self, since: datetime, until: datetime, limit: int | None = None) -> dict[str, Any]:
         """`start` and `finish` at once, for a run whose sales send nothing through this writer (the bulk path)."""
@@ -137,6 +140,7 @@ class CustomerFeed:
         """The parked customers first, then every customer created or changed in [since, until], each once: read,
         resolved and written; the last writes possibly still queued in the writer (`finish`)."""
         report = self._report = CustomerReport()
+        self._dropped = self.store.dropped(CUSTOMER, self.account_id) if self._leave_dropped else {}
         seen: set[int] = set()
         raw = self._raw if self.field_map.additions.get(mapping.ACCOUNT) else None
         parked = self.store.customer_rejects(self.account_id)
@@ -190,6 +194,9 @@ class CustomerFeed:
         archived = [key for key, customer in keyed.items() if customer.archived]
         for key in archived:
             plans[key] = self._plan(keyed.pop(key), key, ARCHIVED, None, None, "archived in Lightspeed: ignored")
+        for key in [key for key, customer in keyed.items() if self._left_dropped(key, customer)]:
+            plans[key] = self._plan(keyed.pop(key), key, UNCHANGED, None, None,
+                                    "dropped from the rejects (`rejects drop`) and unchanged since: left alone")
         digests = {key: self._digest(customer) for key, customer in keyed.items()}
         known = self.store.settled_customers(list(keyed))
         todo = {}
@@ -253,6 +260,13 @@ class CustomerFeed:
         return account_write(key, customer, resolution, (f"customer:{key}",),  # never a sale's key
                              account_id=self.account_id, record_type_id=self._record_type_id,
                              enrich_profiles=self.enrich_profiles, field_map=self.field_map, added=added)
+
+    def _left_dropped(self, key: str, customer: Customer) -> bool:
+        """Whether `rejects drop` gave up on the customer and it has not changed since: the look-back would
+        otherwise park it again."""
+        at = self._dropped.get(key)
+        moment = customer.last_change if at is not None else None
+        return moment is not None and moment <= at
 
     def _digest(self, customer: Customer) -> str:
         """A fingerprint of what the customer would write: equal, the customer is settled as it is."""

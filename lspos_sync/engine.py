@@ -22,7 +22,7 @@ from lspos_sync.reading import Reader, batches
 from lspos_sync.resolving import Foreseen, Resolver
 from lspos_sync.rolling import RollUps
 from lspos_sync.settling import Settler
-from lspos_sync.state import StateStore
+from lspos_sync.state import SALE, StateStore
 from lspos_sync.summary import RunSummary, Window, summary_dict
 from lspos_sync.writing import Writer
 
@@ -76,7 +76,8 @@ class Engine:
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, before the sales
             account_id, store, lightspeed, writer, dry_run=dry_run, region=phone_region, enrich_profiles=enrich_profiles,
             look_up=lambda customers: self.resolver.look_up(customers, [])[0],
-            record_type_id=self.resolver.person_record_type_id, field_map=field_map) if sync_customers else None
+            record_type_id=self.resolver.person_record_type_id, field_map=field_map,
+            leave_dropped=self.leave_dropped) if sync_customers else None
 
     def run(self, command: str, window: Window, *, progress: Callable[[datetime], None] | None = None,
             limit: int | None = None, retry_rejects: bool = True) -> RunSummary:
@@ -122,7 +123,7 @@ class Engine:
                      progress: Callable[[datetime], None] | None, limit: int | None, read_first: set[int]) -> None:
         done, latest, in_order = 0, None, True
         sales = self.reader.sales(pages, summary, window, skip=read_first)
-        dropped = self.store.dropped_sales(self.account_id) if self.leave_dropped else {}
+        dropped = self.store.dropped(SALE, self.account_id) if self.leave_dropped else {}
         if dropped:
             sales = (sale for sale in sales if not self._left_dropped(sale, dropped))
         for batch in batches(sales, min(BATCH_SALES, limit or BATCH_SALES)):

@@ -67,11 +67,14 @@ CREATE TABLE IF NOT EXISTS customer_reject (
     first_seen TEXT NOT NULL,
     last_seen TEXT NOT NULL
 );
--- Sales given up on by `rejects drop`, and when: a sync's look-back would read them again and park them again.
-CREATE TABLE IF NOT EXISTS dropped_sale (
-    sale_key TEXT PRIMARY KEY,
+-- Sales and customers given up on by `rejects drop`, and when: a sync's look-back would read them again and park
+-- them again.
+CREATE TABLE IF NOT EXISTS dropped (
+    kind TEXT NOT NULL,
+    record_key TEXT NOT NULL,
     account_id TEXT NOT NULL,
-    dropped_at TEXT NOT NULL
+    dropped_at TEXT NOT NULL,
+    PRIMARY KEY (kind, record_key)
 );
 CREATE TABLE IF NOT EXISTS rollup_pending (
     account_id TEXT NOT NULL,
@@ -104,6 +107,7 @@ RUNS_KEPT = 100
 # How much earlier than the moment of a `rejects drop` (on Lightspeed's clock, whose lead the host knows only to
 # the second) the sales it leaves alone must have changed last.
 DROP_SLACK = timedelta(seconds=5)
+SALE, CUSTOMER = "sale", "customer"  # the kinds of things dropped
 
 
 # The run locks this process holds: lock file -> [descriptor, holders]. flock locks belong to an open file, so
@@ -323,28 +327,7 @@ class StateStore:
                        r["first_seen"], r["last_seen"]) for r in self._parked("reject", "sale_key", account_id)]
 
     def drop_reject(self, sale_key: str) -> bool:
-        """Gives up on a parked sale: no longer retried, and left alone by a sync that reads it again unchanged
-        since (`dropped_sales`). The moment is on Lightspeed's clock, as the account's last run measured the host's
-        lead, less DROP_SLACK: a change made after the drop is never taken for one before it. Drops older than
-        RUN_HISTORY are forgotten."""
-        row = self._one("SELECT account_id FROM reject WHERE sale_key = ?", (sale_key,))
-        if row is None:
-            return False
-        now = utcnow()
-        dropped_at = now - self.host_clock_ahead(row["account_id"]) - DROP_SLACK
-        with self.transaction() as db:
-            if db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,)).rowcount == 0:
-                return False  # a run wrote it meanwhile
-            db.execute("DELETE FROM dropped_sale WHERE dropped_at < ?", (iso(now - RUN_HISTORY),))
-            db.execute("INSERT INTO dropped_sale (sale_key, account_id, dropped_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT(sale_key) DO UPDATE SET dropped_at = excluded.dropped_at",
-                       (sale_key, row["account_id"], iso(dropped_at)))
-        return True
-
-    def dropped_sales(self, account_id: str) -> dict[str, datetime]:
-        """The sales of an account given up on by `rejects drop`: sale key -> when."""
-        return {r["sale_key"]: datetime.fromisoformat(r["dropped_at"])
-                for r in self._query("SELECT sale_key, dropped_at FROM dropped_sale WHERE account_id = ?", (account_id,))}
+        return self._drop(SALE, "reject", "sale_key", sale_key)
 
     def _parked(self, table: str, key_column: str, account_id: str | None) -> list[sqlite3.Row]:
         """The rows of a table of parked things (sales, customers), oldest first, of one account or all."""
@@ -353,9 +336,29 @@ class StateStore:
             query, args = query + " WHERE account_id = ?", (account_id,)
         return self._query(query + f" ORDER BY first_seen, {key_column}", args)
 
-    def _unpark(self, table: str, key_column: str, key: str) -> bool:
+    def _drop(self, kind: str, table: str, key_column: str, key: str) -> bool:
+        """Gives up on a parked sale or customer: no longer retried, and left alone by a sync that reads it again
+        unchanged since (`dropped`). The moment is on Lightspeed's clock, as the account's last run measured the
+        host's lead, less DROP_SLACK: a change made after the drop is never taken for one before it. Drops older
+        than RUN_HISTORY are forgotten. Table and column names are ours, never input."""
+        row = self._one(f"SELECT account_id FROM {table} WHERE {key_column} = ?", (key,))
+        if row is None:
+            return False
+        now = utcnow()
+        dropped_at = now - self.host_clock_ahead(row["account_id"]) - DROP_SLACK
         with self.transaction() as db:
-            return db.execute(f"DELETE FROM {table} WHERE {key_column} = ?", (key,)).rowcount > 0
+            if db.execute(f"DELETE FROM {table} WHERE {key_column} = ?", (key,)).rowcount == 0:
+                return False  # a run wrote it meanwhile
+            db.execute("DELETE FROM dropped WHERE dropped_at < ?", (iso(now - RUN_HISTORY),))
+            db.execute("INSERT INTO dropped (kind, record_key, account_id, dropped_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(kind, record_key) DO UPDATE SET dropped_at = excluded.dropped_at",
+                       (kind, key, row["account_id"], iso(dropped_at)))
+        return True
+
+    def dropped(self, kind: str, account_id: str) -> dict[str, datetime]:
+        """The sales (`SALE`) or customers (`CUSTOMER`) of an account given up on by `rejects drop`: key -> when."""
+        return {r["record_key"]: datetime.fromisoformat(r["dropped_at"]) for r in self._query(
+            "SELECT record_key, dropped_at FROM dropped WHERE kind = ? AND account_id = ?", (kind, account_id))}
 
     def record_outcomes(self, account_id: str, written: dict[str, tuple[str, str]],
                         rejected: dict[str, tuple[int, str]]) -> None:
@@ -424,7 +427,7 @@ class StateStore:
                 for r in self._parked("customer_reject", "customer_key", account_id)]
 
     def drop_customer_reject(self, customer_key: str) -> bool:
-        return self._unpark("customer_reject", "customer_key", customer_key)
+        return self._drop(CUSTOMER, "customer_reject", "customer_key", customer_key)
 
     # -- loyalty roll-ups Salesforce refused, recomputed by the next run
     def pending_rollups(self, account_id: str) -> list[str]:

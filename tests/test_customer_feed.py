@@ -455,6 +455,27 @@ def test_parked_customers_are_listed_as_customers_and_can_be_dropped(cli, lights
     assert cli("sync", "--json", env=FEED).json["customers"]["retried"] == 0  # given up on: no longer retried
 
 
+def test_a_dropped_customer_is_left_alone_by_the_syncs_that_read_it_again_unchanged_and_written_once_changed(
+        cli, lightspeed, salesforce):
+    salesforce.add_validation_rule("Account", lambda r: r.get("LastName") == "Lima", "No Limas today")
+    five_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)  # inside the next syncs' look-back
+    ana = lightspeed.add_customer("Ana", "Lima", email="ana@example.com", at=five_minutes_ago)
+    assert cli("sync", env=FEED).code == 3
+    assert cli("rejects", "drop", "--customer", f"182255-{ana}", env=FEED).code == 0
+
+    again = cli("sync", "--json", env=FEED)
+
+    assert again.code == 0, again.stderr  # read again by the look-back, not parked again
+    assert again.json["customers"]["rejected_customers"] == []
+    assert again.json["customers"]["read"] == 1 and again.json["customers"]["unchanged"] == 1
+    salesforce.clear_validation_rules()
+    assert cli("sync", env=FEED).code == 0 and salesforce.records("Account") == []
+    lightspeed.edit_contact(ana, email="ana.lima@example.com")  # changed after the drop: written like any other
+
+    assert cli("sync", env=FEED).code == 0
+    assert [(a["LastName"], a["PersonEmail"]) for a in salesforce.records("Account")] == [("Lima", "ana.lima@example.com")]
+
+
 def test_a_contact_search_refused_past_its_first_page_fails_the_run_instead_of_dropping_the_customers(
         cli, lightspeed, salesforce):
     clients = [lightspeed.add_customer("Ana", f"Lima {n}", at=datetime(2020, 1, 1, tzinfo=timezone.utc))

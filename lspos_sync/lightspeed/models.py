@@ -217,6 +217,7 @@ class Contact(LightspeedModel):
     phones: Annotated[list[ContactPhone], _relation("ContactPhone")] = Field(default_factory=list, alias="Phones")
     addresses: Annotated[list[ContactAddress], _relation("ContactAddress")] = Field(default_factory=list,
                                                                                    alias="Addresses")
+    time_stamp: Moment = Field(default=None, alias="timeStamp")
 
 
 @model
@@ -227,6 +228,14 @@ class Customer(LightspeedModel):
     dob: Moment = None
     archived: Flag = False  # an archived customer is still read: its sales stay linked to it
     contact: Relation[Contact] = Field(default=None, alias="Contact")
+    time_stamp: Moment = Field(default=None, alias="timeStamp")
+
+    @property
+    def last_change(self) -> datetime | None:
+        """The later of the Customer's `timeStamp` and its Contact's (an edit of the email, phones or address may
+        move only the Contact's, fact sheet §2); None when neither came."""
+        moments = [m for m in (self.time_stamp, self.contact.time_stamp if self.contact else None) if m is not None]
+        return max(moments, default=None)
 
     @property
     def emails(self) -> list[ContactEmail]:
