@@ -665,17 +665,22 @@ def test_a_transaction_lookup_salesforce_finds_too_complicated_is_split(cli, lig
     assert set().union(*answered) == set(transactions(salesforce)) and max(map(len, answered)) <= 100
 
 
-def test_a_lookup_too_complicated_even_in_the_shortest_statements_fails_the_run(cli, lightspeed, salesforce, boutique):
+@pytest.mark.parametrize("knob, refusal", [
+    ("max_query_conditions", "found a lookup too complicated (QUERY_TOO_COMPLICATED: Query is either selecting too "
+                             "many fields or the filter conditions are very complicated.)"),
+    ("query_timeout_conditions", "stopped a lookup as running too long (QUERY_TIMEOUT: Your query request was "
+                                 "running for too long.)")])
+def test_a_lookup_too_complicated_or_too_long_even_in_the_shortest_statements_fails_the_run(
+        cli, lightspeed, salesforce, boutique, knob, refusal):
     sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
                                                       phones={"Mobile": "415-555-0134"}))
-    salesforce.max_query_conditions = 3  # one customer's lookup holds six
+    setattr(salesforce, knob, 3)  # one customer's lookup holds six
 
     result = cli("sync")
 
     assert result.code == 1
-    assert ("Salesforce found a lookup too complicated (QUERY_TOO_COMPLICATED: Query is either selecting too many "
-            "fields or the filter conditions are very complicated.) even in statements of at most 1,000 characters: "
-            "the run stopped; the next run starts again from the checkpoint") in result.stderr
+    assert (f"Salesforce {refusal} even in statements of at most 1,000 characters: the run stopped; the next run "
+            "starts again from the checkpoint") in result.stderr
     assert "Traceback" not in result.stderr
     assert transactions(salesforce) == {}
 
@@ -700,22 +705,6 @@ def test_a_customer_lookup_salesforce_stops_as_running_too_long_is_asked_in_smal
     statuses = [s["httpStatusCode"] for s in query_subrequests(salesforce)
                 if "FROM Account WHERE LS_Customer_ID__c IN" in soql_of(s)]
     assert statuses[0] == 400 and statuses[-1] == 200 and 400 not in statuses[statuses.index(200):]
-
-
-def test_a_lookup_stopped_as_too_long_even_in_the_shortest_statements_fails_the_run(
-        cli, lightspeed, salesforce, boutique):
-    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
-                                                      phones={"Mobile": "415-555-0134"}))
-    salesforce.query_timeout_conditions = 3  # one customer's lookup holds six
-
-    result = cli("sync")
-
-    assert result.code == 1
-    assert ("Salesforce stopped a lookup as running too long (QUERY_TIMEOUT: Your query request was running for too "
-            "long.) even in statements of at most 1,000 characters: the run stopped; the next run starts again from "
-            "the checkpoint") in result.stderr
-    assert "Traceback" not in result.stderr
-    assert transactions(salesforce) == {}
 
 
 def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightspeed, salesforce, boutique):
