@@ -138,6 +138,7 @@ class Tokens:
     access_token: str | None
     expires_at: datetime | None
     seed: str  # fingerprint of the LIGHTSPEED_REFRESH_TOKEN that started this chain
+    refreshed_at: datetime | None = None  # when this pair was stored (None: not stored yet)
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,8 @@ class StateStore:
         row = self._one("SELECT * FROM token WHERE account_id = ?", (account_id,))
         if row is None:
             return None
-        return Tokens(row["refresh_token"], row["access_token"], parse_iso(row["expires_at"]), row["seed"])
+        return Tokens(row["refresh_token"], row["access_token"], parse_iso(row["expires_at"]), row["seed"],
+                      parse_iso(row["updated_at"]))
 
     def save_tokens(self, account_id: str, tokens: Tokens) -> None:
         with self.transaction() as db:

@@ -3,6 +3,7 @@ options of contract §2, and secrets that never show."""
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import time
 from contextlib import contextmanager
@@ -286,10 +287,16 @@ def test_a_sync_not_run_for_thirty_days_exits_1_asking_to_reauthorise_and_keeps_
     with _months_apart(tmp_path, salesforce, state_path) as (lightspeed, cli, skipped):
         assert cli("sync").code == 0
         checkpoint = cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"]
-        skipped[0] = timedelta(days=31)
+        skipped[0] = timedelta(days=31)  # a month on Lightspeed's clock, and on the host's since the last refresh:
+        last = datetime.now(timezone.utc) - skipped[0]
+        with sqlite3.connect(state_path) as db:
+            db.execute("UPDATE token SET updated_at = ?", (last.isoformat(),))
 
         result = cli("sync")
 
         assert result.code == 1
-        assert "re-authorise" in result.stderr and "LIGHTSPEED_REFRESH_TOKEN" in result.stderr
+        assert ("Lightspeed refused the refresh token (HTTP 400 invalid_grant): re-authorise the app in Lightspeed "
+                "and set LIGHTSPEED_REFRESH_TOKEN to the new token (the stored token was last refreshed on "
+                f"{last:%Y-%m-%d}, more than 30 days ago: Lightspeed expires a refresh token unused for that long)"
+                ) in result.stderr
         assert cli("checkpoint", "show", "--json").json["checkpoints"]["182255"]["cursor"] == checkpoint

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 _EXPIRY_MARGIN = 120
 _REFRESH_ATTEMPTS = 4  # Lightspeed allows 5 refresh attempts a minute per connection (fact sheet §7)
 _LONGEST_TOKEN_WAIT = 60.0  # a 429's Retry-After waited out up to this; a longer one fails the run for the next
+UNUSED_TOKEN_LIFETIME = timedelta(days=30)  # fact sheet §7: "unused refresh tokens expire after 30 days"
 
 
 class LightspeedAuth:
@@ -92,11 +93,11 @@ class LightspeedAuth:
         """The start of a new chain from the variable, when Lightspeed revoked the stored chain (invalid_grant)
         and the variable no longer holds the token that chain started from: the app was re-authorised.
         Otherwise the refusal stands."""
-        if refusal.oauth_error != "invalid_grant" or not self._initial:
+        if refusal.oauth_error != "invalid_grant":
             raise refusal
-        seed = fingerprint(self._initial)
-        if seed == refused_chain.seed:
-            raise refusal
+        seed = fingerprint(self._initial) if self._initial else None
+        if seed is None or seed == refused_chain.seed:
+            raise _unused_for_long(refusal, refused_chain.refreshed_at)
         log.warning("Lightspeed account %s refused the stored refresh token and %s no longer holds the token that "
                     "chain started from: the app was re-authorised, starting a new chain from the variable",
                     self._account_id, self._variable)
@@ -161,6 +162,16 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def _unused_for_long(refusal: LightspeedAuthError, refreshed_at: datetime | None) -> LightspeedAuthError:
+    """The refusal, saying when the stored token was last refreshed if that is longer ago than Lightspeed keeps an
+    unused refresh token (fact sheet §7: 30 days): the likely cause, a tool that did not run for that long."""
+    if refreshed_at is None or datetime.now(timezone.utc) - refreshed_at <= UNUSED_TOKEN_LIFETIME:
+        return refusal
+    return LightspeedAuthError(f"{refusal} (the stored token was last refreshed on {refreshed_at:%Y-%m-%d}, more "
+                               f"than {UNUSED_TOKEN_LIFETIME.days} days ago: Lightspeed expires a refresh token "
+                               "unused for that long)", refusal.oauth_error)
 
 
 def _oauth_error(response: httpx.Response) -> str:
