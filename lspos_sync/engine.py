@@ -60,7 +60,7 @@ class Engine:
                                  enriched=enriched, check_all=dry_run or roll_up,
                                  kept=max(RESOLVED_KEPT, 3 * BATCH_SALES),
                                  match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"),
-                                 foreseen=foreseen)
+                                 foreseen=foreseen, field_map=field_map)
         self.rollups = RollUps(account_id, store, writer, self.resolver, field_map, dry_run=dry_run) \
             if roll_up else None
         self.settler = Settler(account_id, store, writer, self.resolver, field_map, dry_run=dry_run,

@@ -243,6 +243,30 @@ def test_two_candidates_is_ambiguous_never_a_guess(cli, lightspeed, salesforce, 
     assert len(person_accounts(salesforce)) == 2
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_two_new_customers_sharing_an_email_end_with_the_same_accounts_whether_synced_together_or_apart(
+        cli, lightspeed, salesforce, boutique, together):
+    # Contract §4: matched in order key, email, phone; "no candidate: a Person Account is created"; any window
+    # synced in any order ends the same. The second client's sale finds the account the first one's created.
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    bo = lightspeed.add_customer("Bo", "Lima", email=" Family@Example.com", phones={"Mobile": "415-555-0177"})
+    ana_sale = sell(lightspeed, boutique, ana)
+    if not together:
+        assert cli("sync").code == 0
+    bo_sale = sell(lightspeed, boutique, bo)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    [account] = person_accounts(salesforce)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    written = transactions(salesforce)
+    assert (written[f"182255-{ana_sale}"]["Match_Status__c"], written[f"182255-{ana_sale}"]["Account__c"]) == \
+        ("Created", account["Id"])
+    assert (written[f"182255-{bo_sale}"]["Match_Status__c"], written[f"182255-{bo_sale}"]["Account__c"]) == \
+        ("Email", account["Id"])
+
+
 def test_one_new_customer_with_several_sales_becomes_one_account(cli, lightspeed, salesforce, boutique):
     eve = lightspeed.add_customer("Eve", "", email=None, phones={"Home": "212 555 0100"})
     sales = [sell(lightspeed, boutique, eve) for _ in range(3)]
