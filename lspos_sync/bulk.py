@@ -320,7 +320,7 @@ class BulkBackfill:
         db = current.db
         resolution = resolve(customer, customer_key, candidates, self.region)
         account_ref = None
-        if resolution.create or resolution.status == PHONE:
+        if resolution.create or resolution.status in (PHONE, AMBIGUOUS):
             resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         if resolution.stamp_key and db.execute("INSERT OR IGNORE INTO claimed VALUES (?)",
                                                (resolution.account_id,)).rowcount == 0:
@@ -338,10 +338,10 @@ class BulkBackfill:
     def _against_new_accounts(self, db: sqlite3.Connection, customer_key: str, customer: Customer,
                               resolution: Resolution) -> tuple[Resolution, str | None]:
         """The customer's resolution with the round's new accounts among the candidates: `resolution` is the
-        lookup's, to create or by phone (a CRM account). A new account holding the customer's email wins over a
-        CRM account found by phone (the email comes first). A new account matches only what no CRM account did
-        at the same step (it was created because none did, and the round's lookups were all made before), so a
-        CRM account and a new one never tie."""
+        lookup's, to create, by phone (a CRM account) or ambiguous. A new account holding the customer's email wins
+        over CRM accounts found by phone, one or several (the email comes first). A new account matches only what no
+        CRM account did at the same step (it was created because none did, and the round's lookups were all made
+        before), so a CRM account and a new one never tie."""
         email = normalise_email(primary_email(customer))
         phones = customer_phones(customer, self.region)
         if email:
@@ -353,8 +353,8 @@ class BulkBackfill:
             if len(found) > 1:
                 return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
                                   candidates=tuple(found)), None
-        if resolution.status == PHONE:
-            return resolution, None  # the CRM account found by phone
+        if resolution.status in (PHONE, AMBIGUOUS):
+            return resolution, None  # the CRM account(s) found by phone
         by_phone: list[str] = []
         matched = ""
         for phone in phones:

@@ -710,3 +710,31 @@ def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not
         assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
         assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
         assert bulk == composite
+
+
+def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_though_two_crm_accounts_share_its_phone(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    # As above, with two CRM accounts holding Eli's mobile: the phone step would be ambiguous, but the email step,
+    # which comes first, finds Eva's new account, on the composite path in a later batch and in a bulk round alike.
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    eva = lightspeed.add_customer("Eva", "Same", email="same@example.com")
+    eli = lightspeed.add_customer("Eli", "Same", email="same@example.com", phones={"Mobile": "415-555-0190"})
+    sell(lightspeed, boutique, eva, at=start)
+    second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        for org in (salesforce, other):
+            for first, typed in (("Yan", "(415) 555-0190"), ("Zoe", "+1 415 555 0190")):
+                org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": first,
+                                       "LastName": "Typed", "PersonMobilePhone": typed})
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        composite, bulk = org_state(salesforce), org_state(other)
+        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
+        assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
+        assert bulk == composite
