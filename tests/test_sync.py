@@ -396,6 +396,25 @@ def test_sale_that_comes_without_its_customer_gets_it_from_the_customer_endpoint
     assert lightspeed.request_count("Customer.json") == 1
 
 
+def test_a_sale_whose_customer_came_without_its_contact_is_matched_by_the_contacts_email(cli, lightspeed, salesforce,
+                                                                                         boutique):
+    # The docs' own sale example carries a Customer without its Contact (fact sheet §5, sample 277): read so, the
+    # client has no email or phone, and a CRM account holding its email would get a duplicate. Customer.json
+    # (with the Contact) tells.
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="Ana@Example.com")
+    sale = sell(lightspeed, boutique, ana)
+    without_contact = {k: v for k, v in lightspeed.sale(sale)["Customer"].items() if k != "Contact"}
+    lightspeed.corrupt_sale(sale, Customer=without_contact)
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Email", typed)
+    assert len(person_accounts(salesforce)) == 1  # nobody created
+
+
 def test_a_sale_written_guest_because_its_customer_was_not_sent_is_linked_once_lightspeed_sends_it(
         cli, lightspeed, salesforce, boutique):
     # The content hash covers what the sale writes, not its link: a sale re-read with the same hash is written
