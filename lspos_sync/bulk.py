@@ -565,12 +565,13 @@ def _freeze(model: Sale | Customer | None) -> bytes:
     return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _current_lines(db: sqlite3.Connection, sale_keys: Iterable[str]) -> dict[str, set[str]]:
-    """The line keys each sale has in Lightspeed now, from the round's file."""
+def _current_lines(db: sqlite3.Connection, sale_keys: Iterable[str]) -> dict[str, set[str] | None]:
+    """The line keys each sale has in Lightspeed now, from the round's file (`mapping.current_lines`)."""
     lines = {}
     for key in sale_keys:
         (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-        lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
+        transaction, sale_lines = from_json(records)
+        lines[key] = mapping.current_lines(transaction, sale_lines)
     return lines
 
 

@@ -92,7 +92,7 @@ class Resolver:
             checked.update(late)
         moved: dict[str, str] = {}
         stale = self.stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
-                                 {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
+                                 {t[mapping.SALE_KEY]: mapping.current_lines(t, lines)
                                   for t, lines, _ in built.values()}, moved) if existing else {}
         return Found(customers, candidates, existing, checked, stale, moved)
 
@@ -188,19 +188,23 @@ class Resolver:
             queries.transactions_by_key(sale_keys, self.match_status, limit)))
         return {record[mapping.SALE_KEY]: record for records in answers for record in records or ()}
 
-    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]],
+    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str] | None],
                     moved: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
-        transactions (Id -> sale key) and the line keys each has now. With `moved`, each of those lines that
-        another of the sales has now is noted there: its Id -> that sale's key."""
-        holder = {line: sale for sale, lines in current.items() for line in lines} if moved is not None else {}
+        transactions (Id -> sale key) and the line keys each has now (`mapping.current_lines`: None for a voided
+        sale, which keeps its lines). With `moved`, each of those lines that another of the sales has now is noted
+        there: its Id -> that sale's key."""
+        key_of = {record_id: sale_key for record_id, sale_key in key_of.items() if current.get(sale_key) is not None}
+        if not key_of:
+            return {}
+        holder = {line: sale for sale, lines in current.items() for line in lines or ()} if moved is not None else {}
         stale: dict[str, list[str]] = {}
         answers = self.budget.ask(lambda limit: self.writer.queries(queries.lines_by_transaction(key_of, limit),
                                                                     after_lines=True))
         for records in answers:
             for record in records or ():
                 sale_key = key_of.get(record["Sales_Transaction__c"])
-                if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
+                if sale_key and record[mapping.LINE_KEY] not in current[sale_key]:  # type: ignore[operator]
                     stale.setdefault(sale_key, []).append(record["Id"])
                     if moved is not None and (new_sale := holder.get(record[mapping.LINE_KEY])) is not None:
                         moved[record["Id"]] = new_sale

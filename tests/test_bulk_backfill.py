@@ -574,6 +574,29 @@ def test_a_bulk_backfill_after_a_lost_state_file_deletes_the_lines_lightspeed_no
             for line in salesforce.records("Sales_Line_Item__c")} == kept
 
 
+@pytest.mark.parametrize("state_lost", [False, True])
+def test_a_bulk_backfill_keeps_the_lines_of_a_voided_sale_lightspeed_sends_without_them(
+        cli, lightspeed, salesforce, boutique, state_path, state_lost):
+    # Contract §3: "A voided sale keeps its lines", through Bulk API 2.0 as through the Composite API.
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    sale = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=start)
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
+    assert cli("backfill", *window).code == 0
+    before = {line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")}
+    lightspeed.void_sale(sale)
+    for line in lightspeed.sale(sale)["SaleLines"]["SaleLine"]:
+        lightspeed.remove_line(sale, int(line["saleLineID"]))
+    if state_lost:
+        for leftover in state_path.parent.glob(state_path.name + "*"):
+            leftover.unlink()
+
+    result = cli("backfill", *window, env={"LIGHTSPEED_REFRESH_TOKEN": lightspeed.current_refresh_token})
+
+    assert result.code == 0, result.stderr
+    assert [t["Status__c"] for t in salesforce.records("Sales_Transaction__c")] == ["Voided"]
+    assert {line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")} == before
+
+
 def test_a_bulk_backfill_reads_what_salesforce_has_of_a_round_in_parts_and_keeps_every_hand_link(
         cli, lightspeed, salesforce, boutique):
     """Guest sales are looked up in Salesforce before writing (a link made by hand is kept), EXISTING_SALES sales at
