@@ -198,7 +198,8 @@ class BulkBackfill:
         """A batch into the round: mapped, hashed, the unchanged left out, the rest kept with their customers.
         A full round is written before the next batch is taken."""
         self.reader.load_reference()
-        sales = self.reader.with_customers(list({sale.sale_id: sale for sale in batch}.values()))
+        sales = list({sale.sale_id: sale for sale in batch}.values())
+        sales = self.reader.with_items(self.reader.with_customers(sales))
         built = self.planner.build(sales)
         todo, known = self.planner.changed(sales, built, summary)
         db = current.db

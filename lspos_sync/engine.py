@@ -180,7 +180,9 @@ class Engine:
     def _process(self, sales: list[Sale], summary: RunSummary, progress: datetime | None = None) -> None:
         """One batch: read what it lacks, plan, hand the plan to the writer, settle what is answered."""
         self.reader.load_reference()
-        sales = self.reader.with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
+        # the latest state of each sale, once, with what its payload lacked
+        sales = list({sale.sale_id: sale for sale in sales}.values())
+        sales = self.reader.with_items(self.reader.with_customers(sales))
         built = self.planner.build(sales)
         todo, known = self.planner.changed(sales, built, summary)
         plan = Plan()

@@ -906,6 +906,22 @@ def test_a_line_whose_item_lightspeed_did_not_send_is_written_and_named(cli, lig
         in result.stderr
 
 
+def test_a_line_whose_item_came_unloaded_gets_it_from_the_item_endpoint(cli, lightspeed, salesforce, boutique):
+    # The docs' own sale example has lines without their Item (fact sheet §5, sample 277): the SKU, the product name
+    # and the category are read from Item.json (archived items included) rather than written empty.
+    sale = sell(lightspeed, boutique, lines=((1, "120.00"), (1, "45.50")))
+    unloaded = [{k: v for k, v in line.items() if k != "Item"} for line in _sale_lines(lightspeed, sale)]
+    lightspeed.corrupt_sale(sale, SaleLines={"SaleLine": unloaded})
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = {line["Product_Name__c"]: (line["SKU__c"], line["Category__c"]) for line in lines(salesforce).values()}
+    assert written == {"Silk scarf": ("SCARF-01", "Accessories"),
+                       "Leather bag": (f"21{boutique.bag:010d}", "Leather goods")}  # no customSku: the systemSku
+    assert result.json["gaps"] == []
+
+
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):
     # Batches of 10 sales; the run keeps the last 30 customers' decisions (three batches' worth, the least it
     # keeps). Each batch from the fourth brings back five customers of three batches before (kept, but the
