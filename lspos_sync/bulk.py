@@ -198,7 +198,8 @@ class BulkBackfill:
         """A batch into the round: mapped, hashed, the unchanged left out, the rest kept with their customers.
         A full round is written before the next batch is taken."""
         self.reader.load_reference()
-        sales = self.reader.with_customers(list({sale.sale_id: sale for sale in batch}.values()))
+        sales = list({sale.sale_id: sale for sale in batch}.values())
+        sales = self.reader.with_items(self.reader.with_customers(sales))
         built = self.planner.build(sales)
         todo, known = self.planner.changed(sales, built, summary)
         db = current.db
@@ -320,7 +321,7 @@ class BulkBackfill:
         db = current.db
         resolution = resolve(customer, customer_key, candidates, self.region)
         account_ref = None
-        if resolution.create or resolution.status == PHONE:
+        if resolution.create or resolution.status in (PHONE, AMBIGUOUS):
             resolution, account_ref = self._against_new_accounts(db, customer_key, customer, resolution)
         if resolution.stamp_key and db.execute("INSERT OR IGNORE INTO claimed VALUES (?)",
                                                (resolution.account_id,)).rowcount == 0:
@@ -338,10 +339,10 @@ class BulkBackfill:
     def _against_new_accounts(self, db: sqlite3.Connection, customer_key: str, customer: Customer,
                               resolution: Resolution) -> tuple[Resolution, str | None]:
         """The customer's resolution with the round's new accounts among the candidates: `resolution` is the
-        lookup's, to create or by phone (a CRM account). A new account holding the customer's email wins over a
-        CRM account found by phone (the email comes first). A new account matches only what no CRM account did
-        at the same step (it was created because none did, and the round's lookups were all made before), so a
-        CRM account and a new one never tie."""
+        lookup's, to create, by phone (a CRM account) or ambiguous. A new account holding the customer's email wins
+        over CRM accounts found by phone, one or several (the email comes first). A new account matches only what no
+        CRM account did at the same step (it was created because none did, and the round's lookups were all made
+        before), so a CRM account and a new one never tie."""
         email = normalise_email(primary_email(customer))
         phones = customer_phones(customer, self.region)
         if email:
@@ -353,8 +354,8 @@ class BulkBackfill:
             if len(found) > 1:
                 return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
                                   candidates=tuple(found)), None
-        if resolution.status == PHONE:
-            return resolution, None  # the CRM account found by phone
+        if resolution.status in (PHONE, AMBIGUOUS):
+            return resolution, None  # the CRM account(s) found by phone
         by_phone: list[str] = []
         matched = ""
         for phone in phones:
@@ -565,12 +566,13 @@ def _freeze(model: Sale | Customer | None) -> bytes:
     return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _current_lines(db: sqlite3.Connection, sale_keys: Iterable[str]) -> dict[str, set[str]]:
-    """The line keys each sale has in Lightspeed now, from the round's file."""
+def _current_lines(db: sqlite3.Connection, sale_keys: Iterable[str]) -> dict[str, set[str] | None]:
+    """The line keys each sale has in Lightspeed now, from the round's file (`mapping.current_lines`)."""
     lines = {}
     for key in sale_keys:
         (records,) = db.execute("SELECT records FROM sales WHERE sale_key = ?", (key,)).fetchone()
-        lines[key] = {line[mapping.LINE_KEY] for line in from_json(records)[1]}
+        transaction, sale_lines = from_json(records)
+        lines[key] = mapping.current_lines(transaction, sale_lines)
     return lines
 
 

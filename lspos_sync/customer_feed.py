@@ -16,11 +16,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from lspos_sync import mapping
-from lspos_sync.customers import AMBIGUOUS, Candidates, Resolution, claim_accounts, resolve
+from lspos_sync.customers import AMBIGUOUS, Candidates, Resolution, resolve_in_turn
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.lightspeed.client import LightspeedClient
 from lspos_sync.planning import account_write
 from lspos_sync.reading import batches
+from lspos_sync.resolving import new_account
 from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
 from lspos_sync.state import CUSTOMER, StateStore
 
@@ -208,8 +209,8 @@ class CustomerFeed:
         writes: list[Write] = []
         if todo:
             candidates = self._look_up(todo)
-            resolutions = claim_accounts({key: resolve(customer, key, candidates, self.region)
-                                          for key, customer in todo.items()})
+            resolutions = resolve_in_turn(todo, candidates, self.region,
+                                          lambda key, customer: new_account(key, customer, self.region, self.field_map))
             for key, resolution in resolutions.items():
                 write = self._account_write(key, todo[key], resolution)
                 plans[key] = self._plan(todo[key], key, _action(resolution, write), resolution.status,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from lspos_sync.lightspeed.models import Customer
@@ -204,6 +204,21 @@ def hand_link(account_id: str | None, match_status: str | None) -> str | None:
     switches the field off and the lookup does not read it), the sync left the sale unlinked: someone else linked it.
     """
     return account_id if account_id and match_status in (None, "", GUEST, AMBIGUOUS) else None
+
+
+def resolve_in_turn(customers: dict[str, Customer], candidates: Candidates, region: str,
+                    new_account: Callable[[str, Customer], PersonAccount]) -> dict[str, Resolution]:
+    """The customers of a batch (customer key -> Customer, in sale order) decided one after the other, as a later
+    batch's lookup would find the accounts created for an earlier one: a customer with no candidate gets a Person
+    Account (`new_account`: as a lookup will read it, `by_run` CREATE), which is a candidate for the customers after
+    it. So two new clients sharing an email end with one account whether their sales are synced together or apart.
+    Then `claim_accounts`."""
+    decided = {}
+    for customer_key, customer in customers.items():
+        decided[customer_key] = resolution = resolve(customer, customer_key, candidates, region)
+        if resolution.create:
+            candidates.add(new_account(customer_key, customer))
+    return claim_accounts(decided)
 
 
 def claim_accounts(resolutions: dict[str, Resolution]) -> dict[str, Resolution]:

@@ -63,7 +63,7 @@ class Engine:
                                  enriched=enriched, check_all=dry_run or roll_up,
                                  kept=max(RESOLVED_KEPT, 3 * BATCH_SALES),
                                  match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"),
-                                 foreseen=foreseen)
+                                 foreseen=foreseen, field_map=field_map)
         self.rollups = RollUps(account_id, store, writer, self.resolver, field_map, dry_run=dry_run) \
             if roll_up else None
         self.settler = Settler(account_id, store, writer, self.resolver, field_map, dry_run=dry_run,
@@ -199,7 +199,9 @@ class Engine:
     def _process(self, sales: list[Sale], summary: RunSummary, progress: datetime | None = None) -> None:
         """One batch: read what it lacks, plan, hand the plan to the writer, settle what is answered."""
         self.reader.load_reference()
-        sales = self.reader.with_customers(list({sale.sale_id: sale for sale in sales}.values()))  # latest state once
+        # the latest state of each sale, once, with what its payload lacked
+        sales = list({sale.sale_id: sale for sale in sales}.values())
+        sales = self.reader.with_items(self.reader.with_customers(sales))
         built = self.planner.build(sales)
         todo, known = self.planner.changed(sales, built, summary)
         plan = Plan()

@@ -124,6 +124,15 @@ def line_records(sale: Sale, account_id: str, categories: dict[int, Category]) -
     return records
 
 
+def current_lines(transaction: dict[str, Any], lines: list[dict[str, Any]]) -> set[str] | None:
+    """The keys of the lines a sale has in Lightspeed now, to which its lines in Salesforce are cut when it is written
+    again; None for a voided sale, whose lines in Salesforce are never deleted (contract §3: "A voided sale keeps its
+    lines", whether or not Lightspeed still lists them once the sale is voided)."""
+    if transaction["Status__c"] == "Voided":
+        return None
+    return {line[LINE_KEY] for line in lines}
+
+
 def gaps(sale: Sale, account_id: str, shops: dict[int, Shop], categories: dict[int, Category]) -> list[dict[str, Any]]:
     """What the sale refers to and Lightspeed did not send (deleted, or otherwise absent), with the fields left
     empty for it: the sale is written with what is known, and the run names it (contract §4, "Data Lightspeed

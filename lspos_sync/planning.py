@@ -32,7 +32,7 @@ class Plan:
     writes: list[Write] = field(default_factory=list)
     plans: dict[str, SalePlan] = field(default_factory=dict)
     checked: set[str] = field(default_factory=set)  # sale keys whose transaction was looked up before writing
-    line_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # of the sales not checked
+    line_keys: dict[str, set[str] | None] = field(default_factory=dict)  # of the sales not checked (current_lines)
     # LSPOS_ROLLUPS: per sale (sale key, customer key, account linked before, whether that link made by hand is
     # kept, whether the sale was in Salesforce, what it adds to the account's roll-ups)
     rollups: list[tuple[str, str | None, str | None, bool, bool, rollups.Contribution]] = field(default_factory=list)
@@ -150,7 +150,7 @@ class Planner:
                 resolution.reason + ("; the link made by hand is kept" if kept else ""), action)
             plan.sales.append((sale_key, sale.sale_id, digest))
             if sale_key not in found.checked:
-                plan.line_keys[sale_key] = tuple(line[mapping.LINE_KEY] for line in lines)
+                plan.line_keys[sale_key] = mapping.current_lines(transaction, lines)
             if self.roll_up:
                 plan.rollups.append((sale_key, customer_key, previous.get("Account__c"), kept is not None,
                                      sale_key in existing, rollups.Contribution(

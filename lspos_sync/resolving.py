@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from lspos_sync import mapping
-from lspos_sync.customers import (CREATE, CREATED, GUEST, KEY, Candidates, PersonAccount, Resolution, claim_accounts,
-                                  customer_phones, normalise_email, primary_email, resolve)
+from lspos_sync.customers import (CREATE, CREATED, GUEST, KEY, Candidates, PersonAccount, Resolution, customer_phones,
+                                  normalise_email, primary_email, resolve, resolve_in_turn)
 from lspos_sync.errors import ConfigError
+from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.salesforce import queries
 from lspos_sync.writing import CREATE_ACCOUNTS, Write, Writer
 
@@ -41,9 +42,10 @@ class Found:
 class Resolver:
     def __init__(self, account_id: str, writer: Writer, *, phone_region: str, person_record_type: str,
                  enriched: tuple[str, ...], check_all: bool, kept: int, match_status: bool,
-                 foreseen: Foreseen | None = None) -> None:
+                 foreseen: Foreseen | None = None, field_map: FieldMap = DEFAULT) -> None:
         self.account_id = account_id
         self.writer = writer
+        self.field_map = field_map  # what an account the run creates holds (`new_account`)
         self.foreseen = foreseen  # dry-run: the account writes the run would have made, laid over every lookup
         self.region = phone_region
         self.person_record_type = person_record_type
@@ -81,15 +83,16 @@ class Resolver:
             checked = {key for sale, key in zip(sales, sale_keys)
                        if key in known or not self._links_account(sale, customers)}
         candidates, existing = self.look_up(unresolved, [key for key in sale_keys if key in checked])
-        self.decisions.update(claim_accounts({key: resolve(customer, key, candidates, self.region)
-                                              for key, customer in unresolved.items()}))
+        self.decisions.update(resolve_in_turn(unresolved, candidates, self.region,
+                                              lambda key, customer: new_account(key, customer, self.region,
+                                                                                self.field_map)))
         late = [key for sale, key in zip(sales, sale_keys) if key not in checked and not self._links_account(sale, customers)]
         if late:  # found ambiguous just now
             existing.update(self.existing(late))
             checked.update(late)
         moved: dict[str, str] = {}
         stale = self.stale_lines({record["Id"]: sale_key for sale_key, record in existing.items()},
-                                 {t[mapping.SALE_KEY]: {line[mapping.LINE_KEY] for line in lines}
+                                 {t[mapping.SALE_KEY]: mapping.current_lines(t, lines)
                                   for t, lines, _ in built.values()}, moved) if existing else {}
         return Found(customers, candidates, existing, checked, stale, moved)
 
@@ -129,7 +132,8 @@ class Resolver:
         if customer_key is None or customer_key not in customers:
             return False  # a guest
         resolution = self.decisions.get(customer_key)
-        return resolution is None or resolution.account_id is not None or resolution.status == CREATED
+        return resolution is None or resolution.account_id is not None or resolution.account_key is not None \
+            or resolution.status == CREATED
 
     # -- Salesforce reads
     def look_up(self, customers: dict[str, Customer], sale_keys: list[str]) -> tuple[Candidates, dict[str, dict]]:
@@ -184,19 +188,23 @@ class Resolver:
             queries.transactions_by_key(sale_keys, self.match_status, limit)))
         return {record[mapping.SALE_KEY]: record for records in answers for record in records or ()}
 
-    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str]],
+    def stale_lines(self, key_of: dict[str, str], current: dict[str, set[str] | None],
                     moved: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Ids of lines in Salesforce that the sale no longer has in Lightspeed, per sale key, given the sales'
-        transactions (Id -> sale key) and the line keys each has now. With `moved`, each of those lines that
-        another of the sales has now is noted there: its Id -> that sale's key."""
-        holder = {line: sale for sale, lines in current.items() for line in lines} if moved is not None else {}
+        transactions (Id -> sale key) and the line keys each has now (`mapping.current_lines`: None for a voided
+        sale, which keeps its lines). With `moved`, each of those lines that another of the sales has now is noted
+        there: its Id -> that sale's key."""
+        key_of = {record_id: sale_key for record_id, sale_key in key_of.items() if current.get(sale_key) is not None}
+        if not key_of:
+            return {}
+        holder = {line: sale for sale, lines in current.items() for line in lines or ()} if moved is not None else {}
         stale: dict[str, list[str]] = {}
         answers = self.budget.ask(lambda limit: self.writer.queries(queries.lines_by_transaction(key_of, limit),
                                                                     after_lines=True))
         for records in answers:
             for record in records or ():
                 sale_key = key_of.get(record["Sales_Transaction__c"])
-                if sale_key and record[mapping.LINE_KEY] not in current.get(sale_key, set()):
+                if sale_key and record[mapping.LINE_KEY] not in current[sale_key]:  # type: ignore[operator]
                     stale.setdefault(sale_key, []).append(record["Id"])
                     if moved is not None and (new_sale := holder.get(record[mapping.LINE_KEY])) is not None:
                         moved[record["Id"]] = new_sale
@@ -272,6 +280,15 @@ class Foreseen:
                 yield from self.created.by_email.get(email, ())
             for phone in phones:
                 yield from self.created.by_phone.get(phone, ())
+
+
+def new_account(customer_key: str, customer: Customer, region: str, field_map: FieldMap) -> PersonAccount:
+    """The Person Account a customer with no candidate gets, as a lookup will read it once created: its key, and the
+    email and phones the record holds (the mapping file's switched-off fields are not written); its customer key
+    stands in for the Id (`PersonAccount.by_run` CREATE: a sale is linked to it by key)."""
+    record = {"Id": customer_key, mapping.CUSTOMER_KEY: customer_key, **mapping.profile_fields(customer, False)}
+    held = field_map.incoming(mapping.ACCOUNT, field_map.outgoing(mapping.ACCOUNT, record))
+    return replace(queries.person_account(held, region), by_run=CREATE)
 
 
 def record_type_id(found: str | None, developer_name: str) -> str:

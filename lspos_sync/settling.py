@@ -93,7 +93,7 @@ class Settler:
             key_of.update({record["Id"]: sale_key for sale_key, record in self.resolver.existing(missing).items()})
         for sale_key in unexpected:
             plan.plans[sale_key].action = "update"
-        current = {sale_key: set(plan.line_keys[sale_key]) for sale_key in unexpected}
+        current = {sale_key: plan.line_keys[sale_key] for sale_key in unexpected}
         deletes = [Write(DELETE_LINES, line_id, (sale_key,))
                    for sale_key, line_ids in self.resolver.stale_lines(key_of, current).items() for line_id in line_ids]
         plan.writes.extend(deletes)

@@ -574,6 +574,29 @@ def test_a_bulk_backfill_after_a_lost_state_file_deletes_the_lines_lightspeed_no
             for line in salesforce.records("Sales_Line_Item__c")} == kept
 
 
+@pytest.mark.parametrize("state_lost", [False, True])
+def test_a_bulk_backfill_keeps_the_lines_of_a_voided_sale_lightspeed_sends_without_them(
+        cli, lightspeed, salesforce, boutique, state_path, state_lost):
+    # Contract §3: "A voided sale keeps its lines", through Bulk API 2.0 as through the Composite API.
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    sale = sell(lightspeed, boutique, lines=((1, "10.00"), (1, "20.00")), at=start)
+    window = ("--from", (start - timedelta(hours=1)).isoformat(), "--bulk")
+    assert cli("backfill", *window).code == 0
+    before = {line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")}
+    lightspeed.void_sale(sale)
+    for line in lightspeed.sale(sale)["SaleLines"]["SaleLine"]:
+        lightspeed.remove_line(sale, int(line["saleLineID"]))
+    if state_lost:
+        for leftover in state_path.parent.glob(state_path.name + "*"):
+            leftover.unlink()
+
+    result = cli("backfill", *window, env={"LIGHTSPEED_REFRESH_TOKEN": lightspeed.current_refresh_token})
+
+    assert result.code == 0, result.stderr
+    assert [t["Status__c"] for t in salesforce.records("Sales_Transaction__c")] == ["Voided"]
+    assert {line["LS_Sale_Line_ID__c"] for line in salesforce.records("Sales_Line_Item__c")} == before
+
+
 def test_a_bulk_backfill_reads_what_salesforce_has_of_a_round_in_parts_and_keeps_every_hand_link(
         cli, lightspeed, salesforce, boutique):
     """Guest sales are looked up in Salesforce before writing (a link made by hand is kept), EXISTING_SALES sales at
@@ -703,6 +726,34 @@ def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not
                                    "LastName": "Typed", "PersonMobilePhone": "(415) 555-0190"})
         run = TwoOrgs(cli, other, tmp_path / "bulk.db")
         # the two sales in separate composite batches, as a window with >1000 sales between them has them
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        composite, bulk = org_state(salesforce), org_state(other)
+        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
+        assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
+        assert bulk == composite
+
+
+def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_though_two_crm_accounts_share_its_phone(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    # As above, with two CRM accounts holding Eli's mobile: the phone step would be ambiguous, but the email step,
+    # which comes first, finds Eva's new account, on the composite path in a later batch and in a bulk round alike.
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    eva = lightspeed.add_customer("Eva", "Same", email="same@example.com")
+    eli = lightspeed.add_customer("Eli", "Same", email="same@example.com", phones={"Mobile": "415-555-0190"})
+    sell(lightspeed, boutique, eva, at=start)
+    second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        for org in (salesforce, other):
+            for first, typed in (("Yan", "(415) 555-0190"), ("Zoe", "+1 415 555 0190")):
+                org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": first,
+                                       "LastName": "Typed", "PersonMobilePhone": typed})
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
         assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
         assert run.bulk("backfill", *window, "--bulk").code == 0
 

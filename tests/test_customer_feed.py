@@ -86,6 +86,20 @@ def test_two_candidates_write_nothing_and_name_the_customer_by_key(cli, lightspe
     assert all(a["LS_Customer_ID__c"] is None for a in person_accounts(salesforce))
 
 
+def test_two_new_clients_sharing_an_email_in_one_run_make_one_account(cli, lightspeed, salesforce):
+    # §5 brings each client to an account by the rules of §4, in turn: the second finds the first one's new account
+    # by its email, as it does when the two are read in different runs.
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    lightspeed.add_customer("Bo", "Lima", email="Family@Example.com ")
+
+    result = cli("sync", "--json", env=FEED)
+
+    assert result.code == 0, result.stderr
+    [account] = person_accounts(salesforce)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    assert result.json["customers"]["create"] == 1 and result.json["customers"]["nothing"] == 1
+
+
 def test_an_archived_customer_is_ignored(cli, lightspeed, salesforce):
     gone = lightspeed.add_customer("Old", "Client", email="old@example.com")
     lightspeed.archive_customer(gone)

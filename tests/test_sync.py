@@ -243,6 +243,30 @@ def test_two_candidates_is_ambiguous_never_a_guess(cli, lightspeed, salesforce, 
     assert len(person_accounts(salesforce)) == 2
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_two_new_customers_sharing_an_email_end_with_the_same_accounts_whether_synced_together_or_apart(
+        cli, lightspeed, salesforce, boutique, together):
+    # Contract §4: matched in order key, email, phone; "no candidate: a Person Account is created"; any window
+    # synced in any order ends the same. The second client's sale finds the account the first one's created.
+    ana = lightspeed.add_customer("Ana", "Lima", email="family@example.com")
+    bo = lightspeed.add_customer("Bo", "Lima", email=" Family@Example.com", phones={"Mobile": "415-555-0177"})
+    ana_sale = sell(lightspeed, boutique, ana)
+    if not together:
+        assert cli("sync").code == 0
+    bo_sale = sell(lightspeed, boutique, bo)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    [account] = person_accounts(salesforce)
+    assert account["LS_Customer_ID__c"] == f"182255-{ana}"
+    written = transactions(salesforce)
+    assert (written[f"182255-{ana_sale}"]["Match_Status__c"], written[f"182255-{ana_sale}"]["Account__c"]) == \
+        ("Created", account["Id"])
+    assert (written[f"182255-{bo_sale}"]["Match_Status__c"], written[f"182255-{bo_sale}"]["Account__c"]) == \
+        ("Email", account["Id"])
+
+
 def test_one_new_customer_with_several_sales_becomes_one_account(cli, lightspeed, salesforce, boutique):
     eve = lightspeed.add_customer("Eve", "", email=None, phones={"Home": "212 555 0100"})
     sales = [sell(lightspeed, boutique, eve) for _ in range(3)]
@@ -372,6 +396,25 @@ def test_sale_that_comes_without_its_customer_gets_it_from_the_customer_endpoint
     assert lightspeed.request_count("Customer.json") == 1
 
 
+def test_a_sale_whose_customer_came_without_its_contact_is_matched_by_the_contacts_email(cli, lightspeed, salesforce,
+                                                                                         boutique):
+    # The docs' own sale example carries a Customer without its Contact (fact sheet §5, sample 277): read so, the
+    # client has no email or phone, and a CRM account holding its email would get a duplicate. Customer.json
+    # (with the Contact) tells.
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Lima", "PersonEmail": "ana@example.com"})
+    ana = lightspeed.add_customer("Ana", "Lima", email="Ana@Example.com")
+    sale = sell(lightspeed, boutique, ana)
+    without_contact = {k: v for k, v in lightspeed.sale(sale)["Customer"].items() if k != "Contact"}
+    lightspeed.corrupt_sale(sale, Customer=without_contact)
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Email", typed)
+    assert len(person_accounts(salesforce)) == 1  # nobody created
+
+
 def test_a_sale_written_guest_because_its_customer_was_not_sent_is_linked_once_lightspeed_sends_it(
         cli, lightspeed, salesforce, boutique):
     # The content hash covers what the sale writes, not its link: a sale re-read with the same hash is written
@@ -441,6 +484,30 @@ def test_void_that_moves_no_timestamp_is_caught_by_the_sale_void_feed(cli, light
 
     assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
     assert transactions(salesforce)[f"182255-{other}"]["Status__c"] == "Completed"
+
+
+@pytest.mark.parametrize("state_lost", [False, True])
+def test_a_voided_sale_keeps_its_lines_even_when_lightspeed_sends_it_without_them(cli, lightspeed, salesforce,
+                                                                                   boutique, state_path, state_lost):
+    # Contract §3: "A voided sale keeps its lines." Whether Lightspeed still lists a voided sale's lines is not
+    # documented (the fact sheet: inventory is restocked); the safe reading keeps them in Salesforce either way.
+    sale = sell(lightspeed, boutique, lines=((1, "80.00"), (2, "20.00")),
+                at=datetime.now(timezone.utc) - timedelta(minutes=10))
+    assert cli("sync").code == 0
+    before = set(lines(salesforce))
+    assert len(before) == 2
+    lightspeed.void_sale(sale)
+    for line in _sale_lines(lightspeed, sale):
+        lightspeed.remove_line(sale, int(line["saleLineID"]))
+    if state_lost:  # the transaction is then found in Salesforce only by its upsert, its lines read after it
+        for leftover in state_path.parent.glob(state_path.name + "*"):
+            leftover.unlink()
+
+    result = cli("sync", env={"LIGHTSPEED_REFRESH_TOKEN": lightspeed.current_refresh_token})
+
+    assert result.code == 0, result.stderr
+    assert transactions(salesforce)[f"182255-{sale}"]["Status__c"] == "Voided"
+    assert set(lines(salesforce)) == before
 
 
 def test_a_void_feed_refusing_its_time_filter_is_read_by_id_newest_first(cli, lightspeed, salesforce, boutique):
@@ -864,6 +931,22 @@ def test_a_line_whose_item_lightspeed_did_not_send_is_written_and_named(cli, lig
     assert result.stderr.count(f"incomplete 182255-{sale}:") == 1
     assert f"line {ghost}: Item 777 not sent by Lightspeed (SKU__c, Product_Name__c, Category__c left empty)" \
         in result.stderr
+
+
+def test_a_line_whose_item_came_unloaded_gets_it_from_the_item_endpoint(cli, lightspeed, salesforce, boutique):
+    # The docs' own sale example has lines without their Item (fact sheet §5, sample 277): the SKU, the product name
+    # and the category are read from Item.json (archived items included) rather than written empty.
+    sale = sell(lightspeed, boutique, lines=((1, "120.00"), (1, "45.50")))
+    unloaded = [{k: v for k, v in line.items() if k != "Item"} for line in _sale_lines(lightspeed, sale)]
+    lightspeed.corrupt_sale(sale, SaleLines={"SaleLine": unloaded})
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    written = {line["Product_Name__c"]: (line["SKU__c"], line["Category__c"]) for line in lines(salesforce).values()}
+    assert written == {"Silk scarf": ("SCARF-01", "Accessories"),
+                       "Leather bag": (f"21{boutique.bag:010d}", "Leather goods")}  # no customSku: the systemSku
+    assert result.json["gaps"] == []
 
 
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):

@@ -21,7 +21,7 @@ from lspos_sync.lightspeed.auth import LightspeedAuth
 from lspos_sync.lightspeed.wire import InvalidPayload, one_or_many
 
 if TYPE_CHECKING:
-    from lspos_sync.lightspeed.models import Category, Customer, Sale, Shop
+    from lspos_sync.lightspeed.models import Category, Customer, Item, Sale, Shop
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -318,6 +318,11 @@ class LightspeedClient:
         pages = self._by_id("Customer", "customerID", customer_ids,
                             {"archived": "true", "load_relations": json.dumps(["Contact"])})
         return {c.customer_id: c for page in pages for c in _valid("Customer", _kept(page, "customerID", raw))}
+
+    def items_by_id(self, item_ids: list[int]) -> dict[int, Item]:
+        """Items (archived ones included), for sale lines that came without their Item."""
+        pages = self._by_id("Item", "itemID", item_ids, {"archived": "true"})
+        return {item.item_id: item for page in pages for item in _valid("Item", page)}
 
     def customers_changed(self, since: datetime, until: datetime,
                           raw: dict[int, dict] | None = None) -> Iterator[list[Customer]]:
