@@ -266,8 +266,8 @@ def rejects_retry(ctx: click.Context, keys: tuple[str, ...], **common: Any) -> N
 @common_options
 @click.pass_context
 def rejects_drop(ctx: click.Context, key: str, customer: bool, **common: Any) -> None:
-    """Stop retrying a parked sale (or customer); it is written again only if Lightspeed changes it or a backfill
-    covers it."""
+    """Stop retrying a parked sale (or customer); a sale is written again only if Lightspeed changes it or a
+    backfill covers it, a customer also when a run's look-back reads it again."""
 
     def body(settings: Settings, output: Output) -> int:
         with StateStore(settings.state_path) as store:
@@ -439,7 +439,8 @@ def mapping_check(ctx: click.Context, **common: Any) -> None:
 @common_options
 @click.pass_context
 def status(ctx: click.Context, max_lag_minutes: int | None, **common: Any) -> None:
-    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync or backfill failed."""
+    """The last runs, the checkpoint lag and the parked rejected sales; exit 1 when the last sync or backfill failed
+    or was killed, or the checkpoint is later than Lightspeed's clock."""
     from lspos_sync.status import report
 
     run_command("status", _options(ctx, **common),

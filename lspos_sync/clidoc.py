@@ -42,8 +42,9 @@ def render() -> str:
         parts.extend(_command(context))
     parts.extend(["## Exit codes", "", "| code | meaning |", "|---|---|"])
     parts.extend(f"| {code} | {meaning} |" for code, meaning in EXIT_CODES)
-    parts.extend(["", "`status` uses 0 and 1 for monitoring: 1 when the last `sync` or `backfill` failed, or when "
-                  "`--max-lag-minutes` is given and the checkpoint is older than that (or not set yet).", ""])
+    parts.extend(["", "`status` uses 0 and 1 for monitoring: 1 when the last `sync` or `backfill` failed or was "
+                  "killed, when the checkpoint is later than Lightspeed's clock, or when `--max-lag-minutes` is "
+                  "given and the checkpoint is older than that (or not set yet).", ""])
     return "\n".join(parts)
 
 

@@ -53,6 +53,9 @@ class Engine:
         self.account_id = account_id
         self.store = store
         self.writer = writer
+        # A sync (and its preview) leaves alone the sales `rejects drop` gave up on, read again unchanged since;
+        # a backfill, which checks what it covers, writes them again.
+        self.leave_dropped = not verify_unchanged
         self.on_batch = on_batch
         enriched = field_map.enrichable() if enrich_profiles else ()
         # (never fewer than three batches' worth of decisions: the batch written and the one on its way use theirs)
@@ -118,8 +121,11 @@ class Engine:
     def _read_window(self, pages: Iterator[list], window: Window, summary: RunSummary,
                      progress: Callable[[datetime], None] | None, limit: int | None, read_first: set[int]) -> None:
         done, latest, in_order = 0, None, True
-        for batch in batches(self.reader.sales(pages, summary, window, skip=read_first),
-                             min(BATCH_SALES, limit or BATCH_SALES)):
+        sales = self.reader.sales(pages, summary, window, skip=read_first)
+        dropped = self.store.dropped_sales(self.account_id) if self.leave_dropped else {}
+        if dropped:
+            sales = (sale for sale in sales if not self._left_dropped(sale, dropped))
+        for batch in batches(sales, min(BATCH_SALES, limit or BATCH_SALES)):
             batch = batch[:limit - done] if limit is not None else batch
             if batch:
                 for sale in batch:
@@ -136,6 +142,18 @@ class Engine:
                 done += len(batch)
             if limit is not None and done >= limit:
                 break
+
+    def _left_dropped(self, sale: Sale, dropped: dict[str, datetime]) -> bool:
+        """Whether a sale read in the window is one `rejects drop` gave up on, unchanged since: the look-back
+        would otherwise park it again. Changed after the drop, it is written like any other. (The SaleVoid feed's
+        sales are not left alone: a dropped sale may be in Salesforce in part, and its void must reach it.)"""
+        at = dropped.get(mapping.key(self.account_id, sale.sale_id))
+        moment = self.reader.place(sale) if at is not None else None
+        if moment is None or moment > at:
+            return False
+        log.info("left alone sale %s, dropped from the rejects (`rejects drop`) and unchanged since",
+                 mapping.key(self.account_id, sale.sale_id))
+        return True
 
     def _rewrite_moved_lines(self, summary: RunSummary) -> None:
         """Sales refused because a line of theirs was still under another sale's transaction: a line moved, its

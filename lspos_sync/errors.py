@@ -37,6 +37,11 @@ class SalesforceAuthError(RunFailed):
     """Salesforce refused the credentials or the session."""
 
 
-class QueryTooComplicated(RunFailed):
-    """Salesforce refused a statement as too complicated (QUERY_TOO_COMPLICATED): the lookup may be asked again in
-    smaller statements (queries.Budget)."""
+class QueryTooHeavy(RunFailed):
+    """Salesforce refused a statement as too complicated (QUERY_TOO_COMPLICATED) or stopped it as running too long
+    (QUERY_TIMEOUT, REQUEST_RUNNING_TOO_LONG): the lookup may be asked again in smaller statements
+    (queries.Budget)."""
+
+    def __init__(self, what: str, refusal: str) -> None:
+        super().__init__(f"Salesforce {what} ({refusal})")
+        self.what = what  # "found a lookup too complicated", for the one line that says it is asked again

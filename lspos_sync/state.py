@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS customer_reject (
     first_seen TEXT NOT NULL,
     last_seen TEXT NOT NULL
 );
+-- Sales given up on by `rejects drop`, and when: a sync's look-back would read them again and park them again.
+CREATE TABLE IF NOT EXISTS dropped_sale (
+    sale_key TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    dropped_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollup_pending (
     account_id TEXT NOT NULL,
     salesforce_id TEXT NOT NULL,
@@ -95,6 +101,9 @@ CREATE INDEX IF NOT EXISTS run_running ON run (id) WHERE outcome = 'running';
 # their age, so a tool that has not run for months still shows how its last runs ended.
 RUN_HISTORY = timedelta(days=90)
 RUNS_KEPT = 100
+# How much earlier than the moment of a `rejects drop` (on Lightspeed's clock, whose lead the host knows only to
+# the second) the sales it leaves alone must have changed last.
+DROP_SLACK = timedelta(seconds=5)
 
 
 # The run locks this process holds: lock file -> [descriptor, holders]. flock locks belong to an open file, so
@@ -314,7 +323,28 @@ class StateStore:
                        r["first_seen"], r["last_seen"]) for r in self._parked("reject", "sale_key", account_id)]
 
     def drop_reject(self, sale_key: str) -> bool:
-        return self._unpark("reject", "sale_key", sale_key)
+        """Gives up on a parked sale: no longer retried, and left alone by a sync that reads it again unchanged
+        since (`dropped_sales`). The moment is on Lightspeed's clock, as the account's last run measured the host's
+        lead, less DROP_SLACK: a change made after the drop is never taken for one before it. Drops older than
+        RUN_HISTORY are forgotten."""
+        row = self._one("SELECT account_id FROM reject WHERE sale_key = ?", (sale_key,))
+        if row is None:
+            return False
+        now = utcnow()
+        dropped_at = now - self.host_clock_ahead(row["account_id"]) - DROP_SLACK
+        with self.transaction() as db:
+            if db.execute("DELETE FROM reject WHERE sale_key = ?", (sale_key,)).rowcount == 0:
+                return False  # a run wrote it meanwhile
+            db.execute("DELETE FROM dropped_sale WHERE dropped_at < ?", (iso(now - RUN_HISTORY),))
+            db.execute("INSERT INTO dropped_sale (sale_key, account_id, dropped_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT(sale_key) DO UPDATE SET dropped_at = excluded.dropped_at",
+                       (sale_key, row["account_id"], iso(dropped_at)))
+        return True
+
+    def dropped_sales(self, account_id: str) -> dict[str, datetime]:
+        """The sales of an account given up on by `rejects drop`: sale key -> when."""
+        return {r["sale_key"]: datetime.fromisoformat(r["dropped_at"])
+                for r in self._query("SELECT sale_key, dropped_at FROM dropped_sale WHERE account_id = ?", (account_id,))}
 
     def _parked(self, table: str, key_column: str, account_id: str | None) -> list[sqlite3.Row]:
         """The rows of a table of parked things (sales, customers), oldest first, of one account or all."""

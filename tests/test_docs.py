@@ -53,7 +53,53 @@ def test_every_variable_the_code_reads_is_documented():
     assert not missing, f"docs/configuration.md does not describe {', '.join(missing)}"
 
 
+def test_env_example_lists_every_variable_the_code_reads():
+    source = (ROOT / "lspos_sync" / "config.py").read_text()
+    variables = {name for name in re.findall(r"\b(?:LIGHTSPEED|SALESFORCE|LSPOS)_[A-Z0-9_]+\b", source)
+                 if not name.endswith("_")}
+    template = (ROOT / ".env.example").read_text()
+    missing = sorted(name for name in variables if not re.search(rf"^#? ?{name}=", template, re.M))
+    assert not missing, f".env.example (which the README says lists them all) lacks {', '.join(missing)}"
+
+
 def test_every_contract_field_is_in_the_field_mapping():
     page = (DOCS / "field-mapping.md").read_text()
     missing = [name for name in CONTRACT_FIELDS if f"`{name}`" not in page]
     assert not missing, f"docs/field-mapping.md does not describe {', '.join(missing)}"
+
+
+def test_the_readmes_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"run the tests \(exactly what CI runs, `\.ci/run`\):\n\n```sh\n(.+)\n```", readme).group(1)
+    assert command == (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+
+
+def _cited_tests() -> list[tuple[str, int, str | None, str]]:
+    """(page, line, test file or None, test name) for each test the pages cite in backticks: `test_x.py::test_y`,
+    and the bare `test_z` names after it (in the same table cell or sentence, up to a `;`), taken as of that file."""
+    cited = []
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text, cited_file = page.read_text(), None
+        for found in re.finditer(r"`([^`\n]+)`|;|\||\n\s*\n", text):
+            if found.group(1) is None:
+                cited_file = None
+                continue
+            line = text.count("\n", 0, found.start()) + 1
+            named = re.fullmatch(r"(?:tests/)?(test_\w+\.py)::(test_\w+)(?:\[.*\])?", found.group(1))
+            if named:
+                cited_file = named.group(1)
+                cited.append((page.name, line, cited_file, named.group(2)))
+            elif bare := re.fullmatch(r"(test_\w+)(?:\[.*\])?", found.group(1)):
+                cited.append((page.name, line, cited_file, bare.group(1)))
+    return cited
+
+
+def test_every_test_the_docs_cite_exists_where_they_say():
+    defined = {path.name: set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M))
+               for path in (ROOT / "tests").glob("test_*.py")}
+    everywhere = set().union(*defined.values())
+    cited = _cited_tests()
+    wrong = [f"{page}:{line}: {file or ''}::{name}" for page, line, file, name in cited
+             if name not in (defined.get(file, set()) if file else everywhere)]
+    assert cited, "no test citations found in the docs"
+    assert not wrong, "cited tests that do not exist there:\n" + "\n".join(wrong)

@@ -200,6 +200,21 @@ def test_malformed_sale_from_lightspeed_is_parked_not_fatal(cli, lightspeed, sal
     assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{good}"]
 
 
+def test_a_dry_run_lists_a_sale_that_does_not_read_exits_3_and_parks_nothing(cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique)
+    bad = sell(lightspeed, boutique)
+    lightspeed.corrupt_sale(bad, calcTotal="12,50")
+
+    preview = cli("dry-run", "--json")
+
+    # exit 3 foretells the sync's: the sale cannot be planned, and the sync would park it
+    assert preview.code == 3, preview.stderr
+    assert [(r["sale_key"], r["reason"]) for r in preview.json["rejected"]] == [
+        (f"182255-{bad}", "INVALID_LIGHTSPEED_DATA: calcTotal: Invalid decimal string: '12,50'")]
+    assert cli("rejects", "list", "--json").json["rejects"] == []
+    assert salesforce.records("Sales_Transaction__c") == []
+
+
 @pytest.mark.parametrize("total", ["1e30", "-123456789012345678901234567.5"])
 def test_an_amount_too_large_for_any_salesforce_number_is_parked_not_fatal(cli, lightspeed, salesforce, boutique,
                                                                            total):

@@ -324,6 +324,53 @@ def test_rejects_can_be_listed_retried_and_dropped(cli, lightspeed, salesforce, 
     assert cli("rejects", "retry", "182255-999999").code == 2
 
 
+def test_a_dropped_sale_is_left_alone_by_the_syncs_that_read_it_again_unchanged(cli, lightspeed, salesforce, boutique):
+    minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)  # inside the next syncs' 30-minute look-back
+    sale = sell(lightspeed, boutique, lines=((1, "800"),), at=minutes_ago)
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+    assert cli("sync").code == 3
+    assert cli("rejects", "drop", f"182255-{sale}").code == 0
+
+    again = cli("sync", "--json", "-v")
+
+    assert again.code == 0, again.stderr  # not parked again: the look-back read it, the drop left it alone
+    assert again.json["rejected"] == [] and again.json["sales"]["read"] == 1
+    assert f"left alone sale 182255-{sale}, dropped from the rejects" in again.stderr
+    assert cli("rejects", "list", "--json").json["rejects"] == []
+    salesforce.clear_validation_rules()
+    assert cli("dry-run", "--json").json["sales"]["written"] == 0  # the preview of the next sync agrees
+    assert cli("sync").code == 0 and salesforce.records("Sales_Transaction__c") == []
+
+
+def test_a_dropped_sale_changed_in_lightspeed_after_the_drop_is_written(cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique, lines=((1, "800"),), at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+    assert cli("sync").code == 3
+    assert cli("rejects", "drop", f"182255-{sale}").code == 0
+    salesforce.clear_validation_rules()
+    lightspeed.set_line_quantity(int(lightspeed.sale(sale)["SaleLines"]["SaleLine"]["saleLineID"]), 2)
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr
+    [written] = salesforce.records("Sales_Transaction__c")
+    assert (written["LS_Sale_ID__c"], written["Total__c"]) == (f"182255-{sale}", 1600)
+
+
+def test_a_backfill_writes_a_dropped_sale_again(cli, lightspeed, salesforce, boutique):
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    sale = sell(lightspeed, boutique, lines=((1, "800"),), at=an_hour_ago + timedelta(minutes=55))
+    salesforce.add_validation_rule("Sales_Transaction__c", lambda r: (r.get("Total__c") or 0) > 500, "Too big")
+    assert cli("sync").code == 3
+    assert cli("rejects", "drop", f"182255-{sale}").code == 0
+    salesforce.clear_validation_rules()
+
+    result = cli("backfill", "--from", an_hour_ago.isoformat(), "--json")
+
+    assert result.code == 0, result.stderr
+    assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == [f"182255-{sale}"]
+
+
 def test_parked_sale_whose_transaction_went_in_loses_the_lines_removed_since(cli, lightspeed, salesforce, boutique):
     sale = sell(lightspeed, boutique, lightspeed.add_customer("Eli", "Park", email="eli@example.com"),
                 lines=((1, "10.00"), (1, "20.00"), (1, "30.00")))

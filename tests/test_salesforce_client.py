@@ -19,7 +19,7 @@ from simple_salesforce import Salesforce
 
 from lspos_sync.config import SalesforceSettings
 from lspos_sync.emulators.salesforce import SalesforceEmulator
-from lspos_sync.errors import QueryTooComplicated, RunFailed, SalesforceAuthError
+from lspos_sync.errors import QueryTooHeavy, RunFailed, SalesforceAuthError
 from lspos_sync.salesforce.client import SalesforceClient
 from lspos_sync.salesforce.session import SalesforceSession
 from lspos_sync.salesforce.writer import CompositeWriter
@@ -90,12 +90,12 @@ def test_a_query_too_complicated_is_told_apart_from_other_refusals_after_the_wri
     salesforce.max_query_conditions = 1
     too_complicated = "SELECT Id FROM Sales_Transaction__c WHERE LS_Sale_ID__c IN ('3-1','3-2')"
 
-    with pytest.raises(QueryTooComplicated, match="QUERY_TOO_COMPLICATED"):
+    with pytest.raises(QueryTooHeavy, match="QUERY_TOO_COMPLICATED"):
         writer.queries([too_complicated], optional=frozenset({0}))  # optional: still not taken for "no LIKE"
 
     assert write.answered and write.error is None
     assert [r["LS_Sale_ID__c"] for r in salesforce.records("Sales_Transaction__c")] == ["3-1"]
-    with pytest.raises(QueryTooComplicated):
+    with pytest.raises(QueryTooHeavy):
         client.queries([too_complicated], optional=frozenset({0}))
     assert client.queries(["SELECT Nope__c FROM Sales_Transaction__c"],
                           optional=frozenset({0})) == [None]  # another refusal of an optional query

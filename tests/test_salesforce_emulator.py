@@ -516,6 +516,21 @@ def test_a_statement_with_more_conditions_than_the_org_takes_is_too_complicated_
         "Query is either selecting too many fields or the filter conditions are very complicated.")}]
 
 
+def test_a_statement_with_more_conditions_than_the_org_scans_in_time_is_stopped_with_query_timeout(
+        sf: SalesforceEmulator, client: httpx.Client) -> None:
+    sf.query_timeout_conditions = 2
+    fits = "SELECT Id FROM Account WHERE Name IN ('a','b')"
+    too_long = "SELECT Id FROM Account WHERE Name IN ('a','b') OR Phone LIKE '%1%2'"
+    response = client.post(f"{API}/composite", json={"compositeRequest": [
+        {"method": "GET", "url": f"{API}/query?q={httpx.QueryParams({'q': soql})['q']}", "referenceId": ref}
+        for ref, soql in (("fits", fits), ("too_long", too_long))]})
+
+    results = {r["referenceId"]: r for r in response.json()["compositeResponse"]}
+    assert results["fits"]["httpStatusCode"] == 200
+    assert (results["too_long"]["httpStatusCode"], results["too_long"]["body"]) == (
+        400, [{"errorCode": "QUERY_TIMEOUT", "message": "Your query request was running for too long."}])
+
+
 def test_get_uri_over_16384_bytes_is_414(client: httpx.Client) -> None:
     soql = "SELECT Id FROM Account WHERE Name IN (" + ",".join(f"'n{i}'" for i in range(3000)) + ")"
     assert client.get(f"{API}/query", params={"q": soql}).status_code == 414

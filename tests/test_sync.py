@@ -723,6 +723,44 @@ def test_a_lookup_too_complicated_even_in_the_shortest_statements_fails_the_run(
     assert transactions(salesforce) == {}
 
 
+def test_a_customer_lookup_salesforce_stops_as_running_too_long_is_asked_in_smaller_statements(
+        cli, lightspeed, salesforce, boutique):
+    # A large org scans every Person Account for the phone LIKE patterns: a long statement runs past its time.
+    rt = salesforce.person_account_record_type_id
+    expected = {}
+    for i in range(60):
+        account = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": f"P{i}", "Phone": f"(415) 555-01{i:02d}"})
+        customer = lightspeed.add_customer(f"C{i}", "Test", email=f"c{i}@example.com",
+                                           phones={"Mobile": f"+1 415.555.01{i:02d}"})
+        expected[f"182255-{sell(lightspeed, boutique, customer)}"] = ("Phone", account)
+    salesforce.query_timeout_conditions = 100
+
+    result = cli("sync", "--json", "-v")
+
+    assert result.code == 0, result.stderr
+    assert {key: (t["Match_Status__c"], t["Account__c"]) for key, t in transactions(salesforce).items()} == expected
+    assert result.stderr.count("Salesforce stopped a lookup as running too long; asking in smaller statements") == 1
+    statuses = [s["httpStatusCode"] for s in query_subrequests(salesforce)
+                if "FROM Account WHERE LS_Customer_ID__c IN" in soql_of(s)]
+    assert statuses[0] == 400 and statuses[-1] == 200 and 400 not in statuses[statuses.index(200):]
+
+
+def test_a_lookup_stopped_as_too_long_even_in_the_shortest_statements_fails_the_run(
+        cli, lightspeed, salesforce, boutique):
+    sell(lightspeed, boutique, lightspeed.add_customer("Ana", "Lima", email="ana@example.com",
+                                                      phones={"Mobile": "415-555-0134"}))
+    salesforce.query_timeout_conditions = 3  # one customer's lookup holds six
+
+    result = cli("sync")
+
+    assert result.code == 1
+    assert ("Salesforce stopped a lookup as running too long (QUERY_TIMEOUT: Your query request was running for too "
+            "long.) even in statements of at most 1,000 characters: the run stopped; the next run starts again from "
+            "the checkpoint") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert transactions(salesforce) == {}
+
+
 def test_enrichment_fills_only_the_empty_fields_of_matched_accounts(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     known = salesforce.insert("Account", {"RecordTypeId": rt, "LastName": "Lima", "PersonEmail": "ana@example.com",

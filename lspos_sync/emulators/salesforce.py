@@ -287,6 +287,10 @@ class SalesforceEmulator:
         # A statement whose WHERE holds more conditions (each comparison, each IN value) is refused with
         # QUERY_TOO_COMPLICATED. The fact sheet gives no threshold (§3.2), so none unless a test sets one.
         self.max_query_conditions = max_query_conditions
+        # A statement whose WHERE holds more conditions than this runs past the org's time and is stopped with
+        # QUERY_TIMEOUT (fact sheet §4: "exceeded the 10-minute limit or the SOQL limits"; what a large org does
+        # with many `LIKE` patterns over unindexed phone fields). None: no statement times out.
+        self.query_timeout_conditions: int | None = None
         # False: a server that answers describe subrequests inside /composite with 404 (to test the fallback)
         self.describe_in_composite = True
         # fact sheet §1.3: `created` is in a Collections upsert's per-record results from v46, but "one doc example
@@ -1255,6 +1259,8 @@ class SalesforceEmulator:
             if self.max_query_conditions is not None and query.conditions() > self.max_query_conditions:
                 raise soql.SoqlError("QUERY_TOO_COMPLICATED", "Query is either selecting too many fields or the "
                                                               "filter conditions are very complicated.")
+            if self.query_timeout_conditions is not None and query.conditions() > self.query_timeout_conditions:
+                raise soql.SoqlError("QUERY_TIMEOUT", "Your query request was running for too long.")
             sobject = self._objects_ci.get(query.sobject.lower())
             if sobject is None:
                 raise soql.SoqlError("INVALID_TYPE", f"sObject type '{query.sobject}' is not supported. If you are "

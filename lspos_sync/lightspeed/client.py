@@ -286,16 +286,15 @@ class LightspeedClient:
         sortable by saleVoidID, and polled by ID): refused, the feed is read newest void first instead."""
         params = {"createTime": f"><,{lightspeed_time(since)},{lightspeed_time(until)}", "sort": "saleVoidID",
                   "limit": str(PAGE_SIZE)}
-        try:
-            return [_voided_sale_id(row) for page in self._pages("SaleVoid.json", params, "SaleVoid")
-                    for row in page if _voided_sale_id(row)]
-        except _Refused as refused:  # no scope, no endpoint or no such filter; an outage still fails the run
-            if refused.status == 403:
-                log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
-                return []
-            log.info("Lightspeed refused the SaleVoid feed's createTime filter (%s); reading it newest first",
-                     refused)
-        try:
+        try:  # no scope, no endpoint: the feed is not used; an outage still fails the run
+            try:
+                return [sale_id for page in self._pages("SaleVoid.json", params, "SaleVoid")
+                        for row in page if (sale_id := _voided_sale_id(row))]
+            except _Refused as refused:
+                if refused.status == 403:
+                    raise
+                log.info("Lightspeed refused the SaleVoid feed's createTime filter (%s); reading it newest first",
+                         refused)
             return self._voided_newest_first(since, until)
         except _Refused as refused:
             log.info("SaleVoid feed unavailable (%s); relying on the sales' update time", refused)
@@ -307,8 +306,8 @@ class LightspeedClient:
         sale_ids = []
         for page in self._pages("SaleVoid.json", {"sort": "-saleVoidID", "limit": str(PAGE_SIZE)}, "SaleVoid"):
             moments = [_moment(row.get("createTime")) for row in page]
-            sale_ids += [_voided_sale_id(row) for row, moment in zip(page, moments)
-                         if _voided_sale_id(row) and (moment is None or since <= moment <= until)]
+            sale_ids += [sale_id for row, moment in zip(page, moments)
+                         if (sale_id := _voided_sale_id(row)) and (moment is None or since <= moment <= until)]
             if any(moment is not None and moment < since for moment in moments):
                 break
         return sale_ids

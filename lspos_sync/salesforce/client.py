@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lspos_sync.config import SalesforceSettings
-from lspos_sync.errors import QueryTooComplicated, RunFailed, SalesforceAuthError
+from lspos_sync.errors import QueryTooHeavy, RunFailed, SalesforceAuthError
 from lspos_sync.fieldmap import DEFAULT, FieldMap
 from lspos_sync.retry import pause
 from lspos_sync.salesforce.auth import Session, authenticate
@@ -145,13 +145,17 @@ class SalesforceClient:
     def query_answer(self, response: dict[str, Any] | None, sobject: str | None,
                      optional: bool = False) -> list[dict[str, Any]] | None:
         """The rows a query subrequest found, every page, in the contract's names. A refusal fails the run,
-        or gives None when the query was `optional`; one too complicated raises QueryTooComplicated either way
-        (asked in smaller statements, it may go through)."""
+        or gives None when the query was `optional`; one too complicated, or stopped as too long, raises
+        QueryTooHeavy either way (asked in smaller statements, it may go through: fact sheet §4, "shrink the
+        request")."""
         body = (response or {}).get("body")
         if (response or {}).get("httpStatusCode") == 200 and isinstance(body, dict):
             return self._rows(sobject, self.rest_of_query(body))
-        if _error_code(body) == "QUERY_TOO_COMPLICATED":
-            raise QueryTooComplicated(f"Salesforce found a lookup too complicated ({_described(body)})")
+        code = _error_code(body)
+        if code == "QUERY_TOO_COMPLICATED":
+            raise QueryTooHeavy("found a lookup too complicated", _described(body))
+        if code in _TOO_LONG:
+            raise QueryTooHeavy("stopped a lookup as running too long", _described(body))
         if not optional:
             raise RunFailed(f"Salesforce refused a query: {_described(body)}")
         log.info("Salesforce refused an optional query (%s); going on without it", _described(body))
@@ -296,6 +300,10 @@ class SalesforceClient:
         delay = pause(attempt)
         log.info("Salesforce: %s; retrying in %.1f s", what, delay)
         time.sleep(delay)
+
+
+# What Salesforce answers a statement it stopped for its time (fact sheet §4: "shrink the request").
+_TOO_LONG = frozenset({"QUERY_TIMEOUT", "REQUEST_RUNNING_TOO_LONG"})
 
 
 def _described(body: Any) -> str:

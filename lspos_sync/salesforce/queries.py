@@ -7,7 +7,7 @@ import re
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from lspos_sync.customers import PersonAccount, national_digits, normalise_email, normalise_phone
-from lspos_sync.errors import QueryTooComplicated, RunFailed
+from lspos_sync.errors import QueryTooHeavy, RunFailed
 from lspos_sync.mapping import CUSTOMER_KEY, ENRICHABLE, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 
 log = logging.getLogger(__name__)
@@ -36,24 +36,26 @@ def literal(value: str) -> str:
 
 class Budget:
     """How long the run's lookup statements may be. Salesforce may refuse a statement well under the length limit
-    as too complicated (QUERY_TOO_COMPLICATED, fact sheet §3.2, no threshold given): the lookup is then asked
-    again whole in statements half as long, down to MIN_SOQL, and the run keeps the shorter length."""
+    as too complicated (QUERY_TOO_COMPLICATED, fact sheet §3.2, no threshold given), or stop it as running too long
+    (QUERY_TIMEOUT, REQUEST_RUNNING_TOO_LONG, §4: "shrink the request"; the phone `LIKE` patterns scan every Person
+    Account of a large org): the lookup is then asked again whole in statements half as long, down to MIN_SOQL,
+    and the run keeps the shorter length."""
 
     def __init__(self) -> None:
         self.limit = MAX_SOQL
 
     def ask(self, lookup: Callable[[int], T]) -> T:
         """`lookup(limit)`, which builds its statements no longer than `limit` and sends them; again with half
-        the limit each time Salesforce finds one too complicated."""
+        the limit each time Salesforce finds one too complicated or too long."""
         while True:
             try:
                 return lookup(self.limit)
-            except QueryTooComplicated as refusal:
+            except QueryTooHeavy as refusal:
                 if self.limit <= MIN_SOQL:
                     raise RunFailed(f"{refusal} even in statements of at most {MIN_SOQL:,} characters: the run "
                                     "stopped; the next run starts again from the checkpoint") from None
                 if self.limit == MAX_SOQL:
-                    log.info("Salesforce found a lookup too complicated; asking in smaller statements")
+                    log.info("Salesforce %s; asking in smaller statements", refusal.what)
                 self.limit = max(self.limit // 2, MIN_SOQL)
 
 

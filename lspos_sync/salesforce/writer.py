@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from lspos_sync.errors import QueryTooComplicated
+from lspos_sync.errors import QueryTooHeavy
 from lspos_sync.mapping import ACCOUNT, CUSTOMER_KEY, LINE, LINE_KEY, SALE_KEY, TRANSACTION
 from lspos_sync.retry import pause
 from lspos_sync.salesforce.client import MAX_COLLECTIONS, MAX_RECORDS, SalesforceClient
@@ -36,8 +36,8 @@ _UPSERT_TARGET = {CREATE_ACCOUNTS: (ACCOUNT, CUSTOMER_KEY), TRANSACTIONS: (TRANS
                   LINES: (LINE, LINE_KEY)}
 _OBJECT = {CREATE_ACCOUNTS: ACCOUNT, UPDATE_ACCOUNTS: ACCOUNT, TRANSACTIONS: TRANSACTION, LINES: LINE}
 # A query's answer as a request brings it back: its rows, None (an optional one refused), or the refusal of one
-# too complicated, raised once the writes that travelled with it are answered.
-_Answer = list[dict[str, Any]] | None | QueryTooComplicated
+# too complicated or too long, raised once the writes that travelled with it are answered.
+_Answer = list[dict[str, Any]] | None | QueryTooHeavy
 
 
 def chunks(writes: list[Write]) -> list[tuple[str, list[Write]]]:
@@ -89,8 +89,8 @@ class CompositeWriter:  # a Writer
     def queries(self, statements: list[str], optional: frozenset[int] = frozenset(),
                 *, after_lines: bool = False) -> list[list[dict[str, Any]] | None]:
         """The answers, each statement followed to its last page. A refused statement fails the run, unless its
-        index is `optional`: then its answer is None. One too complicated raises QueryTooComplicated, after every
-        request of the call is sent and its writes answered."""
+        index is `optional`: then its answer is None. One too complicated or too long raises QueryTooHeavy, after
+        every request of the call is sent and its writes answered."""
         if not statements:
             return []
         self._sender.wait()
@@ -109,7 +109,7 @@ class CompositeWriter:  # a Writer
             answers += self._send(group, asked[:room])
             asked = asked[room:]
         for answer in answers:
-            if isinstance(answer, QueryTooComplicated):
+            if isinstance(answer, QueryTooHeavy):
                 raise answer
         return answers  # type: ignore[return-value]  # no refusal left in it
 
@@ -163,7 +163,7 @@ class CompositeWriter:  # a Writer
         for (request, sobject), (_, _, optional) in zip(reading, asked):
             try:
                 answers.append(self._client.query_answer(responses.get(request["referenceId"]), sobject, optional))
-            except QueryTooComplicated as refusal:
+            except QueryTooHeavy as refusal:
                 answers.append(refusal)
         return answers
 
