@@ -340,9 +340,9 @@ class BulkBackfill:
                               resolution: Resolution) -> tuple[Resolution, str | None]:
         """The customer's resolution with the round's new accounts among the candidates: `resolution` is the
         lookup's, to create, by phone (a CRM account) or ambiguous. A new account holding the customer's email wins
-        over CRM accounts found by phone, one or several (the email comes first). A new account matches only what no
-        CRM account did at the same step (it was created because none did, and the round's lookups were all made
-        before), so a CRM account and a new one never tie."""
+        over CRM accounts found by phone, one or several (the email comes first). No new account holds an email a
+        CRM account has (its customer would have matched that account), but a customer with two phones may find a
+        CRM account by one and a new account by the other: the phone step then has two candidates, ambiguous."""
         email = normalise_email(primary_email(customer))
         phones = customer_phones(customer, self.region)
         if email:
@@ -354,8 +354,8 @@ class BulkBackfill:
             if len(found) > 1:
                 return Resolution(AMBIGUOUS, reason=f"{len(found)} accounts have PersonEmail {email}",
                                   candidates=tuple(found)), None
-        if resolution.status in (PHONE, AMBIGUOUS):
-            return resolution, None  # the CRM account(s) found by phone
+        if resolution.status == AMBIGUOUS:
+            return resolution, None  # several CRM accounts found by phone: more candidates change nothing
         by_phone: list[str] = []
         matched = ""
         for phone in phones:
@@ -364,6 +364,11 @@ class BulkBackfill:
                 if key not in by_phone:
                     by_phone.append(key)
                     matched = matched or phone
+        if by_phone and resolution.status == PHONE:  # a CRM account by one phone, a new account by another
+            return Resolution(AMBIGUOUS, reason=f"{len(by_phone) + 1} accounts share the customer's phone",
+                              candidates=(resolution.account_id, *by_phone)), None  # type: ignore[arg-type]
+        if resolution.status == PHONE:
+            return resolution, None
         if len(by_phone) == 1:
             return Resolution(PHONE, reason=f"phone {matched} (already keyed {by_phone[0]}: linked, not re-keyed)"), \
                 by_phone[0]

@@ -761,3 +761,31 @@ def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_tho
         assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
         assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
         assert bulk == composite
+
+
+def test_a_customer_with_one_phone_on_a_crm_account_and_another_on_an_account_new_in_the_round_is_ambiguous(
+        cli, lightspeed, salesforce, boutique, tmp_path):
+    # Eli's home number is on an account typed in the CRM (Yan), his mobile on the account Eva gets in the round.
+    # The composite path's lookup in a later batch finds both: two candidates at the phone step, no guess. The round
+    # took the CRM account alone, and keyed it to Eli (found by tests/test_paths_agree.py).
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    eva = lightspeed.add_customer("Eva", "New", phones={"Mobile": "415-555-0191"})
+    eli = lightspeed.add_customer("Eli", "Both", phones={"Home": "415-555-0190", "Mobile": "(415) 555-0191"})
+    sell(lightspeed, boutique, eva, at=start)
+    second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
+    window = ("--from", (start - timedelta(hours=1)).isoformat())
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        for org in (salesforce, other):
+            org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": "Yan",
+                                   "LastName": "Typed", "PersonHomePhone": "+1 415 555 0190"})
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+
+        composite, bulk = org_state(salesforce), org_state(other)
+        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Ambiguous"
+        assert composite["transactions"][f"182255-{second}"]["Account__c"] is None
+        assert bulk == composite
