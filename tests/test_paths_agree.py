@@ -178,7 +178,11 @@ def happen(rng: random.Random, lightspeed: LightspeedEmulator, shop: Shop, custo
         sold.append(sale)
         world.note(f"{at:%d %H:%M} sale {sale} customer {customer}")
         return
-    editable = [sale for sale in sold if sale_customer(lightspeed, sale) in lonely | {None}]
+    # (and not voided: a voided sale is closed at the till; were its lines edited after, a path that wrote them
+    # before the void keeps them, contract §3 "A voided sale keeps its lines", and one that writes it first after
+    # does not have them: docs/sync-rules.md, "Where the paths may differ")
+    editable = [sale for sale in sold if sale_customer(lightspeed, sale) in lonely | {None}
+                and lightspeed.sale(sale)["voided"] != "true"]
     if not editable:
         return
     sale = rng.choice(editable)
