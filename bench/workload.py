@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from lspos_sync.customers import normalise_phone
+from lspos_sync.demo import assigned
 from lspos_sync.emulators.lightspeed import LightspeedEmulator
 from lspos_sync.emulators.salesforce import SalesforceEmulator
 
@@ -202,8 +202,8 @@ class _Phones:
                 number = ("1", f"{self.rng.choice(_AREAS)}555{self.rng.randrange(10_000):04d}")
             else:
                 number = ("33", f"{self.rng.choice('67')}{self.rng.randrange(100_000_000):08d}")
-            # only a number a plan assigns: the sync matches no other (a tenth of random French mobiles are not)
-            if number not in self.used and normalise_phone(f"+{number[0]}{number[1]}", "US") is not None:
+            # only a number a plan assigns (a tenth of random French mobiles are not), as the draws have always been
+            if number not in self.used and assigned(f"+{number[0]}{number[1]}"):
                 self.used.add(number)
                 return number
 

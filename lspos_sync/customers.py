@@ -29,9 +29,11 @@ def normalise_email(address: str | None) -> str | None:
 
 @lru_cache(maxsize=4096)
 def normalise_phone(number: str | None, region: str) -> str | None:
-    """E.164 (`+14155550134`) of a phone number written in any format, or None when it is no real number: one
-    that does not parse, or that no numbering plan assigns (`000-000-0000`, a local number without its area code,
-    a foreign number typed without its country code). Those would link strangers who typed the same placeholder."""
+    """E.164 (`+14155550134`) of a phone number written in any format, or None when it has no E.164 form or is a
+    placeholder: one that does not parse, has the wrong number of digits for its country, is a local number
+    without its area code, or has digits all alike or in a run (`000-000-0000`, `123-456-7890`). Those would link
+    strangers who typed the same placeholder. A well-formed number is compared whether or not a numbering plan
+    assigns it (contract §4: "compared as E.164"; `(555) 123-4567` is one)."""
     if not number or not any(ch.isdigit() for ch in number):
         return None
     import phonenumbers  # loaded on first use: its metadata is large and a no-op run never needs it
@@ -40,13 +42,23 @@ def normalise_phone(number: str | None, region: str) -> str | None:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+    if phonenumbers.is_possible_number_with_reason(parsed) != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    if _placeholder(phonenumbers.national_significant_number(parsed)):
         return None
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if len(_NATIONAL) >= 4096:
         _NATIONAL.clear()
     _NATIONAL[e164] = str(parsed.national_number)
     return e164
+
+
+_RUNS = "0123456789012345678909876543210987654321"
+
+
+def _placeholder(digits: str) -> bool:
+    """Digits typed where a form demands a phone: all alike, or counting up or down."""
+    return len(set(digits)) == 1 or digits in _RUNS
 
 
 # E.164 -> its national significant number, as `normalise_phone` parsed it lately (the lookups built right after

@@ -67,12 +67,25 @@ def test_phone_normalised_to_e164(raw, region, e164):
     "000-000-0000",  # typed where a form demands a phone
     "(111) 111-1111",
     "555-0134",  # no area code: local only, no E.164 form
-    "06 12 34 56 78",  # a French mobile typed without +33 in a US shop: no such US number
+    "123-456-7890",
+    "(987) 654-3210",
+    "555-555-5555",
+    "415-555-01",  # too few digits for a US number
 ])
 def test_a_number_that_is_no_real_phone_number_matches_no_account(placeholder):
     # Two strangers who both left a placeholder are not one person: only a number that exists compares as E.164.
     resolution = decide(customer(None, [("Mobile", placeholder)]), account("A9", phones=[placeholder]))
     assert (resolution.status, resolution.account_id) == ("Created", None)
+
+
+@pytest.mark.parametrize("typed, stored", [
+    ("555-123-4567", "(555) 123-4567"),  # area code 555 is assigned to no one: still one well-formed number
+    ("06 12 34 56 78", "06.12.34.56.78"),  # a French mobile typed without +33 in a US shop, on both sides alike
+])
+def test_a_well_formed_number_no_plan_assigns_still_matches_as_e164(typed, stored):
+    # contract §4: "phone compared as E.164", whatever the format; only placeholders are left out
+    resolution = decide(customer(None, [("Mobile", typed)]), account("A9", phones=[stored]))
+    assert (resolution.status, resolution.account_id) == ("Phone", "A9")
 
 
 def test_key_is_stamped_only_on_an_account_without_one():

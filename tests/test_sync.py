@@ -227,6 +227,19 @@ def test_a_phone_the_crm_stored_with_an_extension_is_found_as_the_same_number(cl
     assert len(person_accounts(salesforce)) == 1  # nobody created
 
 
+def test_a_fictional_555_number_is_matched_as_e164_like_any_well_formed_number(cli, lightspeed, salesforce, boutique):
+    # Area code 555 is assigned to no one (the numbers of films and test data); contract §4 compares "as E.164".
+    typed = salesforce.insert("Account", {"RecordTypeId": salesforce.person_account_record_type_id,
+                                          "LastName": "Chen", "PersonMobilePhone": "(555) 123-4567"})
+    sale = sell(lightspeed, boutique, lightspeed.add_customer("Bo", "Chen", phones={"Mobile": "+1 555.123.4567"}))
+
+    assert cli("sync").code == 0
+
+    written = transactions(salesforce)[f"182255-{sale}"]
+    assert (written["Match_Status__c"], written["Account__c"]) == ("Phone", typed)
+    assert len(person_accounts(salesforce)) == 1
+
+
 def test_two_candidates_is_ambiguous_never_a_guess(cli, lightspeed, salesforce, boutique):
     rt = salesforce.person_account_record_type_id
     for last in ("Lima", "Lima-Souza"):
