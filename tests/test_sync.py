@@ -962,6 +962,23 @@ def test_a_line_whose_item_came_unloaded_gets_it_from_the_item_endpoint(cli, lig
     assert result.json["gaps"] == []
 
 
+def test_lines_whose_item_came_unloaded_are_written_with_their_gaps_when_the_item_endpoint_refuses(
+        cli, lightspeed, salesforce, boutique):
+    sale = sell(lightspeed, boutique)
+    unloaded = [{k: v for k, v in line.items() if k != "Item"} for line in _sale_lines(lightspeed, sale)]
+    lightspeed.corrupt_sale(sale, SaleLines={"SaleLine": unloaded})
+    lightspeed.fail_next(status=404, path_suffix="Item.json", message="Not found")
+
+    result = cli("sync", "--json")
+
+    assert result.code == 0, result.stderr  # the Item read is a help, not a need: the sale is written
+    assert "Lightspeed refused the Item query (HTTP 404" in result.stderr
+    [line] = lines(salesforce).values()
+    assert (line["Product_Name__c"], line["Unit_Price__c"]) == (None, 120)
+    [gap] = result.json["gaps"]
+    assert [missing["left_empty"] for missing in gap["missing"]] == [["SKU__c", "Product_Name__c", "Category__c"]]
+
+
 def test_a_customer_whose_decision_was_forgotten_is_found_again_by_key(cli, lightspeed, salesforce, boutique):
     # Batches of 10 sales; the run keeps the last 30 customers' decisions (three batches' worth, the least it
     # keeps). Each batch from the fourth brings back five customers of three batches before (kept, but the
