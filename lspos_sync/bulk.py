@@ -123,7 +123,8 @@ class BulkBackfill:
                                  person_record_type=person_record_type, enriched=enriched,
                                  check_all=False, kept=PLANNED_SALES,  # the decisions of the sales being planned
                                  match_status=field_map.is_on(mapping.TRANSACTION, "Match_Status__c"))
-        self.reader = Reader(lightspeed, field_map, park=self._park)
+        self.reader = Reader(lightspeed, field_map, park=self._park,
+                             written=lambda sale_id: bool(store.written([mapping.key(account_id, sale_id)])))
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=False,
                                verify_unchanged=True, enrich_profiles=enrich_profiles, roll_up=False)
         self.customer_feed = CustomerFeed(  # LSPOS_SYNC_CUSTOMERS: clients without a sale, through the REST API

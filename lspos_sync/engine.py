@@ -68,7 +68,8 @@ class Engine:
             if roll_up else None
         self.settler = Settler(account_id, store, writer, self.resolver, field_map, dry_run=dry_run,
                                rollups=self.rollups)
-        self.reader = Reader(lightspeed, field_map, park=self.settler.park)
+        self.reader = Reader(lightspeed, field_map, park=self.settler.park,
+                             written=lambda sale_id: bool(store.written([mapping.key(account_id, sale_id)])))
         self.planner = Planner(account_id, store, self.reader, self.resolver, field_map, dry_run=dry_run,
                                verify_unchanged=verify_unchanged, enrich_profiles=enrich_profiles, roll_up=roll_up)
         # The field a line's upsert is refused on when the line is still under another sale's transaction.

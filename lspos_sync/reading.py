@@ -25,10 +25,11 @@ T = TypeVar("T")
 
 class Reader:
     def __init__(self, lightspeed: LightspeedClient, field_map: FieldMap,
-                 park: Callable[[int, str, RunSummary], None]) -> None:
+                 park: Callable[[int, str, RunSummary], None], written: Callable[[int], bool]) -> None:
         self.lightspeed = lightspeed
         self.field_map = field_map
         self._park = park  # (sale id, reason, summary): a sale Lightspeed sent malformed
+        self._written = written  # (sale id): whether the state store holds a write of the sale
         self.shops: dict[int, Shop] | None = None  # read once, when the first sale needs them
         self.categories: dict[int, Category] = {}
         # Lightspeed payloads as sent, kept for the batch at hand only when the mapping adds fields.
@@ -62,7 +63,9 @@ class Reader:
     def sales(self, pages: Iterable[list[Sale | dict[str, Any]]], summary: RunSummary,
               window: Window | None, skip: Container[int] = frozenset()) -> Iterator[Sale]:
         """Validated, completed sales in the window, but those in `skip` (read earlier in the run); a sale
-        Lightspeed sent malformed is parked, not fatal."""
+        Lightspeed sent malformed is parked, not fatal. A voided sale the run wrote before counts as completed
+        whatever its `completed` flag says: whether a void leaves it true is not documented (fact sheet §9), and
+        its transaction must become Voided."""
         for page in pages:
             for payload in page:
                 if skip and _sale_id(payload) in skip:
@@ -81,7 +84,7 @@ class Reader:
                         else:
                             self._unreadable(payload, error, summary)
                         continue
-                if not sale.completed:
+                if not sale.completed and not (sale.voided and self._written(sale.sale_id)):
                     summary.skipped_open += 1  # written once it completes: completion moves its update time
                     continue
                 if window is not None:
