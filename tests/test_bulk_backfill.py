@@ -93,6 +93,23 @@ class TwoOrgs:
         return self.cli(*args, env={**kwargs.pop("env", {}), **env}, **kwargs)
 
 
+def composite_and_bulk(cli, salesforce, tmp_path: Path, window: tuple[str, ...],
+                       crm: list[dict]) -> tuple[dict, dict]:
+    """The window backfilled into two orgs that hold the same `crm` Person Accounts: through the Composite API in
+    one-sale batches (as a window with more than 1,000 sales between two sales has them), and through Bulk API 2.0
+    in one round; each org's state (`org_state`)."""
+    from lspos_sync.emulators.salesforce import SalesforceEmulator
+
+    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
+        for org in (salesforce, other):
+            for fields in crm:
+                org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, **fields})
+        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
+        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
+        assert run.bulk("backfill", *window, "--bulk").code == 0
+        return org_state(salesforce), org_state(other)
+
+
 def seed_crm(org) -> None:
     record_type = org.person_account_record_type_id
     for fields in ({"FirstName": "Bea", "LastName": "Stamp", "PersonEmail": "BEA@example.com"},
@@ -707,12 +724,13 @@ def _dead_pid() -> int:
     return ended.pid
 
 
+@pytest.mark.parametrize("typed", [("(415) 555-0190",), ("(415) 555-0190", "+1 415 555 0190")],
+                         ids=["one-crm-account-holds-the-phone", "two-crm-accounts-hold-it"])
 def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not_matched_by_phone(
-        cli, lightspeed, salesforce, boutique, tmp_path):
+        cli, lightspeed, salesforce, boutique, tmp_path, typed):
     # The round's new accounts are candidates, as the composite path's lookup finds them in a later batch: Eli
-    # has Eva's email (Eva new in the round) and the mobile of an account typed in the CRM (Yan); email beats phone.
-    from lspos_sync.emulators.salesforce import SalesforceEmulator
-
+    # has Eva's email (Eva new in the round) and the mobile of accounts typed in the CRM; email beats phone (with
+    # two CRM accounts the phone step would be ambiguous, but it never comes), in a later batch and a round alike.
     start = datetime.now(timezone.utc) - timedelta(days=1)
     eva = lightspeed.add_customer("Eva", "Same", email="same@example.com")
     eli = lightspeed.add_customer("Eli", "Same", email="same@example.com", phones={"Mobile": "415-555-0190"})
@@ -720,47 +738,12 @@ def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_not
     second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
     window = ("--from", (start - timedelta(hours=1)).isoformat())
 
-    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
-        for org in (salesforce, other):
-            org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": "Yan",
-                                   "LastName": "Typed", "PersonMobilePhone": "(415) 555-0190"})
-        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
-        # the two sales in separate composite batches, as a window with >1000 sales between them has them
-        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
-        assert run.bulk("backfill", *window, "--bulk").code == 0
+    composite, bulk = composite_and_bulk(cli, salesforce, tmp_path, window, [
+        {"FirstName": f"Typed {n}", "LastName": "Typed", "PersonMobilePhone": phone} for n, phone in enumerate(typed)])
 
-        composite, bulk = org_state(salesforce), org_state(other)
-        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
-        assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
-        assert bulk == composite
-
-
-def test_a_customer_whose_email_an_earlier_new_account_holds_is_linked_to_it_though_two_crm_accounts_share_its_phone(
-        cli, lightspeed, salesforce, boutique, tmp_path):
-    # As above, with two CRM accounts holding Eli's mobile: the phone step would be ambiguous, but the email step,
-    # which comes first, finds Eva's new account, on the composite path in a later batch and in a bulk round alike.
-    from lspos_sync.emulators.salesforce import SalesforceEmulator
-
-    start = datetime.now(timezone.utc) - timedelta(days=1)
-    eva = lightspeed.add_customer("Eva", "Same", email="same@example.com")
-    eli = lightspeed.add_customer("Eli", "Same", email="same@example.com", phones={"Mobile": "415-555-0190"})
-    sell(lightspeed, boutique, eva, at=start)
-    second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
-    window = ("--from", (start - timedelta(hours=1)).isoformat())
-
-    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
-        for org in (salesforce, other):
-            for first, typed in (("Yan", "(415) 555-0190"), ("Zoe", "+1 415 555 0190")):
-                org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": first,
-                                       "LastName": "Typed", "PersonMobilePhone": typed})
-        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
-        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
-        assert run.bulk("backfill", *window, "--bulk").code == 0
-
-        composite, bulk = org_state(salesforce), org_state(other)
-        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
-        assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
-        assert bulk == composite
+    assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Email"
+    assert composite["transactions"][f"182255-{second}"]["Account__c"] == f"182255-{eva}"
+    assert bulk == composite
 
 
 def test_a_customer_with_one_phone_on_a_crm_account_and_another_on_an_account_new_in_the_round_is_ambiguous(
@@ -768,8 +751,6 @@ def test_a_customer_with_one_phone_on_a_crm_account_and_another_on_an_account_ne
     # Eli's home number is on an account typed in the CRM (Yan), his mobile on the account Eva gets in the round.
     # The composite path's lookup in a later batch finds both: two candidates at the phone step, no guess. The round
     # took the CRM account alone, and keyed it to Eli (found by tests/test_paths_agree.py).
-    from lspos_sync.emulators.salesforce import SalesforceEmulator
-
     start = datetime.now(timezone.utc) - timedelta(days=1)
     eva = lightspeed.add_customer("Eva", "New", phones={"Mobile": "415-555-0191"})
     eli = lightspeed.add_customer("Eli", "Both", phones={"Home": "415-555-0190", "Mobile": "(415) 555-0191"})
@@ -777,15 +758,9 @@ def test_a_customer_with_one_phone_on_a_crm_account_and_another_on_an_account_ne
     second = sell(lightspeed, boutique, eli, at=start + timedelta(minutes=1))
     window = ("--from", (start - timedelta(hours=1)).isoformat())
 
-    with SalesforceEmulator(tmp_path / "tls-bulk") as other:
-        for org in (salesforce, other):
-            org.insert("Account", {"RecordTypeId": org.person_account_record_type_id, "FirstName": "Yan",
-                                   "LastName": "Typed", "PersonHomePhone": "+1 415 555 0190"})
-        run = TwoOrgs(cli, other, tmp_path / "bulk.db")
-        assert run.composite("backfill", *window, "--no-bulk", constants={"engine.BATCH_SALES": 1}).code == 0
-        assert run.bulk("backfill", *window, "--bulk").code == 0
+    composite, bulk = composite_and_bulk(cli, salesforce, tmp_path, window, [
+        {"FirstName": "Yan", "LastName": "Typed", "PersonHomePhone": "+1 415 555 0190"}])
 
-        composite, bulk = org_state(salesforce), org_state(other)
-        assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Ambiguous"
-        assert composite["transactions"][f"182255-{second}"]["Account__c"] is None
-        assert bulk == composite
+    assert composite["transactions"][f"182255-{second}"]["Match_Status__c"] == "Ambiguous"
+    assert composite["transactions"][f"182255-{second}"]["Account__c"] is None
+    assert bulk == composite

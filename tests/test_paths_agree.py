@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-import time
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,21 +28,10 @@ from lspos_sync.emulators.salesforce import SalesforceEmulator
 from lspos_sync.state import StateStore
 from test_bulk_backfill import org_state
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from soak import SimClock  # noqa: E402 - bench/ is not a package; the soak's simulated Lightspeed clock
+
 ACCOUNT = "182255"
-
-
-class SimClock:
-    """Lightspeed's clock: set before each run, moving at the real pace from there (a run reads its window's end
-    from it)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.set(start)
-
-    def set(self, moment: datetime) -> None:
-        self._at, self._real = moment, time.monotonic()
-
-    def now(self) -> datetime:
-        return self._at + timedelta(seconds=time.monotonic() - self._real)
 
 
 class Paths:
